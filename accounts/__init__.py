@@ -1,0 +1,1 @@
+"""The account matrix: org units, accounts, subscribers and their ledger, replies, menus, QR codes."""

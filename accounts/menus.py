@@ -1,0 +1,114 @@
+"""Custom menus: a tree validated against WeChat's limits, then published with menu/create."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from accounts.models import Menu
+from accounts.services import api_client, bump_config
+from wechat_service.dbtypes import utcnow
+from wechat_service.errors import InvalidInputError, NotFoundError
+from wechat_service.extensions import db
+
+MAX_TOP, MAX_SUB = 3, 5
+TOP_NAME_BYTES, SUB_NAME_BYTES = 16, 60
+KEY_BYTES, URL_BYTES = 128, 1024
+TYPES = {"click", "view", "miniprogram"}
+
+
+def validate_menu(tree: Any) -> dict[str, Any]:
+    """Return a clean copy of the tree or raise with a field path per problem."""
+    errors: dict[str, list[str]] = {}
+    if not isinstance(tree, dict) or not isinstance(tree.get("button"), list):
+        raise InvalidInputError("a menu is {'button': [...]}", fields={"button": ["required"]})
+    buttons = tree["button"]
+    if not 1 <= len(buttons) <= MAX_TOP:
+        errors["button"] = [f"1 to {MAX_TOP} top-level buttons"]
+    clean: list[dict[str, Any]] = []
+    for i, button in enumerate(buttons[:MAX_TOP]):
+        path = f"button[{i}]"
+        if not isinstance(button, dict):
+            errors[path] = ["must be an object"]
+            continue
+        subs = button.get("sub_button")
+        if subs:
+            if not isinstance(subs, list) or len(subs) > MAX_SUB:
+                errors[f"{path}.sub_button"] = [f"at most {MAX_SUB} sub-buttons"]
+                continue
+            name = _name(button, path, TOP_NAME_BYTES, errors)
+            children = [
+                _leaf(s, f"{path}.sub_button[{j}]", SUB_NAME_BYTES, errors) for j, s in enumerate(subs)
+            ]
+            clean.append({"name": name, "sub_button": children})
+        else:
+            clean.append(_leaf(button, path, TOP_NAME_BYTES, errors))
+    if errors:
+        raise InvalidInputError("the menu breaks WeChat's limits", fields=errors)
+    return {"button": clean}
+
+
+def _name(button: dict[str, Any], path: str, limit: int, errors: dict[str, list[str]]) -> str:
+    name = str(button.get("name") or "")
+    if not name:
+        errors[f"{path}.name"] = ["required"]
+    elif len(name.encode()) > limit:
+        errors[f"{path}.name"] = [f"at most {limit} bytes"]
+    return name
+
+
+def _leaf(button: Any, path: str, limit: int, errors: dict[str, list[str]]) -> dict[str, Any]:
+    if not isinstance(button, dict):
+        errors[path] = ["must be an object"]
+        return {}
+    out: dict[str, Any] = {"name": _name(button, path, limit, errors), "type": button.get("type")}
+    kind = button.get("type")
+    if kind not in TYPES:
+        errors[f"{path}.type"] = [f"one of {sorted(TYPES)}"]
+        return out
+    if kind == "click":
+        key = str(button.get("key") or "")
+        if not key or len(key.encode()) > KEY_BYTES:
+            errors[f"{path}.key"] = [f"required, at most {KEY_BYTES} bytes"]
+        out["key"] = key
+    if kind in ("view", "miniprogram"):
+        url = str(button.get("url") or "")
+        if not url.startswith(("http://", "https://")) or len(url.encode()) > URL_BYTES:
+            errors[f"{path}.url"] = [f"an http(s) URL of at most {URL_BYTES} bytes"]
+        out["url"] = url
+    if kind == "miniprogram":
+        for field in ("appid", "pagepath"):
+            if not button.get(field):
+                errors[f"{path}.{field}"] = ["required"]
+            out[field] = str(button.get(field) or "")
+    return out
+
+
+def save_menu(account_id: int, tree: Any) -> Menu:
+    clean = validate_menu(tree)
+    menu = db.session.scalar(sa.select(Menu).where(Menu.account_id == account_id))
+    if menu is None:
+        menu = Menu(account_id=account_id, tree=clean)
+        db.session.add(menu)
+    else:
+        menu.tree = clean
+    bump_config(account_id)
+    db.session.flush()
+    return menu
+
+
+def get_menu(account_id: int) -> Menu | None:
+    return db.session.scalar(sa.select(Menu).where(Menu.account_id == account_id))
+
+
+def publish_menu(account_id: int) -> Menu:
+    """Send the saved tree to WeChat (menu/create); record what was published and when."""
+    menu = get_menu(account_id)
+    if menu is None:
+        raise NotFoundError("this account has no saved menu")
+    api_client(account_id).menu.create(menu.tree)
+    menu.published_tree = menu.tree
+    menu.published_at = utcnow()
+    db.session.flush()
+    return menu

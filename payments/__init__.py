@@ -1,0 +1,1 @@
+"""payments: arrives with its own issue (see DESIGN.md); empty until then."""

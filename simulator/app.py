@@ -1,0 +1,28 @@
+"""The simulator app: ``gunicorn 'simulator.app:create_app()'`` (one process: state is in memory)."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from simulator import admin, wechat
+from simulator.state import SimState
+
+
+def create_app() -> Flask:
+    app = Flask("simulator")
+    app.extensions["sim_state"] = SimState()
+    app.register_blueprint(wechat.bp)
+    app.register_blueprint(admin.bp)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        return jsonify(
+            {"error": {"code": exc.name.lower().replace(" ", "_"), "message": exc.description}}
+        ), exc.code
+
+    @app.get("/_sim/health")
+    def health():  # type: ignore[no-untyped-def]
+        return jsonify({"status": "ok"})
+
+    return app

@@ -1,0 +1,1 @@
+"""store: arrives with its own issue (see DESIGN.md); empty until then."""

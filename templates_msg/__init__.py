@@ -1,0 +1,1 @@
+"""templates_msg: arrives with its own issue (see DESIGN.md); empty until then."""

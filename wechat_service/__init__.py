@@ -1,0 +1,1 @@
+"""The service shell: app factory, configuration, callback gateway, WeChat API gateway."""

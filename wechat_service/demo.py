@@ -1,0 +1,213 @@
+"""The scripted demo behind `wechat-service run --demo`: three accounts, one per message mode,
+simulated subscribers following, chatting, scanning a channel QR code, clicking the menu and
+leaving. With ``check`` it verifies the replies and the ledger and returns the verdict.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import requests
+
+from accounts import menus, qrcodes, replies, services, subscribers
+from accounts.models import ChannelQRCode
+from wechat_service.errors import NotFoundError
+from wechat_service.extensions import db
+
+DEMO_ACCOUNTS = [
+    {
+        "name": "Demo Guangdong (plain)",
+        "appid": "wx0de7000000000001",
+        "original_id": "gh_de7000000001",
+        "message_mode": "plain",
+        "org": "demo-gd",
+    },
+    {
+        "name": "Demo Guangzhou (compatible)",
+        "appid": "wx0de7000000000002",
+        "original_id": "gh_de7000000002",
+        "message_mode": "compatible",
+        "org": "demo-gz",
+    },
+    {
+        "name": "Demo Shenzhen (safe)",
+        "appid": "wx0de7000000000003",
+        "original_id": "gh_de7000000003",
+        "message_mode": "safe",
+        "org": "demo-sz",
+    },
+]
+MENU = {
+    "button": [
+        {"type": "click", "name": "查余额", "key": "BALANCE"},
+        {
+            "name": "服务",
+            "sub_button": [
+                {"type": "click", "name": "套餐推荐", "key": "PLANS"},
+                {"type": "view", "name": "网上营业厅", "url": "https://example.com/store"},
+            ],
+        },
+    ]
+}
+
+
+def _setup_org() -> None:
+    for code, name, kind, parent in (
+        ("demo-group", "Demo Telecom", "group", None),
+        ("demo-gd", "Guangdong", "province", "demo-group"),
+        ("demo-gz", "Guangzhou", "city", "demo-gd"),
+        ("demo-sz", "Shenzhen", "city", "demo-gd"),
+    ):
+        try:
+            services.org_unit_by_code(code)
+        except NotFoundError:
+            services.add_org_unit(code, name, kind, parent)
+
+
+def _setup_account(spec: dict[str, Any], sim_base: str) -> Any:
+    try:
+        account = services.account_by_appid(spec["appid"])
+    except NotFoundError:
+        from wechat_service.wxcrypto import generate_aes_key
+
+        account = services.add_account(
+            name=spec["name"],
+            appid=spec["appid"],
+            app_secret=secrets.token_hex(16),
+            original_id=spec["original_id"],
+            token="demotoken" + spec["appid"][-1],
+            aes_key=generate_aes_key(),
+            message_mode=spec["message_mode"],
+            org_unit_code=spec["org"],
+        )
+    if not replies.list_rules(account.id):
+        replies.add_rule(
+            account.id,
+            name="welcome",
+            kind="welcome",
+            reply={"content": f"欢迎关注{spec['name']}！回复「余额」查询话费余额。"},
+        )
+        replies.add_rule(
+            account.id,
+            name="balance",
+            keywords=["余额", "BALANCE"],
+            priority=10,
+            reply={"content": "您的话费余额为 58.30 元（演示数据）。"},
+        )
+        replies.add_rule(
+            account.id,
+            name="plans",
+            keywords=["套餐", "PLANS"],
+            match_mode="contains",
+            priority=5,
+            reply_type="news",
+            reply={
+                "articles": [
+                    {"title": "5G 畅享套餐", "description": "每月 100GB", "url": "https://example.com/plans"}
+                ]
+            },
+        )
+        replies.add_rule(
+            account.id,
+            name="default",
+            kind="default",
+            reply={"content": "暂时没听懂，回复「余额」或「套餐」试试。"},
+        )
+    db.session.commit()
+    resp = requests.post(
+        f"{sim_base}/_sim/accounts",
+        json={
+            "appid": account.appid,
+            "secret": account.app_secret,
+            "token": account.token,
+            "aes_key": account.aes_key,
+            "mode": account.message_mode.value,
+            "callback_url": services.callback_url(account),
+            "original_id": account.original_id,
+            "kind": account.kind.value,
+        },
+        timeout=10,
+    )
+    resp.raise_for_status()
+    menus.save_menu(account.id, MENU)
+    menus.publish_menu(account.id)
+    if not db.session.scalar(
+        services.scoped(ChannelQRCode, account.id).where(ChannelQRCode.scene == "store-001")
+    ):
+        qrcodes.create_channel_qrcode(
+            account.id, name="Flagship store", scene="store-001", channel_type="store"
+        )
+    db.session.commit()
+    return account
+
+
+def _say(label: str, text: str) -> None:
+    print(f"[demo] {label:<12} {text}", flush=True)
+
+
+def run_demo(sim_base: str, check: bool) -> bool:
+    _setup_org()
+    db.session.commit()
+    failures: list[str] = []
+    for spec in DEMO_ACCOUNTS:
+        account = _setup_account(spec, sim_base)
+        label = account.message_mode.value
+        _say(label, f"{account.name}: callback {services.callback_url(account)}")
+        alice = "oDEMOa" + secrets.token_hex(8)
+        bob = "oDEMOb" + secrets.token_hex(8)
+
+        def drive(openid: str, action: str, spec: dict = spec, **params: Any) -> dict[str, Any]:
+            resp = requests.post(
+                f"{sim_base}/_sim/accounts/{spec['appid']}/drive",
+                json={"action": action, "openid": openid, **params},
+                timeout=30,
+            )
+            resp.raise_for_status()
+            return resp.json()
+
+        def expect(what: str, result: dict[str, Any], contains: str | None, label: str = label) -> None:
+            reply = result.get("reply") or {}
+            text = reply.get("Content") or reply.get("ArticleTitles") or ""
+            enc = " (encrypted reply)" if reply.get("_encrypted") else ""
+            _say(label, f"{what} → HTTP {result['status']}: {text or result['body']!r}{enc}")
+            if result["status"] != 200:
+                failures.append(f"{label}: {what}: HTTP {result['status']} {result['body']}")
+            elif contains is None and text:
+                failures.append(f"{label}: {what}: expected no reply, got {text!r}")
+            elif contains is not None and contains not in text:
+                failures.append(f"{label}: {what}: expected {contains!r} in {text!r}")
+
+        expect("alice follows", drive(alice, "follow"), "欢迎关注")
+        expect("alice: 余额", drive(alice, "text", content="余额"), "余额为")
+        retries = drive(alice, "text", content="我的套餐", repeat=3)
+        expect("alice: 我的套餐 ×3 (WeChat re-sends)", retries, "5G 畅享套餐")
+        if len({d["body"] for d in retries["deliveries"]}) != 1 and account.message_mode.value == "plain":
+            failures.append(f"{label}: re-sends got different replies")
+        expect("alice: hello", drive(alice, "text", content="hello"), "没听懂")
+        expect("alice clicks 查余额", drive(alice, "click", key="BALANCE"), "余额为")
+        expect("bob scans store QR", drive(bob, "follow", scene="store-001"), "欢迎关注")
+        expect("bob opens store", drive(bob, "view", url="https://example.com/store"), None)
+        expect("alice unfollows", drive(alice, "unfollow"), None)
+
+        history = {
+            o: [e.kind.value for e in subscribers.subscriber_history(account.id, o)] for o in (alice, bob)
+        }
+        _say(label, f"ledger alice: {history[alice]}")
+        _say(label, f"ledger bob:   {history[bob]}")
+        want_alice = ["follow", "message", "message", "message", "click", "unfollow"]
+        if history[alice] != want_alice:
+            failures.append(f"{label}: alice's ledger {history[alice]} != {want_alice}")
+        bob_events = subscribers.subscriber_history(account.id, bob)
+        if [e.kind.value for e in bob_events] != ["follow", "view"] or bob_events[0].channel_id is None:
+            failures.append(f"{label}: bob's QR follow not attributed to the store channel")
+        _say(label, f"followers now: {subscribers.follower_count(account.id)}")
+    db.session.rollback()
+    if check:
+        if failures:
+            print("[demo] FAILED:", flush=True)
+            for f in failures:
+                print(f"  - {f}", flush=True)
+            return False
+        print("[demo] OK: every reply and ledger row as expected", flush=True)
+    return not failures

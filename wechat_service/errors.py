@@ -1,0 +1,84 @@
+"""Domain errors and the one JSON error shape: {"error": {"code", "message", "fields"}}."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from flask import Flask, current_app, jsonify
+from marshmallow import ValidationError as SchemaValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A domain error with a machine code and an HTTP status."""
+
+    code = "error"
+    status = 400
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.status = status or self.status
+        self.fields = fields or {}
+
+
+class InvalidInputError(ServiceError):
+    code = "invalid_input"
+    status = 400
+
+
+class NotFoundError(ServiceError):
+    code = "not_found"
+    status = 404
+
+
+class ConflictError(ServiceError):
+    code = "conflict"
+    status = 409
+
+
+class ForbiddenError(ServiceError):
+    code = "forbidden"
+    status = 403
+
+
+def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError):  # type: ignore[no-untyped-def]
+        return jsonify(error_body(exc.code, exc.message, exc.fields)), exc.status
+
+    @app.errorhandler(SchemaValidationError)
+    def _schema_error(exc: SchemaValidationError):  # type: ignore[no-untyped-def]
+        fields = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        return jsonify(error_body("invalid_input", "the request has invalid fields", fields)), 400
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        code = (exc.name or "error").lower().replace(" ", "_")
+        resp = jsonify(error_body(code, exc.description or exc.name))
+        resp.status_code = exc.code or 500
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        if current_app.testing:
+            raise exc
+        incident = uuid.uuid4().hex[:12]
+        log.exception("unhandled error, incident %s", incident)
+        return jsonify(error_body("internal_error", f"internal error (incident {incident})")), 500

@@ -1,0 +1,93 @@
+"""Unbound extensions, bound in ``create_app``; nothing connects at import time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from flask import Flask, current_app
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from rq import Queue
+from sqlalchemy import MetaData, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+# Deterministic constraint names keep Alembic autogenerate and SQLite batch mode stable.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING))
+migrate = Migrate(compare_type=True, render_as_batch=True)
+
+QUEUE_NAMES = ("high", "default", "low")
+
+
+class RedisMissingError(RuntimeError):
+    """No REDIS_URL: only `wechat-service run` owns an embedded Redis."""
+
+
+def init_redis(app: Flask) -> None:
+    url = app.config.get("REDIS_URL")
+    if not url:
+        # Commands that need Redis ask for it; the rest (db upgrade, account list) work without.
+        app.extensions["redis"] = None
+        app.extensions["queues"] = {}
+        return
+    conn = redis.Redis.from_url(url, health_check_interval=30)
+    app.extensions["redis"] = conn
+    # RQ stores pickled job data, so it gets its own client without decode_responses.
+    app.extensions["queues"] = {name: Queue(name, connection=conn) for name in QUEUE_NAMES}
+
+
+def get_redis() -> redis.Redis:
+    conn = current_app.extensions.get("redis")
+    if conn is None:
+        raise RedisMissingError(
+            "REDIS_URL is not set. Start everything with `wechat-service run` (it owns an embedded "
+            "Redis), or set REDIS_URL=redis://host:6379/0"
+        )
+    return conn
+
+
+def get_queue(name: str = "default") -> Queue:
+    get_redis()
+    return current_app.extensions["queues"][name]
+
+
+def enqueue_after_commit(queue: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Enqueue a job once the current transaction commits; drop it if it rolls back."""
+    get_redis()  # fail now, inside the request, rather than silently after commit
+    pending = db.session.info.setdefault("pending_jobs", [])
+    pending.append((queue, func, args, kwargs))
+
+
+@event.listens_for(Session, "after_commit")
+def _flush_jobs(session: Session) -> None:
+    pending = session.info.pop("pending_jobs", None)
+    for queue, func, args, kwargs in pending or ():
+        get_queue(queue).enqueue(func, *args, **kwargs)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_jobs(session: Session) -> None:
+    # A savepoint rollback (begin_nested) also fires this; only an outermost rollback drops jobs.
+    if not session.in_transaction():
+        session.info.pop("pending_jobs", None)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    module = type(dbapi_conn).__module__
+    if module.startswith("sqlite3"):
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()

@@ -1,0 +1,54 @@
+"""RQ jobs of the shell: thin wrappers over services, taking ids only."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from wechat_service import callbacks
+from wechat_service.dbtypes import utcnow
+from wechat_service.extensions import db, get_queue
+from wechat_service.models import CallbackInbox, InboxState
+
+log = logging.getLogger(__name__)
+
+
+def process_inbox(inbox_id: int) -> None:
+    callbacks.run_deferred(inbox_id)
+
+
+def requeue_stale_inbox(older_than_seconds: int = 120) -> int:
+    """Cron: a queued inbox row whose job vanished (Redis lost, worker killed) is queued again."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    ids = db.session.scalars(
+        sa.select(CallbackInbox.id)
+        .where(
+            CallbackInbox.state == InboxState.queued,
+            CallbackInbox.received_at < cutoff,
+            CallbackInbox.attempts < 5,
+        )
+        .limit(1000)
+    ).all()
+    queue = get_queue("high")
+    for inbox_id in ids:
+        queue.enqueue(process_inbox, inbox_id, job_id=f"inbox-{inbox_id}-{int(utcnow().timestamp()) // 60}")
+    return len(ids)
+
+
+def refresh_tokens() -> int:
+    """Cron: refresh access tokens before they expire, so no callback-time call waits on one."""
+    from accounts.services import active_token_accounts
+    from wechat_service.gateway import token_manager
+
+    tm = token_manager()
+    n = 0
+    for appid, secret in active_token_accounts():
+        if tm.cached(appid) is None:
+            try:
+                tm.refresh(appid, secret)
+                n += 1
+            except Exception as exc:  # noqa: BLE001 - health records it; the next run retries
+                log.warning("token refresh for %s failed: %s", appid, exc)
+    return n

@@ -1,0 +1,107 @@
+"""RQ worker and cron processes, every job run inside an app context."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from flask import Flask
+from redis import Redis
+from rq import Queue, Worker
+from rq.cron import CronScheduler
+from rq.job import Job
+
+from wechat_service.extensions import db
+
+log = logging.getLogger(__name__)
+
+_app: Flask | None = None
+_pid_with_fresh_pool: int | None = None
+
+
+def set_app(app: Flask) -> None:
+    global _app
+    _app = app
+
+
+class AppJob(Job):
+    """Runs the job function inside the app context, on connections of this process."""
+
+    def perform(self) -> Any:
+        global _pid_with_fresh_pool
+        if _app is None:
+            from wechat_service.app import create_app
+
+            set_app(create_app())
+        assert _app is not None
+        with _app.app_context():
+            # A forked work horse must not reuse its parent's pooled connections.
+            if _pid_with_fresh_pool != os.getpid():
+                for engine in db.engines.values():
+                    engine.dispose(close=False)
+                _pid_with_fresh_pool = os.getpid()
+            try:
+                return super().perform()
+            finally:
+                db.session.remove()
+
+
+def run_worker(app: Flask, queue_names: list[str], burst: bool = False) -> None:
+    set_app(app)
+    conn: Redis = app.extensions["redis"]
+    queues = [Queue(name, connection=conn, job_class=AppJob) for name in queue_names]
+    worker = Worker(queues, connection=conn, job_class=AppJob)
+    worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+
+
+# -- cron ------------------------------------------------------------------------------------------
+
+LEADER_KEY = "wechat_service:cron:leader"
+LEASE_SECONDS = 30
+
+
+def periodic_jobs(scheduler: CronScheduler) -> None:
+    """Every periodic job, declared once."""
+    from wechat_service import jobs
+
+    scheduler.register(jobs.requeue_stale_inbox, "high", interval=60, job_timeout=120)
+    scheduler.register(jobs.refresh_tokens, "default", interval=120, job_timeout=120)
+
+
+def run_cron(app: Flask, tick: float = 5.0, max_ticks: int | None = None) -> None:
+    """RQ's cron scheduler behind a Redis lease: one active per deployment, the others stand by."""
+    conn: Redis = app.extensions["redis"]
+    name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    scheduler = CronScheduler(connection=conn, name=name)
+    periodic_jobs(scheduler)
+    leading = False
+    ticks = 0
+    try:
+        while max_ticks is None or ticks < max_ticks:
+            ticks += 1
+            if conn.set(LEADER_KEY, name, nx=True, ex=LEASE_SECONDS) or (
+                conn.get(LEADER_KEY) == name.encode() and conn.expire(LEADER_KEY, LEASE_SECONDS)
+            ):
+                if not leading:
+                    log.info("cron %s is now the active scheduler", name)
+                    scheduler.register_birth()
+                    leading = True
+                if scheduler.enqueue_jobs():
+                    scheduler.save()
+                scheduler.heartbeat()
+            elif leading:
+                log.warning("cron %s lost the lease; standing by", name)
+                leading = False
+            time.sleep(min(tick, max(scheduler.calculate_sleep_interval(), 0.5)))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if leading:
+            scheduler.register_death()
+            # Release the lease only if it is still ours.
+            if conn.get(LEADER_KEY) == name.encode():
+                conn.delete(LEADER_KEY)
