@@ -17,10 +17,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
-    app = Flask(
-        "wechat_service",
-        instance_path=os.environ.get("WECHAT_SERVICE_INSTANCE_PATH") or str(Path.cwd() / "instance"),
-    )
+    instance = (overrides or {}).get("INSTANCE_PATH") or os.environ.get("WECHAT_SERVICE_INSTANCE_PATH")
+    app = Flask("wechat_service", instance_path=str(instance or Path.cwd() / "instance"))
     load_config(app, overrides)
     app.config["MAX_CONTENT_LENGTH"] = max(app.config["CALLBACK_MAX_BODY"], 1024 * 1024)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]

@@ -1,0 +1,105 @@
+"""In-process test fixtures: the app on a real PostgreSQL test database (tables built once, one
+outer transaction rolled back per test even when the code commits), a real Redis database,
+and the simulator as a real process over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+from tests import helpers
+
+
+@pytest.fixture(scope="session")
+def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = helpers.free_port()
+    log = tmp_path_factory.mktemp("sim") / "simulator.log"
+    proc = helpers.start(helpers.cli("simulator", "--port", str(port)), dict(__import__("os").environ), log)
+    base = f"http://127.0.0.1:{port}"
+    helpers.wait_http(f"{base}/_sim/health", proc)
+    yield base
+    helpers.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def app(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    from wechat_service.app import create_app
+    from wechat_service.extensions import db
+
+    url = helpers.recreate_database("wechat_service_test")
+    app = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_PATH": str(tmp_path_factory.mktemp("instance")),
+            "DATABASE_URL": url,
+            "REDIS_URL": f"{helpers.REDIS}/14",
+            "SECRET_KEY": helpers.SECRET_KEY,
+            "MASTER_KEY": helpers.MASTER_KEY,
+            "WECHAT_API_BASE": f"{simulator}/wechat",
+            "PUBLIC_BASE_URL": "http://service.test",
+            "CALLBACK_BUDGET": 0.5,
+            "WECHAT_BUSY_RETRIES": 2,
+        }
+    )
+    with app.app_context():
+        db.create_all()
+    yield app
+    with app.app_context():
+        for engine in db.engines.values():
+            engine.dispose()
+    app.extensions["redis"].close()
+
+
+@pytest.fixture(autouse=True)
+def _outer_transaction(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Wrap in-process tests that use the app in one transaction, rolled back at the end."""
+    if "app" not in request.fixturenames or request.node.get_closest_marker("live"):
+        yield
+        return
+    app: Flask = request.getfixturevalue("app")
+    from wechat_service.extensions import db
+
+    with app.app_context():
+        engines = db.engines
+        original = engines[None]
+        conn = original.connect()
+        outer = conn.begin()
+        engines[None] = conn  # type: ignore[assignment]
+        db.session.remove()
+        db.session.configure(join_transaction_mode="create_savepoint")
+        app.extensions["redis"].flushdb()
+        try:
+            yield
+        finally:
+            db.session.remove()
+            engines[None] = original
+            outer.rollback()
+            conn.close()
+
+
+@pytest.fixture
+def redis_conn(app: Flask) -> redis.Redis:
+    return app.extensions["redis"]
+
+
+@pytest.fixture
+def create_account(app: Flask, simulator: str) -> Any:
+    """Factory: an account in the service and the simulator; returns (account, fields, target)."""
+    from accounts import services
+
+    def factory(mode: str = "plain", **overrides: Any):  # type: ignore[no-untyped-def]
+        fields = helpers.account_fields(mode, **overrides)
+        org = fields.pop("org_unit_code", None)
+        account = services.add_account(**fields, org_unit_code=org)
+        from wechat_service.extensions import db
+
+        db.session.commit()
+        callback = f"http://service.test/wechat/{fields['appid']}/callback"
+        helpers.register_with_simulator(simulator, fields, callback)
+        return account, fields, helpers.target_for(fields, callback)
+
+    return factory

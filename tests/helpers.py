@@ -1,0 +1,120 @@
+"""Shared test plumbing: databases, free ports, processes, account factories."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import requests
+from cryptography.fernet import Fernet
+
+from simulator.driver import Target
+
+ROOT = Path(__file__).resolve().parent.parent
+PG = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+MASTER_KEY = Fernet.generate_key().decode()
+SECRET_KEY = "test-secret-" + secrets.token_hex(24)
+
+
+def recreate_database(name: str) -> str:
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG}/{name}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "wechat_service.cli", *args]
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as fh:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=str(ROOT))
+
+
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def new_appid() -> str:
+    return "wx" + secrets.token_hex(8)
+
+
+def account_fields(mode: str = "plain", **overrides: Any) -> dict[str, Any]:
+    from wechat_service.wxcrypto import generate_aes_key
+
+    fields = {
+        "name": f"Test {mode}",
+        "appid": new_appid(),
+        "app_secret": secrets.token_hex(16),
+        "original_id": "gh_" + secrets.token_hex(6),
+        "token": "tok" + secrets.token_hex(6),
+        "aes_key": generate_aes_key(),
+        "message_mode": mode,
+    }
+    fields.update(overrides)
+    return fields
+
+
+def target_for(fields: dict[str, Any], callback_url: str) -> Target:
+    return Target(
+        appid=fields["appid"],
+        token=fields["token"],
+        aes_key=fields["aes_key"],
+        mode=fields["message_mode"],
+        callback_url=callback_url,
+        original_id=fields["original_id"],
+    )
+
+
+def register_with_simulator(sim_base: str, fields: dict[str, Any], callback_url: str = "") -> None:
+    resp = requests.post(
+        f"{sim_base}/_sim/accounts",
+        json={
+            "appid": fields["appid"],
+            "secret": fields["app_secret"],
+            "token": fields.get("token") or "",
+            "aes_key": fields.get("aes_key") or "",
+            "mode": fields.get("message_mode", "plain"),
+            "callback_url": callback_url,
+            "original_id": fields.get("original_id") or "",
+            "kind": fields.get("kind", "service"),
+        },
+        timeout=10,
+    )
+    resp.raise_for_status()
