@@ -32,7 +32,7 @@ class CompiledRule:
     kind: RuleKind
     keywords: tuple[str, ...]
     mode: MatchMode
-    pattern: re.Pattern[str] | None
+    patterns: tuple[re.Pattern[str], ...]
     active_from: datetime | None
     active_until: datetime | None
     reply: Reply
@@ -48,7 +48,7 @@ class CompiledRule:
             return folded in self.keywords
         if self.mode is MatchMode.contains:
             return any(k in folded for k in self.keywords)
-        return bool(self.pattern and self.pattern.search(text))
+        return any(p.search(text) for p in self.patterns)
 
 
 def validate_reply(reply_type: str, reply: dict[str, Any]) -> tuple[ReplyType, dict[str, Any]]:
@@ -162,6 +162,16 @@ def list_rules(account_id: int) -> list[ReplyRule]:
     )
 
 
+def _patterns(keywords: list[str]) -> tuple[re.Pattern[str], ...]:
+    out = []
+    for k in keywords:
+        try:
+            out.append(re.compile(k))
+        except re.error:  # validated at save time; a Python upgrade must not break every reply
+            continue
+    return tuple(out)
+
+
 _cache: dict[int, tuple[int, list[CompiledRule]]] = {}
 _lock = threading.Lock()
 
@@ -182,9 +192,8 @@ def compiled_rules(account_id: int, config_version: int) -> list[CompiledRule]:
             kind=r.kind,
             keywords=tuple(k.strip().casefold() for k in r.keywords),
             mode=r.match_mode,
-            pattern=re.compile("|".join(f"(?:{k})" for k in r.keywords))
-            if r.match_mode is MatchMode.regex
-            else None,
+            # Each keyword its own pattern: joined ones could clash (inline flags, group names).
+            patterns=_patterns(r.keywords) if r.match_mode is MatchMode.regex else (),
             active_from=r.active_from,
             active_until=r.active_until,
             reply=Reply(r.reply_type.value, dict(r.reply)),

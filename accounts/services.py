@@ -97,9 +97,9 @@ def _validate_account_fields(fields: dict[str, Any]) -> dict[str, Any]:
         errors["appid"] = ["must look like wx followed by 16 hex digits"]
     if out.get("original_id") and not ORIGINAL_ID_RE.match(out["original_id"]):
         errors["original_id"] = ["must look like gh_ followed by letters and digits"]
-    if out.get("token") and not TOKEN_RE.match(out["token"]):
+    if out.get("token") is not None and not TOKEN_RE.match(out["token"]):
         errors["token"] = ["must be 3-32 letters or digits (WeChat's rule)"]
-    if out.get("aes_key"):
+    if out.get("aes_key") is not None:
         try:
             wxcrypto.aes_key(out["aes_key"])
         except ValueError as exc:
@@ -122,6 +122,16 @@ def _validate_account_fields(fields: dict[str, Any]) -> dict[str, Any]:
     if errors:
         raise InvalidInputError("invalid account fields", fields=errors)
     return out
+
+
+def _check_complete(*, kind: AccountKind, token: str | None, mode: MessageMode, aes_key: str | None) -> None:
+    """What an account needs to receive callbacks, checked on the final state of add and update."""
+    if kind is not AccountKind.mini_program and not token:
+        raise InvalidInputError("an official account needs a callback token", fields={"token": ["required"]})
+    if mode is not MessageMode.plain and not aes_key:
+        raise InvalidInputError(
+            "compatible and safe modes need an EncodingAESKey", fields={"aes_key": ["required"]}
+        )
 
 
 def add_account(
@@ -150,12 +160,9 @@ def add_account(
             "timezone": timezone,
         }
     )
-    if fields["kind"] is not AccountKind.mini_program and not fields["token"]:
-        raise InvalidInputError("an official account needs a callback token", fields={"token": ["required"]})
-    if fields["message_mode"] is not MessageMode.plain and not fields["aes_key"]:
-        raise InvalidInputError(
-            "compatible and safe modes need an EncodingAESKey", fields={"aes_key": ["required"]}
-        )
+    _check_complete(
+        kind=fields["kind"], token=fields["token"], mode=fields["message_mode"], aes_key=fields["aes_key"]
+    )
     if db.session.scalar(sa.select(Account.id).where(Account.appid == appid)):
         raise ConflictError(f"an account with appid {appid} exists")
     unit = org_unit_by_code(org_unit_code) if org_unit_code else None
@@ -174,11 +181,12 @@ def update_account(appid: str, *, org_unit_code: str | None = None, **changes: A
     if unknown:
         raise InvalidInputError(f"cannot update {sorted(unknown)}")
     changes = _validate_account_fields({k: v for k, v in changes.items() if v is not None})
-    mode = changes.get("message_mode", account.message_mode)
-    if mode is not MessageMode.plain and not (changes.get("aes_key") or account.aes_key):
-        raise InvalidInputError(
-            "compatible and safe modes need an EncodingAESKey", fields={"aes_key": ["required"]}
-        )
+    _check_complete(
+        kind=changes.get("kind", account.kind),
+        token=changes.get("token", account.token),
+        mode=changes.get("message_mode", account.message_mode),
+        aes_key=changes.get("aes_key", account.aes_key),
+    )
     if "aes_key" in changes and changes["aes_key"] != account.aes_key:
         account.previous_aes_key = account.aes_key
         account.aes_key_rotated_at = utcnow()

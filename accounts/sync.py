@@ -81,67 +81,52 @@ def sync_tags(account_id: int, client: Any) -> dict[int, int]:
 
 
 def _store_infos(account_id: int, infos: list[dict[str, Any]], tag_ids: dict[int, int]) -> None:
+    """Four statements per batch of 100, each by primary or unique key (no scans that grow
+    with the table): persons, subscribers (RETURNING ids), and the batch's tag links."""
+    unionids = sorted({i["unionid"] for i in infos if i.get("unionid")})
+    persons = dict(
+        upsert(
+            Person,
+            [{"unionid": u} for u in unionids],
+            conflict=["unionid"],
+            update=["unionid"],
+            returning=["unionid", "id"],
+        )
+    )
     rows = []
     for info in infos:
-        following = bool(info.get("subscribe"))
         at = datetime.fromtimestamp(int(info["subscribe_time"]), UTC) if info.get("subscribe_time") else None
+        unionid = info.get("unionid") or None
         rows.append(
             {
                 "account_id": account_id,
                 "openid": info["openid"],
-                "unionid": info.get("unionid") or None,
-                "following": following,
+                "unionid": unionid,
+                "person_id": persons.get(unionid),
+                "following": bool(info.get("subscribe")),
                 "first_followed_at": at,
                 "last_followed_at": at,
                 "subscribe_scene": info.get("subscribe_scene") or None,
                 "qr_scene": str(info.get("qr_scene_str") or info.get("qr_scene") or "") or None,
             }
         )
-    # first_followed_at only fills a gap: history recorded from callbacks is kept.
-    upsert(
-        Subscriber,
-        rows,
-        conflict=["account_id", "openid"],
-        update=["unionid", "following", "last_followed_at", "subscribe_scene", "qr_scene"],
-    )
-    unionids = sorted({r["unionid"] for r in rows if r["unionid"]})
-    if unionids:
-        upsert(Person, [{"unionid": u} for u in unionids], conflict=["unionid"])
-        persons = dict(
-            db.session.execute(sa.select(Person.unionid, Person.id).where(Person.unionid.in_(unionids))).all()
-        )
-        subs = db.session.execute(
-            sa.select(Subscriber.id, Subscriber.unionid).where(
-                Subscriber.account_id == account_id,
-                Subscriber.openid.in_([r["openid"] for r in rows]),
-                Subscriber.unionid.is_not(None),
-            )
-        ).all()
-        db.session.execute(
-            sa.update(Subscriber), [{"id": sid, "person_id": persons[u]} for sid, u in subs if u in persons]
-        )
-    db.session.execute(
-        sa.update(Subscriber)
-        .where(
-            Subscriber.account_id == account_id,
-            Subscriber.openid.in_([r["openid"] for r in rows]),
-            Subscriber.first_followed_at.is_(None),
-        )
-        .values(first_followed_at=Subscriber.last_followed_at)
-    )
+    # History recorded from callbacks wins: first-seen facts are only filled where missing.
     ids = dict(
-        db.session.execute(
-            sa.select(Subscriber.openid, Subscriber.id).where(
-                Subscriber.account_id == account_id, Subscriber.openid.in_([r["openid"] for r in rows])
-            )
-        ).all()
+        upsert(
+            Subscriber,
+            rows,
+            conflict=["account_id", "openid"],
+            update=["following", "last_followed_at", "subscribe_scene", "qr_scene"],
+            keep_existing=["unionid", "person_id", "first_followed_at"],
+            returning=["openid", "id"],
+        )
     )
     db.session.execute(sa.delete(SubscriberTag).where(SubscriberTag.subscriber_id.in_(list(ids.values()))))
     links = [
         {"subscriber_id": ids[i["openid"]], "tag_id": tag_ids[int(t)]}
         for i in infos
         for t in (i.get("tagid_list") or [])
-        if int(t) in tag_ids
+        if int(t) in tag_ids and i["openid"] in ids
     ]
     if links:
         db.session.execute(sa.insert(SubscriberTag), links)

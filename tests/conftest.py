@@ -30,13 +30,13 @@ def app(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fl
     from wechat_service.app import create_app
     from wechat_service.extensions import db
 
-    url = helpers.recreate_database("wechat_service_test")
+    url = helpers.recreate_database(helpers.DB_NAME)
     app = create_app(
         {
             "TESTING": True,
             "INSTANCE_PATH": str(tmp_path_factory.mktemp("instance")),
             "DATABASE_URL": url,
-            "REDIS_URL": f"{helpers.REDIS}/14",
+            "REDIS_URL": f"{helpers.REDIS}/{helpers.REDIS_DB}",
             "SECRET_KEY": helpers.SECRET_KEY,
             "MASTER_KEY": helpers.MASTER_KEY,
             "WECHAT_API_BASE": f"{simulator}/wechat",

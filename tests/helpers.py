@@ -20,6 +20,10 @@ from simulator.driver import Target
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# Two test runs at once (a developer and CI, say) pick different names and numbers.
+DB_NAME = os.environ.get("TEST_DB_NAME", "wechat_service_test")
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "14"))
+LIVE_REDIS_DB = REDIS_DB - 1
 MASTER_KEY = Fernet.generate_key().decode()
 SECRET_KEY = "test-secret-" + secrets.token_hex(24)
 
@@ -118,3 +122,12 @@ def register_with_simulator(sim_base: str, fields: dict[str, Any], callback_url:
         timeout=10,
     )
     resp.raise_for_status()
+
+
+def run_checked(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

@@ -137,6 +137,9 @@ def _ensure_dev_secrets(app: Flask) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(stored, fh)
+    # An existing file keeps its mode through O_TRUNC: tighten it whatever it was.
+    if path.exists() and path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
     app.config.setdefault("SECRET_KEY", None)
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or stored["SECRET_KEY"]
     app.config["MASTER_KEY"] = app.config.get("MASTER_KEY") or stored["MASTER_KEY"]

@@ -5,24 +5,40 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from wechat_service.extensions import db
 
 
 def upsert(
-    model: Any, rows: Sequence[dict[str, Any]], conflict: Sequence[str], update: Sequence[str] = ()
-) -> None:
-    """INSERT … ON CONFLICT (conflict) DO UPDATE SET update (or DO NOTHING) in one statement."""
+    model: Any,
+    rows: Sequence[dict[str, Any]],
+    conflict: Sequence[str],
+    update: Sequence[str] = (),
+    keep_existing: Sequence[str] = (),
+    returning: Sequence[str] = (),
+) -> list[Any]:
+    """INSERT … ON CONFLICT (conflict) DO UPDATE in one statement.
+
+    ``update`` columns take the new value; ``keep_existing`` columns keep a non-null old value
+    (first-seen facts); with neither, conflicting rows are left alone (DO NOTHING, and then
+    RETURNING only yields the inserted rows).
+    """
     if not rows:
-        return
+        return []
     dialect = db.session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(model).values(list(rows))
-    if update:
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(conflict), set_={c: stmt.excluded[c] for c in update}
-        )
+    table = model.__table__
+    set_ = {c: stmt.excluded[c] for c in update}
+    set_.update({c: sa.func.coalesce(table.c[c], stmt.excluded[c]) for c in keep_existing})
+    if set_:
+        stmt = stmt.on_conflict_do_update(index_elements=list(conflict), set_=set_)
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+    if returning:
+        stmt = stmt.returning(*(table.c[c] for c in returning))
+        return list(db.session.execute(stmt).all())
     db.session.execute(stmt)
+    return []

@@ -27,13 +27,15 @@ WECHAT_PUBLIC_BASE = "https://api.weixin.qq.com"
 TOKEN_ERRORS = {40001, 40014, 42001}
 
 
-class WeChatAPIError(Exception):
-    """WeChat answered with a non-zero errcode (or could not be reached: errcode None)."""
+class WeChatAPIError(WeChatClientException):
+    """WeChat answered with a non-zero errcode (or could not be reached: errcode None).
+
+    A subclass of wechatpy's own exception, so wechatpy's API helpers that catch a specific
+    errcode (menu.get → None on 46003) keep working through the gateway.
+    """
 
     def __init__(self, errcode: int | None, errmsg: str = "", *, appid: str = "") -> None:
-        super().__init__(f"WeChat error {errcode}: {errmsg}")
-        self.errcode = errcode
-        self.errmsg = errmsg
+        super().__init__(errcode, errmsg)
         self.appid = appid
 
 
@@ -249,6 +251,8 @@ class GatewayClient(WeChatClient):
                 return super()._request(method, url_or_endpoint, **call_kwargs)
             except requests.RequestException as exc:
                 raise UnreachableError(None, f"{type(exc).__name__}: {exc}", appid=self.appid) from exc
+            except WeChatAPIError:
+                raise
             except WeChatClientException as exc:
                 err = error_for(exc.errcode, str(exc.errmsg or ""), self.appid)
                 if exc.errcode is None:
