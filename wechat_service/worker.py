@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
 from typing import Any
@@ -80,6 +82,12 @@ def run_cron(app: Flask, tick: float = 5.0, max_ticks: int | None = None) -> Non
     periodic_jobs(scheduler)
     leading = False
     ticks = 0
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # leave through `finally`, which hands the lease over at once
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         while max_ticks is None or ticks < max_ticks:
             ticks += 1
