@@ -1,7 +1,8 @@
 """Callback handlers of the account matrix, registered into the shell's router.
 
-They run inline in the callback's transaction: a few indexed reads and one flush, no outside
-calls, so the passive reply goes back well inside WeChat's 5 s.
+They run inline in the callback's transaction: one upsert of the subscriber, cached rules, and a
+ledger row written once the inbox row exists; no outside calls, so the passive reply goes back
+well inside WeChat's 5 s.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from accounts.models import EventKind
 from wechat_service.router import CallbackContext, Reply, router
 
 
-def _subscriber(ctx: CallbackContext):  # type: ignore[no-untyped-def]
+def _subscriber(ctx: CallbackContext) -> subscribers.SubscriberRef:
     sub = ctx.notes.get("subscriber")
     if sub is None:
-        sub = subscribers.get_or_create_subscriber(ctx.account.id, ctx.openid)
+        sub = subscribers.touch(ctx.account.id, ctx.openid, ctx.occurred_at)
         ctx.notes["subscriber"] = sub
     return sub
 
@@ -35,7 +36,7 @@ def on_subscribe(ctx: CallbackContext) -> Reply | None:
         ctx.occurred_at,
         scene=scene,
         channel_id=channel_id,
-        inbox=ctx.inbox,
+        ctx=ctx,
         ticket=ctx.message.get("Ticket"),
     )
     return _welcome(ctx)
@@ -43,7 +44,7 @@ def on_subscribe(ctx: CallbackContext) -> Reply | None:
 
 @router.register("event", "unsubscribe", priority=100)
 def on_unsubscribe(ctx: CallbackContext) -> Reply | None:
-    subscribers.unfollow(_subscriber(ctx), ctx.occurred_at, inbox=ctx.inbox)
+    subscribers.unfollow(_subscriber(ctx), ctx.occurred_at, ctx=ctx)
     return None  # WeChat shows nothing to someone who has just left
 
 
@@ -55,7 +56,7 @@ def on_scan(ctx: CallbackContext) -> Reply | None:
         _subscriber(ctx),
         EventKind.scan,
         ctx.occurred_at,
-        inbox=ctx.inbox,
+        ctx=ctx,
         channel_id=channel_id,
         detail={"scene": scene, "ticket": ctx.message.get("Ticket")},
     )
@@ -65,9 +66,7 @@ def on_scan(ctx: CallbackContext) -> Reply | None:
 @router.register("event", "click", priority=100)
 def on_click(ctx: CallbackContext) -> Reply | None:
     key = ctx.message.get("EventKey") or ""
-    subscribers.record_event(
-        _subscriber(ctx), EventKind.click, ctx.occurred_at, inbox=ctx.inbox, detail={"key": key}
-    )
+    subscribers.record_event(_subscriber(ctx), EventKind.click, ctx.occurred_at, ctx=ctx, detail={"key": key})
     # A click whose key names a keyword rule answers like the keyword (menus reuse replies).
     rule = replies.match_text(ctx.account.id, ctx.account.config_version, key)
     return rule.reply if rule and rule.kind.value == "keyword" else None
@@ -79,7 +78,7 @@ def on_view(ctx: CallbackContext) -> Reply | None:
         _subscriber(ctx),
         EventKind.view,
         ctx.occurred_at,
-        inbox=ctx.inbox,
+        ctx=ctx,
         detail={"url": ctx.message.get("EventKey") or ""},
     )
     return None
@@ -88,9 +87,7 @@ def on_view(ctx: CallbackContext) -> Reply | None:
 @router.register("event", "location", priority=100)
 def on_location(ctx: CallbackContext) -> Reply | None:
     detail = {k: ctx.message.get(k) for k in ("Latitude", "Longitude", "Precision")}
-    subscribers.record_event(
-        _subscriber(ctx), EventKind.location, ctx.occurred_at, inbox=ctx.inbox, detail=detail
-    )
+    subscribers.record_event(_subscriber(ctx), EventKind.location, ctx.occurred_at, ctx=ctx, detail=detail)
     return None
 
 
@@ -101,7 +98,7 @@ def on_text(ctx: CallbackContext) -> Reply | None:
         _subscriber(ctx),
         EventKind.message,
         ctx.occurred_at,
-        inbox=ctx.inbox,
+        ctx=ctx,
         detail={"type": "text", "content": content[:2000]},
     )
     rule = replies.match_text(ctx.account.id, ctx.account.config_version, content)
@@ -116,9 +113,7 @@ def _media_message(ctx: CallbackContext) -> Reply | None:
     for field in ("MediaId", "PicUrl", "Format", "Recognition", "Label", "Title", "Url"):
         if ctx.message.get(field):
             detail[field] = ctx.message[field][:500]
-    subscribers.record_event(
-        _subscriber(ctx), EventKind.message, ctx.occurred_at, inbox=ctx.inbox, detail=detail
-    )
+    subscribers.record_event(_subscriber(ctx), EventKind.message, ctx.occurred_at, ctx=ctx, detail=detail)
     rule = replies.match_text(ctx.account.id, ctx.account.config_version, "")
     return rule.reply if rule else None  # only the default rule can match an empty text
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from wechat_service.dbtypes import EncryptedText, UTCDateTime, utcnow
 from wechat_service.extensions import db
-from wechat_service.models import CallbackInbox, str_enum
+from wechat_service.models import str_enum
 
 BigId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 
@@ -157,9 +157,6 @@ class SubscriberEvent(db.Model):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     channel_id: Mapped[int | None] = mapped_column(sa.ForeignKey("channel_qrcodes.id"), index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
-
-    # Lets one flush insert the inbox row and its ledger entry together.
-    inbox: Mapped[CallbackInbox | None] = relationship()
 
 
 class ChannelQRCode(db.Model):

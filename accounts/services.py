@@ -296,15 +296,18 @@ def describe_account(account: Account, token_health: dict[str, Any] | None = Non
 # -- the callback's cached view ------------------------------------------------------------------
 
 _info_cache: dict[str, AccountInfo] = {}
+_accounts = Account.__table__
+# Core, built once: this runs on every callback.
+_VERSION_QUERY = sa.select(_accounts.c.id, _accounts.c.config_version, _accounts.c.status).where(
+    _accounts.c.appid == sa.bindparam("appid")
+)
 _info_lock = threading.Lock()
 
 
 def callback_account(appid: str) -> AccountInfo | None:
     """One indexed SELECT of small columns; decrypted secrets come from a per-process cache
     keyed by ``config_version``, so a key rotation or a disable is seen by the next request."""
-    row = db.session.execute(
-        sa.select(Account.id, Account.config_version, Account.status).where(Account.appid == appid)
-    ).first()
+    row = db.session.connection().execute(_VERSION_QUERY, {"appid": appid}).first()
     if row is None:
         return None
     cached = _info_cache.get(appid)

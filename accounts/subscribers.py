@@ -2,35 +2,89 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from accounts.models import ChannelQRCode, EventKind, Person, Subscriber, SubscriberEvent
+from wechat_service.dbtypes import UTCDateTime, utcnow
 from wechat_service.dbutil import upsert
 from wechat_service.extensions import db
 
-# A chat burst should not rewrite the subscriber row per message: interaction time is kept
-# to the minute.
-INTERACTION_RESOLUTION = timedelta(seconds=60)
+
+@dataclass
+class SubscriberRef:
+    """What the callback path knows of a subscriber after its one upsert (no ORM object)."""
+
+    id: int
+    account_id: int
+    openid: str
+    following: bool
+    first_followed_at: datetime | None
+    last_followed_at: datetime | None
+    last_unfollowed_at: datetime | None
+
+
+_subs = Subscriber.__table__
+_events = SubscriberEvent.__table__
+_TOUCH: dict[str, Any] = {}
+_EVENT_INSERT = _events.insert()
+
+
+def _touch_statement(dialect: str) -> Any:
+    """Built once per dialect with bind parameters: building it per call costs more than running it."""
+    stmt = _TOUCH.get(dialect)
+    if stmt is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        ins = insert(_subs).values(
+            account_id=sa.bindparam("account_id"),
+            openid=sa.bindparam("openid"),
+            following=False,
+            last_interaction_at=sa.bindparam("at", type_=UTCDateTime),
+            created_at=sa.bindparam("now", type_=UTCDateTime),
+        )
+        current = _subs.c.last_interaction_at
+        newer = sa.case(
+            (
+                sa.or_(current.is_(None), current < ins.excluded.last_interaction_at),
+                ins.excluded.last_interaction_at,
+            ),
+            else_=current,
+        )
+        stmt = _TOUCH[dialect] = ins.on_conflict_do_update(
+            index_elements=["account_id", "openid"], set_={"last_interaction_at": newer}
+        ).returning(
+            _subs.c.id,
+            _subs.c.account_id,
+            _subs.c.openid,
+            _subs.c.following,
+            _subs.c.first_followed_at,
+            _subs.c.last_followed_at,
+            _subs.c.last_unfollowed_at,
+        )
+    return stmt
+
+
+def touch(account_id: int, openid: str, at: datetime | None) -> SubscriberRef:
+    """The subscriber, created if new, its last interaction moved forward to ``at``: one statement.
+
+    Concurrent callbacks of a new subscriber meet on the unique key instead of racing.
+    """
+    conn = db.session.connection()
+    row = conn.execute(
+        _touch_statement(conn.dialect.name),
+        {"account_id": account_id, "openid": openid, "at": at, "now": utcnow()},
+    ).one()
+    return SubscriberRef(*row)
 
 
 def get_or_create_subscriber(account_id: int, openid: str) -> Subscriber:
-    sub = db.session.scalar(
-        sa.select(Subscriber).where(Subscriber.account_id == account_id, Subscriber.openid == openid)
-    )
-    if sub is not None:
-        return sub
-    # Two callbacks of a new subscriber may race: let the unique key decide, then read.
-    upsert(
-        Subscriber,
-        [{"account_id": account_id, "openid": openid, "following": False}],
-        conflict=["account_id", "openid"],
-    )
-    return db.session.scalars(
-        sa.select(Subscriber).where(Subscriber.account_id == account_id, Subscriber.openid == openid)
-    ).one()
+    """The ORM object, for code that edits the subscriber (mini-program login, console)."""
+    ref = touch(account_id, openid, None)
+    return db.session.get(Subscriber, ref.id, populate_existing=True)
 
 
 def subscriber_by_id(account_id: int, subscriber_id: int) -> Subscriber:
@@ -61,64 +115,75 @@ def channel_for_scene(account_id: int, scene: str | None) -> int | None:
 
 
 def record_event(
-    sub: Subscriber,
+    sub: SubscriberRef,
     kind: EventKind,
     at: datetime,
     *,
-    inbox: Any = None,
+    ctx: Any = None,
     channel_id: int | None = None,
     detail: dict[str, Any] | None = None,
-) -> SubscriberEvent:
-    event = SubscriberEvent(
-        account_id=sub.account_id,
-        subscriber_id=sub.id,
-        kind=kind,
-        occurred_at=at,
-        channel_id=channel_id,
-        detail=detail or {},
-    )
-    if inbox is not None:
-        event.inbox = inbox
-    db.session.add(event)
-    if sub.last_interaction_at is None or at - sub.last_interaction_at >= INTERACTION_RESOLUTION:
-        sub.last_interaction_at = at
-    return event
+) -> None:
+    """Append to the ledger. Inside a callback the row waits for the inbox row it belongs to
+    (one ledger entry per accepted callback, guarded by the unique inbox_id)."""
+    row = {
+        "account_id": sub.account_id,
+        "subscriber_id": sub.id,
+        "kind": kind,
+        "occurred_at": at,
+        "recorded_at": utcnow(),
+        "channel_id": channel_id,
+        "detail": detail or {},
+    }
+    if ctx is None:
+        db.session.connection().execute(_EVENT_INSERT, [{**row, "inbox_id": None}])
+    else:
+        ctx.on_stored(
+            lambda inbox_id: db.session.connection().execute(_EVENT_INSERT, [{**row, "inbox_id": inbox_id}])
+        )
 
 
 def follow(
-    sub: Subscriber,
+    sub: SubscriberRef,
     at: datetime,
     *,
     scene: str | None,
     channel_id: int | None,
-    inbox: Any = None,
+    ctx: Any = None,
     ticket: str | None = None,
-) -> SubscriberEvent:
+) -> None:
     refollow = sub.first_followed_at is not None
+    values: dict[str, Any] = {}
     # Late or reordered events must not undo a newer state change.
     if sub.last_unfollowed_at is None or at >= sub.last_unfollowed_at:
-        sub.following = True
+        values["following"] = True
     if sub.first_followed_at is None or at < sub.first_followed_at:
-        sub.first_followed_at = at
+        values["first_followed_at"] = at
     if sub.last_followed_at is None or at > sub.last_followed_at:
-        sub.last_followed_at = at
-        sub.subscribe_scene = "ADD_SCENE_QR_CODE" if scene else "ADD_SCENE_OTHERS"
-        sub.qr_scene = scene
-        sub.channel_id = channel_id
+        values.update(
+            last_followed_at=at,
+            subscribe_scene="ADD_SCENE_QR_CODE" if scene else "ADD_SCENE_OTHERS",
+            qr_scene=scene,
+            channel_id=channel_id,
+        )
+    if values:
+        db.session.connection().execute(_subs.update().where(_subs.c.id == sub.id).values(**values))
     detail: dict[str, Any] = {"refollow": refollow}
     if scene:
         detail["scene"] = scene
     if ticket:
         detail["ticket"] = ticket
-    return record_event(sub, EventKind.follow, at, inbox=inbox, channel_id=channel_id, detail=detail)
+    record_event(sub, EventKind.follow, at, ctx=ctx, channel_id=channel_id, detail=detail)
 
 
-def unfollow(sub: Subscriber, at: datetime, *, inbox: Any = None) -> SubscriberEvent:
+def unfollow(sub: SubscriberRef, at: datetime, *, ctx: Any = None) -> None:
+    values: dict[str, Any] = {}
     if sub.last_followed_at is None or at >= sub.last_followed_at:
-        sub.following = False
+        values["following"] = False
     if sub.last_unfollowed_at is None or at > sub.last_unfollowed_at:
-        sub.last_unfollowed_at = at
-    return record_event(sub, EventKind.unfollow, at, inbox=inbox)
+        values["last_unfollowed_at"] = at
+    if values:
+        db.session.connection().execute(_subs.update().where(_subs.c.id == sub.id).values(**values))
+    record_event(sub, EventKind.unfollow, at, ctx=ctx)
 
 
 def subscriber_history(account_id: int, openid: str, limit: int = 100) -> list[SubscriberEvent]:

@@ -16,7 +16,7 @@ logger = logging.getLogger("alembic.env")
 
 def get_engine():
     # Flask-SQLAlchemy 3: the default engine (get_engine() is deprecated).
-    return current_app.extensions['migrate'].db.engine
+    return current_app.extensions["migrate"].db.engine
 
 
 def get_engine_url():

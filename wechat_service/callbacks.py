@@ -204,7 +204,12 @@ def _reply_of_original(account: AccountInfo, key: str) -> str:
         time.sleep(0.05)
 
 
+_INBOX_INSERT = CallbackInbox.__table__.insert().returning(CallbackInbox.__table__.c.id)
+
+
 def _store_and_route(account: AccountInfo, msg: dict[str, str], key: str) -> str:
+    """Run the inline handlers, then write the inbox row (with the reply, for re-sends) and what
+    the handlers queued for it, in one transaction. Core statements: this is the hot path."""
     msg_type = msg["MsgType"].lower()
     event = (msg.get("Event") or "").lower() or None if msg_type == "event" else None
     handlers = router.handlers(msg_type, event)
@@ -214,36 +219,42 @@ def _store_and_route(account: AccountInfo, msg: dict[str, str], key: str) -> str
         created = int(msg.get("CreateTime", ""))
     except ValueError:
         created = None
-    inbox = CallbackInbox(
-        account_id=account.id,
-        dedup_key=key[:256],
-        msg_type=msg_type,
-        event=event,
-        openid=msg.get("FromUserName"),
-        payload=msg,
-        created_time=created,
-        state=InboxState.queued if deferred else InboxState.processed if inline else InboxState.stored,
-        received_at=utcnow(),
-        attempts=0,
-    )
-    db.session.add(inbox)
-    ctx = CallbackContext(account=account, message=msg, msg_type=msg_type, event=event, inbox=inbox)
+    ctx = CallbackContext(account=account, message=msg, msg_type=msg_type, event=event)
     reply: Reply | None = None
-    # Handlers read without flushing the pending inbox row: one flush at commit writes it all.
-    with db.session.no_autoflush:
-        for handler in inline:
-            answer = handler.fn(ctx)
-            if reply is None and answer is not None:
-                reply = answer
+    for handler in inline:
+        answer = handler.fn(ctx)
+        if reply is None and answer is not None:
+            reply = answer
     reply_xml = reply.render(account, ctx.openid) if reply else ""
-    inbox.reply = reply_xml
-    if inline and not deferred:
-        inbox.processed_at = utcnow()
+    now = utcnow()
+    state = InboxState.queued if deferred else InboxState.processed if inline else InboxState.stored
+    inbox_id = (
+        db.session.connection()
+        .execute(
+            _INBOX_INSERT,
+            {
+                "account_id": account.id,
+                "dedup_key": key[:256],
+                "msg_type": msg_type,
+                "event": event,
+                "openid": msg.get("FromUserName"),
+                "payload": msg,
+                "created_time": created,
+                "received_at": now,
+                "state": state,
+                "reply": reply_xml,
+                "attempts": 0,
+                "processed_at": now if state is InboxState.processed else None,
+                "error": None,
+            },
+        )
+        .scalar_one()
+    )
+    ctx.stored(inbox_id)
     if deferred:
-        db.session.flush()
         from wechat_service.jobs import process_inbox
 
-        enqueue_after_commit("high", process_inbox, inbox.id)
+        enqueue_after_commit("high", process_inbox, inbox_id)
     db.session.commit()
     return reply_xml
 
@@ -269,7 +280,11 @@ def run_deferred(inbox_id: int) -> None:
     if account is None:
         return
     ctx = CallbackContext(
-        account=account, message=dict(inbox.payload), msg_type=inbox.msg_type, event=inbox.event, inbox=inbox
+        account=account,
+        message=dict(inbox.payload),
+        msg_type=inbox.msg_type,
+        event=inbox.event,
+        inbox_id=inbox.id,
     )
     inbox.attempts += 1
     for handler in router.handlers(inbox.msg_type, inbox.event):

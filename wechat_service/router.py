@@ -64,8 +64,22 @@ class CallbackContext:
     message: dict[str, str]
     msg_type: str
     event: str | None
-    inbox: Any  # CallbackInbox; pending (not yet flushed) while inline handlers run
+    inbox_id: int | None = None  # None while inline handlers run: the inbox row is written after them
     notes: dict[str, Any] = field(default_factory=dict)  # handlers share results (e.g. the subscriber)
+    _after_store: list[Callable[[int], None]] = field(default_factory=list)
+
+    def on_stored(self, write: Callable[[int], None]) -> None:
+        """Run ``write(inbox_id)`` once the inbox row exists, in the same transaction."""
+        if self.inbox_id is not None:
+            write(self.inbox_id)
+        else:
+            self._after_store.append(write)
+
+    def stored(self, inbox_id: int) -> None:
+        self.inbox_id = inbox_id
+        for write in self._after_store:
+            write(inbox_id)
+        self._after_store.clear()
 
     @property
     def openid(self) -> str:
