@@ -7,6 +7,7 @@ was stored with the original.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -157,40 +158,53 @@ def _open(account: AccountInfo, args: dict[str, str], outer: dict[str, str]) -> 
     return inner, True
 
 
-def _reply_key(account: AccountInfo, key: str) -> str:
-    return f"cb:reply:{account.id}:{key}"
+def _seen_key(account: AccountInfo, key: str) -> str:
+    return f"cb:{account.id}:{key}"
 
 
 def _dispatch(account: AccountInfo, msg: dict[str, str], key: str) -> str:
-    """Store and route a new callback, or find the reply given to the original of a re-send."""
+    """Route a new callback and store it, or give a re-send the reply its original got.
+
+    The inline handlers run first (reads, and the subscriber upsert), so the dedup key can be
+    set together with the reply in one Redis call: ``SET NX key reply``. The copy that loses
+    rolls back and answers with the winner's reply, even before the winner has committed. The
+    unique (account, dedup key) of the inbox row stays the real guard when Redis forgot.
+    """
     conn = get_redis()
-    ttl = current_app.config["CALLBACK_DEDUP_TTL"]
+    seen = _seen_key(account, key)
+    routed = _route(account, msg)
     try:
-        first = conn.set(f"cb:seen:{account.id}:{key}", b"1", nx=True, ex=ttl)
+        first = conn.set(
+            seen, routed.reply_xml.encode(), nx=True, ex=current_app.config["CALLBACK_DEDUP_TTL"]
+        )
     except redis.RedisError:
         log.warning("redis unavailable for callback dedup; the database decides")
         first = True
     if not first:
-        return _reply_of_original(account, key)
-    try:
-        reply_xml = _store_and_route(account, msg, key)
-    except IntegrityError:
         db.session.rollback()
         return _reply_of_original(account, key)
     try:
-        conn.set(_reply_key(account, key), reply_xml.encode(), ex=ttl)
-    except redis.RedisError:
-        log.warning("redis unavailable: a re-send will read its reply from the database")
-    return reply_xml
+        _store(account, msg, key, routed)
+    except IntegrityError:
+        db.session.rollback()
+        return _reply_of_original(account, key)
+    except Exception:
+        # Not stored: let WeChat's re-send try again rather than be answered from the cache.
+        db.session.rollback()
+        with contextlib.suppress(redis.RedisError):
+            conn.delete(seen)
+        raise
+    return routed.reply_xml
 
 
 def _reply_of_original(account: AccountInfo, key: str) -> str:
-    """A re-send: wait (within the budget) for the original's reply and give the same one."""
+    """A re-send: the original's reply from Redis, else (Redis forgot) from its inbox row,
+    waiting within the budget for an original that has not committed yet."""
     conn = get_redis()
     deadline = time.monotonic() + current_app.config["CALLBACK_BUDGET"]
     while True:
         try:
-            cached = conn.get(_reply_key(account, key))
+            cached = conn.get(_seen_key(account, key))
         except redis.RedisError:
             cached = None
         if cached is not None:
@@ -204,30 +218,42 @@ def _reply_of_original(account: AccountInfo, key: str) -> str:
         time.sleep(0.05)
 
 
-_INBOX_INSERT = CallbackInbox.__table__.insert().returning(CallbackInbox.__table__.c.id)
+@dataclass
+class _Routed:
+    ctx: CallbackContext
+    reply_xml: str
+    state: InboxState
+    deferred: bool
 
 
-def _store_and_route(account: AccountInfo, msg: dict[str, str], key: str) -> str:
-    """Run the inline handlers, then write the inbox row (with the reply, for re-sends) and what
-    the handlers queued for it, in one transaction. Core statements: this is the hot path."""
+def _route(account: AccountInfo, msg: dict[str, str]) -> _Routed:
     msg_type = msg["MsgType"].lower()
     event = (msg.get("Event") or "").lower() or None if msg_type == "event" else None
     handlers = router.handlers(msg_type, event)
     inline = [h for h in handlers if h.inline]
-    deferred = [h for h in handlers if not h.inline]
-    try:
-        created = int(msg.get("CreateTime", ""))
-    except ValueError:
-        created = None
+    deferred = any(not h.inline for h in handlers)
     ctx = CallbackContext(account=account, message=msg, msg_type=msg_type, event=event)
     reply: Reply | None = None
     for handler in inline:
         answer = handler.fn(ctx)
         if reply is None and answer is not None:
             reply = answer
-    reply_xml = reply.render(account, ctx.openid) if reply else ""
-    now = utcnow()
     state = InboxState.queued if deferred else InboxState.processed if inline else InboxState.stored
+    return _Routed(ctx, reply.render(account, ctx.openid) if reply else "", state, deferred)
+
+
+_INBOX_INSERT = CallbackInbox.__table__.insert().returning(CallbackInbox.__table__.c.id)
+
+
+def _store(account: AccountInfo, msg: dict[str, str], key: str, routed: _Routed) -> None:
+    """The inbox row (with the reply, for re-sends) and what the handlers queued for it, in one
+    transaction. Core statements built once: this is the hot path."""
+    try:
+        created = int(msg.get("CreateTime", ""))
+    except ValueError:
+        created = None
+    now = utcnow()
+    ctx = routed.ctx
     inbox_id = (
         db.session.connection()
         .execute(
@@ -235,28 +261,27 @@ def _store_and_route(account: AccountInfo, msg: dict[str, str], key: str) -> str
             {
                 "account_id": account.id,
                 "dedup_key": key[:256],
-                "msg_type": msg_type,
-                "event": event,
+                "msg_type": ctx.msg_type,
+                "event": ctx.event,
                 "openid": msg.get("FromUserName"),
                 "payload": msg,
                 "created_time": created,
                 "received_at": now,
-                "state": state,
-                "reply": reply_xml,
+                "state": routed.state,
+                "reply": routed.reply_xml,
                 "attempts": 0,
-                "processed_at": now if state is InboxState.processed else None,
+                "processed_at": now if routed.state is InboxState.processed else None,
                 "error": None,
             },
         )
         .scalar_one()
     )
     ctx.stored(inbox_id)
-    if deferred:
+    if routed.deferred:
         from wechat_service.jobs import process_inbox
 
         enqueue_after_commit("high", process_inbox, inbox_id)
     db.session.commit()
-    return reply_xml
 
 
 def _answer(account: AccountInfo, args: dict[str, str], reply_xml: str, encrypted: bool) -> CallbackResult:
