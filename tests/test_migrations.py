@@ -26,33 +26,22 @@ def test_every_revision_has_a_message() -> None:
         assert '"""' in path.read_text().splitlines()[0] and len(path.read_text().splitlines()[0]) > 6
 
 
-def test_upgrade_head_matches_the_models(tmp_path: Path) -> None:
-    url = helpers.recreate_database(f"{helpers.DB_NAME}_migrations")
-    app = create_app(
-        {
-            "DATABASE_URL": url,
-            "INSTANCE_PATH": str(tmp_path),
-            "SECRET_KEY": helpers.SECRET_KEY,
-            "MASTER_KEY": helpers.MASTER_KEY,
-        }
-    )
+def _upgrade_and_diff(overrides: dict[str, str]) -> list[object]:
+    app = create_app({"SECRET_KEY": helpers.SECRET_KEY, "MASTER_KEY": helpers.MASTER_KEY, **overrides})
     with app.app_context():
         upgrade()
         with db.engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            diff = compare_metadata(ctx, db.metadata)
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata
+            )
         db.engine.dispose()
-    assert diff == []
+    return diff
+
+
+def test_upgrade_head_matches_the_models(tmp_path: Path) -> None:
+    url = helpers.recreate_database(f"{helpers.DB_NAME}_migrations")
+    assert _upgrade_and_diff({"DATABASE_URL": url, "INSTANCE_PATH": str(tmp_path)}) == []
 
 
 def test_upgrade_head_on_sqlite_too(tmp_path: Path) -> None:
-    app = create_app(
-        {"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": helpers.SECRET_KEY, "MASTER_KEY": helpers.MASTER_KEY}
-    )
-    with app.app_context():
-        upgrade()
-        with db.engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            diff = compare_metadata(ctx, db.metadata)
-        db.engine.dispose()
-    assert diff == []
+    assert _upgrade_and_diff({"INSTANCE_PATH": str(tmp_path)}) == []

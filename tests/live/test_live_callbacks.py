@@ -27,6 +27,10 @@ def _rules(live: Live, appid: str) -> int:
     return live.in_app(add)
 
 
+def _count(live: Live, model: type, account_id: int) -> int:
+    return live.scalar(sa.select(sa.func.count()).select_from(model).where(model.account_id == account_id))
+
+
 @pytest.mark.parametrize("mode", ["plain", "compatible", "safe"])
 def test_three_modes_end_to_end(live: Live, mode: str) -> None:
     fields, _ = live.create_account(mode)
@@ -73,22 +77,8 @@ def test_slow_answer_is_resent_like_wechat_and_recorded_once(live: Live) -> None
         conn.close()
     assert result["attempts"] >= 2, result
     assert result["reply"]["Content"] == "your balance is 5"
-    assert (
-        live.scalar(
-            sa.select(sa.func.count())
-            .select_from(SubscriberEvent)
-            .where(SubscriberEvent.account_id == account_id)
-        )
-        == 1
-    )
-    assert (
-        live.scalar(
-            sa.select(sa.func.count())
-            .select_from(CallbackInbox)
-            .where(CallbackInbox.account_id == account_id)
-        )
-        == 1
-    )
+    assert _count(live, SubscriberEvent, account_id) == 1
+    assert _count(live, CallbackInbox, account_id) == 1
 
 
 def test_duplicate_copies_in_parallel_record_once(live: Live) -> None:
@@ -96,14 +86,7 @@ def test_duplicate_copies_in_parallel_record_once(live: Live) -> None:
     account_id = _rules(live, fields["appid"])
     result = live.drive(fields["appid"], "text", openid="oDUP", content="balance", repeat=4)
     assert [d["reply"]["Content"] for d in result["deliveries"]] == ["your balance is 5"] * 4
-    assert (
-        live.scalar(
-            sa.select(sa.func.count())
-            .select_from(SubscriberEvent)
-            .where(SubscriberEvent.account_id == account_id)
-        )
-        == 1
-    )
+    assert _count(live, SubscriberEvent, account_id) == 1
 
 
 def test_rule_change_reaches_every_web_process_at_once(live: Live) -> None:
