@@ -253,3 +253,123 @@ def list_org_units(as_json: bool) -> None:
         for u in units
     ]
     _emit(data, as_json, [f"{'/'.join(d['path']):<40} {d['kind']:<9} {d['name']}" for d in data])
+
+
+user_cli = AppGroup("user", help="Console staff users.")
+
+
+def _password(password: str | None) -> str:
+    import os
+
+    return (
+        password
+        or os.environ.get("WECHAT_SERVICE_NEW_USER_PASSWORD")
+        or click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    )
+
+
+@user_cli.command("create-admin")
+@click.option("--username", required=True)
+@click.option("--password", help="Prompted for when omitted (or WECHAT_SERVICE_NEW_USER_PASSWORD).")
+@click.option("--display-name", default="")
+@click.option("--json", "as_json", is_flag=True)
+def create_admin(username: str, password: str | None, display_name: str, as_json: bool) -> None:
+    """The first administrator (or another one)."""
+    from accounts import staff
+
+    try:
+        user = staff.create_user(username, _password(password), display_name=display_name, is_admin=True)
+        staff.audit(None, "staff.create", target=user.username, after={"is_admin": True, "via": "cli"})
+        db.session.commit()
+    except ServiceError as exc:
+        _fail(exc)
+        return
+    _emit(
+        {"id": user.id, "username": user.username, "is_admin": True},
+        as_json,
+        [f"administrator {user.username} created"],
+    )
+
+
+@user_cli.command("create")
+@click.option("--username", required=True)
+@click.option("--password")
+@click.option("--display-name", default="")
+@click.option("--json", "as_json", is_flag=True)
+def create_user(username: str, password: str | None, display_name: str, as_json: bool) -> None:
+    from accounts import staff
+
+    try:
+        user = staff.create_user(username, _password(password), display_name=display_name)
+        staff.audit(None, "staff.create", target=user.username, after={"is_admin": False, "via": "cli"})
+        db.session.commit()
+    except ServiceError as exc:
+        _fail(exc)
+        return
+    _emit(
+        {"id": user.id, "username": user.username, "is_admin": False},
+        as_json,
+        [f"user {user.username} created"],
+    )
+
+
+@user_cli.command("grant")
+@click.argument("username")
+@click.option(
+    "--role", type=click.Choice(["account_manager", "marketer", "analyst", "support"]), required=True
+)
+@click.option("--account", "appid", help="AppID of the account.")
+@click.option("--org-unit", "org_unit_code", help="Org unit code (every account under it).")
+@click.option("--can-approve", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def grant(
+    username: str, role: str, appid: str | None, org_unit_code: str | None, can_approve: bool, as_json: bool
+) -> None:
+    import sqlalchemy as sa
+
+    from accounts import staff
+    from accounts.models import StaffUser
+
+    try:
+        user = db.session.scalar(sa.select(StaffUser).where(StaffUser.username == username.lower()))
+        if user is None:
+            raise ServiceError(f"no user {username!r}", status=404)
+        account_id = services.account_by_appid(appid).id if appid else None
+        new = staff.add_grant(
+            user, role, account_id=account_id, org_unit_code=org_unit_code, can_approve=can_approve
+        )
+        staff.audit(
+            None,
+            "grant.add",
+            account_id=new.account_id,
+            target=user.username,
+            after={**staff.describe_grant(new), "via": "cli"},
+        )
+        db.session.commit()
+    except ServiceError as exc:
+        _fail(exc)
+        return
+    _emit(staff.describe_grant(new), as_json, [f"granted {role} to {user.username}"])
+
+
+@user_cli.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def list_users(as_json: bool) -> None:
+    from accounts import staff
+
+    users = staff.list_users()
+    data = [
+        {
+            "id": u.id,
+            "username": u.username,
+            "is_admin": u.is_admin,
+            "is_active": u.is_active,
+            "grants": [staff.describe_grant(g) for g in staff.grants_of(u.id)],
+        }
+        for u in users
+    ]
+    _emit(
+        data,
+        as_json,
+        [f"{d['username']:<24} {'admin' if d['is_admin'] else ''} {len(d['grants'])} grants" for d in data],
+    )

@@ -112,3 +112,62 @@ def publish_menu(account_id: int) -> Menu:
     menu.published_at = utcnow()
     db.session.flush()
     return menu
+
+
+def tree_from_rows(rows: list[dict[str, str]]) -> dict[str, Any]:
+    """The console's fixed grid (3 top buttons × 5 sub-buttons) to a menu tree; blank rows dropped.
+
+    Row keys: top (0-2), sub ('' for the top button itself, else 0-4), name, type, value (key or
+    url), appid, pagepath.
+    """
+    tops: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if not (row.get("name") or "").strip():
+            continue
+        top = int(row["top"])
+        leaf: dict[str, Any] = {"name": row["name"].strip(), "type": row.get("type") or "click"}
+        if leaf["type"] == "click":
+            leaf["key"] = (row.get("value") or "").strip()
+        else:
+            leaf["url"] = (row.get("value") or "").strip()
+        if leaf["type"] == "miniprogram":
+            leaf["appid"], leaf["pagepath"] = (
+                (row.get("appid") or "").strip(),
+                (row.get("pagepath") or "").strip(),
+            )
+        if row.get("sub", "") == "":
+            tops.setdefault(top, {}).update(leaf)
+        else:
+            tops.setdefault(top, {}).setdefault("sub_button", []).append(leaf)
+    buttons = []
+    for top in sorted(tops):
+        button = tops[top]
+        if button.get("sub_button"):
+            button = {"name": button.get("name", ""), "sub_button": button["sub_button"]}
+        buttons.append(button)
+    return {"button": buttons}
+
+
+def rows_from_tree(tree: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The grid the editor shows for a saved tree (every slot present, blank where unused)."""
+    buttons = (tree or {}).get("button") or []
+    rows = []
+    for top in range(MAX_TOP):
+        button = buttons[top] if top < len(buttons) else {}
+        rows.append(_row(top, "", button))
+        subs = button.get("sub_button") or []
+        for sub in range(MAX_SUB):
+            rows.append(_row(top, str(sub), subs[sub] if sub < len(subs) else {}))
+    return rows
+
+
+def _row(top: int, sub: str, button: dict[str, Any]) -> dict[str, str]:
+    return {
+        "top": str(top),
+        "sub": sub,
+        "name": button.get("name", ""),
+        "type": button.get("type", ""),
+        "value": button.get("key") or button.get("url") or "",
+        "appid": button.get("appid", ""),
+        "pagepath": button.get("pagepath", ""),
+    }

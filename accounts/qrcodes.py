@@ -69,3 +69,22 @@ def create_channel_qrcode(
 
 def list_channel_qrcodes(account_id: int) -> list[ChannelQRCode]:
     return list(db.session.scalars(scoped(ChannelQRCode, account_id).order_by(ChannelQRCode.id)))
+
+
+def channel_stats(account_id: int) -> dict[int, dict[str, int]]:
+    """Scans and follows per channel QR code, from the ledger."""
+    from accounts.models import EventKind, SubscriberEvent
+
+    rows = db.session.execute(
+        sa.select(SubscriberEvent.channel_id, SubscriberEvent.kind, sa.func.count())
+        .where(
+            SubscriberEvent.account_id == account_id,
+            SubscriberEvent.channel_id.is_not(None),
+            SubscriberEvent.kind.in_([EventKind.follow, EventKind.scan]),
+        )
+        .group_by(SubscriberEvent.channel_id, SubscriberEvent.kind)
+    ).all()
+    out: dict[int, dict[str, int]] = {}
+    for channel_id, kind, n in rows:
+        out.setdefault(channel_id, {"follow": 0, "scan": 0})[kind.value] = n
+    return out

@@ -220,3 +220,59 @@ def follower_count(account_id: int) -> int:
         )
         or 0
     )
+
+
+def search_subscribers(
+    account_id: int,
+    *,
+    q: str | None = None,
+    tag: str | None = None,
+    channel_id: int | None = None,
+    following: bool | None = None,
+) -> sa.Select[Any]:
+    """Subscribers of one account by openid or unionid (prefix), tag name, channel QR code."""
+    from accounts.models import SubscriberTag, Tag
+
+    query = sa.select(Subscriber).where(Subscriber.account_id == account_id)
+    if q:
+        query = query.where(
+            sa.or_(
+                Subscriber.openid.startswith(q.strip(), autoescape=True),
+                Subscriber.unionid.startswith(q.strip(), autoescape=True),
+            )
+        )
+    if tag:
+        query = query.where(
+            Subscriber.id.in_(
+                sa.select(SubscriberTag.subscriber_id)
+                .join(Tag, Tag.id == SubscriberTag.tag_id)
+                .where(Tag.account_id == account_id, Tag.name == tag)
+            )
+        )
+    if channel_id:
+        query = query.where(Subscriber.channel_id == channel_id)
+    if following is not None:
+        query = query.where(Subscriber.following.is_(following))
+    return query.order_by(Subscriber.last_interaction_at.desc().nulls_last(), Subscriber.id.desc())
+
+
+def events_of(account_id: int, subscriber_id: int) -> sa.Select[Any]:
+    return (
+        sa.select(SubscriberEvent)
+        .where(SubscriberEvent.account_id == account_id, SubscriberEvent.subscriber_id == subscriber_id)
+        .order_by(SubscriberEvent.occurred_at.desc(), SubscriberEvent.id.desc())
+    )
+
+
+def tags_of(subscriber_ids: list[int]) -> dict[int, list[str]]:
+    from accounts.models import SubscriberTag, Tag
+
+    out: dict[int, list[str]] = {}
+    rows = db.session.execute(
+        sa.select(SubscriberTag.subscriber_id, Tag.name)
+        .join(Tag, Tag.id == SubscriberTag.tag_id)
+        .where(SubscriberTag.subscriber_id.in_(subscriber_ids))
+    ).all()
+    for sid, name in rows:
+        out.setdefault(sid, []).append(name)
+    return out

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
 from wechat_service.config import load_config
 from wechat_service.errors import register_error_handlers
-from wechat_service.extensions import db, init_redis, migrate
+from wechat_service.extensions import JsonApi, csrf, db, init_redis, migrate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -21,6 +21,18 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app = Flask("wechat_service", instance_path=str(instance or Path.cwd() / "instance"))
     load_config(app, overrides)
     app.config["MAX_CONTENT_LENGTH"] = max(app.config["CALLBACK_MAX_BODY"], 1024 * 1024)
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_NAME="ws_console",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+        WTF_CSRF_TIME_LIMIT=None,
+        API_TITLE="wechat-service console API",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+    )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -32,17 +44,36 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     import accounts.handlers  # noqa: F401
     import accounts.models  # noqa: F401
     import wechat_service.models  # noqa: F401
-    from accounts.cli import account_cli, orgunit_cli
+
+    # Blueprints, explicitly.
+    from accounts import api as console_api
+    from accounts import views as console_views
+    from accounts.cli import account_cli, orgunit_cli, user_cli
+    from accounts.console import load_user
     from wechat_service import api, views
     from wechat_service.cli import register_commands
 
-    # Blueprints, explicitly.
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(console_views.bp)
+    # Provider-facing and token-authenticated endpoints carry no browser session: no CSRF token.
+    csrf.init_app(app)
+    csrf.exempt(views.bp)
+    csrf.exempt(api.bp)
+
+    @app.context_processor
+    def _console_user() -> dict[str, Any]:
+        return {"console_user": load_user() if request.path.startswith("/console") else None}
 
     register_error_handlers(app)
+    # The console API and its OpenAPI document (flask-smorest); its HTTP error handler, which
+    # answers in our error shape, replaces the generic one registered just above.
+    openapi = JsonApi(app)
+    openapi.register_blueprint(console_api.blp)
+    app.extensions["openapi"] = openapi
     app.cli.add_command(account_cli)
     app.cli.add_command(orgunit_cli)
+    app.cli.add_command(user_cli)
     register_commands(app)
 
     @app.get("/healthz")

@@ -330,3 +330,21 @@ def inbox_summary(account_id: int) -> dict[str, Any]:
         .all()
     )
     return {state.value: n for state, n in rows}
+
+
+def inbox_stats(account_ids: list[int] | None, since: Any) -> dict[int, dict[str, int]]:
+    """Callbacks received since ``since`` and failed ones, per account (for the matrix overview)."""
+    from sqlalchemy import case, func, select
+
+    query = (
+        select(
+            CallbackInbox.account_id,
+            func.count(),
+            func.sum(case((CallbackInbox.state == InboxState.failed, 1), else_=0)),
+        )
+        .where(CallbackInbox.received_at >= since)
+        .group_by(CallbackInbox.account_id)
+    )
+    if account_ids is not None:
+        query = query.where(CallbackInbox.account_id.in_(account_ids))
+    return {aid: {"callbacks": n, "failed": int(failed or 0)} for aid, n, failed in db.session.execute(query)}

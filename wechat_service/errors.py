@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Any
 
-from flask import Flask, current_app, jsonify
+from flask import Flask, current_app, jsonify, redirect, render_template, request, url_for
 from marshmallow import ValidationError as SchemaValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -58,9 +58,22 @@ def error_body(code: str, message: str, fields: dict[str, Any] | None = None) ->
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
+def _wants_page() -> bool:
+    """Console pages get an HTML error page (or the sign-in page); everything else gets JSON."""
+    return request.path.startswith("/console")
+
+
+def _page(status: int, title: str, message: str):  # type: ignore[no-untyped-def]
+    if status == 401:
+        return redirect(url_for("console.login", next=request.full_path))
+    return render_template("error.html", status=status, title=title, message=message), status
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError):  # type: ignore[no-untyped-def]
+        if _wants_page():
+            return _page(exc.status, exc.code.replace("_", " "), exc.message)
         return jsonify(error_body(exc.code, exc.message, exc.fields)), exc.status
 
     @app.errorhandler(SchemaValidationError)
@@ -71,6 +84,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         code = (exc.name or "error").lower().replace(" ", "_")
+        if _wants_page():
+            return _page(exc.code or 500, exc.name or "error", exc.description or "")
         resp = jsonify(error_body(code, exc.description or exc.name))
         resp.status_code = exc.code or 500
         return resp

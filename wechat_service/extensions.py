@@ -8,7 +8,9 @@ from typing import Any
 import redis
 from flask import Flask, current_app
 from flask_migrate import Migrate
+from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
 from rq import Queue
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
@@ -25,6 +27,29 @@ NAMING = {
 
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING))
 migrate = Migrate(compare_type=True, render_as_batch=True)
+csrf = CSRFProtect()
+
+
+class JsonApi(Api):
+    """flask-smorest, answering errors in our one JSON shape: {"error": {"code", "message", "fields"}}."""
+
+    def handle_http_exception(self, error: Any):  # type: ignore[no-untyped-def]
+        from flask import jsonify
+
+        from wechat_service.errors import _page, _wants_page
+
+        if _wants_page():
+            return _page(error.code or 500, error.name or "error", error.description or "")
+        data = getattr(error, "data", None) or {}
+        fields = data.get("messages", {})
+        if isinstance(fields, dict) and len(fields) == 1 and next(iter(fields)) in ("json", "query", "form"):
+            fields = next(iter(fields.values()))  # webargs nests by location; one location is the common case
+        code = "invalid_input" if error.code == 422 else (error.name or "error").lower().replace(" ", "_")
+        body = {"error": {"code": code, "message": error.description or error.name, "fields": fields}}
+        resp = jsonify(body)
+        resp.status_code = error.code or 500
+        return resp
+
 
 QUEUE_NAMES = ("high", "default", "low")
 

@@ -1,0 +1,102 @@
+"""Console plumbing shared by the pages and the JSON API: the signed-in user, idle timeout,
+the user's access, the client IP, pagination. Views stay thin on top of it."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+from flask import current_app, g, redirect, request, session, url_for
+from werkzeug.exceptions import Unauthorized
+
+from accounts.access import Access, access_for
+from accounts.models import StaffUser
+from wechat_service.extensions import db
+
+IDLE_TIMEOUT = 30 * 60
+
+
+def client_ip() -> str:
+    # Behind a proxy, configure ProxyFix (werkzeug) so remote_addr is the client's.
+    return request.remote_addr or "unknown"
+
+
+def sign_in(user: StaffUser) -> None:
+    session.clear()
+    session.permanent = True
+    session["uid"] = user.id
+    session["pwd_at"] = user.password_changed_at.timestamp() if user.password_changed_at else 0
+    session["seen"] = time.time()
+
+
+def sign_out() -> None:
+    session.clear()
+
+
+def load_user() -> StaffUser | None:
+    """The signed-in user, or None: signed out, idle too long, deactivated, or password changed."""
+    if "console_user" in g:
+        return g.console_user
+    user = None
+    uid = session.get("uid")
+    idle = current_app.config.get("CONSOLE_IDLE_TIMEOUT", IDLE_TIMEOUT)
+    if uid and time.time() - float(session.get("seen", 0)) <= idle:
+        candidate = db.session.get(StaffUser, uid)
+        changed = (
+            candidate.password_changed_at.timestamp() if candidate and candidate.password_changed_at else 0
+        )
+        if candidate and candidate.is_active and abs(changed - float(session.get("pwd_at", 0))) < 1:
+            user = candidate
+            session["seen"] = time.time()
+    if user is None and uid:
+        session.clear()
+    g.console_user = user
+    return user
+
+
+def current_user() -> StaffUser:
+    user = load_user()
+    if user is None:
+        raise Unauthorized("sign in first")
+    return user
+
+
+def current_access() -> Access:
+    if "console_access" not in g:
+        g.console_access = access_for(current_user())
+    return g.console_access
+
+
+def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if load_user() is None:
+            return redirect(url_for("console.login", next=request.full_path))
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+@dataclass
+class Page:
+    items: list[Any]
+    page: int
+    per_page: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+
+def paginate(query: Any, page: int | None = None, per_page: int = 25) -> Page:
+    import sqlalchemy as sa
+
+    page = max(1, page or request.args.get("page", 1, type=int) or 1)
+    total = db.session.scalar(sa.select(sa.func.count()).select_from(query.order_by(None).subquery())) or 0
+    items = list(db.session.scalars(query.limit(per_page).offset((page - 1) * per_page)))
+    return Page(items, page, per_page, total)

@@ -1,0 +1,264 @@
+"""Operator staff: users, passwords (scrypt), TOTP, login throttling, grants, and the audit trail."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pyotp
+import sqlalchemy as sa
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from accounts.models import Account, AuditLog, Grant, OrgUnit, Role, StaffUser
+from wechat_service.dbtypes import utcnow
+from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
+from wechat_service.extensions import db, get_redis
+
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]{2,63}$")
+MIN_PASSWORD = 10
+# Throttling windows: a user locks after 5 failures in 15 min; an IP after 30.
+USER_FAILURES, IP_FAILURES, WINDOW = 5, 30, 15 * 60
+# Secrets never land in the audit trail, even as before/after values.
+REDACTED_FIELDS = {
+    "app_secret",
+    "token",
+    "aes_key",
+    "previous_aes_key",
+    "password",
+    "totp_secret",
+    "session_key",
+}
+
+
+class ThrottledError(ServiceError):
+    code = "too_many_attempts"
+    status = 429
+
+
+class LoginError(ServiceError):
+    code = "invalid_login"
+    status = 401
+
+
+def hash_password(password: str) -> str:
+    # Werkzeug's scrypt (n=2^15, r=8, p=1): a memory-hard KDF from the stdlib's hashlib.
+    return generate_password_hash(password, method="scrypt")
+
+
+def _check_password_strength(username: str, password: str) -> None:
+    if len(password) < MIN_PASSWORD or password.lower() == username.lower() or len(set(password)) < 4:
+        raise InvalidInputError(
+            f"a password needs at least {MIN_PASSWORD} characters, not the username",
+            fields={"password": ["too weak"]},
+        )
+
+
+def create_user(username: str, password: str, *, display_name: str = "", is_admin: bool = False) -> StaffUser:
+    username = (username or "").strip().lower()
+    if not USERNAME_RE.match(username):
+        raise InvalidInputError(
+            "username: 3-64 lower-case letters, digits, . _ @ -", fields={"username": ["invalid"]}
+        )
+    _check_password_strength(username, password)
+    if db.session.scalar(sa.select(StaffUser.id).where(StaffUser.username == username)):
+        raise ConflictError(f"user {username!r} exists", fields={"username": ["taken"]})
+    user = StaffUser(
+        username=username,
+        display_name=display_name or username,
+        password_hash=hash_password(password),
+        is_admin=is_admin,
+        is_active=True,
+        password_changed_at=utcnow(),
+    )
+    db.session.add(user)
+    db.session.flush()
+    return user
+
+
+def user_by_id(user_id: int) -> StaffUser:
+    user = db.session.get(StaffUser, user_id)
+    if user is None:
+        raise NotFoundError("no such user")
+    return user
+
+
+def list_users() -> list[StaffUser]:
+    return list(db.session.scalars(sa.select(StaffUser).order_by(StaffUser.username)))
+
+
+def _throttle_keys(username: str, ip: str) -> tuple[str, str]:
+    return f"login:fail:user:{username}", f"login:fail:ip:{ip}"
+
+
+def authenticate(username: str, password: str, ip: str, totp_code: str | None = None) -> StaffUser:
+    """Check a login; failures count per user and per IP in Redis, shared by every web process."""
+    username = (username or "").strip().lower()
+    conn = get_redis()
+    user_key, ip_key = _throttle_keys(username, ip)
+    user_fails, ip_fails = (int(v or 0) for v in conn.mget(user_key, ip_key))
+    if user_fails >= USER_FAILURES or ip_fails >= IP_FAILURES:
+        raise ThrottledError("too many failed logins; try again in 15 minutes")
+    user = db.session.scalar(sa.select(StaffUser).where(StaffUser.username == username))
+    ok = bool(user and user.is_active and check_password_hash(user.password_hash, password or ""))
+    if ok and user.totp_secret:
+        ok = bool(totp_code) and pyotp.TOTP(user.totp_secret).verify(totp_code, valid_window=1)
+        if not ok and not totp_code:
+            raise LoginError("enter the code from your authenticator app", code="totp_required")
+    if not ok:
+        pipe = conn.pipeline()
+        for key in (user_key, ip_key):
+            pipe.incr(key)
+            pipe.expire(key, WINDOW)
+        pipe.execute()
+        raise LoginError("wrong username, password or code")
+    conn.delete(user_key)
+    user.last_login_at = utcnow()
+    return user
+
+
+def change_password(user: StaffUser, current: str, new: str) -> None:
+    if not check_password_hash(user.password_hash, current or ""):
+        raise InvalidInputError("the current password is wrong", fields={"current_password": ["wrong"]})
+    _check_password_strength(user.username, new)
+    user.password_hash = hash_password(new)
+    user.password_changed_at = utcnow()
+
+
+def start_totp() -> tuple[str, str]:
+    secret = pyotp.random_base32()
+    return secret, pyotp.TOTP(secret).provisioning_uri(name="wechat-service", issuer_name="wechat-service")
+
+
+def enable_totp(user: StaffUser, secret: str, code: str) -> None:
+    if not pyotp.TOTP(secret).verify(code or "", valid_window=1):
+        raise InvalidInputError(
+            "that code does not match; check the clock of your phone", fields={"code": ["wrong"]}
+        )
+    user.totp_secret = secret
+
+
+def set_active(user: StaffUser, active: bool) -> None:
+    user.is_active = active
+
+
+# -- grants ----------------------------------------------------------------------------------------
+
+
+def add_grant(
+    user: StaffUser,
+    role: str,
+    *,
+    account_id: int | None = None,
+    org_unit_code: str | None = None,
+    can_approve: bool = False,
+) -> Grant:
+    try:
+        role_enum = Role(role)
+    except ValueError:
+        raise InvalidInputError(
+            f"role must be one of {[r.value for r in Role]}", fields={"role": ["invalid"]}
+        ) from None
+    if (account_id is None) == (not org_unit_code):
+        raise InvalidInputError("grant either an account or an org unit", fields={"scope": ["one required"]})
+    org_unit_id = None
+    if account_id is not None and db.session.get(Account, account_id) is None:
+        raise NotFoundError("no such account")
+    if org_unit_code:
+        org_unit_id = db.session.scalar(sa.select(OrgUnit.id).where(OrgUnit.code == org_unit_code))
+        if org_unit_id is None:
+            raise NotFoundError(f"no org unit {org_unit_code!r}")
+    grant = Grant(
+        user_id=user.id,
+        role=role_enum,
+        account_id=account_id,
+        org_unit_id=org_unit_id,
+        can_approve=can_approve,
+    )
+    db.session.add(grant)
+    db.session.flush()
+    return grant
+
+
+def remove_grant(user: StaffUser, grant_id: int) -> Grant:
+    grant = db.session.scalar(sa.select(Grant).where(Grant.id == grant_id, Grant.user_id == user.id))
+    if grant is None:
+        raise NotFoundError("no such grant")
+    db.session.delete(grant)
+    db.session.flush()
+    return grant
+
+
+def grants_of(user_id: int) -> list[Grant]:
+    return list(db.session.scalars(sa.select(Grant).where(Grant.user_id == user_id).order_by(Grant.id)))
+
+
+def describe_grant(grant: Grant) -> dict[str, Any]:
+    scope = None
+    if grant.account_id:
+        scope = {
+            "account_id": grant.account_id,
+            "account": db.session.scalar(sa.select(Account.name).where(Account.id == grant.account_id)),
+        }
+    else:
+        scope = {
+            "org_unit": db.session.scalar(sa.select(OrgUnit.code).where(OrgUnit.id == grant.org_unit_id))
+        }
+    return {"id": grant.id, "role": grant.role.value, "can_approve": grant.can_approve, **scope}
+
+
+# -- audit -----------------------------------------------------------------------------------------
+
+
+def redact(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    if values is None:
+        return None
+    return {k: ("[redacted]" if k in REDACTED_FIELDS and v else v) for k, v in values.items()}
+
+
+def audit(
+    actor_id: int | None,
+    action: str,
+    *,
+    account_id: int | None = None,
+    target: str = "",
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    ip: str | None = None,
+) -> AuditLog:
+    """Record in the caller's transaction: the entry commits (or rolls back) with the change."""
+    entry = AuditLog(
+        user_id=actor_id,
+        account_id=account_id,
+        action=action,
+        target=target[:256],
+        before=redact(before),
+        after=redact(after),
+        ip=ip,
+        at=utcnow(),
+    )
+    db.session.add(entry)
+    return entry
+
+
+def audit_query(
+    *,
+    account_ids: list[int] | None,
+    user_id: int | None = None,
+    account_id: int | None = None,
+    action: str | None = None,
+) -> sa.Select[Any]:
+    query = sa.select(AuditLog).order_by(AuditLog.at.desc(), AuditLog.id.desc())
+    if account_ids is not None:
+        query = query.where(AuditLog.account_id.in_(account_ids))
+    if user_id:
+        query = query.where(AuditLog.user_id == user_id)
+    if account_id:
+        query = query.where(AuditLog.account_id == account_id)
+    if action:
+        query = query.where(AuditLog.action == action)
+    return query
+
+
+def now_ts() -> float:
+    return time.time()
