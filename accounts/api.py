@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from flask import request
 from flask.typing import ResponseReturnValue
 from flask_smorest import Blueprint
 from flask_wtf.csrf import generate_csrf
@@ -49,6 +50,23 @@ from accounts.schemas import (
 from wechat_service.extensions import db
 
 blp = Blueprint("console_api", __name__, url_prefix="/api/v1", description="Console API (session + CSRF)")
+
+
+@blp.before_request
+def _authorise_first() -> None:
+    """Before any body is parsed: signed in, and the account in the URL visible to the user —
+    so a request about someone else's account learns nothing, not even a validation error."""
+    if load_user() is None:
+        raise Unauthorized("sign in to the console first")
+    account_id = (request.view_args or {}).get("account_id")
+    if account_id is not None:
+        acl.account_for(current_access(), account_id, acl.VIEW)
+    for prefix, permission in ADMIN_ONLY.items():
+        if request.path.startswith(prefix):
+            acl.require(current_access(), permission)
+
+
+ADMIN_ONLY = {"/api/v1/staff": acl.STAFF, "/api/v1/audit": acl.AUDIT}
 
 
 def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:

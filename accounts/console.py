@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import current_app, g, redirect, request, session, url_for
+from flask import current_app, redirect, request, session, url_for
 from werkzeug.exceptions import Unauthorized
 
 from accounts.access import Access, access_for
@@ -39,8 +39,10 @@ def sign_out() -> None:
 
 def load_user() -> StaffUser | None:
     """The signed-in user, or None: signed out, idle too long, deactivated, or password changed."""
-    if "console_user" in g:
-        return g.console_user
+    # Cached on the request (not on g: an app context may outlive one request).
+    env = request.environ
+    if "wechat_service.console_user" in env:
+        return env["wechat_service.console_user"]
     user = None
     uid = session.get("uid")
     idle = current_app.config.get("CONSOLE_IDLE_TIMEOUT", IDLE_TIMEOUT)
@@ -49,12 +51,12 @@ def load_user() -> StaffUser | None:
         changed = (
             candidate.password_changed_at.timestamp() if candidate and candidate.password_changed_at else 0
         )
-        if candidate and candidate.is_active and abs(changed - float(session.get("pwd_at", 0))) < 1:
+        if candidate and candidate.is_active and abs(changed - float(session.get("pwd_at", 0))) < 1e-3:
             user = candidate
             session["seen"] = time.time()
     if user is None and uid:
         session.clear()
-    g.console_user = user
+    env["wechat_service.console_user"] = user
     return user
 
 
@@ -66,9 +68,10 @@ def current_user() -> StaffUser:
 
 
 def current_access() -> Access:
-    if "console_access" not in g:
-        g.console_access = access_for(current_user())
-    return g.console_access
+    env = request.environ
+    if "wechat_service.console_access" not in env:
+        env["wechat_service.console_access"] = access_for(current_user())
+    return env["wechat_service.console_access"]
 
 
 def login_required(view: Callable[..., Any]) -> Callable[..., Any]:

@@ -131,7 +131,12 @@ def start_totp() -> tuple[str, str]:
 
 
 def enable_totp(user: StaffUser, secret: str, code: str) -> None:
-    if not pyotp.TOTP(secret).verify(code or "", valid_window=1):
+    try:
+        totp = pyotp.TOTP(secret)
+        totp.now()
+    except (ValueError, TypeError):  # not base32, or too short (pyotp wants >= 112 bits)
+        raise InvalidInputError("start the set-up again", fields={"secret": ["invalid"]}) from None
+    if not totp.verify(code or "", valid_window=1):
         raise InvalidInputError(
             "that code does not match; check the clock of your phone", fields={"code": ["wrong"]}
         )

@@ -31,6 +31,14 @@ from wechat_service.extensions import db
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates")
 
 
+@bp.before_request
+def _hide_other_accounts() -> None:
+    """Any page about an account the user cannot see is a 404, whatever the page does next."""
+    account_id = (request.view_args or {}).get("account_id")
+    if account_id is not None and load_user() is not None:
+        acl.account_for(current_access(), account_id, acl.VIEW)
+
+
 def _token_health(appid: str) -> dict[str, Any] | None:
     from wechat_service.gateway import token_manager
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
+from flask.testing import FlaskClient
 
 from tests import helpers
 
@@ -47,11 +48,21 @@ def app(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fl
     )
     with app.app_context():
         db.create_all()
+    app.test_client_class = RequestScopedClient
     yield app
     with app.app_context():
         for engine in db.engines.values():
             engine.dispose()
     app.extensions["redis"].close()
+
+
+class RequestScopedClient(FlaskClient):
+    """Each request in its own app context, as in production: a fresh ``g`` and its own database
+    session (on the test's outer transaction), even while the test holds an app context open."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        with self.application.app_context():
+            return super().open(*args, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -101,5 +112,34 @@ def create_account(app: Flask, simulator: str) -> Any:
         callback = f"http://service.test/wechat/{fields['appid']}/callback"
         helpers.register_with_simulator(simulator, fields, callback)
         return account, fields, helpers.target_for(fields, callback)
+
+    return factory
+
+
+@pytest.fixture
+def create_staff(app: Flask) -> Any:
+    """Factory: a staff user (admin, or with grants) signed in through the login form."""
+    from accounts import staff as staff_services
+    from tests.console_helpers import PASSWORD, Staff
+    from wechat_service.extensions import db
+
+    counter = iter(range(1, 10_000))
+
+    def factory(
+        role: str | None = None,
+        *,
+        account_id: int | None = None,
+        org_unit: str | None = None,
+        admin: bool = False,
+        can_approve: bool = False,
+        login: bool = True,
+    ):  # type: ignore[no-untyped-def]
+        user = staff_services.create_user(f"user{next(counter)}-{role or 'admin'}", PASSWORD, is_admin=admin)
+        if role:
+            staff_services.add_grant(
+                user, role, account_id=account_id, org_unit_code=org_unit, can_approve=can_approve
+            )
+        db.session.commit()
+        return Staff(app, user.username) if login else user
 
     return factory

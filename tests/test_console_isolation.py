@@ -1,0 +1,148 @@
+"""Walk the whole URL map: every console page and console API route, present and future, as a
+user without a grant for account X. Each route touching X answers 403/404, and no response
+carries a byte of X's data. A new route is covered without anyone adding it here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from accounts import menus, qrcodes, replies, staff
+from accounts.models import Grant, Subscriber, SubscriberEvent
+from wechat_service.dbtypes import utcnow
+from wechat_service.extensions import db
+
+CONSOLE_PREFIXES = ("/console", "/api/v1")
+SKIP_ENDPOINTS = {"console.logout"}  # would end the walker's own session
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+@pytest.fixture
+def account_x(create_account: Any) -> dict[str, Any]:
+    account, fields, _ = create_account("safe", name="Xsecretname Province Account")
+    sub = Subscriber(
+        account_id=account.id,
+        openid="oXSECRETopenid000000001",
+        unionid="uXSECRETunionid0000001",
+        following=True,
+    )
+    db.session.add(sub)
+    db.session.flush()
+    db.session.add(
+        SubscriberEvent(
+            account_id=account.id,
+            subscriber_id=sub.id,
+            kind="message",
+            occurred_at=utcnow(),
+            detail={"type": "text", "content": "XSECRETmessage"},
+        )
+    )
+    rule = replies.add_rule(
+        account.id, name="xsecretrule", keywords=["XSECRETkeyword"], reply={"content": "XSECRETreply"}
+    )
+    menus.save_menu(account.id, {"button": [{"type": "click", "name": "XSECmenu", "key": "XSECRETkey"}]})
+    code = qrcodes.create_channel_qrcode(account.id, name="XSECRETstore", scene="xsecret-scene")
+    owner = staff.create_user("xowner", "x owner password 1")
+    grant = staff.add_grant(owner, "account_manager", account_id=account.id)
+    db.session.commit()
+    markers = [
+        account.name,
+        fields["appid"],
+        fields["original_id"],
+        sub.openid,
+        sub.unionid,
+        "XSECRETmessage",
+        "XSECRETreply",
+        "XSECRETkeyword",
+        "XSECRETkey",
+        "XSECRETstore",
+        "xsecret-scene",
+        sub.openid[:4] + "****" + sub.openid[-4:],
+    ]
+    return {
+        "values": {
+            "account_id": account.id,
+            "subscriber_id": sub.id,
+            "rule_id": rule.id,
+            "code_id": code.id,
+            "user_id": owner.id,
+            "grant_id": grant.id,
+            "action": "disable",
+        },
+        "markers": markers,
+        "account_id": account.id,
+    }
+
+
+def _console_rules(app: Flask) -> list[Any]:
+    rules = [
+        r
+        for r in app.url_map.iter_rules()
+        if r.rule.startswith(CONSOLE_PREFIXES) and r.endpoint not in SKIP_ENDPOINTS
+    ]
+    assert len(rules) > 30  # the walk really covers the console
+    return rules
+
+
+def _url(rule: Any, values: dict[str, Any]) -> str:
+    missing = rule.arguments - set(values)
+    assert not missing, f"no test value for {missing} in {rule.rule}: add one to account_x"
+    built = rule.build({a: values[a] for a in rule.arguments}, append_unknown=False)
+    assert built is not None, rule.rule
+    return built[1]
+
+
+@pytest.mark.parametrize("role", ["account_manager", "support", "analyst", "marketer", None])
+def test_no_route_reveals_another_accounts_data(
+    role: str | None, app: Flask, account_x: dict[str, Any], create_account: Any, create_staff: Any
+) -> None:
+    own, _, _ = create_account("plain", name="Own account")
+    walker = (
+        create_staff(role, account_id=own.id, can_approve=True)
+        if role
+        else create_staff("analyst", account_id=own.id)
+    )
+    if role is None:  # a user whose only grant was revoked: no account at all
+        db.session.query(Grant).filter(Grant.account_id == own.id).delete()
+        db.session.commit()
+    checked = 0
+    for rule in _console_rules(app):
+        url = _url(rule, account_x["values"])
+        for method in sorted(set(rule.methods or ()) & set(METHODS)):
+            if rule.rule.startswith("/api/v1"):
+                resp = walker.api(method, url, {})
+            elif method == "GET":
+                resp = walker.get(url)
+            else:
+                resp = walker.form(url, {"name": "probe", "status": "disabled", "reason": "probe"})
+            body = resp.get_data(as_text=True)
+            for marker in account_x["markers"]:
+                assert marker not in body, f"{method} {url} ({rule.endpoint}) leaked {marker!r}"
+            if "account_id" in rule.arguments or rule.endpoint.endswith(
+                (
+                    "staff_list",
+                    "staff_detail",
+                    "audit_log",
+                    "grant_list",
+                    "grant_create",
+                    "grant_delete",
+                    "audit_list",
+                    "staff_create",
+                )
+            ):
+                assert resp.status_code in (403, 404), (
+                    f"{method} {url} ({rule.endpoint}) -> {resp.status_code}"
+                )
+            else:
+                assert resp.status_code < 500, f"{method} {url} -> {resp.status_code}"
+            checked += 1
+    assert checked > 40
+    # Nothing of X changed either.
+    from accounts.models import Account, ReplyRule
+
+    db.session.expire_all()
+    account = db.session.get(Account, account_x["account_id"])
+    assert account.status.value == "active" and account.name.startswith("Xsecretname")
+    assert db.session.get(ReplyRule, account_x["values"]["rule_id"]).enabled
