@@ -67,6 +67,10 @@ def create_channel_qrcode(
     return code
 
 
+def qrcodes_query(account_id: int) -> sa.Select:
+    return scoped(ChannelQRCode, account_id).order_by(ChannelQRCode.id)
+
+
 def list_channel_qrcodes(account_id: int) -> list[ChannelQRCode]:
     return list(db.session.scalars(scoped(ChannelQRCode, account_id).order_by(ChannelQRCode.id)))
 
