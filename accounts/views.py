@@ -398,10 +398,12 @@ def reply_list(account_id: int) -> ResponseReturnValue:
             "rule": rule.name if rule else None,
             "reply": rule.reply.data if rule else None,
         }
+    page = paginate(replies.rules_query(account.id), per_page=50)
     return render_template(
         "accounts/replies.html",
         account=account,
-        rules=replies.list_rules(account.id),
+        rules=page.items,
+        page=page,
         form=form,
         errors=errors,
         tried=tried,
@@ -514,10 +516,12 @@ def qrcode_list(account_id: int) -> ResponseReturnValue:
             flash(f"QR code {code.name} created.", "success")
             return redirect(url_for("console.qrcode_list", account_id=account.id))
     stats = qrcodes.channel_stats(account.id)
+    page = paginate(qrcodes.qrcodes_query(account.id), per_page=50)
     return render_template(
         "accounts/qrcodes.html",
         account=account,
-        codes=qrcodes.list_channel_qrcodes(account.id),
+        codes=page.items,
+        page=page,
         stats=stats,
         form=form,
         errors=errors,
