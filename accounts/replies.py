@@ -154,12 +154,12 @@ def delete_rule(account_id: int, rule_id: int) -> None:
     db.session.flush()
 
 
+def rules_query(account_id: int) -> sa.Select[Any]:
+    return scoped(ReplyRule, account_id).order_by(ReplyRule.kind, ReplyRule.priority.desc(), ReplyRule.id)
+
+
 def list_rules(account_id: int) -> list[ReplyRule]:
-    return list(
-        db.session.scalars(
-            scoped(ReplyRule, account_id).order_by(ReplyRule.kind, ReplyRule.priority.desc(), ReplyRule.id)
-        )
-    )
+    return list(db.session.scalars(rules_query(account_id)))
 
 
 def _patterns(keywords: list[str]) -> tuple[re.Pattern[str], ...]:
