@@ -66,10 +66,13 @@ def on_scan(ctx: CallbackContext) -> Reply | None:
 @router.register("event", "click", priority=100)
 def on_click(ctx: CallbackContext) -> Reply | None:
     key = ctx.message.get("EventKey") or ""
-    subscribers.record_event(_subscriber(ctx), EventKind.click, ctx.occurred_at, ctx=ctx, detail={"key": key})
     # A click whose key names a keyword rule answers like the keyword (menus reuse replies).
     rule = replies.match_text(ctx.account.id, ctx.account.config_version, key)
-    return rule.reply if rule and rule.kind.value == "keyword" else None
+    rule = rule if rule and rule.kind.value == "keyword" else None
+    subscribers.record_event(
+        _subscriber(ctx), EventKind.click, ctx.occurred_at, ctx=ctx, detail={"key": key, **_answered(rule)}
+    )
+    return rule.reply if rule else None
 
 
 @router.register("event", "view", priority=100)
@@ -94,18 +97,24 @@ def on_location(ctx: CallbackContext) -> Reply | None:
 @router.register("text", priority=100)
 def on_text(ctx: CallbackContext) -> Reply | None:
     content = ctx.message.get("Content") or ""
+    rule = replies.match_text(ctx.account.id, ctx.account.config_version, content)
     subscribers.record_event(
         _subscriber(ctx),
         EventKind.message,
         ctx.occurred_at,
         ctx=ctx,
-        detail={"type": "text", "content": content[:2000]},
+        detail={"type": "text", "content": content[:2000], **_answered(rule)},
     )
-    rule = replies.match_text(ctx.account.id, ctx.account.config_version, content)
-    if rule:
-        ctx.notes["rule"] = rule.name
-        return rule.reply
-    return None
+    return rule.reply if rule else None
+
+
+def _answered(rule: replies.CompiledRule | None) -> dict[str, str]:
+    """What the subscriber was answered, kept in the ledger so their history reads as a chat."""
+    if rule is None:
+        return {}
+    data = rule.reply.data
+    text = data.get("content") or (data.get("articles") or [{}])[0].get("title") or f"[{rule.reply.type}]"
+    return {"rule": rule.name, "reply": text[:300]}
 
 
 def _media_message(ctx: CallbackContext) -> Reply | None:

@@ -67,7 +67,7 @@ def test_console_end_to_end(live: Live, browser: Any, shot: Any) -> None:
     page.goto(f"{account_url}/subscribers")
     page.click("text=oBROWSERsubscriber0000001")
     history = page.inner_text("table.history")
-    assert "message" in history and "余额" in history
+    assert "message" in history and "余额" in history and "您的话费余额为 42.00 元" in history
     shot(page, "04-subscriber-history")
 
     # Menu: fill the first button, save, publish.
