@@ -169,24 +169,6 @@ def account_status(data: dict[str, Any], account_id: int) -> ResponseReturnValue
     return services.describe_account(account)
 
 
-def _subscriber(sub: Subscriber, unmasked: bool) -> dict[str, Any]:
-    show = (lambda v: v) if unmasked else masking.mask_id
-    return {
-        "id": sub.id,
-        "openid": show(sub.openid),
-        "unionid": show(sub.unionid),
-        "following": sub.following,
-        "first_followed_at": sub.first_followed_at,
-        "last_followed_at": sub.last_followed_at,
-        "last_unfollowed_at": sub.last_unfollowed_at,
-        "subscribe_scene": sub.subscribe_scene,
-        "qr_scene": sub.qr_scene,
-        "channel_id": sub.channel_id,
-        "last_interaction_at": sub.last_interaction_at,
-        "masked": not unmasked,
-    }
-
-
 @blp.get("/accounts/<int:account_id>/subscribers")
 @blp.arguments(SubscriberQuerySchema, location="query")
 @signed_in
@@ -201,7 +183,9 @@ def subscriber_list(query: dict[str, Any], account_id: int) -> ResponseReturnVal
         query["per_page"],
     )
     unmasked = access.unmasked(account.id)
-    return _page(SubscriberSchema(many=True).dump([_subscriber(s, unmasked) for s in page.items]), page)
+    return _page(
+        SubscriberSchema(many=True).dump([masking.subscriber_view(s, unmasked) for s in page.items]), page
+    )
 
 
 @blp.get("/accounts/<int:account_id>/subscribers/<int:subscriber_id>/events")
@@ -213,15 +197,7 @@ def subscriber_events(query: dict[str, Any], account_id: int, subscriber_id: int
     sub = services.get_scoped(Subscriber, account.id, subscriber_id)
     page = paginate(subscribers.events_of(account.id, sub.id), query["page"], query["per_page"])
     unmasked = access.unmasked(account.id)
-    rows = [
-        {
-            "kind": e.kind.value,
-            "occurred_at": e.occurred_at,
-            "channel_id": e.channel_id,
-            "detail": e.detail if unmasked else masking.mask_detail(e.kind.value, e.detail),
-        }
-        for e in page.items
-    ]
+    rows = [masking.event_view(e, unmasked) for e in page.items]
     return _page(EventSchema(many=True).dump(rows), page)
 
 
@@ -234,7 +210,7 @@ def subscriber_reveal(data: dict[str, Any], account_id: int, subscriber_id: int)
         current_access(), account_id, subscriber_id, data["reason"], client_ip()
     )
     db.session.commit()
-    return _subscriber(sub, True)
+    return masking.subscriber_view(sub, True)
 
 
 @blp.get("/accounts/<int:account_id>/rules")

@@ -268,6 +268,23 @@ def _password(password: str | None) -> str:
     )
 
 
+def _create(username: str, password: str | None, display_name: str, admin: bool, as_json: bool) -> None:
+    from accounts import staff
+
+    try:
+        user = staff.create_user(username, _password(password), display_name=display_name, is_admin=admin)
+        staff.audit(None, "staff.create", target=user.username, after={"is_admin": admin, "via": "cli"})
+        db.session.commit()
+    except ServiceError as exc:
+        _fail(exc)
+        return
+    _emit(
+        {"id": user.id, "username": user.username, "is_admin": admin},
+        as_json,
+        [f"{'administrator' if admin else 'user'} {user.username} created"],
+    )
+
+
 @user_cli.command("create-admin")
 @click.option("--username", required=True)
 @click.option("--password", help="Prompted for when omitted (or WECHAT_SERVICE_NEW_USER_PASSWORD).")
@@ -275,42 +292,17 @@ def _password(password: str | None) -> str:
 @click.option("--json", "as_json", is_flag=True)
 def create_admin(username: str, password: str | None, display_name: str, as_json: bool) -> None:
     """The first administrator (or another one)."""
-    from accounts import staff
-
-    try:
-        user = staff.create_user(username, _password(password), display_name=display_name, is_admin=True)
-        staff.audit(None, "staff.create", target=user.username, after={"is_admin": True, "via": "cli"})
-        db.session.commit()
-    except ServiceError as exc:
-        _fail(exc)
-        return
-    _emit(
-        {"id": user.id, "username": user.username, "is_admin": True},
-        as_json,
-        [f"administrator {user.username} created"],
-    )
+    _create(username, password, display_name, True, as_json)
 
 
 @user_cli.command("create")
 @click.option("--username", required=True)
-@click.option("--password")
+@click.option("--password", help="Prompted for when omitted (or WECHAT_SERVICE_NEW_USER_PASSWORD).")
 @click.option("--display-name", default="")
 @click.option("--json", "as_json", is_flag=True)
 def create_user(username: str, password: str | None, display_name: str, as_json: bool) -> None:
-    from accounts import staff
-
-    try:
-        user = staff.create_user(username, _password(password), display_name=display_name)
-        staff.audit(None, "staff.create", target=user.username, after={"is_admin": False, "via": "cli"})
-        db.session.commit()
-    except ServiceError as exc:
-        _fail(exc)
-        return
-    _emit(
-        {"id": user.id, "username": user.username, "is_admin": False},
-        as_json,
-        [f"user {user.username} created"],
-    )
+    """A staff user without grants (add them with `user grant` or in the console)."""
+    _create(username, password, display_name, False, as_json)
 
 
 @user_cli.command("grant")

@@ -30,3 +30,31 @@ def mask_detail(kind: str, detail: dict[str, Any]) -> dict[str, Any]:
     if "content" in out:
         out["content"] = mask_text(out["content"])
     return out
+
+
+def subscriber_view(sub: Any, unmasked: bool) -> dict[str, Any]:
+    """A subscriber as the console and API show it to a role."""
+    show = (lambda v: v) if unmasked else mask_id
+    return {
+        "id": sub.id,
+        "openid": show(sub.openid),
+        "unionid": show(sub.unionid),
+        "following": sub.following,
+        "first_followed_at": sub.first_followed_at,
+        "last_followed_at": sub.last_followed_at,
+        "last_unfollowed_at": sub.last_unfollowed_at,
+        "subscribe_scene": sub.subscribe_scene,
+        "qr_scene": sub.qr_scene,
+        "channel_id": sub.channel_id,
+        "last_interaction_at": sub.last_interaction_at,
+        "masked": not unmasked,
+    }
+
+
+def event_view(event: Any, unmasked: bool) -> dict[str, Any]:
+    return {
+        "kind": event.kind.value,
+        "occurred_at": event.occurred_at,
+        "channel_id": event.channel_id,
+        "detail": event.detail if unmasked else mask_detail(event.kind.value, event.detail),
+    }

@@ -261,23 +261,6 @@ def account_status(account_id: int) -> ResponseReturnValue:
 # -- subscribers ---------------------------------------------------------------------------------
 
 
-def _subscriber_view(sub: Subscriber, unmasked: bool) -> dict[str, Any]:
-    show = (lambda v: v) if unmasked else masking.mask_id
-    return {
-        "id": sub.id,
-        "openid": show(sub.openid),
-        "unionid": show(sub.unionid),
-        "following": sub.following,
-        "first_followed_at": sub.first_followed_at,
-        "last_followed_at": sub.last_followed_at,
-        "last_unfollowed_at": sub.last_unfollowed_at,
-        "subscribe_scene": sub.subscribe_scene,
-        "qr_scene": sub.qr_scene,
-        "channel_id": sub.channel_id,
-        "last_interaction_at": sub.last_interaction_at,
-    }
-
-
 @bp.get("/accounts/<int:account_id>/subscribers")
 @login_required
 def subscriber_list(account_id: int) -> ResponseReturnValue:
@@ -293,7 +276,7 @@ def subscriber_list(account_id: int) -> ResponseReturnValue:
     page = paginate(query)
     unmasked = access.unmasked(account.id)
     tags = subscribers.tags_of([s.id for s in page.items])
-    rows = [{**_subscriber_view(s, unmasked), "tags": tags.get(s.id, [])} for s in page.items]
+    rows = [{**masking.subscriber_view(s, unmasked), "tags": tags.get(s.id, [])} for s in page.items]
     channels = qrcodes.list_channel_qrcodes(account.id)
     return render_template(
         "accounts/subscriber_list.html", account=account, page=page, rows=rows, args=args, channels=channels
@@ -308,19 +291,11 @@ def subscriber_detail(account_id: int, subscriber_id: int, revealed: bool = Fals
     sub = services.get_scoped(Subscriber, account.id, subscriber_id)
     unmasked = revealed or access.unmasked(account.id)
     page = paginate(subscribers.events_of(account.id, sub.id), per_page=50)
-    events = [
-        {
-            "kind": e.kind.value,
-            "occurred_at": e.occurred_at,
-            "channel_id": e.channel_id,
-            "detail": e.detail if unmasked else masking.mask_detail(e.kind.value, e.detail),
-        }
-        for e in page.items
-    ]
+    events = [masking.event_view(e, unmasked) for e in page.items]
     return render_template(
         "accounts/subscriber_detail.html",
         account=account,
-        sub=_subscriber_view(sub, unmasked),
+        sub=masking.subscriber_view(sub, unmasked),
         page=page,
         events=events,
         can_reveal=access.can(acl.REVEAL, account.id) and not unmasked,
