@@ -68,9 +68,13 @@ def on_click(ctx: CallbackContext) -> Reply | None:
     key = ctx.message.get("EventKey") or ""
     # A click whose key names a keyword rule answers like the keyword (menus reuse replies).
     rule = replies.match_text(ctx.account.id, ctx.account.config_version, key)
-    rule = rule if rule and rule.kind.value == "keyword" else None
+    rule = rule if rule and rule.kind.value == "keyword" and not ctx.reply else None
     subscribers.record_event(
-        _subscriber(ctx), EventKind.click, ctx.occurred_at, ctx=ctx, detail={"key": key, **_answered(rule)}
+        _subscriber(ctx),
+        EventKind.click,
+        ctx.occurred_at,
+        ctx=ctx,
+        detail={"key": key, **_answered(ctx, rule)},
     )
     return rule.reply if rule else None
 
@@ -97,24 +101,26 @@ def on_location(ctx: CallbackContext) -> Reply | None:
 @router.register("text", priority=100)
 def on_text(ctx: CallbackContext) -> Reply | None:
     content = ctx.message.get("Content") or ""
-    rule = replies.match_text(ctx.account.id, ctx.account.config_version, content)
+    # A higher-priority handler (the store's inquiry, say) may have answered already.
+    rule = None if ctx.reply else replies.match_text(ctx.account.id, ctx.account.config_version, content)
     subscribers.record_event(
         _subscriber(ctx),
         EventKind.message,
         ctx.occurred_at,
         ctx=ctx,
-        detail={"type": "text", "content": content[:2000], **_answered(rule)},
+        detail={"type": "text", "content": content[:2000], **_answered(ctx, rule)},
     )
     return rule.reply if rule else None
 
 
-def _answered(rule: replies.CompiledRule | None) -> dict[str, str]:
+def _answered(ctx: CallbackContext, rule: replies.CompiledRule | None) -> dict[str, str]:
     """What the subscriber was answered, kept in the ledger so their history reads as a chat."""
-    if rule is None:
+    reply, by = (rule.reply, f"rule {rule.name}") if rule else (ctx.reply, ctx.replied_by)
+    if reply is None:
         return {}
-    data = rule.reply.data
-    text = data.get("content") or (data.get("articles") or [{}])[0].get("title") or f"[{rule.reply.type}]"
-    return {"rule": rule.name, "reply": text[:300]}
+    data = reply.data
+    text = data.get("content") or (data.get("articles") or [{}])[0].get("title") or f"[{reply.type}]"
+    return {"rule" if rule else "by": rule.name if rule else str(by), "reply": text[:300]}
 
 
 def _media_message(ctx: CallbackContext) -> Reply | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from simulator import admin, wechat
+from simulator import admin, boss, wechat
 from simulator.state import SimState
 
 
@@ -14,6 +14,8 @@ def create_app() -> Flask:
     app.extensions["sim_state"] = SimState()
     app.register_blueprint(wechat.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(boss.bp)
+    app.register_blueprint(boss.admin)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

@@ -1,1 +1,2 @@
-"""store: arrives with its own issue (see DESIGN.md); empty until then."""
+"""The WeChat store: the BOSS gateway, phone binding and inquiry (so far), then catalogue,
+orders, fulfilment and redemption."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -22,6 +23,11 @@ def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = helpers.start(helpers.cli("simulator", "--port", str(port)), dict(__import__("os").environ), log)
     base = f"http://127.0.0.1:{port}"
     helpers.wait_http(f"{base}/_sim/health", proc)
+    requests.post(
+        f"{base}/_sim/boss/clients",
+        json={"app_id": "wechat-service-test", "secret": helpers.BOSS_SECRET},
+        timeout=5,
+    ).raise_for_status()
     yield base
     helpers.stop(proc)
 
@@ -43,6 +49,9 @@ def app(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fl
             "WECHAT_API_BASE": f"{simulator}/wechat",
             "PUBLIC_BASE_URL": "http://service.test",
             "CALLBACK_BUDGET": 0.5,
+            "BOSS_API_BASE": f"{simulator}/boss",
+            "BOSS_APP_ID": "wechat-service-test",
+            "BOSS_SECRET": helpers.BOSS_SECRET,
             "WECHAT_BUSY_RETRIES": 2,
         }
     )

@@ -26,6 +26,7 @@ REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "14"))
 LIVE_REDIS_DB = REDIS_DB - 1
 MASTER_KEY = Fernet.generate_key().decode()
 SECRET_KEY = "test-secret-" + secrets.token_hex(24)
+BOSS_SECRET = "boss-" + secrets.token_hex(16)
 
 
 def recreate_database(name: str) -> str:

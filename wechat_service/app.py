@@ -43,6 +43,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     # Models and callback handlers of every domain: importing registers them.
     import accounts.handlers  # noqa: F401
     import accounts.models  # noqa: F401
+    import store.handlers  # noqa: F401
+    import store.models  # noqa: F401
     import wechat_service.models  # noqa: F401
 
     # Blueprints, explicitly.

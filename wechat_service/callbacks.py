@@ -26,7 +26,7 @@ from wechat_service import wxcrypto
 from wechat_service.dbtypes import utcnow
 from wechat_service.extensions import db, enqueue_after_commit, get_redis
 from wechat_service.models import CallbackInbox, InboxState
-from wechat_service.router import AccountInfo, CallbackContext, Reply, router
+from wechat_service.router import AccountInfo, CallbackContext, router
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +233,12 @@ def _route(account: AccountInfo, msg: dict[str, str]) -> _Routed:
     inline = [h for h in handlers if h.inline]
     deferred = any(not h.inline for h in handlers)
     ctx = CallbackContext(account=account, message=msg, msg_type=msg_type, event=event)
-    reply: Reply | None = None
     for handler in inline:
         answer = handler.fn(ctx)
-        if reply is None and answer is not None:
-            reply = answer
+        if ctx.reply is None and answer is not None:
+            ctx.reply, ctx.replied_by = answer, f"{handler.fn.__module__}.{handler.fn.__name__}"
     state = InboxState.queued if deferred else InboxState.processed if inline else InboxState.stored
-    return _Routed(ctx, reply.render(account, ctx.openid) if reply else "", state, deferred)
+    return _Routed(ctx, ctx.reply.render(account, ctx.openid) if ctx.reply else "", state, deferred)
 
 
 _INBOX_INSERT = CallbackInbox.__table__.insert().returning(CallbackInbox.__table__.c.id)

@@ -140,9 +140,11 @@ def generate_key() -> None:
 @with_appcontext
 def rotate() -> None:
     """Re-encrypt every stored secret under the first master key."""
+    from store.services import rehash_phones
     from wechat_service.rotation import reseal_all
 
     counts = reseal_all()
+    counts["phone look-up hashes"] = rehash_phones()  # keyed by the (new) first master key
     db.session.commit()
     for table, n in counts.items():
         click.echo(f"{table}: {n} values re-encrypted")

@@ -36,6 +36,12 @@ DEFAULTS: dict[str, Any] = {
     "WECHAT_BUSY_RETRIES": 3,
     "TOKEN_EARLY_REFRESH": 300,
     "MP_SESSION_TTL": 7 * 24 * 3600,
+    # The BOSS (docs/boss-api.md): credentials, and how long an inquiry inside a callback may wait.
+    "BOSS_APP_ID": "wechat-service",
+    "BOSS_SECRET": "",
+    "BOSS_READ_TIMEOUT": 3.0,
+    "BOSS_WRITE_TIMEOUT": 10.0,
+    "INQUIRY_TIMEOUT": 1.5,
     "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
 }
 
@@ -47,7 +53,13 @@ _INT_KEYS = {
     "TOKEN_EARLY_REFRESH",
     "MP_SESSION_TTL",
 }
-_FLOAT_KEYS = {"CALLBACK_BUDGET", "WECHAT_HTTP_TIMEOUT"}
+_FLOAT_KEYS = {
+    "CALLBACK_BUDGET",
+    "WECHAT_HTTP_TIMEOUT",
+    "BOSS_READ_TIMEOUT",
+    "BOSS_WRITE_TIMEOUT",
+    "INQUIRY_TIMEOUT",
+}
 _URL_KEYS = {
     "PUBLIC_BASE_URL",
     "WECHAT_API_BASE",

@@ -65,6 +65,8 @@ class CallbackContext:
     msg_type: str
     event: str | None
     inbox_id: int | None = None  # None while inline handlers run: the inbox row is written after them
+    reply: Reply | None = None  # the first reply a handler gave; later handlers see it
+    replied_by: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # handlers share results (e.g. the subscriber)
     _after_store: list[Callable[[int], None]] = field(default_factory=list)
 

@@ -1,0 +1,87 @@
+"""The store in chat: inquiry keywords and menu keys, and phone binding by SMS code.
+
+Registered above the account matrix's handlers (priority 200), so an inquiry keyword is answered
+by the store even when a keyword rule would also match. Accounts without store settings are
+untouched.
+"""
+
+from __future__ import annotations
+
+import re
+
+from accounts.subscribers import touch
+from store import services
+from store.models import InquiryKind
+from wechat_service.errors import ServiceError
+from wechat_service.extensions import enqueue_after_commit
+from wechat_service.router import CallbackContext, Reply, router
+
+CODE_RE = re.compile(r"^\d{6}$")
+MENU_KEYS = {f"INQUIRY_{kind.name.upper()}": kind for kind in InquiryKind}
+
+
+def _subscriber_id(ctx: CallbackContext) -> int:
+    sub = ctx.notes.get("subscriber")
+    if sub is None:
+        sub = ctx.notes["subscriber"] = touch(ctx.account.id, ctx.openid, ctx.occurred_at)
+    return sub.id
+
+
+def _inquire(ctx: CallbackContext, kind: InquiryKind, source: str) -> Reply | None:
+    from flask import current_app
+
+    from store.jobs import answer_inquiry
+
+    subscriber_id = _subscriber_id(ctx)
+    result = services.inquire(
+        ctx.account.id,
+        subscriber_id,
+        kind,
+        source,
+        timeout=current_app.config["INQUIRY_TIMEOUT"],
+        on_slow=lambda: enqueue_after_commit(
+            "high", answer_inquiry, ctx.account.id, subscriber_id, kind.value
+        ),
+    )
+    # Deferred: `success` now, the answer as a customer-service message when the BOSS replies.
+    return Reply("text", {"content": result.text}) if result.text else None
+
+
+@router.register("text", priority=200)
+def on_text(ctx: CallbackContext) -> Reply | None:
+    config = services.chat_config(ctx.account.id, ctx.account.config_version)
+    if config is None:
+        return None
+    text = (ctx.message.get("Content") or "").strip()
+    kind = config.keywords.get(text.casefold())
+    if kind:
+        return _inquire(ctx, InquiryKind(kind), "chat")
+    try:
+        if text.startswith(config.bind_keyword):
+            started = services.start_binding(
+                ctx.account.id, _subscriber_id(ctx), text[len(config.bind_keyword) :]
+            )
+            return Reply(
+                "text",
+                {"content": f"验证码已发送至 {started['phone']}，请在 5 分钟内回复 6 位验证码完成绑定。"},
+            )
+        if CODE_RE.match(text) and services.has_pending_binding(ctx.account.id, _subscriber_id(ctx)):
+            binding = services.confirm_binding(ctx.account.id, _subscriber_id(ctx), text)
+            return Reply(
+                "text",
+                {
+                    "content": f"绑定成功：{services.mask_phone(binding.phone)}。"
+                    "回复「余额」「流量」即可查询。"
+                },
+            )
+    except ServiceError as exc:
+        return Reply("text", {"content": exc.message})
+    return None
+
+
+@router.register("event", "click", priority=200)
+def on_click(ctx: CallbackContext) -> Reply | None:
+    kind = MENU_KEYS.get(ctx.message.get("EventKey") or "")
+    if kind is None or services.chat_config(ctx.account.id, ctx.account.config_version) is None:
+        return None
+    return _inquire(ctx, kind, "menu")

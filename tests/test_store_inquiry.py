@@ -1,0 +1,202 @@
+"""The BOSS contract against the simulator, phone binding by SMS code, and inquiries in chat —
+answered inline, from the cache, or later by customer-service message when the BOSS is slow."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from flask import Flask
+
+from accounts.models import SubscriberEvent
+from simulator.driver import event_fields, message_xml, open_reply, signed_request
+from store import services
+from store.boss import BossError, BossUnknownOutcomeError, HttpBoss, boss, normalise_phone, sign
+from store.models import Inquiry, PhoneBinding
+from tests import helpers
+from wechat_service.extensions import db, get_queue
+
+PHONE = "13800138123"
+
+
+def test_signature_matches_the_contract() -> None:
+    body = b'{"phone":"13800138000"}'
+    message = b"POST\n/v1/balance\n1700000000\nabc123\n" + hashlib.sha256(body).hexdigest().encode()
+    expected = hmac.new(b"s3cret", message, hashlib.sha256).hexdigest()
+    assert sign("s3cret", "POST", "/v1/balance", "1700000000", "abc123", body) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "phone"),
+    [
+        ("13800138000", "13800138000"),
+        ("+86 138-0013-8000", "13800138000"),
+        ("008613800138000", "13800138000"),
+    ],
+)
+def test_phone_numbers_are_normalised(given: str, phone: str) -> None:
+    assert normalise_phone(given) == phone
+
+
+@pytest.mark.parametrize("bad", ["12345", "23800138000", "1380013800a", ""])
+def test_bad_phone_numbers_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        normalise_phone(bad)
+
+
+def test_reads_and_idempotent_writes(app: Flask, simulator: str) -> None:
+    client = boss()
+    before = client.balance(PHONE)["balance_fen"]
+    first = client.topup(PHONE, 1000, "order-1-topup")
+    again = client.topup(PHONE, 1000, "order-1-topup")
+    assert first["balance_fen"] == before + 1000 and again["replayed"] is True
+    assert client.balance(PHONE)["balance_fen"] == before + 1000  # carried out once
+    with pytest.raises(BossError) as exc:
+        client.topup(PHONE, 2000, "order-1-topup")
+    assert exc.value.code == "IDEMPOTENCY_MISMATCH"
+    assert client.query_request("order-1-topup")["status"] == "succeeded"
+    assert client.query_request("never-sent-key")["status"] == "unknown"
+
+
+def test_wrong_secret_is_refused(app: Flask, simulator: str) -> None:
+    wrong = HttpBoss(f"{simulator}/boss", "wechat-service-test", "not-the-secret")
+    with pytest.raises(BossError) as exc:
+        wrong.balance(PHONE)
+    # The answer is signed with the simulator's secret for that app: ours does not verify it.
+    assert exc.value.code in ("INVALID_SIGNATURE", "BAD_SIGNATURE")
+
+
+def test_a_write_answered_too_late_has_an_unknown_outcome(app: Flask, simulator: str) -> None:
+    requests.post(
+        f"{simulator}/_sim/boss/faults",
+        json={"kind": "timeout_after_accept", "operation": "topup", "ms": 2000},
+        timeout=5,
+    )
+    slow = HttpBoss(f"{simulator}/boss", "wechat-service-test", helpers.BOSS_SECRET, write_timeout=0.5)
+    with pytest.raises(BossUnknownOutcomeError):
+        slow.topup("13800138124", 500, "order-2-topup")
+    # The BOSS did it: asking, not resending, is how the caller learns it.
+    assert boss().query_request("order-2-topup")["status"] == "succeeded"
+
+
+def _text(app: Flask, target: Any, content: str, openid: str, msgid: int) -> dict[str, str] | None:
+    xml = message_xml(target, openid, event_fields("text", {"content": content}, msgid))
+    args, body = signed_request(target, xml)
+    resp = app.test_client().post(f"/wechat/{target.appid}/callback", query_string=args, data=body)
+    assert resp.status_code == 200
+    return open_reply(target, resp.get_data(as_text=True))
+
+
+def test_bind_then_inquire_in_chat(app: Flask, create_account: Any, simulator: str) -> None:
+    account, _, target = create_account("safe")
+    services.enable_store(account.id)
+    db.session.commit()
+    openid = "oSTORE000000000000000001"
+    assert "请先绑定" in _text(app, target, "余额", openid, 9_000_001)["Content"]
+    assert "验证码已发送至 138****8123" in _text(app, target, f"绑定 {PHONE}", openid, 9_000_002)["Content"]
+    assert _text(app, target, "000000", openid, 9_000_003)["Content"] in ("验证码错误",)
+    code = requests.get(f"{simulator}/_sim/boss/sms/{PHONE}", timeout=5).json()["code"]
+    assert "绑定成功：138****8123" in _text(app, target, code, openid, 9_000_004)["Content"]
+
+    line = requests.get(f"{simulator}/_sim/boss/lines/{PHONE}", timeout=5).json()
+    answer = _text(app, target, "余额", openid, 9_000_005)["Content"]
+    assert (
+        answer
+        == f"138****8123 当前话费余额 {line['balance_fen'] // 100}.{line['balance_fen'] % 100:02d} 元。"
+    )
+    assert _text(app, target, "余额", openid, 9_000_006)["Content"] == answer  # from the cache
+    assert "剩余流量" in _text(app, target, "流量", openid, 9_000_007)["Content"]
+
+    outcomes = db.session.scalars(sa.select(Inquiry.outcome).order_by(Inquiry.id)).all()
+    assert [o.value for o in outcomes] == ["unbound", "answered", "cached", "answered"]
+    # The number is encrypted at rest, found by its keyed hash.
+    raw = db.session.execute(sa.text("SELECT phone, phone_hash FROM phone_bindings")).one()
+    assert PHONE not in raw.phone and raw.phone_hash == services.phone_hash(PHONE)
+    assert db.session.scalar(sa.select(PhoneBinding.phone)) == PHONE
+    # The subscriber's history shows what the store answered.
+    detail = db.session.scalars(sa.select(SubscriberEvent.detail).order_by(SubscriberEvent.id.desc())).first()
+    assert detail["reply"].startswith("138****8123") and detail["by"].startswith("store.handlers")
+
+
+def test_slow_boss_answers_later_by_customer_service_message(
+    app: Flask, create_account: Any, simulator: str
+) -> None:
+    from store import jobs
+
+    account, fields, target = create_account("plain")
+    services.enable_store(account.id)
+    requests.post(
+        f"{simulator}/_sim/accounts/{fields['appid']}/followers",
+        json={"count": 1, "prefix": "oSLOW"},
+        timeout=5,
+    )
+    openid = "oSLOW00000000"
+    from accounts.subscribers import touch
+
+    sub = touch(account.id, openid, None)
+    services.bind_phone(account.id, sub.id, "13800138125", method="sms")
+    db.session.commit()
+    requests.post(
+        f"{simulator}/_sim/boss/faults",
+        json={"kind": "latency", "operation": "balance", "ms": 2500},
+        timeout=5,
+    )
+    app.config["INQUIRY_TIMEOUT"] = 0.3
+    try:
+        assert _text(app, target, "余额", openid, 9_100_001) is None  # `success`: WeChat shows nothing yet
+    finally:
+        app.config["INQUIRY_TIMEOUT"] = 1.5
+    queued = [j for j in get_queue("high").jobs if j.func_name == "store.jobs.answer_inquiry"]
+    assert [j.args for j in queued] == [(account.id, sub.id, "balance")]
+    text = jobs.answer_inquiry(*queued[0].args)
+    sent = requests.get(f"{simulator}/_sim/accounts/{fields['appid']}", timeout=5).json()["custom_messages"]
+    assert sent[-1]["touser"] == openid and sent[-1]["text"]["content"] == text and "话费余额" in text
+    assert db.session.scalar(sa.select(Inquiry.outcome)).value == "deferred"
+
+
+def test_menu_click_inquiry(app: Flask, create_account: Any) -> None:
+    from accounts.subscribers import touch
+
+    account, _, target = create_account("compatible")
+    services.enable_store(account.id)
+    sub = touch(account.id, "oMENU000000000000001", None)
+    services.bind_phone(account.id, sub.id, "13800138126", method="sms")
+    db.session.commit()
+    xml = message_xml(target, "oMENU000000000000001", event_fields("click", {"key": "INQUIRY_POINTS"}, 0))
+    args, body = signed_request(target, xml)
+    reply = open_reply(
+        target,
+        app.test_client()
+        .post(f"/wechat/{target.appid}/callback", query_string=args, data=body)
+        .get_data(as_text=True),
+    )
+    assert "当前积分" in reply["Content"]
+    assert db.session.scalar(sa.select(Inquiry.source)) == "menu"
+
+
+def test_accounts_without_the_store_keep_their_keyword_rules(app: Flask, create_account: Any) -> None:
+    from accounts import replies
+
+    account, _, target = create_account("plain")
+    replies.add_rule(account.id, name="bal", keywords=["余额"], reply={"content": "keyword rule"})
+    db.session.commit()
+    assert _text(app, target, "余额", "oNOSTORE0000000000001", 9_200_001)["Content"] == "keyword rule"
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Inquiry)) == 0
+
+
+def test_unknown_numbers_and_send_limits(app: Flask, create_account: Any) -> None:
+    account, _, target = create_account("plain")
+    services.enable_store(account.id)
+    db.session.commit()
+    openid = "oLIMIT00000000000001"
+    assert _text(app, target, "绑定 13800000000", openid, 9_300_001)["Content"] == "该号码不是本网用户"
+    assert _text(app, target, "绑定 12345", openid, 9_300_002)["Content"] == "请输入 11 位手机号"
+    replies = [
+        _text(app, target, f"绑定 1380013{8200 + i}", openid, 9_300_010 + i)["Content"] for i in range(4)
+    ]
+    assert all("验证码已发送" in r for r in replies)
+    assert "太频繁" in _text(app, target, "绑定 13800138300", openid, 9_300_020)["Content"]
