@@ -71,12 +71,22 @@ def on_text(ctx: CallbackContext) -> Reply | None:
                 "text",
                 {
                     "content": f"绑定成功：{services.mask_phone(binding.phone)}。"
-                    "回复「余额」「流量」即可查询。"
+                    + "回复"
+                    + "".join(f"「{w}」" for w in _examples(config))
+                    + "即可查询。"
                 },
             )
     except ServiceError as exc:
         return Reply("text", {"content": exc.message})
     return None
+
+
+def _examples(config: services.ChatConfig) -> list[str]:
+    """One keyword per inquiry kind the account answers, for the subscriber to try."""
+    seen: dict[str, str] = {}
+    for word, kind in config.keywords.items():
+        seen.setdefault(kind, word)
+    return list(seen.values())[:3]
 
 
 @router.register("event", "click", priority=200)

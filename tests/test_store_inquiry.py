@@ -200,3 +200,33 @@ def test_unknown_numbers_and_send_limits(app: Flask, create_account: Any) -> Non
     ]
     assert all("验证码已发送" in r for r in replies)
     assert "太频繁" in _text(app, target, "绑定 13800138300", openid, 9_300_020)["Content"]
+
+
+def test_mini_program_binds_and_inquires(app: Flask, create_account: Any, simulator: str) -> None:
+    account, fields, _ = create_account("plain", kind="mini_program")
+    code = requests.post(
+        f"{simulator}/_sim/accounts/{fields['appid']}/js-codes", json={"openid": "oMP0000001"}, timeout=5
+    ).json()["code"]
+    client = app.test_client()
+    token = client.post(f"/api/mp/{fields['appid']}/session", json={"code": code}).get_json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    resp = client.get(f"/api/mp/{fields['appid']}/inquiry/balance", headers=auth)
+    assert resp.status_code == 409 and resp.get_json()["outcome"] == "unbound"
+    assert client.post(
+        f"/api/mp/{fields['appid']}/phone/sms", json={"phone": "13800138127"}, headers=auth
+    ).get_json() == {"phone": "138****8127", "expires_in": 300}
+    sms = requests.get(f"{simulator}/_sim/boss/sms/13800138127", timeout=5).json()["code"]
+    assert (
+        client.post(
+            f"/api/mp/{fields['appid']}/phone/verify", json={"code": "12ab"}, headers=auth
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post(f"/api/mp/{fields['appid']}/phone/verify", json={"code": sms}, headers=auth).status_code
+        == 201
+    )
+    assert client.get(f"/api/mp/{fields['appid']}/phone", headers=auth).get_json()["phone"] == "13800138127"
+    body = client.get(f"/api/mp/{fields['appid']}/inquiry/bill", headers=auth).get_json()
+    assert body["outcome"] == "answered" and body["data"]["amount_fen"] > 0
+    assert client.get(f"/api/mp/{fields['appid']}/inquiry/bill").status_code == 401

@@ -58,10 +58,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(console_views.bp)
+    from store import api as store_api
+
+    app.register_blueprint(store_api.bp)
     # Provider-facing and token-authenticated endpoints carry no browser session: no CSRF token.
     csrf.init_app(app)
     csrf.exempt(views.bp)
     csrf.exempt(api.bp)
+    csrf.exempt(store_api.bp)
 
     @app.context_processor
     def _console_user() -> dict[str, Any]:

@@ -146,6 +146,46 @@ def _say(label: str, text: str) -> None:
     print(f"[demo] {label:<12} {text}", flush=True)
 
 
+def _store_demo(sim_base: str, failures: list[str]) -> None:
+    """Bind a phone by SMS code and ask for the remaining data, on the safe-mode account."""
+    from flask import current_app
+
+    from store import services as store
+
+    spec = DEMO_ACCOUNTS[2]
+    cfg = current_app.config
+    requests.post(
+        f"{sim_base}/_sim/boss/clients",
+        json={"app_id": cfg["BOSS_APP_ID"], "secret": cfg["BOSS_SECRET"]},
+        timeout=10,
+    ).raise_for_status()
+    account = services.account_by_appid(spec["appid"])
+    store.enable_store(account.id, {"data": ["流量"], "points": ["积分"]})
+    db.session.commit()
+    carol, phone = "oDEMOc" + secrets.token_hex(8), f"1380013{secrets.randbelow(9000) + 1000}"
+
+    def say(text: str) -> str:
+        resp = requests.post(
+            f"{sim_base}/_sim/accounts/{spec['appid']}/drive",
+            json={"action": "text", "openid": carol, "content": text},
+            timeout=30,
+        )
+        resp.raise_for_status()
+        answer = (resp.json().get("reply") or {}).get("Content", "")
+        _say("store", f"carol: {text} → {answer}")
+        return answer
+
+    checks = [("流量", "请先绑定"), (f"绑定 {phone}", "验证码已发送")]
+    for text, expected in checks:
+        if expected not in say(text):
+            failures.append(f"store: {text!r} did not answer {expected!r}")
+    code = requests.get(f"{sim_base}/_sim/boss/sms/{phone}", timeout=10).json()["code"]
+    _say("store", f"the BOSS texted {phone[:3]}****{phone[-4:]} the code {code}")
+    for text, expected in ((code, "绑定成功"), ("流量", "剩余流量"), ("积分", "当前积分")):
+        if expected not in say(text):
+            failures.append(f"store: {text!r} did not answer {expected!r}")
+
+
 def run_demo(sim_base: str, check: bool) -> bool:
     _setup_org()
     db.session.commit()
@@ -202,6 +242,7 @@ def run_demo(sim_base: str, check: bool) -> bool:
         if [e.kind.value for e in bob_events] != ["follow", "view"] or bob_events[0].channel_id is None:
             failures.append(f"{label}: bob's QR follow not attributed to the store channel")
         _say(label, f"followers now: {subscribers.follower_count(account.id)}")
+    _store_demo(sim_base, failures)
     db.session.rollback()
     if check:
         if failures:

@@ -20,6 +20,8 @@ from wechat_service.extensions import db
 from wechat_service.gateway import InvalidCodeError, UnreachableError, WeChatAPIError, client_for
 from wechat_service.models import MpSession
 
+__all__ = ["MpSession", "login", "profile", "session_from_token"]
+
 
 class SessionError(ServiceError):
     code = "invalid_session"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -54,6 +55,8 @@ def supervise(*, demo: bool, once: bool, port: int, sim_port: int) -> int:
         print(f"[run] embedded Redis on {sock}", flush=True)
     if demo:
         env["WECHAT_SERVICE_WECHAT_API_BASE"] = f"http://127.0.0.1:{sim_port}/wechat"
+        env["WECHAT_SERVICE_BOSS_API_BASE"] = f"http://127.0.0.1:{sim_port}/boss"
+        env.setdefault("WECHAT_SERVICE_BOSS_SECRET", secrets.token_hex(16))
     env.setdefault("WECHAT_SERVICE_PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     os.environ.update(env)
 
