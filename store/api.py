@@ -73,3 +73,21 @@ def inquiry(appid: str, kind: str) -> ResponseReturnValue:
     return jsonify(
         {"kind": kind, "outcome": result.outcome.value, "text": result.text, "data": result.data}
     ), status
+
+
+class RedeemSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    code = fields.String(required=True, validate=validate.Length(min=4, max=64))
+
+
+@bp.post("/<appid>/redeem")
+def redeem(appid: str) -> ResponseReturnValue:
+    from store import redemption
+
+    session = _session(appid)
+    data = RedeemSchema().load(request.get_json(silent=True) or {})
+    result = redemption.redeem(session.account_id, session.subscriber_id, data["code"], "mp")
+    db.session.commit()
+    return jsonify(result), 202

@@ -17,6 +17,7 @@ from wechat_service.extensions import enqueue_after_commit
 from wechat_service.router import CallbackContext, Reply, router
 
 CODE_RE = re.compile(r"^\d{6}$")
+REDEEM_KEYWORD = "兑换"
 MENU_KEYS = {f"INQUIRY_{kind.name.upper()}": kind for kind in InquiryKind}
 
 
@@ -57,6 +58,14 @@ def on_text(ctx: CallbackContext) -> Reply | None:
     if kind:
         return _inquire(ctx, InquiryKind(kind), "chat")
     try:
+        if text.startswith(REDEEM_KEYWORD):
+            from store import redemption
+
+            done = redemption.redeem(ctx.account.id, _subscriber_id(ctx), text[len(REDEEM_KEYWORD) :], "chat")
+            return Reply(
+                "text",
+                {"content": f"兑换码有效：{done['product']}，正在充入 {done['phone']}，完成后通知您。"},
+            )
         if text.startswith(config.bind_keyword):
             started = services.start_binding(
                 ctx.account.id, _subscriber_id(ctx), text[len(config.bind_keyword) :]

@@ -90,3 +90,109 @@ class Inquiry(db.Model):
     outcome: Mapped[InquiryOutcome] = mapped_column(str_enum(InquiryOutcome, 16))
     latency_ms: Mapped[int | None]
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# -- catalogue, redeem codes, fulfilment ---------------------------------------------------------
+
+
+class ProductKind(enum.StrEnum):
+    topup = "topup"  # face_value_fen onto the line's balance
+    data_package = "data_package"  # package_code
+    plan_change = "plan_change"  # plan_code
+    voucher = "voucher"  # nothing carried out on the line (a coupon for later)
+
+
+class Product(db.Model):
+    """A catalogue item of an account (or of an org unit, shared by every account under it)."""
+
+    __tablename__ = "products"
+    __table_args__ = (
+        sa.CheckConstraint("price_fen > 0", name="price_positive"),
+        sa.CheckConstraint("(account_id IS NULL) <> (org_unit_id IS NULL)", name="one_owner"),
+        sa.UniqueConstraint("account_id", "code"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    org_unit_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("org_units.id", ondelete="CASCADE"), index=True
+    )
+    code: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(128))
+    kind: Mapped[ProductKind] = mapped_column(str_enum(ProductKind, 16))
+    price_fen: Mapped[int]
+    face_value_fen: Mapped[int | None]
+    package_code: Mapped[str | None] = mapped_column(sa.String(64))
+    plan_code: Mapped[str | None] = mapped_column(sa.String(64))
+    active_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    active_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    stock: Mapped[int | None]  # None: unlimited
+    per_subscriber_limit: Mapped[int | None]
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RedeemBatch(db.Model):
+    __tablename__ = "redeem_batches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    product_id: Mapped[int] = mapped_column(sa.ForeignKey("products.id"))
+    name: Mapped[str] = mapped_column(sa.String(128))
+    count: Mapped[int]
+    valid_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    valid_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CodeStatus(enum.StrEnum):
+    unused = "unused"
+    redeemed = "redeemed"
+    void = "void"
+
+
+class RedeemCode(db.Model):
+    """One single-use code: only its keyed hash is stored (the clear codes leave once, as CSV)."""
+
+    __tablename__ = "redeem_codes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(sa.ForeignKey("redeem_batches.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"))
+    code_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    status: Mapped[CodeStatus] = mapped_column(str_enum(CodeStatus, 16), default=CodeStatus.unused)
+    redeemed_by: Mapped[int | None] = mapped_column(sa.ForeignKey("subscribers.id"))
+    redeemed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class FulfilmentStatus(enum.StrEnum):
+    pending = "pending"  # waiting for the job
+    succeeded = "succeeded"
+    failed = "failed"  # the BOSS refused: nothing was carried out
+    unknown = "unknown"  # asked, no answer yet: resolved by querying the BOSS, never by resending
+
+
+class Fulfilment(db.Model):
+    """Carrying a product out on a line through the BOSS, exactly once (its idempotency key)."""
+
+    __tablename__ = "fulfilments"
+    __table_args__ = (sa.Index("ix_fulfilments_status_created", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    subscriber_id: Mapped[int] = mapped_column(sa.ForeignKey("subscribers.id", ondelete="CASCADE"))
+    product_id: Mapped[int] = mapped_column(sa.ForeignKey("products.id"))
+    source: Mapped[str] = mapped_column(sa.String(16))  # redemption, order
+    source_id: Mapped[int]
+    phone: Mapped[str] = mapped_column(EncryptedText)
+    idempotency_key: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    status: Mapped[FulfilmentStatus] = mapped_column(
+        str_enum(FulfilmentStatus, 16), default=FulfilmentStatus.pending
+    )
+    attempts: Mapped[int] = mapped_column(default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

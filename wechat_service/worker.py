@@ -68,10 +68,12 @@ LEASE_SECONDS = 30
 
 def periodic_jobs(scheduler: CronScheduler) -> None:
     """Every periodic job, declared once."""
+    from store import jobs as store_jobs
     from wechat_service import jobs
 
     scheduler.register(jobs.requeue_stale_inbox, "high", interval=60, job_timeout=120)
     scheduler.register(jobs.refresh_tokens, "default", interval=120, job_timeout=120)
+    scheduler.register(store_jobs.sweep_fulfilments, "default", interval=300, job_timeout=120)
 
 
 def run_cron(app: Flask, tick: float = 5.0, max_ticks: int | None = None) -> None:

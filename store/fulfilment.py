@@ -1,0 +1,156 @@
+"""Fulfilment: carrying a product out on a line through the BOSS, exactly once.
+
+The idempotency key is the fulfilment's own (``redeem-<code id>``, later ``order-<id>``), so a
+job run twice, or a retry after a timeout, can never top a line up twice. A write whose answer was
+lost is resolved by asking the BOSS (``requests/query``), never by sending it again blindly — and
+only after the BOSS says it never saw the key is it sent again, with the same key.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+
+from store.boss import BossError, BossUnavailableError, BossUnknownOutcomeError, boss
+from store.models import Fulfilment, FulfilmentStatus, Product, ProductKind
+from wechat_service.dbtypes import utcnow
+from wechat_service.extensions import db
+
+log = logging.getLogger(__name__)
+
+
+class RetryLaterError(Exception):
+    """Transient (BUSY, unreachable, unknown outcome): the job is retried with backoff."""
+
+
+def create(
+    *,
+    account_id: int,
+    subscriber_id: int,
+    product: Product,
+    phone: str,
+    source: str,
+    source_id: int,
+    idempotency_key: str,
+) -> Fulfilment:
+    fulfilment = Fulfilment(
+        account_id=account_id,
+        subscriber_id=subscriber_id,
+        product_id=product.id,
+        source=source,
+        source_id=source_id,
+        phone=phone,
+        idempotency_key=idempotency_key,
+        status=FulfilmentStatus.pending,
+        attempts=0,
+        created_at=utcnow(),
+    )
+    db.session.add(fulfilment)
+    db.session.flush()
+    return fulfilment
+
+
+def _carry_out(fulfilment: Fulfilment, product: Product) -> dict[str, Any]:
+    client, key, phone = boss(), fulfilment.idempotency_key, fulfilment.phone
+    if product.kind is ProductKind.topup:
+        return client.topup(phone, int(product.face_value_fen or 0), key)
+    if product.kind is ProductKind.data_package:
+        return client.data_package(phone, str(product.package_code), key)
+    if product.kind is ProductKind.plan_change:
+        return client.plan_change(phone, str(product.plan_code), key)
+    return {"voucher": product.code}
+
+
+def _finish(
+    fulfilment_id: int, status: FulfilmentStatus, result: dict[str, Any] | None, error: str | None
+) -> bool:
+    """Conditional transition: only an open fulfilment finishes, and only once."""
+    done = db.session.execute(
+        sa.update(Fulfilment)
+        .where(
+            Fulfilment.id == fulfilment_id,
+            Fulfilment.status.in_([FulfilmentStatus.pending, FulfilmentStatus.unknown]),
+        )
+        .values(status=status, result=result, error=error, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return done.rowcount == 1
+
+
+def run(fulfilment_id: int) -> FulfilmentStatus:
+    """One attempt. Raises RetryLaterError when the outcome is not known yet."""
+    fulfilment = db.session.get(Fulfilment, fulfilment_id)
+    if fulfilment is None or fulfilment.status in (FulfilmentStatus.succeeded, FulfilmentStatus.failed):
+        return fulfilment.status if fulfilment else FulfilmentStatus.failed
+    product = db.session.get(Product, fulfilment.product_id)
+    db.session.execute(
+        sa.update(Fulfilment)
+        .where(Fulfilment.id == fulfilment_id)
+        .values(attempts=Fulfilment.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if fulfilment.status is FulfilmentStatus.unknown:
+        # A previous attempt may have been carried out: ask before doing anything.
+        try:
+            answer = boss().query_request(fulfilment.idempotency_key)
+        except BossError as exc:
+            db.session.commit()
+            raise RetryLaterError(f"query failed: {exc.code}") from None
+        if answer.get("status") == "succeeded":
+            _finish(fulfilment_id, FulfilmentStatus.succeeded, answer.get("result") or {}, None)
+            db.session.commit()
+            return FulfilmentStatus.succeeded
+        if answer.get("status") == "pending":
+            db.session.commit()
+            raise RetryLaterError("the BOSS is still working on it")
+        if answer.get("status") == "failed":
+            _finish(fulfilment_id, FulfilmentStatus.failed, None, str(answer.get("error") or "failed"))
+            db.session.commit()
+            return FulfilmentStatus.failed
+        # "unknown": the BOSS never saw the key, so sending it (with the same key) is safe.
+    try:
+        result = _carry_out(fulfilment, product)
+    except BossUnknownOutcomeError as exc:
+        db.session.execute(
+            sa.update(Fulfilment)
+            .where(Fulfilment.id == fulfilment_id)
+            .values(status=FulfilmentStatus.unknown, error=f"{exc.code}: outcome unknown")
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        raise RetryLaterError("outcome unknown") from None
+    except BossUnavailableError as exc:
+        db.session.execute(
+            sa.update(Fulfilment)
+            .where(Fulfilment.id == fulfilment_id)
+            .values(error=f"{exc.code}: {exc.message}")
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        raise RetryLaterError(exc.code) from None
+    except BossError as exc:
+        _finish(fulfilment_id, FulfilmentStatus.failed, None, f"{exc.code}: {exc.message}")
+        db.session.commit()
+        return FulfilmentStatus.failed
+    _finish(fulfilment_id, FulfilmentStatus.succeeded, result, None)
+    db.session.commit()
+    return FulfilmentStatus.succeeded
+
+
+def stale(limit: int = 500) -> list[int]:
+    """Open fulfilments whose job may be gone (Redis lost, retries exhausted): for the cron sweep."""
+    from datetime import timedelta
+
+    cutoff = utcnow() - timedelta(minutes=5)
+    return list(
+        db.session.scalars(
+            sa.select(Fulfilment.id)
+            .where(
+                Fulfilment.status.in_([FulfilmentStatus.pending, FulfilmentStatus.unknown]),
+                Fulfilment.created_at < cutoff,
+            )
+            .limit(limit)
+        )
+    )
