@@ -101,7 +101,7 @@ def _validate_account_fields(fields: dict[str, Any]) -> dict[str, Any]:
         errors["token"] = ["must be 3-32 letters or digits (WeChat's rule)"]
     if out.get("aes_key") is not None:
         try:
-            wxcrypto.aes_key(out["aes_key"])
+            wxcrypto.check_aes_key(out["aes_key"])
         except ValueError as exc:
             errors["aes_key"] = [str(exc)]
     for key, enum_cls in (("kind", AccountKind), ("message_mode", MessageMode)):
@@ -113,7 +113,7 @@ def _validate_account_fields(fields: dict[str, Any]) -> dict[str, Any]:
     if out.get("timezone"):
         try:
             ZoneInfo(out["timezone"])
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory: OSError
             errors["timezone"] = ["unknown IANA timezone"]
     if "name" in out and not (out["name"] or "").strip():
         errors["name"] = ["required"]

@@ -124,7 +124,7 @@ class HttpBoss:
             )
         except requests.ConnectTimeout as exc:
             # Never connected: the request cannot have been carried out.
-            raise BossUnavailableError("UNREACHABLE", str(exc), retryable=True) from None
+            raise BossUnavailableError("UNREACHABLE", type(exc).__name__, retryable=True) from None
         except requests.RequestException as exc:
             raise unknown("TIMEOUT", f"{type(exc).__name__}", retryable=True) from None
         self._verify_response(resp)

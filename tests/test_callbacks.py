@@ -13,6 +13,7 @@ from flask import Flask
 from accounts import replies, services
 from accounts.models import AccountStatus, Subscriber, SubscriberEvent
 from simulator.driver import Target, event_fields, message_xml, open_reply, signed_request
+from wechat_service import wxcrypto
 from wechat_service.extensions import db
 from wechat_service.models import CallbackInbox
 
@@ -218,23 +219,59 @@ def test_safe_mode_refuses_plaintext(client: Any, create_account: Any) -> None:
     assert counts() == (0, 0, 0)
 
 
-def test_key_rotation_accepts_old_and_new_and_replies_with_new(client: Any, create_account: Any) -> None:
+def test_key_rotation_accepts_both_keys_and_answers_in_the_key_used(client: Any, create_account: Any) -> None:
     account, fields, target = create_account("safe")
     replies.add_rule(account.id, name="r", keywords=["k"], reply={"content": "ok"})
     services.rotate_aes_key(fields["appid"])
     db.session.commit()
     new_key = services.account_by_appid(fields["appid"]).aes_key
     old_target, new_target = target, Target(**{**target.__dict__, "aes_key": new_key})
-    # WeChat may still encrypt with the old key for a while: it decrypts, and we answer with the new key.
+    # Until the operator pastes the new key, WeChat encrypts with the old one, and can only read
+    # replies encrypted with it: the reply goes back under the key that opened the message.
     resp = post(client, old_target, text(old_target, "k"))
     assert resp.status_code == 200
-    assert open_reply(new_target, resp.get_data(as_text=True))["Content"] == "ok"
+    assert open_reply(old_target, resp.get_data(as_text=True))["Content"] == "ok"
     resp = post(client, new_target, text(new_target, "k"))
     assert open_reply(new_target, resp.get_data(as_text=True))["Content"] == "ok"
     # After the next rotation the first key is gone.
     services.rotate_aes_key(fields["appid"])
     db.session.commit()
     assert post(client, old_target, text(old_target, "k")).status_code == 400
+
+
+def test_compatible_mode_without_a_key_reads_the_plaintext(client: Any, create_account: Any) -> None:
+    """The operator switched WeChat to compatible mode before giving us the key."""
+    account, fields, target = create_account("plain", aes_key=None)
+    replies.add_rule(account.id, name="r", keywords=["k"], reply={"content": "plain ok"})
+    db.session.commit()
+    wechat_side = Target(**{**target.__dict__, "mode": "compatible", "aes_key": wxcrypto.generate_aes_key()})
+    resp = post(client, wechat_side, text(wechat_side, "k"))
+    assert (
+        resp.status_code == 200 and open_reply(target, resp.get_data(as_text=True))["Content"] == "plain ok"
+    )
+
+
+@pytest.mark.parametrize("field", ["FromUserName", "MsgType", "CreateTime"])
+def test_oversized_or_malformed_fields_are_400(field: str, client: Any, create_account: Any) -> None:
+    _, _, target = create_account("plain")
+    fields = {"CreateTime": 1_900_000_000, "MsgType": "text", "Content": "x", "MsgId": 5}
+    openid = "oFIELD"
+    if field == "FromUserName":
+        openid = "o" * 100
+    elif field == "MsgType":
+        fields["MsgType"] = "t" * 40
+    else:
+        fields["CreateTime"] = "99999999999999999999"
+    resp = post(client, target, message_xml(target, openid, fields))
+    assert resp.status_code == 400
+    assert counts() == (0, 0, 0)
+
+
+def test_generated_aes_keys_are_what_the_wechat_admin_accepts() -> None:
+    keys = [wxcrypto.generate_aes_key() for _ in range(200)]
+    assert all(len(k) == 43 and k.isalnum() and k.isascii() for k in keys)
+    with pytest.raises(ValueError):
+        wxcrypto.check_aes_key("a" * 42 + "+")
 
 
 def test_one_accounts_keys_never_accept_another_accounts_callbacks(client: Any, create_account: Any) -> None:

@@ -230,3 +230,16 @@ def test_mini_program_binds_and_inquires(app: Flask, create_account: Any, simula
     body = client.get(f"/api/mp/{fields['appid']}/inquiry/bill", headers=auth).get_json()
     assert body["outcome"] == "answered" and body["data"]["amount_fen"] > 0
     assert client.get(f"/api/mp/{fields['appid']}/inquiry/bill").status_code == 401
+
+
+def test_resends_do_not_repeat_side_effects(app: Flask, create_account: Any, simulator: str) -> None:
+    """WeChat's copies of one message must not send a second SMS: the handlers run once."""
+    account, _, target = create_account("plain")
+    services.enable_store(account.id)
+    db.session.commit()
+    phone = "13800138131"
+    replies = [_text(app, target, f"绑定 {phone}", "oRESEND0000000000001", 9_400_001) for _ in range(3)]
+    assert len({r["Content"] for r in replies}) == 1 and "验证码已发送" in replies[0]["Content"]
+    # One send counted, and one SMS at the BOSS: a second would have been refused (one a minute).
+    counters = list(app.extensions["redis"].scan_iter("bind:sends:*"))
+    assert len(counters) == 1 and app.extensions["redis"].get(counters[0]) == b"1"

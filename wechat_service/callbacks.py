@@ -8,6 +8,7 @@ was stored with the original.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
@@ -99,6 +100,12 @@ def _fresh(args: dict[str, str]) -> bool:
 
 
 def dedup_key(msg: dict[str, str]) -> str:
+    key = _raw_dedup_key(msg)
+    # Long VIEW URLs: the same bounded key in Redis and in the database.
+    return key if len(key) <= 200 else "h:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _raw_dedup_key(msg: dict[str, str]) -> str:
     msg_type = (msg.get("MsgType") or "").lower()
     if msg_type == "event":
         event = (msg.get("Event") or "").lower()
@@ -110,6 +117,11 @@ def dedup_key(msg: dict[str, str]) -> str:
     if msg.get("MsgId"):
         return f"msg:{msg['MsgId']}"
     return f"msg:{msg.get('FromUserName', '')}:{msg.get('CreateTime', '')}:{msg_type}"
+
+
+# WeChat's field sizes, with room to spare: anything longer is not WeChat's.
+FIELD_LIMITS = {"FromUserName": 64, "ToUserName": 64, "MsgType": 32, "Event": 64, "MsgId": 32, "MsgID": 32}
+PENDING = b"\x00"  # the dedup key's value while the first copy is being handled
 
 
 def handle_post(appid: str, args: dict[str, str], body: bytes) -> CallbackResult:
@@ -126,36 +138,62 @@ def handle_post(appid: str, args: dict[str, str], body: bytes) -> CallbackResult
         return reject(403, "timestamp outside the accepted window")
     try:
         outer = parse_xml(body)
-        msg, encrypted = _open(account, args, outer)
+        msg, reply_key = _open(account, args, outer)
+        _check_fields(msg)
     except wxcrypto.SignatureError as exc:
         return reject(403, str(exc))
     except (BadMessageError, wxcrypto.DecryptError) as exc:
         return reject(400, str(exc))
     if account.original_id and msg.get("ToUserName") and msg["ToUserName"] != account.original_id:
         return reject(400, "message addressed to another account")
+    reply_xml = _dispatch(account, msg, dedup_key(msg))
+    return _answer(account, args, reply_xml, reply_key)
+
+
+def _check_fields(msg: dict[str, str]) -> None:
     if not msg.get("MsgType") or not msg.get("FromUserName"):
-        return reject(400, "MsgType and FromUserName are required")
+        raise BadMessageError("MsgType and FromUserName are required")
+    for field, limit in FIELD_LIMITS.items():
+        if len(msg.get(field) or "") > limit:
+            raise BadMessageError(f"{field} longer than {limit}")
+    created = msg.get("CreateTime")
+    if created is not None and not (created.isdigit() and len(created) <= 11):
+        raise BadMessageError("CreateTime must be Unix seconds")
 
-    key = dedup_key(msg)
-    reply_xml = _dispatch(account, msg, key)
-    return _answer(account, args, reply_xml, encrypted)
 
+def _open(
+    account: AccountInfo, args: dict[str, str], outer: dict[str, str]
+) -> tuple[dict[str, str], str | None]:
+    """The plaintext message and, when it came encrypted, the key to encrypt the reply with.
 
-def _open(account: AccountInfo, args: dict[str, str], outer: dict[str, str]) -> tuple[dict[str, str], bool]:
-    """The plaintext message, decrypted when it carries <Encrypt> (required in safe mode)."""
+    Safe mode requires <Encrypt>. In compatible mode the plaintext fields are there too, so an
+    account not (yet) configured with the key, or a packet under a key we do not have, is read
+    from them — the request's signature was checked either way.
+    """
     enc = outer.get("Encrypt")
     if enc is None or args.get("encrypt_type", "aes") != "aes":
         if account.message_mode == "safe":
             raise BadMessageError("this account is in safe mode: the message must be encrypted")
-        return outer, False
-    if not account.aes_keys:
-        raise BadMessageError("encrypted message for an account without an EncodingAESKey")
+        return outer, None
     wxcrypto.verify_signature(
         (account.token or "", args.get("timestamp", ""), args.get("nonce", ""), enc),
         args.get("msg_signature"),
     )
-    inner = parse_xml(wxcrypto.decrypt(enc, list(account.aes_keys), account.appid).encode())
-    return inner, True
+    plaintext_too = account.message_mode != "safe" and bool(outer.get("MsgType"))
+    if not account.aes_keys:
+        if plaintext_too:
+            return outer, None
+        raise BadMessageError("encrypted message for an account without an EncodingAESKey")
+    try:
+        xml, key = wxcrypto.decrypt_with_key(enc, list(account.aes_keys), account.appid)
+    except wxcrypto.DecryptError:
+        if plaintext_too:
+            log.warning(
+                "compatible-mode packet for %s not decryptable: read from its plaintext", account.appid
+            )
+            return outer, None
+        raise
+    return parse_xml(xml.encode()), key
 
 
 def _seen_key(account: AccountInfo, key: str) -> str:
@@ -165,41 +203,58 @@ def _seen_key(account: AccountInfo, key: str) -> str:
 def _dispatch(account: AccountInfo, msg: dict[str, str], key: str) -> str:
     """Route a new callback and store it, or give a re-send the reply its original got.
 
-    The inline handlers run first (reads, and the subscriber upsert), so the dedup key can be
-    set together with the reply in one Redis call: ``SET NX key reply``. The copy that loses
-    rolls back and answers with the winner's reply, even before the winner has committed. The
-    unique (account, dedup key) of the inbox row stays the real guard when Redis forgot.
+    The copy that wins ``SET NX`` (value: pending) runs the handlers — which may call the BOSS or
+    send an SMS, so a re-send must never run them again — then stores the reply under the same
+    key. A copy that loses waits for that reply. The unique (account, dedup key) of the inbox row
+    stays the real guard when Redis forgot; if storing fails the key is dropped so WeChat's
+    re-send is handled afresh.
     """
     conn = get_redis()
     seen = _seen_key(account, key)
-    routed = _route(account, msg)
+    ttl = current_app.config["CALLBACK_DEDUP_TTL"]
     try:
-        first = conn.set(
-            seen, routed.reply_xml.encode(), nx=True, ex=current_app.config["CALLBACK_DEDUP_TTL"]
-        )
+        first = conn.set(seen, PENDING, nx=True, ex=ttl)
     except redis.RedisError:
         log.warning("redis unavailable for callback dedup; the database decides")
-        first = True
+        conn, first = None, True
     if not first:
-        db.session.rollback()
         return _reply_of_original(account, key)
     try:
+        routed = _route(account, msg)
         _store(account, msg, key, routed)
     except IntegrityError:
         db.session.rollback()
+        if _stored_reply(account, key) is None:  # not our unique key: a real error
+            _forget(conn, seen)
+            raise
         return _reply_of_original(account, key)
     except Exception:
-        # Not stored: let WeChat's re-send try again rather than be answered from the cache.
         db.session.rollback()
+        _forget(conn, seen)
+        raise
+    if conn is not None:
+        try:
+            conn.set(seen, routed.reply_xml.encode(), ex=ttl)
+        except redis.RedisError:
+            log.warning("redis unavailable: a re-send will read its reply from the database")
+    return routed.reply_xml
+
+
+def _forget(conn: redis.Redis | None, seen: str) -> None:
+    if conn is not None:
         with contextlib.suppress(redis.RedisError):
             conn.delete(seen)
-        raise
-    return routed.reply_xml
+
+
+def _stored_reply(account: AccountInfo, key: str) -> str | None:
+    db.session.rollback()  # see rows committed since this transaction began
+    row = db.session.query(CallbackInbox.reply).filter_by(account_id=account.id, dedup_key=key).first()
+    return None if row is None else row.reply or ""
 
 
 def _reply_of_original(account: AccountInfo, key: str) -> str:
     """A re-send: the original's reply from Redis, else (Redis forgot) from its inbox row,
-    waiting within the budget for an original that has not committed yet."""
+    waiting within the budget for an original that has not finished yet."""
     conn = get_redis()
     deadline = time.monotonic() + current_app.config["CALLBACK_BUDGET"]
     while True:
@@ -207,12 +262,11 @@ def _reply_of_original(account: AccountInfo, key: str) -> str:
             cached = conn.get(_seen_key(account, key))
         except redis.RedisError:
             cached = None
-        if cached is not None:
+        if cached is not None and cached != PENDING:
             return cached.decode()
-        db.session.rollback()  # see rows committed since this transaction began
-        row = db.session.query(CallbackInbox.reply).filter_by(account_id=account.id, dedup_key=key).first()
-        if row is not None:
-            return row.reply or ""
+        stored = _stored_reply(account, key)
+        if stored is not None:
+            return stored
         if time.monotonic() >= deadline:
             return ""
         time.sleep(0.05)
@@ -283,14 +337,14 @@ def _store(account: AccountInfo, msg: dict[str, str], key: str, routed: _Routed)
     db.session.commit()
 
 
-def _answer(account: AccountInfo, args: dict[str, str], reply_xml: str, encrypted: bool) -> CallbackResult:
+def _answer(
+    account: AccountInfo, args: dict[str, str], reply_xml: str, reply_key: str | None
+) -> CallbackResult:
     if not reply_xml:
         return CallbackResult(200, SUCCESS)
-    if encrypted:
+    if reply_key:
         nonce = args.get("nonce") or secrets.token_hex(8)
-        body = wxcrypto.encrypted_reply(
-            reply_xml, account.token or "", account.aes_keys[0], account.appid, nonce
-        )
+        body = wxcrypto.encrypted_reply(reply_xml, account.token or "", reply_key, account.appid, nonce)
         return CallbackResult(200, body, "application/xml; charset=utf-8")
     return CallbackResult(200, reply_xml, "application/xml; charset=utf-8")
 

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import requests
@@ -94,6 +95,14 @@ for _code in TOKEN_ERRORS:
     ERROR_CLASSES[_code] = TokenError
 
 
+def describe_failure(exc: Exception) -> str:
+    """A transport failure, described without its URL: the query string carries the access token
+    (or, for jscode2session, the app secret)."""
+    request = getattr(exc, "request", None)
+    host = urlsplit(request.url).hostname if request is not None and request.url else None
+    return f"{type(exc).__name__}" + (f" talking to {host}" if host else "")
+
+
 def error_for(errcode: int | None, errmsg: str, appid: str) -> WeChatAPIError:
     return ERROR_CLASSES.get(errcode or 0, WeChatAPIError)(errcode, errmsg, appid=appid)
 
@@ -163,7 +172,7 @@ class TokenManager:
                 mapping={"last_error": f"unreachable: {type(exc).__name__}", "last_error_at": time.time()},
             )
             self.redis.hincrby(health, "failures", 1)
-            raise UnreachableError(None, str(exc), appid=appid) from exc
+            raise UnreachableError(None, describe_failure(exc), appid=appid) from None
         if result.get("errcode"):
             self.redis.hset(
                 health,
@@ -250,7 +259,7 @@ class GatewayClient(WeChatClient):
             try:
                 return super()._request(method, url_or_endpoint, **call_kwargs)
             except requests.RequestException as exc:
-                raise UnreachableError(None, f"{type(exc).__name__}: {exc}", appid=self.appid) from exc
+                raise UnreachableError(None, describe_failure(exc), appid=self.appid) from None
             except WeChatAPIError:
                 raise
             except WeChatClientException as exc:
@@ -291,7 +300,7 @@ class GatewayClient(WeChatClient):
             )
             result = resp.json()
         except (requests.RequestException, ValueError) as exc:
-            raise UnreachableError(None, str(exc), appid=self.appid) from exc
+            raise UnreachableError(None, describe_failure(exc), appid=self.appid) from None
         if int(result.get("errcode", 0) or 0):
             raise error_for(int(result["errcode"]), result.get("errmsg", ""), self.appid)
         return result

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import string
 import time
 
 from wechatpy.crypto import PrpCrypto
@@ -35,6 +36,16 @@ def verify_signature(expected_parts: tuple[str, ...], given: str | None) -> None
         raise SignatureError("signature mismatch")
 
 
+AES_KEY_ALPHABET = string.ascii_letters + string.digits  # what the WeChat admin accepts
+
+
+def check_aes_key(encoding_aes_key: str) -> None:
+    """What an operator may enter: exactly what the WeChat admin accepts (43 letters or digits)."""
+    if len(encoding_aes_key or "") != 43 or not set(encoding_aes_key) <= set(AES_KEY_ALPHABET):
+        raise ValueError("EncodingAESKey must be 43 letters or digits (as in the WeChat admin)")
+    aes_key(encoding_aes_key)
+
+
 def aes_key(encoding_aes_key: str) -> bytes:
     try:
         key = base64.b64decode(encoding_aes_key + "=", validate=True)
@@ -46,7 +57,7 @@ def aes_key(encoding_aes_key: str) -> bytes:
 
 
 def generate_aes_key() -> str:
-    return base64.b64encode(secrets.token_bytes(32)).decode()[:43]
+    return "".join(secrets.choice(AES_KEY_ALPHABET) for _ in range(43))
 
 
 def encrypt(xml: str, encoding_aes_key: str, appid: str) -> str:
@@ -55,6 +66,12 @@ def encrypt(xml: str, encoding_aes_key: str, appid: str) -> str:
 
 def decrypt(ciphertext: str, encoding_aes_keys: list[str], appid: str) -> str:
     """Decrypt with the first key that yields a well-formed packet for ``appid``."""
+    return decrypt_with_key(ciphertext, encoding_aes_keys, appid)[0]
+
+
+def decrypt_with_key(ciphertext: str, encoding_aes_keys: list[str], appid: str) -> tuple[str, str]:
+    """The plaintext and the key that opened it: replies go back under that same key, because
+    during a rotation WeChat keeps using the old one until the operator pastes the new one."""
     wrong_appid = False
     for key in encoding_aes_keys:
         try:
@@ -76,7 +93,7 @@ def decrypt(ciphertext: str, encoding_aes_keys: list[str], appid: str) -> str:
         if from_appid != appid:
             wrong_appid = True
             continue
-        return xml
+        return xml, key
     raise DecryptError("ciphertext for another appid" if wrong_appid else "ciphertext cannot be decrypted")
 
 
