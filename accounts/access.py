@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from accounts.models import Account, Grant, OrgUnit, Role, StaffUser
-from wechat_service.errors import ForbiddenError, NotFoundError  # noqa: F401 - re-exported for operations
+from wechat_service.errors import ForbiddenError, InvalidInputError, NotFoundError  # noqa: F401 - re-exported
 from wechat_service.extensions import db
 
 VIEW = "account.view"

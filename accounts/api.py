@@ -18,7 +18,7 @@ from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
 from accounts import masking, menus, operations, qrcodes, replies, services, staff, subscribers
-from accounts.console import client_ip, current_access, current_user, load_user, paginate
+from accounts.console import check_url_ids, client_ip, current_access, current_user, load_user, paginate
 from accounts.models import Subscriber
 from accounts.schemas import (
     AccountCreateSchema,
@@ -58,6 +58,7 @@ def _authorise_first() -> None:
     so a request about someone else's account learns nothing, not even a validation error."""
     if load_user() is None:
         raise Unauthorized("sign in to the console first")
+    check_url_ids()
     account_id = (request.view_args or {}).get("account_id")
     if account_id is not None:
         acl.account_for(current_access(), account_id, acl.VIEW)
@@ -177,7 +178,11 @@ def subscriber_list(query: dict[str, Any], account_id: int) -> ResponseReturnVal
     account = acl.account_for(access, account_id, acl.SUBSCRIBERS)
     page = paginate(
         subscribers.search_subscribers(
-            account.id, q=query["q"], tag=query["tag"], channel_id=query["channel"]
+            account.id,
+            q=query["q"],
+            tag=query["tag"],
+            channel_id=query["channel"],
+            exact=not access.unmasked(account.id),
         ),
         query["page"],
         query["per_page"],

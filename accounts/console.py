@@ -18,6 +18,17 @@ from accounts.models import StaffUser
 from wechat_service.extensions import db
 
 IDLE_TIMEOUT = 30 * 60
+MAX_PAGE = 100_000
+MAX_ID = 2**31 - 1  # ids in URLs beyond the database's integer range are simply not found
+
+
+def check_url_ids() -> None:
+    """Ids in the URL beyond the database's integer range: 404 before any query."""
+    from werkzeug.exceptions import NotFound
+
+    for value in (request.view_args or {}).values():
+        if isinstance(value, int) and not 0 <= value <= MAX_ID:
+            raise NotFound("no such thing")
 
 
 def client_ip() -> str:
@@ -99,7 +110,7 @@ class Page:
 def paginate(query: Any, page: int | None = None, per_page: int = 25) -> Page:
     import sqlalchemy as sa
 
-    page = max(1, page or request.args.get("page", 1, type=int) or 1)
+    page = min(max(1, page or request.args.get("page", 1, type=int) or 1), MAX_PAGE)
     total = db.session.scalar(sa.select(sa.func.count()).select_from(query.order_by(None).subquery())) or 0
     items = list(db.session.scalars(query.limit(per_page).offset((page - 1) * per_page)))
     return Page(items, page, per_page, total)

@@ -22,13 +22,14 @@ def mask_text(value: str | None) -> str | None:
 
 
 def mask_detail(kind: str, detail: dict[str, Any]) -> dict[str, Any]:
+    """Coordinates hidden; every free-text value (message, voice transcript, place label, link
+    title …) with its long digit runs masked."""
     out = dict(detail)
-    if kind == "location":
-        for key in ("Latitude", "Longitude"):
-            if out.get(key):
-                out[key] = "**"
-    if "content" in out:
-        out["content"] = mask_text(out["content"])
+    for key, value in detail.items():
+        if key in ("Latitude", "Longitude", "Precision", "Location_X", "Location_Y") and value:
+            out[key] = "**"
+        elif isinstance(value, str) and key not in ("type", "rule", "by", "reply"):
+            out[key] = mask_text(value)
     return out
 
 

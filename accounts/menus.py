@@ -64,7 +64,7 @@ def _leaf(button: Any, path: str, limit: int, errors: dict[str, list[str]]) -> d
         return {}
     out: dict[str, Any] = {"name": _name(button, path, limit, errors), "type": button.get("type")}
     kind = button.get("type")
-    if kind not in TYPES:
+    if not isinstance(kind, str) or kind not in TYPES:
         errors[f"{path}.type"] = [f"one of {sorted(TYPES)}"]
         return out
     if kind == "click":
@@ -124,7 +124,14 @@ def tree_from_rows(rows: list[dict[str, str]]) -> dict[str, Any]:
     for row in rows:
         if not (row.get("name") or "").strip():
             continue
-        top = int(row["top"])
+        try:
+            top = int(row["top"])
+            sub = row.get("sub", "")
+            sub_ok = sub == "" or 0 <= int(sub) < MAX_SUB
+        except (TypeError, ValueError):
+            top, sub_ok = -1, False
+        if not 0 <= top < MAX_TOP or not sub_ok:
+            raise InvalidInputError("the menu grid was tampered with", fields={"grid": ["invalid slot"]})
         leaf: dict[str, Any] = {"name": row["name"].strip(), "type": row.get("type") or "click"}
         if leaf["type"] == "click":
             leaf["key"] = (row.get("value") or "").strip()

@@ -44,6 +44,9 @@ def update_account(
     access: Access, account_id: int, changes: dict[str, Any], org_unit_code: str | None, ip: str
 ) -> Account:
     account = acl.account_for(access, account_id, acl.EDIT)
+    if org_unit_code is not None and not access.is_admin:
+        # Moving an account hands it to everyone granted on the new unit: administrators only.
+        raise acl.ForbiddenError("only administrators move accounts between org units")
     before = _settings(account)
     services.update_account(account.appid, org_unit_code=org_unit_code, **changes)
     after = _settings(account) | {k: "changed" for k in SECRET_FIELDS if changes.get(k)}
@@ -93,6 +96,10 @@ def reveal_subscriber(
     access: Access, account_id: int, subscriber_id: int, reason: str, ip: str
 ) -> Subscriber:
     account = acl.account_for(access, account_id, acl.REVEAL)
+    if len(reason.strip()) < 3:
+        raise acl.InvalidInputError(
+            "give the reason for the reveal (it goes in the audit log)", fields={"reason": ["required"]}
+        )
     sub = services.get_scoped(Subscriber, account.id, subscriber_id)
     staff.audit(
         access.user_id,

@@ -26,6 +26,8 @@ def create_channel_qrcode(
     permanent: bool = True,
     expire_seconds: int | None = None,
 ) -> ChannelQRCode:
+    if not (name or "").strip() or len(name) > 128:
+        raise InvalidInputError("a name of 1 to 128 characters", fields={"name": ["invalid"]})
     if not SCENE_RE.match(scene or ""):
         raise InvalidInputError(
             "scene must be 1-64 letters, digits, '_', '-' or '.'", fields={"scene": ["invalid"]}

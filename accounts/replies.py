@@ -6,12 +6,13 @@ same transaction, so every process sees a change on its next callback.
 
 from __future__ import annotations
 
-import re
+import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import regex
 import sqlalchemy as sa
 
 from accounts.models import MatchMode, ReplyRule, ReplyType, RuleKind
@@ -23,6 +24,9 @@ from wechat_service.router import Reply
 
 MAX_TEXT_BYTES = 2048  # WeChat truncates passive text replies past this
 MAX_REGEX = 200
+MAX_MATCH_TEXT = 2000
+REGEX_TIMEOUT = 0.05
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class CompiledRule:
     kind: RuleKind
     keywords: tuple[str, ...]
     mode: MatchMode
-    patterns: tuple[re.Pattern[str], ...]
+    patterns: tuple[regex.Pattern[str], ...]
     active_from: datetime | None
     active_until: datetime | None
     reply: Reply
@@ -48,7 +52,7 @@ class CompiledRule:
             return folded in self.keywords
         if self.mode is MatchMode.contains:
             return any(k in folded for k in self.keywords)
-        return any(p.search(text) for p in self.patterns)
+        return any(_search(p, text) for p in self.patterns)
 
 
 def validate_reply(reply_type: str, reply: dict[str, Any]) -> tuple[ReplyType, dict[str, Any]]:
@@ -103,7 +107,15 @@ def add_rule(
         kind_enum, mode = RuleKind(kind), MatchMode(match_mode)
     except ValueError:
         raise InvalidInputError("unknown rule kind or match mode") from None
+    if not (name or "").strip() or len(name) > 128:
+        raise InvalidInputError("a name of 1 to 128 characters", fields={"name": ["invalid"]})
+    if not isinstance(priority, int) or not -1_000_000 <= priority <= 1_000_000:
+        raise InvalidInputError(
+            "priority between -1,000,000 and 1,000,000", fields={"priority": ["out of range"]}
+        )
     words = [w.strip() for w in (keywords or []) if w and w.strip()]
+    if len(words) > 50 or any(len(w) > 200 for w in words):
+        raise InvalidInputError("at most 50 keywords of 200 characters", fields={"keywords": ["too long"]})
     if kind_enum is RuleKind.keyword and not words:
         raise InvalidInputError("a keyword rule needs keywords", fields={"keywords": ["required"]})
     if mode is MatchMode.regex:
@@ -111,8 +123,8 @@ def add_rule(
             if len(w) > MAX_REGEX:
                 raise InvalidInputError("regex too long", fields={"keywords": [f"at most {MAX_REGEX} chars"]})
             try:
-                re.compile(w)
-            except re.error as exc:
+                regex.compile(w)
+            except regex.error as exc:
                 raise InvalidInputError(
                     f"invalid regex {w!r}: {exc}", fields={"keywords": ["bad regex"]}
                 ) from None
@@ -162,12 +174,22 @@ def list_rules(account_id: int) -> list[ReplyRule]:
     return list(db.session.scalars(rules_query(account_id)))
 
 
-def _patterns(keywords: list[str]) -> tuple[re.Pattern[str], ...]:
+def _search(pattern: regex.Pattern[str], text: str) -> bool:
+    """Operators write these patterns; a catastrophic one must not hold a callback: the `regex`
+    engine gives up after REGEX_TIMEOUT and the rule simply does not match."""
+    try:
+        return pattern.search(text[:MAX_MATCH_TEXT], timeout=REGEX_TIMEOUT) is not None
+    except TimeoutError:
+        log.warning("regex rule %r timed out; treated as no match", pattern.pattern)
+        return False
+
+
+def _patterns(keywords: list[str]) -> tuple[regex.Pattern[str], ...]:
     out = []
     for k in keywords:
         try:
-            out.append(re.compile(k))
-        except re.error:  # validated at save time; a Python upgrade must not break every reply
+            out.append(regex.compile(k))
+        except regex.error:  # validated at save time; a Python upgrade must not break every reply
             continue
     return tuple(out)
 

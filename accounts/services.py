@@ -117,6 +117,8 @@ def _validate_account_fields(fields: dict[str, Any]) -> dict[str, Any]:
             errors["timezone"] = ["unknown IANA timezone"]
     if "name" in out and not (out["name"] or "").strip():
         errors["name"] = ["required"]
+    elif len(out.get("name") or "") > 128:
+        errors["name"] = ["at most 128 characters"]
     if "app_secret" in out and not out["app_secret"]:
         errors["app_secret"] = ["required"]
     if errors:

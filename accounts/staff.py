@@ -61,6 +61,8 @@ def create_user(username: str, password: str, *, display_name: str = "", is_admi
             "username: 3-64 lower-case letters, digits, . _ @ -", fields={"username": ["invalid"]}
         )
     _check_password_strength(username, password)
+    if len(display_name or "") > 128:
+        raise InvalidInputError("display name: at most 128 characters", fields={"display_name": ["too long"]})
     if db.session.scalar(sa.select(StaffUser.id).where(StaffUser.username == username)):
         raise ConflictError(f"user {username!r} exists", fields={"username": ["taken"]})
     user = StaffUser(
@@ -100,7 +102,9 @@ def authenticate(username: str, password: str, ip: str, totp_code: str | None = 
     if user_fails >= USER_FAILURES or ip_fails >= IP_FAILURES:
         raise ThrottledError("too many failed logins; try again in 15 minutes")
     user = db.session.scalar(sa.select(StaffUser).where(StaffUser.username == username))
-    ok = bool(user and user.is_active and check_password_hash(user.password_hash, password or ""))
+    # The same scrypt work whether the user exists or not: timing tells nothing.
+    ok = check_password_hash(user.password_hash if user else _dummy_hash(), password or "")
+    ok = bool(ok and user and user.is_active)
     if ok and user.totp_secret:
         ok = bool(totp_code) and pyotp.TOTP(user.totp_secret).verify(totp_code, valid_window=1)
         if not ok and not totp_code:
@@ -115,6 +119,15 @@ def authenticate(username: str, password: str, ip: str, totp_code: str | None = 
     conn.delete(user_key)
     user.last_login_at = utcnow()
     return user
+
+
+_DUMMY: list[str] = []
+
+
+def _dummy_hash() -> str:
+    if not _DUMMY:
+        _DUMMY.append(hash_password("no such user, no such password"))
+    return _DUMMY[0]
 
 
 def change_password(user: StaffUser, current: str, new: str) -> None:

@@ -229,12 +229,16 @@ def search_subscribers(
     tag: str | None = None,
     channel_id: int | None = None,
     following: bool | None = None,
+    exact: bool = False,
 ) -> sa.Select[Any]:
-    """Subscribers of one account by openid or unionid (prefix), tag name, channel QR code."""
+    """Subscribers of one account by openid or unionid (prefix; ``exact`` for roles that only see
+    masked ids, so ids cannot be recovered a character at a time), tag name, channel QR code."""
     from accounts.models import SubscriberTag, Tag
 
     query = sa.select(Subscriber).where(Subscriber.account_id == account_id)
-    if q:
+    if q and exact:
+        query = query.where(sa.or_(Subscriber.openid == q.strip(), Subscriber.unionid == q.strip()))
+    elif q:
         query = query.where(
             sa.or_(
                 Subscriber.openid.startswith(q.strip(), autoescape=True),

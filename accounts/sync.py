@@ -94,6 +94,8 @@ def _store_infos(account_id: int, infos: list[dict[str, Any]], tag_ids: dict[int
         )
     )
     rows = []
+    # Someone who left between user/get and batchget: their unfollow callback records it.
+    infos = [i for i in infos if i.get("subscribe")]
     for info in infos:
         at = datetime.fromtimestamp(int(info["subscribe_time"]), UTC) if info.get("subscribe_time") else None
         unionid = info.get("unionid") or None
@@ -116,8 +118,8 @@ def _store_infos(account_id: int, infos: list[dict[str, Any]], tag_ids: dict[int
             Subscriber,
             rows,
             conflict=["account_id", "openid"],
-            update=["following", "last_followed_at", "subscribe_scene", "qr_scene"],
             keep_existing=["unionid", "person_id", "first_followed_at"],
+            custom=_newer_follow_wins(),
             returning=["openid", "id"],
         )
     )
@@ -130,3 +132,26 @@ def _store_infos(account_id: int, infos: list[dict[str, Any]], tag_ids: dict[int
     ]
     if links:
         db.session.execute(sa.insert(SubscriberTag), links)
+
+
+def _newer_follow_wins() -> dict[str, Any]:
+    """A snapshot never rewrites newer history recorded from callbacks (an unfollow after the
+    snapshot's follow, a later follow with its own scene) and never writes NULL over a value."""
+
+    def newer(cur: Any, new: Any) -> Any:
+        return sa.or_(cur.last_followed_at.is_(None), new.last_followed_at > cur.last_followed_at)
+
+    def after_unfollow(cur: Any, new: Any) -> Any:
+        return sa.or_(cur.last_unfollowed_at.is_(None), new.last_followed_at >= cur.last_unfollowed_at)
+
+    return {
+        "following": lambda cur, new: sa.case((after_unfollow(cur, new), True), else_=cur.following),
+        "last_followed_at": lambda cur, new: sa.case(
+            (newer(cur, new), new.last_followed_at), else_=cur.last_followed_at
+        ),
+        "subscribe_scene": lambda cur, new: sa.case(
+            (sa.and_(newer(cur, new), new.subscribe_scene.is_not(None)), new.subscribe_scene),
+            else_=cur.subscribe_scene,
+        ),
+        "qr_scene": lambda cur, new: sa.case((newer(cur, new), new.qr_scene), else_=cur.qr_scene),
+    }

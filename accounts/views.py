@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 from accounts import access as acl
 from accounts import masking, menus, operations, qrcodes, replies, services, staff, subscribers
 from accounts.console import (
+    check_url_ids,
     client_ip,
     current_access,
     current_user,
@@ -34,6 +35,7 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="temp
 @bp.before_request
 def _hide_other_accounts() -> None:
     """Any page about an account the user cannot see is a 404, whatever the page does next."""
+    check_url_ids()
     account_id = (request.view_args or {}).get("account_id")
     if account_id is not None and load_user() is not None:
         acl.account_for(current_access(), account_id, acl.VIEW)
@@ -240,12 +242,17 @@ def account_rotate(account_id: int) -> ResponseReturnValue:
     access = current_access()
     account = operations.rotate_aes_key(access, account_id, client_ip())
     db.session.commit()
-    flash(
-        f"New EncodingAESKey: {account.aes_key} — paste it into the WeChat admin now; it is not shown again. "
-        "The previous key keeps decrypting until the next rotation.",
-        "success",
+    # Shown in this response only: a flash message would travel in the (signed, not encrypted)
+    # session cookie.
+    return render_template(
+        "accounts/account_form.html",
+        account=services.describe_account(account, _token_health(account.appid)),
+        form={},
+        errors={},
+        units=services.list_org_units(),
+        can_edit=True,
+        new_aes_key=account.aes_key,
     )
-    return redirect(url_for("console.account_detail", account_id=account.id))
 
 
 @bp.post("/accounts/<int:account_id>/status")
@@ -272,6 +279,7 @@ def subscriber_list(account_id: int) -> ResponseReturnValue:
         q=args.get("q") or None,
         tag=args.get("tag") or None,
         channel_id=args.get("channel", type=int),
+        exact=not access.unmasked(account.id),
     )
     page = paginate(query)
     unmasked = access.unmasked(account.id)
@@ -575,7 +583,10 @@ def staff_detail(user_id: int) -> ResponseReturnValue:
                     client_ip(),
                 )
             elif action == "revoke":
-                operations.revoke(access, user.id, int(form.get("grant_id") or 0), client_ip())
+                grant_id = form.get("grant_id", "")
+                if not grant_id.isdigit():
+                    raise ServiceError("no such grant", code="not_found", status=404)
+                operations.revoke(access, user.id, int(grant_id), client_ip())
             elif action in ("activate", "deactivate"):
                 operations.set_staff_active(access, user.id, action == "activate", client_ip())
             db.session.commit()

@@ -45,7 +45,6 @@ def test_sign_in_and_out(app: Flask, create_staff: Any) -> None:
 
 
 def test_wrong_password_and_throttling_per_user(app: Flask, create_staff: Any) -> None:
-    user = create_staff("analyst", account_id=None, org_unit=None, login=False) if False else None  # noqa: F841
     staff.create_user("victim", PASSWORD)
     db.session.commit()
     client = app.test_client()

@@ -45,3 +45,16 @@ def test_upgrade_head_matches_the_models(tmp_path: Path) -> None:
 
 def test_upgrade_head_on_sqlite_too(tmp_path: Path) -> None:
     assert _upgrade_and_diff({"INSTANCE_PATH": str(tmp_path)}) == []
+
+
+def test_enum_check_constraints_follow_the_models_on_sqlite(tmp_path: Path) -> None:
+    """Autogenerate cannot see enum values kept in CHECK constraints: hand-written migrations must."""
+    import sqlite3
+
+    _upgrade_and_diff({"INSTANCE_PATH": str(tmp_path)})
+    ddl = (
+        sqlite3.connect(tmp_path / "wechat_service.db")
+        .execute("SELECT sql FROM sqlite_master WHERE name = 'callback_inbox'")
+        .fetchone()[0]
+    )
+    assert "'processing'" in ddl

@@ -255,13 +255,15 @@ def _stored_reply(account: AccountInfo, key: str) -> str | None:
 def _reply_of_original(account: AccountInfo, key: str) -> str:
     """A re-send: the original's reply from Redis, else (Redis forgot) from its inbox row,
     waiting within the budget for an original that has not finished yet."""
-    conn = get_redis()
+    conn: redis.Redis | None = get_redis()
     deadline = time.monotonic() + current_app.config["CALLBACK_BUDGET"]
     while True:
-        try:
-            cached = conn.get(_seen_key(account, key))
-        except redis.RedisError:
-            cached = None
+        cached = None
+        if conn is not None:
+            try:
+                cached = conn.get(_seen_key(account, key))
+            except redis.RedisError:
+                conn = None  # do not wait on it again within this request
         if cached is not None and cached != PENDING:
             return cached.decode()
         stored = _stored_reply(account, key)
@@ -350,27 +352,67 @@ def _answer(
 
 
 def run_deferred(inbox_id: int) -> None:
-    """Run the deferred handlers of an inbox row (from an RQ job); safe to run twice."""
-    inbox = db.session.get(CallbackInbox, inbox_id)
-    if inbox is None or inbox.state is not InboxState.queued:
+    """Run the deferred handlers of an inbox row (from an RQ job); safe to run twice.
+
+    The row is claimed with a conditional UPDATE (attempts counted in its own commit), so two
+    workers never both run it, and a handler that keeps failing ends as ``failed`` instead of
+    being re-queued forever.
+    """
+    from sqlalchemy import update
+
+    claimed = db.session.execute(
+        update(CallbackInbox)
+        .where(
+            CallbackInbox.id == inbox_id,
+            CallbackInbox.state == InboxState.queued,
+            CallbackInbox.attempts < MAX_ATTEMPTS,
+        )
+        .values(attempts=CallbackInbox.attempts + 1, state=InboxState.processing)
+        .returning(
+            CallbackInbox.account_id,
+            CallbackInbox.payload,
+            CallbackInbox.msg_type,
+            CallbackInbox.event,
+            CallbackInbox.attempts,
+        )
+    ).first()
+    db.session.commit()
+    if claimed is None:
         return
-    account = callback_account_by_id(inbox.account_id)
-    if account is None:
-        return
+    account = callback_account_by_id(claimed.account_id)
     ctx = CallbackContext(
         account=account,
-        message=dict(inbox.payload),
-        msg_type=inbox.msg_type,
-        event=inbox.event,
-        inbox_id=inbox.id,
+        message=dict(claimed.payload),
+        msg_type=claimed.msg_type,
+        event=claimed.event,
+        inbox_id=inbox_id,
     )
-    inbox.attempts += 1
-    for handler in router.handlers(inbox.msg_type, inbox.event):
-        if not handler.inline:
-            handler.fn(ctx)
-    inbox.state = InboxState.processed
-    inbox.processed_at = utcnow()
+    try:
+        for handler in router.handlers(claimed.msg_type, claimed.event):
+            if not handler.inline:
+                handler.fn(ctx)
+    except Exception as exc:
+        db.session.rollback()
+        final = claimed.attempts >= MAX_ATTEMPTS
+        db.session.execute(
+            update(CallbackInbox)
+            .where(CallbackInbox.id == inbox_id)
+            .values(
+                state=InboxState.failed if final else InboxState.queued,
+                error=f"{type(exc).__name__}: {exc}"[:2000],
+            )
+        )
+        db.session.commit()
+        raise
+    db.session.execute(
+        update(CallbackInbox)
+        .where(CallbackInbox.id == inbox_id)
+        .values(state=InboxState.processed, processed_at=utcnow(), error=None)
+    )
     db.session.commit()
+
+
+MAX_ATTEMPTS = 5
 
 
 def inbox_summary(account_id: int) -> dict[str, Any]:

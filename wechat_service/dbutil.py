@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,6 +18,7 @@ def upsert(
     update: Sequence[str] = (),
     keep_existing: Sequence[str] = (),
     returning: Sequence[str] = (),
+    custom: dict[str, Callable[[Any, Any], Any]] | None = None,
 ) -> list[Any]:
     """INSERT … ON CONFLICT (conflict) DO UPDATE in one statement.
 
@@ -33,6 +34,8 @@ def upsert(
     table = model.__table__
     set_ = {c: stmt.excluded[c] for c in update}
     set_.update({c: sa.func.coalesce(table.c[c], stmt.excluded[c]) for c in keep_existing})
+    # custom: column -> f(existing columns, excluded columns), for conditional updates.
+    set_.update({c: f(table.c, stmt.excluded) for c, f in (custom or {}).items()})
     if set_:
         stmt = stmt.on_conflict_do_update(index_elements=list(conflict), set_=set_)
     else:

@@ -65,9 +65,14 @@ def init_redis(app: Flask) -> None:
         app.extensions["redis"] = None
         app.extensions["queues"] = {}
         return
-    conn = redis.Redis.from_url(url, health_check_interval=30)
+    # Short timeouts: a hung Redis must not hold a callback past WeChat's 5 s (the database
+    # still decides dedup). Workers open their own connection without a socket timeout, since
+    # RQ's dequeue blocks for minutes.
+    timeout = float(app.config.get("REDIS_TIMEOUT", 1.0))
+    conn = redis.Redis.from_url(
+        url, health_check_interval=30, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
     app.extensions["redis"] = conn
-    # RQ stores pickled job data, so it gets its own client without decode_responses.
     app.extensions["queues"] = {name: Queue(name, connection=conn) for name in QUEUE_NAMES}
 
 

@@ -20,20 +20,30 @@ def process_inbox(inbox_id: int) -> None:
 
 
 def requeue_stale_inbox(older_than_seconds: int = 120) -> int:
-    """Cron: a queued inbox row whose job vanished (Redis lost, worker killed) is queued again."""
-    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    """Cron: a queued inbox row whose job vanished (Redis lost), or a row claimed by a worker that
+    died (still 'processing' after ten minutes), is queued again."""
+    now = utcnow()
+    db.session.execute(
+        sa.update(CallbackInbox)
+        .where(
+            CallbackInbox.state == InboxState.processing,
+            CallbackInbox.received_at < now - timedelta(minutes=10),
+        )
+        .values(state=InboxState.queued)
+    )
+    db.session.commit()
     ids = db.session.scalars(
         sa.select(CallbackInbox.id)
         .where(
             CallbackInbox.state == InboxState.queued,
-            CallbackInbox.received_at < cutoff,
-            CallbackInbox.attempts < 5,
+            CallbackInbox.received_at < now - timedelta(seconds=older_than_seconds),
+            CallbackInbox.attempts < callbacks.MAX_ATTEMPTS,
         )
         .limit(1000)
     ).all()
     queue = get_queue("high")
     for inbox_id in ids:
-        queue.enqueue(process_inbox, inbox_id, job_id=f"inbox-{inbox_id}-{int(utcnow().timestamp()) // 60}")
+        queue.enqueue(process_inbox, inbox_id, job_id=f"inbox-{inbox_id}-{int(now.timestamp()) // 60}")
     return len(ids)
 
 

@@ -29,6 +29,7 @@ def str_enum(enum_cls: type[enum.Enum], length: int = 32) -> sa.Enum:
 class InboxState(enum.StrEnum):
     processed = "processed"  # handled inline, in the request's own transaction
     queued = "queued"  # a job will handle it
+    processing = "processing"  # a worker has claimed it
     stored = "stored"  # no handler yet: kept for later handlers
     failed = "failed"
 

@@ -54,7 +54,9 @@ class AppJob(Job):
 
 def run_worker(app: Flask, queue_names: list[str], burst: bool = False) -> None:
     set_app(app)
-    conn: Redis = app.extensions["redis"]
+    conn = Redis.from_url(
+        app.config["REDIS_URL"], health_check_interval=30
+    )  # no socket timeout: BLPOP blocks
     queues = [Queue(name, connection=conn, job_class=AppJob) for name in queue_names]
     worker = Worker(queues, connection=conn, job_class=AppJob)
     worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
