@@ -1,1 +1,2 @@
-"""payments: arrives with its own issue (see DESIGN.md); empty until then."""
+"""Payments: merchant configuration, providers (WeChat Pay API v3 so far), notifications,
+refunds. Every payment or refund state change is a new row; the provider's ids are unique."""

@@ -91,3 +91,86 @@ def redeem(appid: str) -> ResponseReturnValue:
     result = redemption.redeem(session.account_id, session.subscriber_id, data["code"], "mp")
     db.session.commit()
     return jsonify(result), 202
+
+
+class OrderCreateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    product_id = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1))
+    client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
+
+
+def _order_view(order: object) -> dict[str, object]:
+    from store import orders
+
+    return {
+        "id": order.id,
+        "out_trade_no": order.out_trade_no,
+        "amount_fen": order.amount_fen,
+        "status": order.status.value,
+        "product_id": order.product_id,
+        "history": [
+            {"from": e.from_status, "to": e.to_status, "at": e.at.isoformat()}
+            for e in orders.history(order.id)
+        ],
+    }
+
+
+@bp.get("/<appid>/products")
+def products(appid: str) -> ResponseReturnValue:
+    from store import catalogue
+
+    session = _session(appid)
+    items = [
+        p for p in db.session.scalars(catalogue.visible_products(session.account_id)) if catalogue.on_sale(p)
+    ]
+    return jsonify(
+        [
+            {
+                "id": p.id,
+                "code": p.code,
+                "name": p.name,
+                "kind": p.kind.value,
+                "price_fen": p.price_fen,
+                "face_value_fen": p.face_value_fen,
+                "stock": p.stock,
+            }
+            for p in items
+        ]
+    )
+
+
+@bp.post("/<appid>/orders")
+def create_order(appid: str) -> ResponseReturnValue:
+    """Create (idempotently, by client_key) and get the parameters for wx.requestPayment."""
+    from accounts.subscribers import subscriber_by_id
+    from payments import services as payments
+    from store import orders
+
+    session = _session(appid)
+    data = OrderCreateSchema().load(request.get_json(silent=True) or {})
+    order = orders.create_order(
+        session.account_id, session.subscriber_id, data["product_id"], data["client_key"], "wechatpay_v3"
+    )
+    db.session.commit()
+    if order.status.value != "pending_payment":
+        return jsonify({"order": _order_view(order), "payment": None}), 200
+    openid = subscriber_by_id(session.account_id, session.subscriber_id).openid
+    product = db.session.get(__import__("store.models", fromlist=["Product"]).Product, order.product_id)
+    params = payments.prepay(order, openid, product.name)
+    db.session.commit()
+    return jsonify({"order": _order_view(order), "payment": params}), 201
+
+
+@bp.get("/<appid>/orders/<int:order_id>")
+def get_order(appid: str, order_id: int) -> ResponseReturnValue:
+    from store import orders
+
+    session = _session(appid)
+    order = orders.order_for(session.account_id, order_id)
+    if order.subscriber_id != session.subscriber_id:
+        from wechat_service.errors import NotFoundError
+
+        raise NotFoundError("no such order")
+    return jsonify(_order_view(order))

@@ -6,7 +6,7 @@ import logging
 
 from rq import Retry
 
-from store import fulfilment, redemption, services
+from store import fulfilment, orders, redemption, services
 from store.models import InquiryKind
 from wechat_service.extensions import db, get_queue
 
@@ -24,7 +24,7 @@ def answer_inquiry(account_id: int, subscriber_id: int, kind: str) -> str:
 def fulfil(fulfilment_id: int) -> str:
     """Carry a fulfilment out; a transient failure raises, and RQ retries with backoff."""
     status = fulfilment.run(fulfilment_id)
-    message = redemption.settle(fulfilment_id)
+    message = redemption.settle(fulfilment_id) or orders.settle(fulfilment_id)
     db.session.commit()
     if message:
         _notify(fulfilment_id, message)
@@ -52,3 +52,35 @@ def sweep_fulfilments() -> int:
     for fid in ids:
         get_queue("default").enqueue(fulfil, fid, retry=RETRY)
     return len(ids)
+
+
+def sweep_orders() -> dict[str, int]:
+    """Cron: ask WeChat Pay about orders still pending (a lost notification never loses a sale);
+    close the ones unpaid after the timeout — at the provider first, so they cannot be paid later."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from payments import services as payments
+    from store.models import Order, OrderStatus
+    from wechat_service.dbtypes import utcnow
+
+    counts = {"paid": 0, "closed": 0}
+    cutoff = utcnow() - timedelta(minutes=2)
+    pending = db.session.scalars(
+        sa.select(Order)
+        .where(Order.status == OrderStatus.pending_payment, Order.created_at < cutoff)
+        .limit(500)
+    ).all()
+    expired = set(orders.expired())
+    for order in pending:
+        try:
+            if payments.reconcile_pending(order) == "paid":
+                counts["paid"] += 1
+            elif order.id in expired and payments.close_at_provider(order) and orders.close(order):
+                counts["closed"] += 1
+            db.session.commit()
+        except Exception:  # noqa: BLE001 - one order's trouble must not stop the sweep
+            db.session.rollback()
+            log.exception("sweeping order %s failed", order.id)
+    return counts

@@ -196,3 +196,56 @@ class Fulfilment(db.Model):
     error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OrderStatus(enum.StrEnum):
+    pending_payment = "pending_payment"
+    paid = "paid"
+    fulfilling = "fulfilling"
+    fulfilled = "fulfilled"
+    fulfilment_failed = "fulfilment_failed"
+    refunding = "refunding"
+    refunded = "refunded"
+    closed = "closed"  # unpaid, timed out or cancelled
+
+
+class Order(db.Model):
+    __tablename__ = "orders"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "subscriber_id", "client_key"),
+        sa.CheckConstraint("amount_fen > 0", name="amount_positive"),
+        sa.Index("ix_orders_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    product_id: Mapped[int] = mapped_column(sa.ForeignKey("products.id"))
+    client_key: Mapped[str] = mapped_column(sa.String(64))  # the client's idempotency key
+    out_trade_no: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    amount_fen: Mapped[int]
+    phone: Mapped[str] = mapped_column(EncryptedText)
+    provider: Mapped[str] = mapped_column(sa.String(16))
+    status: Mapped[OrderStatus] = mapped_column(
+        str_enum(OrderStatus, 24), default=OrderStatus.pending_payment
+    )
+    prepay_id: Mapped[str | None] = mapped_column(sa.String(128))
+    fulfilment_id: Mapped[int | None] = mapped_column(sa.ForeignKey("fulfilments.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OrderEvent(db.Model):
+    """The order's full state history: every transition a row."""
+
+    __tablename__ = "order_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    from_status: Mapped[str | None] = mapped_column(sa.String(24))
+    to_status: Mapped[str] = mapped_column(sa.String(24))
+    detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

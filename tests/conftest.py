@@ -50,6 +50,7 @@ def app(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fl
             "PUBLIC_BASE_URL": "http://service.test",
             "CALLBACK_BUDGET": 0.5,
             "BOSS_API_BASE": f"{simulator}/boss",
+            "WECHATPAY_API_BASE": f"{simulator}/wechatpay",
             "BOSS_APP_ID": "wechat-service-test",
             "BOSS_SECRET": helpers.BOSS_SECRET,
             "WECHAT_BUSY_RETRIES": 2,

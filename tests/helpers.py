@@ -132,3 +132,38 @@ def run_checked(
     if result.returncode != 0:
         raise RuntimeError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def register_merchant(sim_base: str, account_id: int) -> dict[str, Any]:
+    """A WeChat Pay merchant for the account: our RSA key pair, the simulator's platform key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from payments import services as payments
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    mchid = str(1900000000 + secrets.randbelow(99999999))
+    apiv3_key = secrets.token_hex(16)
+    platform = requests.post(
+        f"{sim_base}/_sim/wechatpay/merchants",
+        json={"mchid": mchid, "public_key": public_pem, "apiv3_key": apiv3_key},
+        timeout=10,
+    ).json()
+    merchant = payments.add_merchant(
+        account_id,
+        mchid=mchid,
+        serial_no=secrets.token_hex(20).upper(),
+        private_key=private_pem,
+        apiv3_key=apiv3_key,
+        platform_public_key=platform["platform_public_key"],
+        platform_public_key_id=platform["platform_public_key_id"],
+    )
+    return {"merchant": merchant, "public_key": key.public_key(), "mchid": mchid}

@@ -43,6 +43,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     # Models and callback handlers of every domain: importing registers them.
     import accounts.handlers  # noqa: F401
     import accounts.models  # noqa: F401
+    import payments.models  # noqa: F401
     import store.handlers  # noqa: F401
     import store.models  # noqa: F401
     import wechat_service.models  # noqa: F401
@@ -58,14 +59,17 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(console_views.bp)
+    from payments import views as payment_views
     from store import api as store_api
 
     app.register_blueprint(store_api.bp)
+    app.register_blueprint(payment_views.bp)
     # Provider-facing and token-authenticated endpoints carry no browser session: no CSRF token.
     csrf.init_app(app)
     csrf.exempt(views.bp)
     csrf.exempt(api.bp)
     csrf.exempt(store_api.bp)
+    csrf.exempt(payment_views.bp)
 
     @app.context_processor
     def _console_user() -> dict[str, Any]:

@@ -76,6 +76,7 @@ def periodic_jobs(scheduler: CronScheduler) -> None:
     scheduler.register(jobs.requeue_stale_inbox, "high", interval=60, job_timeout=120)
     scheduler.register(jobs.refresh_tokens, "default", interval=120, job_timeout=120)
     scheduler.register(store_jobs.sweep_fulfilments, "default", interval=300, job_timeout=120)
+    scheduler.register(store_jobs.sweep_orders, "default", interval=60, job_timeout=120)
 
 
 def run_cron(app: Flask, tick: float = 5.0, max_ticks: int | None = None) -> None:

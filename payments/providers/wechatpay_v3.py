@@ -1,0 +1,148 @@
+"""WeChat Pay API v3 (JSAPI) over wechatpayv3, in public-key mode.
+
+What the SDK lacks (PROTOCOLS.md): its gateway is hard-coded (set here, in one place), it has no
+replay window (we check the notification timestamp), and it requires the
+``Wechatpay-Signature-Type`` header (we insist on it and on the configured ``Wechatpay-Serial``).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from wechatpayv3 import WeChatPay, WeChatPayType
+
+NOTIFY_WINDOW = 300
+
+
+class PaymentProviderError(Exception):
+    def __init__(self, message: str, status: int | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class NotificationError(ValueError):
+    """The notification is not WeChat Pay's, or not for this merchant: refuse it (4xx)."""
+
+
+class WeChatPayV3:
+    provider = "wechatpay_v3"
+
+    def __init__(
+        self,
+        *,
+        mchid: str,
+        appid: str,
+        serial_no: str,
+        private_key: str,
+        apiv3_key: str,
+        platform_public_key: str,
+        platform_public_key_id: str,
+        api_base: str,
+        notify_url: str,
+        timeout: tuple[float, float] = (3.0, 10.0),
+    ) -> None:
+        self.mchid, self.appid, self.public_key_id = mchid, appid, platform_public_key_id
+        self.client = WeChatPay(
+            wechatpay_type=WeChatPayType.JSAPI,
+            mchid=mchid,
+            private_key=private_key,
+            cert_serial_no=serial_no,
+            appid=appid,
+            apiv3_key=apiv3_key,
+            notify_url=notify_url,
+            public_key=platform_public_key,
+            public_key_id=platform_public_key_id,
+            timeout=timeout,
+        )
+        self.client._core._gate_way = api_base.rstrip("/")  # hard-coded in the SDK  # noqa: SLF001
+
+    @staticmethod
+    def _result(code: int, message: Any) -> dict[str, Any]:
+        body = json.loads(message) if isinstance(message, str) and message else {}
+        if not 200 <= code < 300:
+            raise PaymentProviderError(
+                f"WeChat Pay answered {code}: {body.get('code')} {body.get('message')}",
+                status=code,
+                detail=body,
+            )
+        return body
+
+    def jsapi(
+        self, *, out_trade_no: str, amount_fen: int, openid: str, description: str, expire_seconds: int = 1800
+    ) -> dict[str, Any]:
+        """Prepay, then the parameters the H5 page or mini-program passes to wx.requestPayment."""
+        expire = time.strftime(
+            "%Y-%m-%dT%H:%M:%S+08:00", time.gmtime(time.time() + 8 * 3600 + expire_seconds)
+        )
+        code, message = self.client.pay(
+            description=description[:127],
+            out_trade_no=out_trade_no,
+            amount={"total": amount_fen, "currency": "CNY"},
+            payer={"openid": openid},
+            time_expire=expire,
+        )
+        prepay_id = self._result(code, message)["prepay_id"]
+        timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
+        package = f"prepay_id={prepay_id}"
+        pay_sign = self.client.sign([self.appid, timestamp, nonce, package])
+        return {
+            "prepay_id": prepay_id,
+            "appId": self.appid,
+            "timeStamp": timestamp,
+            "nonceStr": nonce,
+            "package": package,
+            "signType": "RSA",
+            "paySign": pay_sign,
+        }
+
+    def query(self, out_trade_no: str) -> dict[str, Any]:
+        return self._result(*self.client.query(out_trade_no=out_trade_no))
+
+    def close(self, out_trade_no: str) -> None:
+        self._result(*self.client.close(out_trade_no=out_trade_no))
+
+    def refund(
+        self, *, out_trade_no: str, out_refund_no: str, refund_fen: int, total_fen: int, reason: str
+    ) -> dict[str, Any]:
+        return self._result(
+            *self.client.refund(
+                out_refund_no=out_refund_no,
+                out_trade_no=out_trade_no,
+                amount={"refund": refund_fen, "total": total_fen, "currency": "CNY"},
+                reason=reason[:80],
+            )
+        )
+
+    def parse_notification(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+        """Verify (signature, serial, freshness) before parsing; return the decrypted resource."""
+        get = {k.lower(): v for k, v in headers.items()}.get
+        if get("wechatpay-signature-type", "") != "WECHATPAY2-SHA256-RSA2048" or not get(
+            "wechatpay-signature"
+        ):
+            raise NotificationError("unsigned notification")
+        if get("wechatpay-serial") != self.public_key_id:
+            raise NotificationError("signed with a key that is not this merchant's platform key")
+        try:
+            fresh = abs(time.time() - int(get("wechatpay-timestamp", ""))) <= NOTIFY_WINDOW
+        except ValueError:
+            fresh = False
+        if not fresh:
+            raise NotificationError("stale or missing timestamp")
+        sdk_headers = {
+            "Wechatpay-Signature": get("wechatpay-signature"),
+            "Wechatpay-Timestamp": get("wechatpay-timestamp"),
+            "Wechatpay-Nonce": get("wechatpay-nonce", ""),
+            "Wechatpay-Serial": get("wechatpay-serial"),
+            "Wechatpay-Signature-Type": get("wechatpay-signature-type"),
+        }
+        try:
+            data = self.client.callback(sdk_headers, body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise NotificationError(f"unreadable notification: {type(exc).__name__}") from None
+        if not data or not isinstance(data.get("resource"), dict):
+            raise NotificationError("signature or decryption failed")
+        return data

@@ -1,0 +1,23 @@
+"""Provider-facing notification endpoints: they keep the provider's reply format."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, current_app, request
+
+from payments import services
+
+bp = Blueprint("payments", __name__, url_prefix="/payments")
+
+
+@bp.post("/wechatpay/v3/<int:merchant_id>/notify")
+def wechatpay_v3(merchant_id: int) -> Response:
+    body = request.get_data(cache=False)
+    if len(body) > current_app.config["CALLBACK_MAX_BODY"]:
+        return Response(
+            json.dumps({"code": "FAIL", "message": "body too large"}), 413, content_type="application/json"
+        )
+    status, payload = services.handle_wechatpay_v3(merchant_id, dict(request.headers), body)
+    # WeChat Pay: 200/204 with no body means received; anything else (4xx/5xx + code) is retried.
+    return Response(json.dumps(payload) if payload else b"", status, content_type="application/json")

@@ -1,0 +1,325 @@
+"""WeChat Pay API v3 as merchants see it: signed requests checked against the merchant's public
+key, answers and notifications signed with the platform key (public-key mode), resources
+encrypted with AES-256-GCM under the merchant's APIv3 key. Only the JSAPI path so far."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from flask import Blueprint, Response, abort, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+bp = Blueprint("sim_wechatpay", __name__, url_prefix="/wechatpay")
+admin = Blueprint("sim_wechatpay_admin", __name__, url_prefix="/_sim/wechatpay")
+AUTH_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass
+class PayState:
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    key: Any = None
+    key_id: str = ""
+    merchants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    orders: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (mchid, out_trade_no)
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+
+
+def state() -> PayState:
+    st = current_app.extensions.get("sim_wechatpay")
+    if st is None:
+        st = PayState(
+            key=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            key_id="PUB_KEY_ID_" + secrets.token_hex(12).upper(),
+        )
+        current_app.extensions["sim_wechatpay"] = st
+    return st
+
+
+def _sign(message: str) -> str:
+    return base64.b64encode(state().key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
+
+
+def signed(status: int, payload: dict[str, Any] | None) -> Response:
+    body = json.dumps(payload, ensure_ascii=False) if payload is not None else ""
+    ts, nonce = str(int(time.time())), secrets.token_hex(16)
+    resp = Response(body, status=status, content_type="application/json")
+    resp.headers.update(
+        {
+            "Wechatpay-Timestamp": ts,
+            "Wechatpay-Nonce": nonce,
+            "Wechatpay-Serial": state().key_id,
+            "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048",
+            "Wechatpay-Signature": _sign(f"{ts}\n{nonce}\n{body}\n"),
+        }
+    )
+    return resp
+
+
+def fail(status: int, code: str, message: str) -> Response:
+    return signed(status, {"code": code, "message": message})
+
+
+def _merchant() -> dict[str, Any] | Response:
+    """Check the request's Authorization against the merchant's public key (over the path as the
+    merchant signed it, without the simulator's /wechatpay prefix)."""
+    auth = request.headers.get("Authorization", "")
+    if not auth.startswith("WECHATPAY2-SHA256-RSA2048 "):
+        return fail(401, "SIGN_ERROR", "missing Authorization")
+    parts = dict(AUTH_RE.findall(auth))
+    merchant = state().merchants.get(parts.get("mchid", ""))
+    if merchant is None:
+        return fail(401, "SIGN_ERROR", "unknown mchid")
+    path = request.full_path.rstrip("?")[len("/wechatpay") :]
+    body = request.get_data(as_text=True)
+    message = f"{request.method}\n{path}\n{parts.get('timestamp')}\n{parts.get('nonce_str')}\n{body}\n"
+    try:
+        merchant["public_key"].verify(
+            base64.b64decode(parts.get("signature", "")),
+            message.encode(),
+            padding.PKCS1v15(),
+            hashes.SHA256(),
+        )
+    except Exception:  # noqa: BLE001 - any failure is a bad signature
+        return fail(401, "SIGN_ERROR", "signature does not verify")
+    if abs(time.time() - int(parts.get("timestamp") or 0)) > 300:
+        return fail(401, "SIGN_ERROR", "stale request")
+    return merchant
+
+
+@bp.post("/v3/pay/transactions/jsapi")
+def jsapi() -> ResponseReturnValue:
+    merchant = _merchant()
+    if isinstance(merchant, Response):
+        return merchant
+    data = request.get_json(silent=True) or {}
+    total = (data.get("amount") or {}).get("total")
+    if data.get("mchid") != merchant["mchid"] or not isinstance(total, int) or total <= 0:
+        return fail(400, "PARAM_ERROR", "mchid or amount.total invalid")
+    key = (merchant["mchid"], str(data.get("out_trade_no")))
+    with state().lock:
+        existing = state().orders.get(key)
+        if existing and existing["amount"] != total:
+            return fail(400, "INVALID_REQUEST", "out_trade_no used with another amount")
+        if existing and existing["trade_state"] != "NOTPAY":
+            return fail(
+                400, "ORDERPAID" if existing["trade_state"] == "SUCCESS" else "ORDER_CLOSED", "not payable"
+            )
+        order = existing or {
+            "appid": data.get("appid"),
+            "mchid": merchant["mchid"],
+            "out_trade_no": data.get("out_trade_no"),
+            "amount": total,
+            "openid": (data.get("payer") or {}).get("openid"),
+            "notify_url": data.get("notify_url"),
+            "trade_state": "NOTPAY",
+            "prepay_id": "wx" + secrets.token_hex(16),
+        }
+        state().orders[key] = order
+    return signed(200, {"prepay_id": order["prepay_id"]})
+
+
+def _transaction(order: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        "appid": order["appid"],
+        "mchid": order["mchid"],
+        "out_trade_no": order["out_trade_no"],
+        "trade_state": order["trade_state"],
+        "trade_type": "JSAPI",
+        "payer": {"openid": order["openid"]},
+        "amount": {
+            "total": order["amount"],
+            "currency": "CNY",
+            "payer_total": order["amount"],
+            "payer_currency": "CNY",
+        },
+    }
+    if order.get("transaction_id"):
+        out.update(
+            transaction_id=order["transaction_id"], success_time=order["success_time"], bank_type="OTHERS"
+        )
+    return out
+
+
+@bp.get("/v3/pay/transactions/out-trade-no/<out_trade_no>")
+def query(out_trade_no: str) -> ResponseReturnValue:
+    merchant = _merchant()
+    if isinstance(merchant, Response):
+        return merchant
+    order = state().orders.get((merchant["mchid"], out_trade_no))
+    if order is None:
+        return fail(404, "ORDER_NOT_EXIST", "no such order")
+    return signed(200, _transaction(order))
+
+
+@bp.post("/v3/pay/transactions/out-trade-no/<out_trade_no>/close")
+def close(out_trade_no: str) -> ResponseReturnValue:
+    merchant = _merchant()
+    if isinstance(merchant, Response):
+        return merchant
+    with state().lock:
+        order = state().orders.get((merchant["mchid"], out_trade_no))
+        if order is None:
+            return fail(404, "ORDER_NOT_EXIST", "no such order")
+        if order["trade_state"] == "SUCCESS":
+            return fail(400, "ORDERPAID", "already paid")
+        order["trade_state"] = "CLOSED"
+    return signed(204, None)
+
+
+@bp.post("/v3/refund/domestic/refunds")
+def refund() -> ResponseReturnValue:
+    merchant = _merchant()
+    if isinstance(merchant, Response):
+        return merchant
+    data = request.get_json(silent=True) or {}
+    with state().lock:
+        order = state().orders.get((merchant["mchid"], str(data.get("out_trade_no"))))
+        amount = data.get("amount") or {}
+        if order is None or order["trade_state"] not in ("SUCCESS", "REFUND"):
+            return fail(400, "RESOURCE_NOT_EXISTS", "no paid order")
+        if amount.get("total") != order["amount"] or not 0 < int(amount.get("refund", 0)) <= order["amount"]:
+            return fail(400, "PARAM_ERROR", "refund amount invalid")
+        existing = state().refunds.get(str(data.get("out_refund_no")))
+        if existing is None:
+            refunded = sum(
+                r["amount"] for r in state().refunds.values() if r["out_trade_no"] == order["out_trade_no"]
+            )
+            if refunded + int(amount["refund"]) > order["amount"]:
+                return fail(400, "NOT_ENOUGH", "refund exceeds the payment")
+            existing = {
+                "refund_id": "50" + secrets.token_hex(12),
+                "out_refund_no": data.get("out_refund_no"),
+                "out_trade_no": order["out_trade_no"],
+                "amount": int(amount["refund"]),
+                "status": "SUCCESS",
+            }
+            state().refunds[existing["out_refund_no"]] = existing
+            order["trade_state"] = "REFUND"
+    return signed(
+        200,
+        {
+            "refund_id": existing["refund_id"],
+            "out_refund_no": existing["out_refund_no"],
+            "out_trade_no": existing["out_trade_no"],
+            "status": existing["status"],
+            "amount": {"refund": existing["amount"], "total": order["amount"], "currency": "CNY"},
+        },
+    )
+
+
+def notification(merchant: dict[str, Any], transaction: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """A TRANSACTION.SUCCESS notification as WeChat Pay posts it: signed, resource encrypted."""
+    nonce, associated = secrets.token_hex(6), "transaction"
+    ciphertext = AESGCM(merchant["apiv3_key"].encode()).encrypt(
+        nonce.encode(), json.dumps(transaction, ensure_ascii=False).encode(), associated.encode()
+    )
+    body = json.dumps(
+        {
+            "id": secrets.token_hex(16),
+            "create_time": datetime.now(UTC).isoformat(),
+            "resource_type": "encrypt-resource",
+            "event_type": "TRANSACTION.SUCCESS",
+            "summary": "支付成功",
+            "resource": {
+                "original_type": "transaction",
+                "algorithm": "AEAD_AES_256_GCM",
+                "ciphertext": base64.b64encode(ciphertext).decode(),
+                "associated_data": associated,
+                "nonce": nonce,
+            },
+        },
+        ensure_ascii=False,
+    )
+    ts, sig_nonce = str(int(time.time())), secrets.token_hex(16)
+    headers = {
+        "Content-Type": "application/json",
+        "Wechatpay-Timestamp": ts,
+        "Wechatpay-Nonce": sig_nonce,
+        "Wechatpay-Serial": state().key_id,
+        "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048",
+        "Wechatpay-Signature": _sign(f"{ts}\n{sig_nonce}\n{body}\n"),
+    }
+    return headers, body
+
+
+# -- admin -------------------------------------------------------------------------------------
+
+
+@admin.post("/merchants")
+def register_merchant() -> ResponseReturnValue:
+    data = request.get_json(silent=True) or {}
+    for key in ("mchid", "public_key", "apiv3_key"):
+        if not data.get(key):
+            abort(400, f"{key} is required")
+    public_key = serialization.load_pem_public_key(data["public_key"].encode())
+    with state().lock:
+        state().merchants[data["mchid"]] = {
+            "mchid": data["mchid"],
+            "public_key": public_key,
+            "apiv3_key": data["apiv3_key"],
+        }
+    pem = (
+        state()
+        .key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return jsonify({"platform_public_key": pem, "platform_public_key_id": state().key_id}), 201
+
+
+@admin.post("/pay")
+def pay() -> ResponseReturnValue:
+    """The subscriber pays: the order becomes SUCCESS and its notification goes out — ``copies``
+    times, at once when ``concurrent``; ``deliver: false`` returns it instead (for forging tests)."""
+    data = request.get_json(silent=True) or {}
+    st = state()
+    with st.lock:
+        order = next((o for (m, n), o in st.orders.items() if n == data.get("out_trade_no")), None)
+        if order is None:
+            abort(404, "no such order at WeChat Pay")
+        if order["trade_state"] == "NOTPAY":
+            order.update(
+                trade_state="SUCCESS",
+                transaction_id="42" + secrets.token_hex(13)[:26],
+                success_time=datetime.now(UTC).isoformat(),
+            )
+        merchant = st.merchants[order["mchid"]]
+    transaction = {**_transaction(order), **(data.get("tamper") or {})}
+    headers, body = notification(merchant, transaction)
+    if data.get("deliver") is False:
+        return jsonify({"headers": headers, "body": body})
+    copies = max(1, min(int(data.get("copies", 1)), 100))
+
+    def post() -> int:
+        try:
+            return requests.post(
+                order["notify_url"], data=body.encode(), headers=headers, timeout=10
+            ).status_code
+        except requests.RequestException:
+            return 0
+
+    if data.get("concurrent"):
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda: results.append(post())) for _ in range(copies)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        results = [post() for _ in range(copies)]
+    with st.lock:
+        st.notifications.append({"out_trade_no": order["out_trade_no"], "statuses": results})
+    return jsonify({"transaction_id": order["transaction_id"], "statuses": results})

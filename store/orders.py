@@ -1,0 +1,256 @@
+"""Orders: pending payment → paid → fulfilling → fulfilled | fulfilment failed → refunding →
+refunded; unpaid ones close. Every transition is a conditional UPDATE on the expected state and
+an OrderEvent row, so a transition happens once however many notifications, jobs or clicks race.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from store import catalogue
+from store import fulfilment as fulfilments
+from store.models import Order, OrderEvent, OrderStatus, Product
+from store.services import binding_of
+from wechat_service.dbtypes import utcnow
+from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
+from wechat_service.extensions import db, enqueue_after_commit
+
+ALLOWED = {
+    OrderStatus.pending_payment: {OrderStatus.paid, OrderStatus.closed},
+    OrderStatus.paid: {OrderStatus.fulfilling},
+    OrderStatus.fulfilling: {OrderStatus.fulfilled, OrderStatus.fulfilment_failed},
+    OrderStatus.fulfilment_failed: {OrderStatus.refunding},
+    OrderStatus.closed: {OrderStatus.refunding},  # paid after it closed: the money goes back
+    OrderStatus.refunding: {OrderStatus.refunded},
+}
+PAY_TIMEOUT = timedelta(minutes=30)
+
+
+class InvalidTransitionError(ServiceError):
+    code = "invalid_transition"
+    status = 409
+
+
+def transition(
+    order_id: int,
+    source: OrderStatus,
+    target: OrderStatus,
+    detail: dict[str, Any] | None = None,
+    **values: Any,
+) -> bool:
+    """Move the order from ``source`` to ``target``; False if it was not in ``source`` (someone
+    else moved it first). A transition the state machine does not allow raises."""
+    if target not in ALLOWED.get(source, set()):
+        raise InvalidTransitionError(f"{source.value} → {target.value} is not a transition")
+    moved = (
+        db.session.execute(
+            sa.update(Order)
+            .where(Order.id == order_id, Order.status == source)
+            .values(status=target, **values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )
+    if moved:
+        db.session.add(
+            OrderEvent(
+                order_id=order_id,
+                from_status=source.value,
+                to_status=target.value,
+                detail=detail or {},
+                at=utcnow(),
+            )
+        )
+    return moved
+
+
+def create_order(
+    account_id: int, subscriber_id: int, product_id: int, client_key: str, provider: str
+) -> Order:
+    """Idempotent on the client's key; stock and per-subscriber limits enforced atomically."""
+    if not client_key or len(client_key) > 64:
+        raise InvalidInputError("client_key: 1 to 64 characters", fields={"client_key": ["invalid"]})
+    existing = db.session.scalar(
+        sa.select(Order).where(
+            Order.account_id == account_id,
+            Order.subscriber_id == subscriber_id,
+            Order.client_key == client_key,
+        )
+    )
+    if existing is not None:
+        if existing.product_id != product_id:
+            raise ConflictError("this client_key was used for another product")
+        return existing
+    product = catalogue.product_for(account_id, product_id)
+    if not catalogue.on_sale(product):
+        raise ServiceError("this product is not on sale", code="not_on_sale", status=409)
+    binding = binding_of(account_id, subscriber_id)
+    if binding is None:
+        raise ServiceError("bind a phone number first", code="phone_required", status=409)
+    if product.per_subscriber_limit is not None:
+        bought = db.session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Order)
+            .where(
+                Order.account_id == account_id,
+                Order.subscriber_id == subscriber_id,
+                Order.product_id == product.id,
+                Order.status.not_in([OrderStatus.closed, OrderStatus.refunded]),
+            )
+        )
+        if bought >= product.per_subscriber_limit:
+            raise ServiceError("purchase limit reached", code="limit_reached", status=409)
+    if product.stock is not None:
+        taken = db.session.execute(
+            sa.update(Product)
+            .where(Product.id == product.id, Product.stock > 0)
+            .values(stock=Product.stock - 1)
+            .execution_options(synchronize_session=False)
+        )
+        if taken.rowcount != 1:
+            raise ServiceError("sold out", code="sold_out", status=409)
+    order = Order(
+        account_id=account_id,
+        subscriber_id=subscriber_id,
+        product_id=product.id,
+        client_key=client_key,
+        out_trade_no=f"WS{utcnow():%y%m%d%H%M%S}{secrets.token_hex(5).upper()}",
+        amount_fen=product.price_fen,
+        phone=binding.phone,
+        provider=provider,
+        status=OrderStatus.pending_payment,
+        created_at=utcnow(),
+    )
+    db.session.add(order)
+    db.session.flush()
+    db.session.add(
+        OrderEvent(
+            order_id=order.id,
+            from_status=None,
+            to_status=OrderStatus.pending_payment.value,
+            detail={"amount_fen": order.amount_fen, "product": product.code},
+            at=utcnow(),
+        )
+    )
+    return order
+
+
+def order_for(account_id: int, order_id: int) -> Order:
+    order = db.session.scalar(sa.select(Order).where(Order.account_id == account_id, Order.id == order_id))
+    if order is None:
+        raise NotFoundError("no such order")
+    return order
+
+
+def paid(order: Order, provider_txn_id: str) -> bool:
+    """The provider confirmed the payment: mark paid and hand it to fulfilment (once)."""
+    if not transition(
+        order.id,
+        OrderStatus.pending_payment,
+        OrderStatus.paid,
+        {"transaction_id": provider_txn_id},
+        paid_at=utcnow(),
+    ):
+        return False
+    product = db.session.get(Product, order.product_id)
+    job = fulfilments.create(
+        account_id=order.account_id,
+        subscriber_id=order.subscriber_id,
+        product=product,
+        phone=order.phone,
+        source="order",
+        source_id=order.id,
+        idempotency_key=f"order-{order.out_trade_no}",
+    )
+    transition(
+        order.id, OrderStatus.paid, OrderStatus.fulfilling, {"fulfilment_id": job.id}, fulfilment_id=job.id
+    )
+    from store.jobs import RETRY, fulfil
+
+    enqueue_after_commit("default", fulfil, job.id, retry=RETRY)
+    return True
+
+
+def release_stock(order: Order) -> None:
+    db.session.execute(
+        sa.update(Product)
+        .where(Product.id == order.product_id, Product.stock.is_not(None))
+        .values(stock=Product.stock + 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def settle(fulfilment_id: int) -> str | None:
+    """After the fulfilment ended: fulfilled with a receipt, or failed and refunded in full."""
+    from store.models import Fulfilment, FulfilmentStatus
+
+    job = db.session.get(Fulfilment, fulfilment_id)
+    if job is None or job.source != "order":
+        return None
+    order = db.session.get(Order, job.source_id)
+    product = db.session.get(Product, order.product_id)
+    if job.status is FulfilmentStatus.succeeded:
+        if transition(order.id, OrderStatus.fulfilling, OrderStatus.fulfilled, finished_at=utcnow()):
+            return f"订单 {order.out_trade_no} 已完成：{product.name}，实付 {order.amount_fen / 100:.2f} 元。"
+        return None
+    if job.status is FulfilmentStatus.failed and transition(
+        order.id, OrderStatus.fulfilling, OrderStatus.fulfilment_failed, {"error": job.error}
+    ):
+        release_stock(order)
+        refund(order, "fulfilment failed")
+        amount = f"{order.amount_fen / 100:.2f}"
+        return f"订单 {order.out_trade_no} 未能办理（{product.name}），{amount} 元已原路退回。"
+    return None
+
+
+def refund(order: Order, reason: str) -> None:
+    """Full refund through the provider; the order ends refunded when the provider accepts it."""
+    from payments import services as payments
+
+    source = OrderStatus.closed if order.status is OrderStatus.closed else OrderStatus.fulfilment_failed
+    transition(order.id, source, OrderStatus.refunding, {"reason": reason})
+    result = payments.refund(order, order.amount_fen, reason)
+    if result.get("status") in ("SUCCESS", "PROCESSING"):
+        transition(
+            order.id,
+            OrderStatus.refunding,
+            OrderStatus.refunded,
+            {"refund_id": result.get("refund_id")},
+            finished_at=utcnow(),
+        )
+
+
+def expired(limit: int = 200) -> list[int]:
+    cutoff = utcnow() - PAY_TIMEOUT
+    return list(
+        db.session.scalars(
+            sa.select(Order.id)
+            .where(Order.status == OrderStatus.pending_payment, Order.created_at < cutoff)
+            .limit(limit)
+        )
+    )
+
+
+def close(order: Order) -> bool:
+    if transition(
+        order.id,
+        OrderStatus.pending_payment,
+        OrderStatus.closed,
+        {"reason": "payment timeout"},
+        finished_at=utcnow(),
+    ):
+        release_stock(order)
+        return True
+    return False
+
+
+def history(order_id: int) -> list[OrderEvent]:
+    return list(
+        db.session.scalars(
+            sa.select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
+        )
+    )

@@ -1,0 +1,248 @@
+"""Buying with WeChat Pay API v3 against the simulator: order → prepay → notification verified
+and applied once → fulfilment through the BOSS → receipt; and every way a notification can lie."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+from flask import Flask
+
+from accounts.subscribers import touch
+from payments.models import PaymentTransaction
+from store import catalogue, jobs, orders
+from store import services as store_services
+from store.models import Fulfilment, Order, OrderStatus
+from tests import helpers
+from wechat_service.dbtypes import utcnow
+from wechat_service.errors import ServiceError
+from wechat_service.extensions import db
+
+
+@pytest.fixture
+def shop(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
+    account, fields, _ = create_account("plain", kind="mini_program")
+    merchant = helpers.register_merchant(simulator, account.id)
+    product = catalogue.add_product(
+        account_id=account.id,
+        code="t30",
+        name="30 元话费",
+        kind="topup",
+        price_fen=2990,
+        face_value_fen=3000,
+        stock=5,
+        per_subscriber_limit=3,
+    )
+    sub = touch(account.id, "oPAY0000000001", None)
+    store_services.bind_phone(account.id, sub.id, "13800139200", method="sms")
+    db.session.commit()
+    return {"account": account, "fields": fields, "product": product, "sub": sub, **merchant}
+
+
+def _order(shop: dict[str, Any], key: str = "client-key-0001") -> tuple[Order, dict[str, Any]]:
+    from payments import services as payments
+
+    order = orders.create_order(shop["account"].id, shop["sub"].id, shop["product"].id, key, "wechatpay_v3")
+    params = payments.prepay(order, "oPAY0000000001", "30 元话费")
+    db.session.commit()
+    return order, params
+
+
+def _notification(simulator: str, order: Order, **extra: Any) -> tuple[dict[str, str], str]:
+    note = requests.post(
+        f"{simulator}/_sim/wechatpay/pay",
+        json={"out_trade_no": order.out_trade_no, "deliver": False, **extra},
+        timeout=10,
+    ).json()
+    return note["headers"], note["body"]
+
+
+def _notify(app: Flask, shop: dict[str, Any], headers: dict[str, str], body: str | bytes) -> Any:
+    return app.test_client().post(
+        f"/payments/wechatpay/v3/{shop['merchant'].id}/notify",
+        headers=headers,
+        data=body if isinstance(body, bytes) else body.encode(),
+    )
+
+
+def _balance(simulator: str) -> int:
+    return requests.get(f"{simulator}/_sim/boss/lines/13800139200", timeout=5).json()["balance_fen"]
+
+
+def test_prepay_gives_signed_jsapi_parameters(shop: dict[str, Any]) -> None:
+    order, params = _order(shop)
+    assert params["package"] == f"prepay_id={params['prepay_id']}" and params["signType"] == "RSA"
+    message = "\n".join([params["appId"], params["timeStamp"], params["nonceStr"], params["package"]]) + "\n"
+    shop["public_key"].verify(
+        base64.b64decode(params["paySign"]), message.encode(), padding.PKCS1v15(), hashes.SHA256()
+    )  # raises if the merchant did not sign it
+    again = orders.create_order(
+        shop["account"].id, shop["sub"].id, shop["product"].id, "client-key-0001", "wechatpay_v3"
+    )
+    assert again.id == order.id  # the client's idempotency key
+
+
+def test_paid_notification_fulfils_once(app: Flask, shop: dict[str, Any], simulator: str) -> None:
+    order, _ = _order(shop)
+    before = _balance(simulator)
+    headers, body = _notification(simulator, order)
+    for _ in range(3):  # WeChat Pay resends until it sees 2xx; each copy has the same effect: none
+        resp = _notify(app, shop, headers, body)
+        assert resp.status_code == 204 and resp.data == b""
+    db.session.expire_all()
+    order = db.session.get(Order, order.id)
+    assert order.status is OrderStatus.fulfilling and order.paid_at is not None
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Fulfilment)) == 1
+    status = jobs.fulfil(order.fulfilment_id)
+    assert status == "succeeded", db.session.get(Fulfilment, order.fulfilment_id).error
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilled
+    assert _balance(simulator) == before + 3000
+    assert [e.to_status for e in orders.history(order.id)] == [
+        "pending_payment",
+        "paid",
+        "fulfilling",
+        "fulfilled",
+    ]
+
+
+@pytest.mark.parametrize("forgery", ["body", "signature", "serial", "stale", "no_type"])
+def test_forged_notifications_change_nothing(
+    forgery: str, app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    order, _ = _order(shop)
+    headers, body = _notification(simulator, order)
+    if forgery == "body":
+        body = body.replace('"summary":"支付成功"', '"summary":"x"').replace(
+            '"summary": "支付成功"', '"summary": "x"'
+        )
+        assert "x" in body
+    elif forgery == "signature":
+        headers["Wechatpay-Signature"] = base64.b64encode(b"\x00" * 256).decode()
+    elif forgery == "serial":
+        headers["Wechatpay-Serial"] = "PUB_KEY_ID_SOMEONE_ELSE"
+    elif forgery == "stale":
+        headers["Wechatpay-Timestamp"] = str(int(headers["Wechatpay-Timestamp"]) - 3600)
+    else:
+        del headers["Wechatpay-Signature-Type"]
+    resp = _notify(app, shop, headers, body)
+    assert resp.status_code == 401 and resp.get_json()["code"] == "FAIL"
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 0
+
+
+def test_tampered_amount_is_refused_and_recorded(app: Flask, shop: dict[str, Any], simulator: str) -> None:
+    order, _ = _order(shop)
+    headers, body = _notification(simulator, order, tamper={"amount": {"total": 1, "currency": "CNY"}})
+    resp = _notify(app, shop, headers, body)
+    assert resp.status_code == 400
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
+    assert db.session.scalar(sa.select(PaymentTransaction.anomaly)) == "amount_mismatch"
+
+
+def test_notification_for_another_merchants_appid_is_refused(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    order, _ = _order(shop)
+    headers, body = _notification(simulator, order, tamper={"appid": "wx0000000000000000"})
+    assert _notify(app, shop, headers, body).status_code == 400
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
+
+
+def test_failed_fulfilment_refunds_in_full(app: Flask, shop: dict[str, Any], simulator: str) -> None:
+    store_services.bind_phone(
+        shop["account"].id, shop["sub"].id, "13800000000", method="sms"
+    )  # BOSS: unknown
+    db.session.commit()
+    order, _ = _order(shop)
+    headers, body = _notification(simulator, order)
+    assert _notify(app, shop, headers, body).status_code == 204
+    db.session.expire_all()
+    order = db.session.get(Order, order.id)
+    assert jobs.fulfil(order.fulfilment_id) == "failed"
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.refunded
+    kinds = db.session.execute(sa.select(PaymentTransaction.kind, PaymentTransaction.amount_fen)).all()
+    assert sorted((k.value, a) for k, a in kinds) == [("payment", 2990), ("refund", 2990)]
+    assert [e.to_status for e in orders.history(order.id)][-3:] == [
+        "fulfilment_failed",
+        "refunding",
+        "refunded",
+    ]
+
+
+def test_lost_notification_is_recovered_by_the_active_query(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    order, _ = _order(shop)
+    _notification(simulator, order)  # paid at WeChat Pay; the notification never arrives
+    db.session.execute(
+        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(minutes=5))
+    )
+    db.session.commit()
+    assert jobs.sweep_orders()["paid"] == 1
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
+
+
+def test_unpaid_order_closes_and_gives_its_stock_back(app: Flask, shop: dict[str, Any]) -> None:
+    order, _ = _order(shop)
+    db.session.expire_all()
+    assert catalogue.product_for(shop["account"].id, shop["product"].id).stock == 4
+    db.session.execute(
+        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(hours=1))
+    )
+    db.session.commit()
+    assert jobs.sweep_orders()["closed"] == 1
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.closed
+    assert catalogue.product_for(shop["account"].id, shop["product"].id).stock == 5
+
+
+def test_limits_and_stock(app: Flask, shop: dict[str, Any]) -> None:
+    for i in range(3):
+        orders.create_order(
+            shop["account"].id, shop["sub"].id, shop["product"].id, f"limit-key-{i:04d}", "wechatpay_v3"
+        )
+    with pytest.raises(ServiceError) as exc:
+        orders.create_order(
+            shop["account"].id, shop["sub"].id, shop["product"].id, "limit-key-9999", "wechatpay_v3"
+        )
+    assert exc.value.code == "limit_reached"
+
+
+def test_mini_program_order_api(app: Flask, shop: dict[str, Any], simulator: str) -> None:
+    code = requests.post(
+        f"{simulator}/_sim/accounts/{shop['fields']['appid']}/js-codes",
+        json={"openid": "oPAY0000000001"},
+        timeout=5,
+    ).json()["code"]
+    client = app.test_client()
+    token = client.post(f"/api/mp/{shop['fields']['appid']}/session", json={"code": code}).get_json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    listed = client.get(f"/api/mp/{shop['fields']['appid']}/products", headers=auth).get_json()
+    assert [p["code"] for p in listed] == ["t30"]
+    resp = client.post(
+        f"/api/mp/{shop['fields']['appid']}/orders",
+        headers=auth,
+        json={"product_id": shop["product"].id, "client_key": "mp-key-000001"},
+    )
+    body = resp.get_json()
+    assert resp.status_code == 201 and body["payment"]["package"].startswith("prepay_id=")
+    assert body["order"]["amount_fen"] == 2990 and body["order"]["status"] == "pending_payment"
+    got = client.get(
+        f"/api/mp/{shop['fields']['appid']}/orders/{body['order']['id']}", headers=auth
+    ).get_json()
+    assert got["out_trade_no"] == body["order"]["out_trade_no"]
+    assert json.loads(json.dumps(got))["history"][0]["to"] == "pending_payment"
