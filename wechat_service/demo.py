@@ -186,6 +186,110 @@ def _store_demo(sim_base: str, failures: list[str]) -> None:
             failures.append(f"store: {text!r} did not answer {expected!r}")
 
 
+def _purchase_demo(sim_base: str, failures: list[str]) -> None:
+    """A mini-program user buys a top-up with WeChat Pay; the BOSS carries it out."""
+    import time
+
+    from accounts.subscribers import touch
+    from payments import services as payments
+    from store import catalogue, orders
+    from store import services as store
+    from store.models import Order, Product
+
+    cfg_appid = "wx0de7000000000004"
+    try:
+        account = services.account_by_appid(cfg_appid)
+    except NotFoundError:
+        account = services.add_account(
+            name="Demo mini-program",
+            appid=cfg_appid,
+            app_secret=secrets.token_hex(16),
+            kind="mini_program",
+            org_unit_code="demo-group",
+        )
+    db.session.commit()
+    requests.post(
+        f"{sim_base}/_sim/accounts",
+        json={"appid": account.appid, "secret": account.app_secret, "kind": "mini_program"},
+        timeout=10,
+    ).raise_for_status()
+    _demo_merchant(sim_base, account.id)
+    product = db.session.scalar(catalogue.visible_products(account.id).where(Product.code == "topup-50"))
+    if product is None:
+        product = catalogue.add_product(
+            account_id=account.id,
+            code="topup-50",
+            name="50 元话费",
+            kind="topup",
+            price_fen=4980,
+            face_value_fen=5000,
+        )
+    dave, phone = "oDEMOd" + secrets.token_hex(8), f"1390013{secrets.randbelow(9000) + 1000}"
+    sub = touch(account.id, dave, None)
+    store.bind_phone(account.id, sub.id, phone, method="mp")
+    order = orders.create_order(
+        account.id, sub.id, product.id, "demo-" + secrets.token_hex(8), "wechatpay_v3"
+    )
+    params = payments.prepay(order, dave, product.name)
+    db.session.commit()
+    _say("pay", f"dave orders {product.name} for {order.amount_fen / 100:.2f} 元: {params['package']}")
+    before = requests.get(f"{sim_base}/_sim/boss/lines/{phone}", timeout=10).json()["balance_fen"]
+    paid = requests.post(
+        f"{sim_base}/_sim/wechatpay/pay",
+        json={"out_trade_no": order.out_trade_no, "copies": 3, "concurrent": True},
+        timeout=30,
+    ).json()
+    _say("pay", f"WeChat Pay notified 3 times at once → HTTP {paid['statuses']}")
+    status = None
+    for _ in range(100):
+        db.session.rollback()
+        status = db.session.get(Order, order.id).status.value
+        if status in ("fulfilled", "refunded", "fulfilment_failed"):
+            break
+        time.sleep(0.2)
+    after = requests.get(f"{sim_base}/_sim/boss/lines/{phone}", timeout=10).json()["balance_fen"]
+    _say(
+        "pay",
+        f"order {order.out_trade_no}: {status}; the line's balance {before / 100:.2f} → {after / 100:.2f} 元",
+    )
+    if status != "fulfilled" or after - before != 5000:
+        failures.append(f"purchase: order {status}, balance moved by {after - before} fen (expected 5000)")
+
+
+def _demo_merchant(sim_base: str, account_id: int) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from payments import services as payments
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    apiv3_key, mchid = secrets.token_hex(16), "1900009999"
+    platform = requests.post(
+        f"{sim_base}/_sim/wechatpay/merchants",
+        json={"mchid": mchid, "public_key": public_pem, "apiv3_key": apiv3_key},
+        timeout=10,
+    )
+    platform.raise_for_status()
+    payments.add_merchant(
+        account_id,
+        mchid=mchid,
+        serial_no=secrets.token_hex(20).upper(),
+        private_key=private_pem,
+        apiv3_key=apiv3_key,
+        platform_public_key=platform.json()["platform_public_key"],
+        platform_public_key_id=platform.json()["platform_public_key_id"],
+    )
+    db.session.commit()
+
+
 def run_demo(sim_base: str, check: bool) -> bool:
     _setup_org()
     db.session.commit()
@@ -243,6 +347,7 @@ def run_demo(sim_base: str, check: bool) -> bool:
             failures.append(f"{label}: bob's QR follow not attributed to the store channel")
         _say(label, f"followers now: {subscribers.follower_count(account.id)}")
     _store_demo(sim_base, failures)
+    _purchase_demo(sim_base, failures)
     db.session.rollback()
     if check:
         if failures:
