@@ -25,14 +25,18 @@ REVEAL = "subscribers.reveal"
 METRICS = "metrics.view"
 CAMPAIGN_PREPARE = "campaigns.prepare"
 CAMPAIGN_APPROVE = "campaigns.approve"
+ORDERS = "orders.view"
+REFUND = "orders.refund"
 STAFF = "staff.manage"
 AUDIT = "audit.view"
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
-    Role.account_manager: frozenset({VIEW, EDIT, REPLIES, MENUS, QRCODES, SUBSCRIBERS, METRICS}),
+    Role.account_manager: frozenset(
+        {VIEW, EDIT, REPLIES, MENUS, QRCODES, SUBSCRIBERS, METRICS, ORDERS, REFUND}
+    ),
     Role.marketer: frozenset({VIEW, METRICS, CAMPAIGN_PREPARE}),
     Role.analyst: frozenset({VIEW, METRICS}),
-    Role.support: frozenset({VIEW, SUBSCRIBERS, REVEAL}),
+    Role.support: frozenset({VIEW, SUBSCRIBERS, REVEAL, ORDERS}),
 }
 ALL_PERMISSIONS = frozenset().union(*ROLE_PERMISSIONS.values(), {CAMPAIGN_APPROVE, STAFF, AUDIT})
 # Who sees personal data unmasked without an explicit, audited reveal.

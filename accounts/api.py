@@ -14,6 +14,7 @@ from flask import request
 from flask.typing import ResponseReturnValue
 from flask_smorest import Blueprint
 from flask_wtf.csrf import generate_csrf
+from marshmallow import fields, validate
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
@@ -42,6 +43,7 @@ from accounts.schemas import (
     StaffCreateSchema,
     StaffSchema,
     StatusSchema,
+    StrictSchema,
     SubscriberQuerySchema,
     SubscriberSchema,
     TryResultSchema,
@@ -411,3 +413,66 @@ def audit_list(query: dict[str, Any]) -> ResponseReturnValue:
         query["per_page"],
     )
     return _page(AuditSchema(many=True).dump(page.items), page)
+
+
+class OrderQuerySchema(PageQuerySchema):
+    q = fields.String(load_default=None)
+    status = fields.String(load_default=None)
+
+
+class RefundSchema(StrictSchema):
+    reason = fields.String(required=True, validate=validate.Length(min=3, max=200))
+
+
+def _order(order: Any, unmasked: bool) -> dict[str, Any]:
+    from store import orders
+    from store.services import mask_phone
+
+    return {
+        "id": order.id,
+        "out_trade_no": order.out_trade_no,
+        "amount_fen": order.amount_fen,
+        "status": order.status.value,
+        "provider": order.provider,
+        "created_at": order.created_at.isoformat(),
+        "paid_at": order.paid_at.isoformat() if order.paid_at else None,
+        "phone": order.phone if unmasked else mask_phone(order.phone),
+        "history": [
+            {"from": e.from_status, "to": e.to_status, "at": e.at.isoformat(), "detail": e.detail}
+            for e in orders.history(order.id)
+        ],
+    }
+
+
+@blp.get("/accounts/<int:account_id>/orders")
+@blp.arguments(OrderQuerySchema, location="query")
+@signed_in
+def order_list(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
+    from store import orders
+
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.ORDERS)
+    page = paginate(
+        orders.search(account.id, q=query["q"], status=query["status"]), query["page"], query["per_page"]
+    )
+    return _page([_order(o, access.unmasked(account.id)) for o in page.items], page)
+
+
+@blp.get("/accounts/<int:account_id>/orders/<int:order_id>")
+@signed_in
+def order_get(account_id: int, order_id: int) -> ResponseReturnValue:
+    from store import orders
+
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.ORDERS)
+    return _order(orders.order_for(account.id, order_id), access.unmasked(account.id))
+
+
+@blp.post("/accounts/<int:account_id>/orders/<int:order_id>/refund")
+@blp.arguments(RefundSchema)
+@signed_in
+def order_refund(data: dict[str, Any], account_id: int, order_id: int) -> ResponseReturnValue:
+    access = current_access()
+    order = operations.refund_order(access, account_id, order_id, data["reason"], client_ip())
+    db.session.commit()
+    return _order(order, access.unmasked(account_id))

@@ -12,6 +12,7 @@ from accounts import access as acl
 from accounts import menus, qrcodes, replies, services, staff
 from accounts.access import Access
 from accounts.models import Account, AccountStatus, ReplyRule, StaffUser, Subscriber
+from wechat_service.extensions import db
 
 SETTING_FIELDS = ("name", "kind", "original_id", "message_mode", "timezone")
 SECRET_FIELDS = ("app_secret", "token", "aes_key")
@@ -246,3 +247,31 @@ def set_staff_active(access: Access, user_id: int, active: bool, ip: str) -> Sta
         access.user_id, "staff.activate" if active else "staff.deactivate", target=user.username, ip=ip
     )
     return user
+
+
+def refund_order(access: Access, account_id: int, order_id: int, reason: str, ip: str) -> Any:
+    """A manual full refund of a fulfilled order (the line keeps what was carried out: staff decide)."""
+    from store import orders
+    from store.models import OrderStatus
+
+    account = acl.account_for(access, account_id, acl.REFUND)
+    if len(reason.strip()) < 3:
+        raise acl.InvalidInputError("give the reason for the refund", fields={"reason": ["required"]})
+    order = orders.order_for(account.id, order_id)
+    if order.status is not OrderStatus.fulfilled:
+        raise orders.InvalidTransitionError(
+            f"only a fulfilled order is refunded by hand (this one is {order.status.value})"
+        )
+    before = order.status.value
+    orders.refund(order, reason.strip())
+    db.session.refresh(order)
+    staff.audit(
+        access.user_id,
+        "order.refund",
+        account_id=account.id,
+        target=f"order {order.out_trade_no}",
+        before={"status": before},
+        after={"status": order.status.value, "reason": reason.strip()[:200], "amount_fen": order.amount_fen},
+        ip=ip,
+    )
+    return order

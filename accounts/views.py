@@ -626,3 +626,70 @@ def audit_log() -> ResponseReturnValue:
 
     names = account_names([e.account_id for e in page.items if e.account_id])
     return render_template("accounts/audit.html", page=page, users=users, names=names, args=args)
+
+
+# -- orders ----------------------------------------------------------------------------------------
+
+
+def _order_row(order: Any, unmasked: bool) -> dict[str, Any]:
+    from store.services import mask_phone
+
+    return {
+        "id": order.id,
+        "out_trade_no": order.out_trade_no,
+        "amount_fen": order.amount_fen,
+        "status": order.status.value,
+        "provider": order.provider,
+        "created_at": order.created_at,
+        "paid_at": order.paid_at,
+        "phone": order.phone if unmasked else mask_phone(order.phone),
+    }
+
+
+@bp.get("/accounts/<int:account_id>/orders")
+@login_required
+def order_list(account_id: int) -> ResponseReturnValue:
+    from store import orders
+
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.ORDERS)
+    page = paginate(
+        orders.search(account.id, q=request.args.get("q") or None, status=request.args.get("status") or None)
+    )
+    unmasked = access.unmasked(account.id)
+    return render_template(
+        "accounts/orders.html",
+        account=account,
+        page=page,
+        args=request.args,
+        rows=[_order_row(o, unmasked) for o in page.items],
+    )
+
+
+@bp.route("/accounts/<int:account_id>/orders/<int:order_id>", methods=["GET", "POST"])
+@login_required
+def order_detail(account_id: int, order_id: int) -> ResponseReturnValue:
+    from store import orders
+
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.ORDERS)
+    order = orders.order_for(account.id, order_id)
+    if request.method == "POST":
+        try:
+            operations.refund_order(
+                access, account_id, order_id, request.form.get("reason") or "", client_ip()
+            )
+            db.session.commit()
+        except ServiceError as exc:
+            _fail(exc)
+        else:
+            flash("Refunded in full.", "success")
+        return redirect(url_for("console.order_detail", account_id=account_id, order_id=order_id))
+    return render_template(
+        "accounts/order_detail.html",
+        account=account,
+        order=_order_row(order, access.unmasked(account.id)),
+        history=orders.history(order.id),
+        payments=orders.payment_rows(order.id),
+        can_refund=access.can(acl.REFUND, account.id) and order.status.value == "fulfilled",
+    )

@@ -24,6 +24,7 @@ ALLOWED = {
     OrderStatus.paid: {OrderStatus.fulfilling},
     OrderStatus.fulfilling: {OrderStatus.fulfilled, OrderStatus.fulfilment_failed},
     OrderStatus.fulfilment_failed: {OrderStatus.refunding},
+    OrderStatus.fulfilled: {OrderStatus.refunding},  # a manual refund by staff, with a reason
     OrderStatus.closed: {OrderStatus.refunding},  # paid after it closed: the money goes back
     OrderStatus.refunding: {OrderStatus.refunded},
 }
@@ -211,8 +212,9 @@ def refund(order: Order, reason: str) -> None:
     """Full refund through the provider; the order ends refunded when the provider accepts it."""
     from payments import services as payments
 
-    source = OrderStatus.closed if order.status is OrderStatus.closed else OrderStatus.fulfilment_failed
-    transition(order.id, source, OrderStatus.refunding, {"reason": reason})
+    db.session.refresh(order)  # its status may have moved by a conditional UPDATE since it was loaded
+    if not transition(order.id, order.status, OrderStatus.refunding, {"reason": reason}):
+        raise InvalidTransitionError("the order changed meanwhile; reload it")
     result = payments.refund(order, order.amount_fen, reason)
     if result.get("status") in ("SUCCESS", "PROCESSING"):
         transition(
@@ -252,5 +254,29 @@ def history(order_id: int) -> list[OrderEvent]:
     return list(
         db.session.scalars(
             sa.select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
+        )
+    )
+
+
+def search(account_id: int, *, q: str | None = None, status: str | None = None) -> sa.Select[Any]:
+    query = sa.select(Order).where(Order.account_id == account_id)
+    if q:
+        query = query.where(Order.out_trade_no == q.strip())
+    if status:
+        try:
+            query = query.where(Order.status == OrderStatus(status))
+        except ValueError:
+            raise InvalidInputError("unknown status", fields={"status": ["invalid"]}) from None
+    return query.order_by(Order.created_at.desc(), Order.id.desc())
+
+
+def payment_rows(order_id: int) -> list[Any]:
+    from payments.models import PaymentTransaction
+
+    return list(
+        db.session.scalars(
+            sa.select(PaymentTransaction)
+            .where(PaymentTransaction.order_id == order_id)
+            .order_by(PaymentTransaction.id)
         )
     )

@@ -44,6 +44,19 @@ def account_x(create_account: Any) -> dict[str, Any]:
     )
     menus.save_menu(account.id, {"button": [{"type": "click", "name": "XSECmenu", "key": "XSECRETkey"}]})
     code = qrcodes.create_channel_qrcode(account.id, name="XSECRETstore", scene="xsecret-scene")
+    from store import catalogue, orders
+    from store import services as store_services
+
+    product = catalogue.add_product(
+        account_id=account.id,
+        code="xsecret-product",
+        name="XSECRETproduct",
+        kind="topup",
+        price_fen=100,
+        face_value_fen=100,
+    )
+    store_services.bind_phone(account.id, sub.id, "13912345678", method="sms")
+    order = orders.create_order(account.id, sub.id, product.id, "xsecret-client-key", "wechatpay_v3")
     owner = staff.create_user("xowner", "x owner password 1")
     grant = staff.add_grant(owner, "account_manager", account_id=account.id)
     db.session.commit()
@@ -60,9 +73,14 @@ def account_x(create_account: Any) -> dict[str, Any]:
         "XSECRETstore",
         "xsecret-scene",
         sub.openid[:4] + "****" + sub.openid[-4:],
+        order.out_trade_no,
+        "13912345678",
+        "139****5678",
+        "XSECRETproduct",
     ]
     return {
         "values": {
+            "order_id": order.id,
             "account_id": account.id,
             "subscriber_id": sub.id,
             "rule_id": rule.id,

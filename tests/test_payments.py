@@ -246,3 +246,29 @@ def test_mini_program_order_api(app: Flask, shop: dict[str, Any], simulator: str
     ).get_json()
     assert got["out_trade_no"] == body["order"]["out_trade_no"]
     assert json.loads(json.dumps(got))["history"][0]["to"] == "pending_payment"
+
+
+def test_staff_refund_a_fulfilled_order_by_hand(
+    app: Flask, shop: dict[str, Any], simulator: str, create_staff: Any
+) -> None:
+    from accounts.models import AuditLog
+
+    order, _ = _order(shop)
+    headers, body = _notification(simulator, order)
+    assert _notify(app, shop, headers, body).status_code == 204
+    db.session.expire_all()
+    jobs.fulfil(db.session.get(Order, order.id).fulfilment_id)
+    support = create_staff("support", account_id=shop["account"].id)
+    seen = support.api("GET", f"/api/v1/accounts/{shop['account'].id}/orders/{order.id}").get_json()
+    assert seen["phone"] == "138****9200" and [h["to"] for h in seen["history"]][-1] == "fulfilled"
+    url = f"/api/v1/accounts/{shop['account'].id}/orders/{order.id}/refund"
+    assert support.api("POST", url, {"reason": "customer complaint"}).status_code == 403
+    manager = create_staff("account_manager", account_id=shop["account"].id)
+    assert manager.api("POST", url, {"reason": "x"}).status_code == 422  # a reason is required
+    done = manager.api("POST", url, {"reason": "customer complaint"}).get_json()
+    assert done["status"] == "refunded"
+    assert manager.api("POST", url, {"reason": "again please"}).status_code == 409  # once
+    entry = db.session.scalars(sa.select(AuditLog).where(AuditLog.action == "order.refund")).one()
+    assert entry.after["amount_fen"] == 2990 and entry.after["reason"] == "customer complaint"
+    page = manager.get(f"/console/accounts/{shop['account'].id}/orders/{order.id}").get_data(as_text=True)
+    assert "refunded" in page and "payment" in page and "refund" in page
