@@ -18,6 +18,7 @@ BigId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 
 class Provider(enum.StrEnum):
     wechatpay_v3 = "wechatpay_v3"
+    alipay = "alipay"
 
 
 class Merchant(db.Model):

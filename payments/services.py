@@ -17,6 +17,7 @@ from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from payments.models import Merchant, PaymentTransaction, Provider, TxnKind
+from payments.providers.alipay import PAID_STATES, AlipayProvider, yuan_to_fen
 from payments.providers.wechatpay_v3 import NotificationError, PaymentProviderError, WeChatPayV3
 from wechat_service.errors import InvalidInputError, NotFoundError
 from wechat_service.extensions import db
@@ -60,19 +61,44 @@ def add_merchant(
     return merchant
 
 
-def merchant_for(account_id: int) -> Merchant:
+def add_alipay_merchant(
+    account_id: int, *, app_id: str, seller_id: str, app_private_key: str, alipay_public_key: str
+) -> Merchant:
     merchant = db.session.scalar(
-        sa.select(Merchant).where(
-            Merchant.account_id == account_id, Merchant.provider == Provider.wechatpay_v3
-        )
+        sa.select(Merchant).where(Merchant.account_id == account_id, Merchant.provider == Provider.alipay)
     )
     if merchant is None:
-        raise NotFoundError("this account has no WeChat Pay merchant configured")
+        merchant = Merchant(account_id=account_id, provider=Provider.alipay)
+        db.session.add(merchant)
+    merchant.mchid, merchant.appid, merchant.serial_no = seller_id, app_id, ""
+    merchant.private_key, merchant.apiv3_key = app_private_key, ""
+    merchant.platform_public_key, merchant.platform_public_key_id = alipay_public_key, "alipay"
+    db.session.flush()
     return merchant
 
 
-def provider(merchant: Merchant) -> WeChatPayV3:
+def merchant_for(account_id: int, provider_name: str = "wechatpay_v3") -> Merchant:
+    merchant = db.session.scalar(
+        sa.select(Merchant).where(
+            Merchant.account_id == account_id, Merchant.provider == Provider(provider_name)
+        )
+    )
+    if merchant is None:
+        raise NotFoundError(f"this account has no {provider_name} merchant configured")
+    return merchant
+
+
+def provider(merchant: Merchant) -> Any:
     cfg = current_app.config
+    if merchant.provider is Provider.alipay:
+        return AlipayProvider(
+            app_id=merchant.appid,
+            seller_id=merchant.mchid,
+            app_private_key=merchant.private_key,
+            alipay_public_key=merchant.platform_public_key,
+            gateway=cfg["ALIPAY_GATEWAY"],
+            notify_url=f"{cfg['PUBLIC_BASE_URL']}/payments/alipay/{merchant.id}/notify",
+        )
     return WeChatPayV3(
         mchid=merchant.mchid,
         appid=merchant.appid,
@@ -87,6 +113,12 @@ def provider(merchant: Merchant) -> WeChatPayV3:
 
 
 def prepay(order: Any, openid: str, description: str) -> dict[str, Any]:
+    """What the client needs to pay: JSAPI parameters (WeChat Pay), or the wap pay URL (Alipay)."""
+    if order.provider == Provider.alipay.value:
+        url = provider(merchant_for(order.account_id, "alipay")).wap_pay_url(
+            out_trade_no=order.out_trade_no, amount_fen=order.amount_fen, subject=description
+        )
+        return {"provider": "alipay", "url": url}
     params = provider(merchant_for(order.account_id)).jsapi(
         out_trade_no=order.out_trade_no, amount_fen=order.amount_fen, openid=openid, description=description
     )
@@ -95,16 +127,25 @@ def prepay(order: Any, openid: str, description: str) -> dict[str, Any]:
 
 
 def refund(order: Any, amount_fen: int, reason: str) -> dict[str, Any]:
-    merchant = merchant_for(order.account_id)
+    merchant = merchant_for(order.account_id, order.provider)
     out_refund_no = f"RF{order.out_trade_no[2:]}{secrets.token_hex(2).upper()}"[:64]
     try:
-        result = provider(merchant).refund(
-            out_trade_no=order.out_trade_no,
-            out_refund_no=out_refund_no,
-            refund_fen=amount_fen,
-            total_fen=order.amount_fen,
-            reason=reason,
-        )
+        if merchant.provider is Provider.alipay:
+            raw = provider(merchant).refund(
+                out_trade_no=order.out_trade_no,
+                out_request_no=out_refund_no,
+                refund_fen=amount_fen,
+                reason=reason,
+            )
+            result = {**raw, "status": "SUCCESS", "refund_id": out_refund_no}
+        else:
+            result = provider(merchant).refund(
+                out_trade_no=order.out_trade_no,
+                out_refund_no=out_refund_no,
+                refund_fen=amount_fen,
+                total_fen=order.amount_fen,
+                reason=reason,
+            )
     except PaymentProviderError as exc:
         log.error("refund of order %s failed: %s", order.id, exc)
         return {"status": "FAILED"}
@@ -116,6 +157,7 @@ def refund(order: Any, amount_fen: int, reason: str) -> dict[str, Any]:
         amount_fen,
         str(result.get("status")),
         result,
+        provider_name=merchant.provider,
     )
     return result
 
@@ -129,6 +171,7 @@ def _record(
     status: str,
     raw: dict[str, Any],
     anomaly: str | None = None,
+    provider_name: Provider = Provider.wechatpay_v3,
 ) -> bool:
     """One row per provider id; False if that id was already recorded (a duplicate)."""
     try:
@@ -137,7 +180,7 @@ def _record(
                 PaymentTransaction(
                     account_id=account_id,
                     order_id=order_id,
-                    provider=Provider.wechatpay_v3,
+                    provider=provider_name,
                     kind=kind,
                     provider_txn_id=txn_id,
                     amount_fen=amount_fen,
@@ -219,7 +262,30 @@ def reconcile_pending(order: Any) -> str:
     """Active query for an order still pending: a lost notification never loses a sale."""
     from store import orders
 
-    result = provider(merchant_for(order.account_id)).query(order.out_trade_no)
+    merchant = merchant_for(order.account_id, order.provider)
+    if merchant.provider is Provider.alipay:
+        try:
+            result = provider(merchant).query(order.out_trade_no)
+        except PaymentProviderError:
+            return "UNKNOWN"
+        if (
+            result.get("trade_status") in PAID_STATES
+            and yuan_to_fen(result["total_amount"]) == order.amount_fen
+        ):
+            if _record(
+                order.account_id,
+                order.id,
+                TxnKind.payment,
+                str(result["trade_no"]),
+                order.amount_fen,
+                str(result["trade_status"]),
+                result,
+                provider_name=Provider.alipay,
+            ):
+                orders.paid(order, str(result["trade_no"]))
+            return "paid"
+        return str(result.get("trade_status", "UNKNOWN"))
+    result = provider(merchant).query(order.out_trade_no)
     if (
         result.get("trade_state") == "SUCCESS"
         and (result.get("amount") or {}).get("total") == order.amount_fen
@@ -240,6 +306,8 @@ def reconcile_pending(order: Any) -> str:
 
 def close_at_provider(order: Any) -> bool:
     """Close an unpaid order at WeChat Pay first, so it cannot be paid after we close it."""
+    if order.provider == Provider.alipay.value:
+        return True  # an Alipay trade expires on its own (timeout_express); a late payment is refunded
     try:
         provider(merchant_for(order.account_id)).close(order.out_trade_no)
     except PaymentProviderError as exc:
@@ -248,3 +316,58 @@ def close_at_provider(order: Any) -> bool:
         if (exc.detail or {}).get("code") != "ORDER_NOT_EXIST":
             raise
     return True
+
+
+def handle_alipay(merchant_id: int, form: dict[str, str]) -> str:
+    """Alipay wants exactly `success` (else it resends 8 times over 25 h)."""
+    from store import orders
+    from store.models import Order, OrderStatus
+
+    merchant = db.session.get(Merchant, merchant_id)
+    if merchant is None or merchant.provider is not Provider.alipay:
+        return "failure"
+    try:
+        data = provider(merchant).parse_notification(form)
+        amount = yuan_to_fen(data.get("total_amount", ""))
+    except NotificationError as exc:
+        log.warning("alipay notification refused: %s", exc)
+        return "failure"
+    if data.get("trade_status") not in PAID_STATES:
+        return "success"  # WAIT_BUYER_PAY, TRADE_CLOSED: nothing to apply
+    order = db.session.scalar(
+        sa.select(Order).where(
+            Order.out_trade_no == data.get("out_trade_no", ""), Order.account_id == merchant.account_id
+        )
+    )
+    if order is not None and amount != order.amount_fen:
+        _record(
+            merchant.account_id,
+            order.id,
+            TxnKind.payment,
+            data["trade_no"],
+            amount,
+            data["trade_status"],
+            data,
+            anomaly="amount_mismatch",
+            provider_name=Provider.alipay,
+        )
+        db.session.commit()
+        return "failure"
+    # TRADE_FINISHED after TRADE_SUCCESS is the same trade_no: the unique key makes it a no-op.
+    first = _record(
+        merchant.account_id,
+        order.id if order else None,
+        TxnKind.payment,
+        data["trade_no"],
+        amount,
+        data["trade_status"],
+        data,
+        anomaly=None if order else "unknown_order",
+        provider_name=Provider.alipay,
+    )
+    if first and order is not None and not orders.paid(order, data["trade_no"]):
+        db.session.refresh(order)
+        if order.status is OrderStatus.closed:
+            orders.refund(order, "paid after the order closed")
+    db.session.commit()
+    return "success"

@@ -21,3 +21,12 @@ def wechatpay_v3(merchant_id: int) -> Response:
     status, payload = services.handle_wechatpay_v3(merchant_id, dict(request.headers), body)
     # WeChat Pay: 200/204 with no body means received; anything else (4xx/5xx + code) is retried.
     return Response(json.dumps(payload) if payload else b"", status, content_type="application/json")
+
+
+@bp.post("/alipay/<int:merchant_id>/notify")
+def alipay(merchant_id: int) -> Response:
+    if (request.content_length or 0) > current_app.config["CALLBACK_MAX_BODY"]:
+        return Response("failure", 413, content_type="text/plain")
+    # Values form-decoded once, empty ones included: exactly what Alipay signed.
+    form = {k: v for k, v in request.form.items(multi=False)}
+    return Response(services.handle_alipay(merchant_id, form), 200, content_type="text/plain")

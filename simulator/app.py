@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from simulator import admin, boss, wechat, wechatpay
+from simulator import admin, alipay, boss, wechat, wechatpay
 from simulator.state import SimState
 
 
@@ -18,6 +18,8 @@ def create_app() -> Flask:
     app.register_blueprint(boss.admin)
     app.register_blueprint(wechatpay.bp)
     app.register_blueprint(wechatpay.admin)
+    app.register_blueprint(alipay.bp)
+    app.register_blueprint(alipay.admin)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

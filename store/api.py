@@ -99,6 +99,7 @@ class OrderCreateSchema(Schema):
 
     product_id = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1))
     client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
+    provider = fields.String(load_default="wechatpay_v3", validate=validate.OneOf(["wechatpay_v3", "alipay"]))
 
 
 def _order_view(order: object) -> dict[str, object]:
@@ -151,13 +152,15 @@ def create_order(appid: str) -> ResponseReturnValue:
     session = _session(appid)
     data = OrderCreateSchema().load(request.get_json(silent=True) or {})
     order = orders.create_order(
-        session.account_id, session.subscriber_id, data["product_id"], data["client_key"], "wechatpay_v3"
+        session.account_id, session.subscriber_id, data["product_id"], data["client_key"], data["provider"]
     )
     db.session.commit()
     if order.status.value != "pending_payment":
         return jsonify({"order": _order_view(order), "payment": None}), 200
     openid = subscriber_by_id(session.account_id, session.subscriber_id).openid
-    product = db.session.get(__import__("store.models", fromlist=["Product"]).Product, order.product_id)
+    from store.models import Product
+
+    product = db.session.get(Product, order.product_id)
     params = payments.prepay(order, openid, product.name)
     db.session.commit()
     return jsonify({"order": _order_view(order), "payment": params}), 201

@@ -51,6 +51,7 @@ def app(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fl
             "CALLBACK_BUDGET": 0.5,
             "BOSS_API_BASE": f"{simulator}/boss",
             "WECHATPAY_API_BASE": f"{simulator}/wechatpay",
+            "ALIPAY_GATEWAY": f"{simulator}/alipay/gateway.do",
             "BOSS_APP_ID": "wechat-service-test",
             "BOSS_SECRET": helpers.BOSS_SECRET,
             "WECHAT_BUSY_RETRIES": 2,

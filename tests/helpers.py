@@ -167,3 +167,37 @@ def register_merchant(sim_base: str, account_id: int) -> dict[str, Any]:
         platform_public_key_id=platform["platform_public_key_id"],
     )
     return {"merchant": merchant, "public_key": key.public_key(), "mchid": mchid}
+
+
+def register_alipay(sim_base: str, account_id: int) -> dict[str, Any]:
+    """An Alipay app for the account: our PKCS#1 key pair (the SDK's format), Alipay's public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from payments import services as payments
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    app_id, seller_id = f"2021{secrets.randbelow(10**12):012d}", f"2088{secrets.randbelow(10**12):012d}"
+    answer = requests.post(
+        f"{sim_base}/_sim/alipay/apps",
+        json={"app_id": app_id, "public_key": public_pem, "seller_id": seller_id},
+        timeout=10,
+    ).json()
+    merchant = payments.add_alipay_merchant(
+        account_id,
+        app_id=app_id,
+        seller_id=seller_id,
+        app_private_key=private_pem,
+        alipay_public_key=answer["alipay_public_key"],
+    )
+    return {"alipay_merchant": merchant, "alipay_app_id": app_id, "seller_id": seller_id}

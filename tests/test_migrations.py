@@ -58,3 +58,9 @@ def test_enum_check_constraints_follow_the_models_on_sqlite(tmp_path: Path) -> N
         .fetchone()[0]
     )
     assert "'processing'" in ddl
+    merchants = (
+        sqlite3.connect(tmp_path / "wechat_service.db")
+        .execute("SELECT sql FROM sqlite_master WHERE name = 'merchants'")
+        .fetchone()[0]
+    )
+    assert "'alipay'" in merchants

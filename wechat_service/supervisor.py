@@ -57,6 +57,7 @@ def supervise(*, demo: bool, once: bool, port: int, sim_port: int) -> int:
         env["WECHAT_SERVICE_WECHAT_API_BASE"] = f"http://127.0.0.1:{sim_port}/wechat"
         env["WECHAT_SERVICE_BOSS_API_BASE"] = f"http://127.0.0.1:{sim_port}/boss"
         env["WECHAT_SERVICE_WECHATPAY_API_BASE"] = f"http://127.0.0.1:{sim_port}/wechatpay"
+        env["WECHAT_SERVICE_ALIPAY_GATEWAY"] = f"http://127.0.0.1:{sim_port}/alipay/gateway.do"
         env.setdefault("WECHAT_SERVICE_BOSS_SECRET", secrets.token_hex(16))
     env.setdefault("WECHAT_SERVICE_PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     os.environ.update(env)

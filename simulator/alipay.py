@@ -1,0 +1,237 @@
+"""Alipay's open gateway as merchants see it (wap pay, trade query, refund) and its asynchronous
+notifications: form-encoded, RSA2 over the sorted `k=v&…` of every field but `sign`/`sign_type`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from flask import Blueprint, Response, abort, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+bp = Blueprint("sim_alipay", __name__, url_prefix="/alipay")
+admin = Blueprint("sim_alipay_admin", __name__, url_prefix="/_sim/alipay")
+BEIJING = timezone(timedelta(hours=8))
+
+
+@dataclass
+class AlipayState:
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    key: Any = None
+    apps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trades: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (app_id, out_trade_no)
+
+
+def state() -> AlipayState:
+    st = current_app.extensions.get("sim_alipay")
+    if st is None:
+        st = AlipayState(key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        current_app.extensions["sim_alipay"] = st
+    return st
+
+
+def sign_content(params: dict[str, str], *, drop_sign_type: bool) -> str:
+    skip = {"sign", "sign_type"} if drop_sign_type else {"sign"}
+    return "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in skip)
+
+
+def _sign(message: str, algorithm: Any = None) -> str:
+    return base64.b64encode(
+        state().key.sign(message.encode(), padding.PKCS1v15(), algorithm or hashes.SHA256())
+    ).decode()
+
+
+def _verify_request(params: dict[str, str]) -> dict[str, Any] | None:
+    app = state().apps.get(params.get("app_id", ""))
+    if app is None or params.get("sign_type") != "RSA2":
+        return None
+    try:
+        app["public_key"].verify(
+            base64.b64decode(params.get("sign", "")),
+            sign_content(params, drop_sign_type=False).encode(),
+            padding.PKCS1v15(),
+            hashes.SHA256(),
+        )
+    except Exception:  # noqa: BLE001 - any failure is a bad signature
+        return None
+    return app
+
+
+def _answer(method: str, payload: dict[str, Any]) -> Response:
+    node = method.replace(".", "_") + "_response"
+    content = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    body = f'{{"{node}":{content},"sign":"{_sign(content)}"}}'
+    return Response(body, content_type="application/json;charset=utf-8")
+
+
+@bp.route("/gateway.do", methods=["GET", "POST"])
+def gateway() -> ResponseReturnValue:
+    params = {**request.args.to_dict(), **request.form.to_dict()}
+    app = _verify_request(params)
+    method = params.get("method", "")
+    if app is None:
+        return _answer(
+            method, {"code": "40002", "msg": "Invalid Arguments", "sub_code": "isv.invalid-signature"}
+        )
+    biz = json.loads(params.get("biz_content") or "{}")
+    key = (params["app_id"], str(biz.get("out_trade_no", "")))
+    if method == "alipay.trade.wap.pay":
+        with state().lock:
+            trade = state().trades.get(key)
+            if trade is None:
+                trade = {
+                    "app_id": params["app_id"],
+                    "out_trade_no": key[1],
+                    "total_amount": str(biz["total_amount"]),
+                    "subject": biz.get("subject", ""),
+                    "notify_url": params.get("notify_url", ""),
+                    "trade_status": "WAIT_BUYER_PAY",
+                    "seller_id": app["seller_id"],
+                }
+                state().trades[key] = trade
+        return Response(
+            f"<html><body><h1>支付宝</h1><p>{trade['subject']} ¥{trade['total_amount']}</p></body></html>",
+            content_type="text/html; charset=utf-8",
+        )
+    trade = state().trades.get(key)
+    if method == "alipay.trade.query":
+        if trade is None:
+            return _answer(
+                method, {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST"}
+            )
+        return _answer(
+            method,
+            {
+                "code": "10000",
+                "msg": "Success",
+                "out_trade_no": key[1],
+                "trade_no": trade.get("trade_no", ""),
+                "trade_status": trade["trade_status"],
+                "total_amount": trade["total_amount"],
+            },
+        )
+    if method == "alipay.trade.refund":
+        if trade is None or trade["trade_status"] not in ("TRADE_SUCCESS", "TRADE_CLOSED"):
+            return _answer(
+                method, {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_STATUS_ERROR"}
+            )
+        if Decimal(str(biz.get("refund_amount"))) > Decimal(trade["total_amount"]):
+            return _answer(
+                method,
+                {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL"},
+            )
+        with state().lock:
+            trade["trade_status"] = "TRADE_CLOSED"
+        return _answer(
+            method,
+            {
+                "code": "10000",
+                "msg": "Success",
+                "trade_no": trade.get("trade_no", ""),
+                "out_trade_no": key[1],
+                "refund_fee": str(biz.get("refund_amount")),
+                "fund_change": "Y",
+            },
+        )
+    return _answer(
+        method, {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.METHOD_NOT_SUPPORTED"}
+    )
+
+
+def notification(trade: dict[str, Any], *, sign_type: str = "RSA2", **extra: str) -> dict[str, str]:
+    now = datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+    fields = {
+        "notify_time": now,
+        "notify_type": "trade_status_sync",
+        "notify_id": secrets.token_hex(16),
+        "app_id": trade["app_id"],
+        "charset": "utf-8",
+        "version": "1.0",
+        "trade_no": trade["trade_no"],
+        "out_trade_no": trade["out_trade_no"],
+        "trade_status": trade["trade_status"],
+        "total_amount": trade["total_amount"],
+        "receipt_amount": trade["total_amount"],
+        "seller_id": trade["seller_id"],
+        "subject": trade["subject"],
+        "gmt_payment": now,
+        "buyer_logon_id": "",
+        **extra,
+    }
+    algorithm = hashes.SHA1() if sign_type == "RSA" else hashes.SHA256()  # noqa: S303 - Alipay's legacy RSA
+    fields["sign_type"] = sign_type
+    fields["sign"] = _sign(sign_content(fields, drop_sign_type=True), algorithm)
+    return fields
+
+
+@admin.post("/apps")
+def register_app() -> ResponseReturnValue:
+    data = request.get_json(silent=True) or {}
+    for key in ("app_id", "public_key", "seller_id"):
+        if not data.get(key):
+            abort(400, f"{key} is required")
+    with state().lock:
+        state().apps[data["app_id"]] = {
+            "public_key": serialization.load_pem_public_key(data["public_key"].encode()),
+            "seller_id": data["seller_id"],
+        }
+    pem = (
+        state()
+        .key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return jsonify({"alipay_public_key": pem}), 201
+
+
+@admin.post("/pay")
+def pay() -> ResponseReturnValue:
+    """The buyer pays. ``trade_status`` (TRADE_SUCCESS, then TRADE_FINISHED), ``copies``,
+    ``concurrent``, ``deliver: false`` (return the form), ``tamper`` (fields after signing),
+    ``sign_type: RSA`` (a SHA-1 signature, which must be refused)."""
+    data = request.get_json(silent=True) or {}
+    st = state()
+    with st.lock:
+        trade = next((t for (a, n), t in st.trades.items() if n == data.get("out_trade_no")), None)
+        if trade is None:
+            abort(404, "no such trade at Alipay")
+        trade.setdefault("trade_no", datetime.now(BEIJING).strftime("%Y%m%d") + secrets.token_hex(10))
+        trade["trade_status"] = data.get("trade_status", "TRADE_SUCCESS")
+    form = notification(trade, sign_type=data.get("sign_type", "RSA2"))
+    form.update(data.get("tamper") or {})
+    if data.get("deliver") is False:
+        return jsonify({"form": form})
+    copies = max(1, min(int(data.get("copies", 1)), 100))
+    results: list[str] = []
+
+    def post() -> None:
+        try:
+            results.append(
+                requests.post(
+                    trade["notify_url"],
+                    data=urlencode(form),
+                    timeout=10,
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                ).text
+            )
+        except requests.RequestException:
+            results.append("")
+
+    threads = [threading.Thread(target=post) for _ in range(copies)]
+    for t in threads:
+        t.start()
+        if not data.get("concurrent"):
+            t.join()
+    for t in threads:
+        t.join()
+    return jsonify({"trade_no": trade["trade_no"], "answers": results})

@@ -1,0 +1,147 @@
+"""Alipay wap pay against the simulator: RSA2 only, exact yuan amounts, the merchant's app and
+seller, TRADE_FINISHED after TRADE_SUCCESS without a second effect, reply exactly `success`."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+import sqlalchemy as sa
+from flask import Flask
+
+from accounts.subscribers import touch
+from payments.models import PaymentTransaction
+from payments.providers.alipay import yuan_to_fen
+from payments.providers.wechatpay_v3 import NotificationError
+from store import catalogue, jobs, orders
+from store import services as store_services
+from store.models import Order, OrderStatus
+from tests import helpers
+from wechat_service.extensions import db
+
+
+@pytest.fixture
+def shop(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
+    account, fields, _ = create_account("plain")
+    alipay = helpers.register_alipay(simulator, account.id)
+    product = catalogue.add_product(
+        account_id=account.id, code="t20", name="20 元话费", kind="topup", price_fen=1999, face_value_fen=2000
+    )
+    sub = touch(account.id, "oALI0000000001", None)
+    store_services.bind_phone(account.id, sub.id, "13800139400", method="sms")
+    db.session.commit()
+    return {"account": account, "product": product, "sub": sub, **alipay}
+
+
+def _order(shop: dict[str, Any]) -> tuple[Order, str]:
+    from payments import services as payments
+
+    order = orders.create_order(
+        shop["account"].id, shop["sub"].id, shop["product"].id, "alipay-key-0001", "alipay"
+    )
+    url = payments.prepay(order, "oALI0000000001", "20 元话费")["url"]
+    db.session.commit()
+    return order, url
+
+
+def _form(simulator: str, order: Order, **extra: Any) -> dict[str, str]:
+    return requests.post(
+        f"{simulator}/_sim/alipay/pay",
+        json={"out_trade_no": order.out_trade_no, "deliver": False, **extra},
+        timeout=10,
+    ).json()["form"]
+
+
+def _notify(app: Flask, shop: dict[str, Any], form: dict[str, str]) -> str:
+    return (
+        app.test_client()
+        .post(f"/payments/alipay/{shop['alipay_merchant'].id}/notify", data=form)
+        .get_data(as_text=True)
+    )
+
+
+@pytest.mark.parametrize(("given", "fen"), [("19.99", 1999), ("0.01", 1), ("100", 10000), ("100.10", 10010)])
+def test_yuan_strings_become_exact_fen(given: str, fen: int) -> None:
+    assert yuan_to_fen(given) == fen
+
+
+@pytest.mark.parametrize("bad", ["19.999", "-1", "0", "abc", ""])
+def test_inexact_amounts_are_refused(bad: str) -> None:
+    with pytest.raises(NotificationError):
+        yuan_to_fen(bad)
+
+
+def test_wap_pay_url_is_signed_and_opens_the_cashier(shop: dict[str, Any], simulator: str) -> None:
+    order, url = _order(shop)
+    query = parse_qs(urlsplit(url).query)
+    assert query["method"] == ["alipay.trade.wap.pay"] and query["sign_type"] == ["RSA2"]
+    assert '"total_amount":"19.99"' in query["biz_content"][0].replace(" ", "")
+    page = requests.get(url, timeout=10)
+    assert page.status_code == 200 and "¥19.99" in page.text  # the simulator accepted our signature
+
+
+def test_paid_then_finished_applies_once(app: Flask, shop: dict[str, Any], simulator: str) -> None:
+    order, url = _order(shop)
+    requests.get(url, timeout=10)
+    assert _notify(app, shop, _form(simulator, order)) == "success"
+    assert _notify(app, shop, _form(simulator, order, trade_status="TRADE_FINISHED")) == "success"
+    db.session.expire_all()
+    order = db.session.get(Order, order.id)
+    assert order.status is OrderStatus.fulfilling
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1
+    assert jobs.fulfil(order.fulfilment_id) == "succeeded"
+
+
+@pytest.mark.parametrize("forgery", ["sha1", "amount", "seller", "app", "signature"])
+def test_forged_alipay_notifications_change_nothing(
+    forgery: str, app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    order, url = _order(shop)
+    requests.get(url, timeout=10)
+    if forgery == "sha1":
+        form = _form(simulator, order, sign_type="RSA")  # Alipay's legacy SHA-1 signature: refused
+    elif forgery == "amount":
+        form = _form(simulator, order, tamper={"total_amount": "0.01"})  # changed after signing
+    elif forgery == "seller":
+        form = _form(simulator, order, tamper={"seller_id": "2088000000000000"})
+    elif forgery == "app":
+        form = _form(simulator, order, tamper={"app_id": "2021000000000000"})
+    else:
+        form = {**_form(simulator, order), "sign": _form(simulator, order)["sign"][::-1]}
+    assert _notify(app, shop, form) == "failure"
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 0
+
+
+def test_lost_alipay_notification_recovered_by_query(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    from datetime import timedelta
+
+    from wechat_service.dbtypes import utcnow
+
+    order, url = _order(shop)
+    requests.get(url, timeout=10)
+    _form(simulator, order)  # paid at Alipay; the notification never arrives
+    db.session.execute(
+        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(minutes=5))
+    )
+    db.session.commit()
+    assert jobs.sweep_orders()["paid"] == 1
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
+
+
+def test_alipay_refund_on_failed_fulfilment(app: Flask, shop: dict[str, Any], simulator: str) -> None:
+    store_services.bind_phone(shop["account"].id, shop["sub"].id, "13800000000", method="sms")
+    db.session.commit()
+    order, url = _order(shop)
+    requests.get(url, timeout=10)
+    assert _notify(app, shop, _form(simulator, order)) == "success"
+    db.session.expire_all()
+    assert jobs.fulfil(db.session.get(Order, order.id).fulfilment_id) == "failed"
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.refunded
