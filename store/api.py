@@ -100,6 +100,7 @@ class OrderCreateSchema(Schema):
     product_id = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1))
     client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
     provider = fields.String(load_default="wechatpay_v3", validate=validate.OneOf(["wechatpay_v3", "alipay"]))
+    coupon = fields.String(load_default=None, validate=validate.Length(max=32))
 
 
 def _order_view(order: object) -> dict[str, object]:
@@ -109,6 +110,8 @@ def _order_view(order: object) -> dict[str, object]:
         "id": order.id,
         "out_trade_no": order.out_trade_no,
         "amount_fen": order.amount_fen,
+        "list_price_fen": order.list_price_fen,
+        "discount_fen": order.discount_fen,
         "status": order.status.value,
         "product_id": order.product_id,
         "history": [
@@ -152,7 +155,12 @@ def create_order(appid: str) -> ResponseReturnValue:
     session = _session(appid)
     data = OrderCreateSchema().load(request.get_json(silent=True) or {})
     order = orders.create_order(
-        session.account_id, session.subscriber_id, data["product_id"], data["client_key"], data["provider"]
+        session.account_id,
+        session.subscriber_id,
+        data["product_id"],
+        data["client_key"],
+        data["provider"],
+        coupon_code=data["coupon"],
     )
     db.session.commit()
     if order.status.value != "pending_payment":

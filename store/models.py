@@ -232,6 +232,8 @@ class Order(db.Model):
         str_enum(OrderStatus, 24), default=OrderStatus.pending_payment
     )
     prepay_id: Mapped[str | None] = mapped_column(sa.String(128))
+    list_price_fen: Mapped[int | None]  # before the coupon
+    discount_fen: Mapped[int] = mapped_column(default=0)
     fulfilment_id: Mapped[int | None] = mapped_column(sa.ForeignKey("fulfilments.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -249,3 +251,46 @@ class OrderEvent(db.Model):
     to_status: Mapped[str] = mapped_column(sa.String(24))
     detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CouponKind(enum.StrEnum):
+    fixed = "fixed"  # value: fen off
+    percent = "percent"  # value: percent off (1-99)
+
+
+class Coupon(db.Model):
+    __tablename__ = "coupons"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "code"),
+        sa.CheckConstraint("used_count >= 0", name="used_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    code: Mapped[str] = mapped_column(sa.String(32))
+    name: Mapped[str] = mapped_column(sa.String(128))
+    kind: Mapped[CouponKind] = mapped_column(str_enum(CouponKind, 16))
+    value: Mapped[int]
+    min_spend_fen: Mapped[int] = mapped_column(default=0)
+    per_person_limit: Mapped[int | None]
+    total_limit: Mapped[int | None]
+    used_count: Mapped[int] = mapped_column(default=0)
+    valid_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    valid_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    enabled: Mapped[bool] = mapped_column(default=True)
+
+
+class CouponUse(db.Model):
+    """A coupon on an order: held while the order lives, released when it closes or is refunded."""
+
+    __tablename__ = "coupon_uses"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    coupon_id: Mapped[int] = mapped_column(sa.ForeignKey("coupons.id", ondelete="CASCADE"), index=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id", ondelete="CASCADE"), unique=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    discount_fen: Mapped[int]
+    released: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -70,7 +70,12 @@ def transition(
 
 
 def create_order(
-    account_id: int, subscriber_id: int, product_id: int, client_key: str, provider: str
+    account_id: int,
+    subscriber_id: int,
+    product_id: int,
+    client_key: str,
+    provider: str,
+    coupon_code: str | None = None,
 ) -> Order:
     """Idempotent on the client's key; stock and per-subscriber limits enforced atomically."""
     if not client_key or len(client_key) > 64:
@@ -114,13 +119,20 @@ def create_order(
         )
         if taken.rowcount != 1:
             raise ServiceError("sold out", code="sold_out", status=409)
+    from store import coupons
+
+    coupon, discount_fen = (
+        coupons.hold(account_id, subscriber_id, coupon_code, product.price_fen) if coupon_code else (None, 0)
+    )
     order = Order(
         account_id=account_id,
         subscriber_id=subscriber_id,
         product_id=product.id,
         client_key=client_key,
         out_trade_no=f"WS{utcnow():%y%m%d%H%M%S}{secrets.token_hex(5).upper()}",
-        amount_fen=product.price_fen,
+        list_price_fen=product.price_fen,
+        discount_fen=discount_fen,
+        amount_fen=product.price_fen - discount_fen,
         phone=binding.phone,
         provider=provider,
         status=OrderStatus.pending_payment,
@@ -128,12 +140,19 @@ def create_order(
     )
     db.session.add(order)
     db.session.flush()
+    if coupon is not None:
+        coupons.record(coupon, order.id, subscriber_id, discount_fen)
     db.session.add(
         OrderEvent(
             order_id=order.id,
             from_status=None,
             to_status=OrderStatus.pending_payment.value,
-            detail={"amount_fen": order.amount_fen, "product": product.code},
+            detail={
+                "amount_fen": order.amount_fen,
+                "product": product.code,
+                "coupon": coupon.code if coupon else None,
+                "discount_fen": discount_fen,
+            },
             at=utcnow(),
         )
     )
@@ -177,6 +196,10 @@ def paid(order: Order, provider_txn_id: str) -> bool:
 
 
 def release_stock(order: Order) -> None:
+    """Stock and coupon go back when an order ends without the subscriber keeping it."""
+    from store import coupons
+
+    coupons.release(order.id)
     db.session.execute(
         sa.update(Product)
         .where(Product.id == order.product_id, Product.stock.is_not(None))
@@ -217,6 +240,9 @@ def refund(order: Order, reason: str) -> None:
         raise InvalidTransitionError("the order changed meanwhile; reload it")
     result = payments.refund(order, order.amount_fen, reason)
     if result.get("status") in ("SUCCESS", "PROCESSING"):
+        from store import coupons
+
+        coupons.release(order.id)  # a refunded order gives its coupon use back
         transition(
             order.id,
             OrderStatus.refunding,
