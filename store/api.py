@@ -185,3 +185,22 @@ def get_order(appid: str, order_id: int) -> ResponseReturnValue:
 
         raise NotFoundError("no such order")
     return jsonify(_order_view(order))
+
+
+class PointsExchangeSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    product_id = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1))
+    client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
+
+
+@bp.post("/<appid>/points/exchange")
+def points_exchange(appid: str) -> ResponseReturnValue:
+    from store import points
+
+    session = _session(appid)
+    data = PointsExchangeSchema().load(request.get_json(silent=True) or {})
+    hold = points.exchange(session.account_id, session.subscriber_id, data["product_id"], data["client_key"])
+    db.session.commit()
+    return jsonify({"id": hold.id, "points": hold.points, "status": hold.status.value}), 202

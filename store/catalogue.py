@@ -29,6 +29,7 @@ def add_product(
     plan_code: str | None = None,
     stock: int | None = None,
     per_subscriber_limit: int | None = None,
+    points_price: int | None = None,
     active_from: datetime | None = None,
     active_until: datetime | None = None,
 ) -> Product:
@@ -50,6 +51,8 @@ def add_product(
         errors["package_code"] = ["required for a data package"]
     if kind_enum is ProductKind.plan_change and not plan_code:
         errors["plan_code"] = ["required for a plan change"]
+    if points_price is not None and points_price <= 0:
+        errors["points_price"] = ["positive, or none"]
     if stock is not None and stock < 0:
         errors["stock"] = ["not negative"]
     if active_from and active_until and active_until <= active_from:
@@ -75,6 +78,7 @@ def add_product(
         active_from=active_from,
         active_until=active_until,
         enabled=True,
+        points_price=points_price,
     )
     db.session.add(product)
     db.session.flush()

@@ -6,7 +6,7 @@ import logging
 
 from rq import Retry
 
-from store import fulfilment, orders, redemption, services
+from store import fulfilment, orders, points, redemption, services
 from store.models import InquiryKind
 from wechat_service.extensions import db, get_queue
 
@@ -24,7 +24,7 @@ def answer_inquiry(account_id: int, subscriber_id: int, kind: str) -> str:
 def fulfil(fulfilment_id: int) -> str:
     """Carry a fulfilment out; a transient failure raises, and RQ retries with backoff."""
     status = fulfilment.run(fulfilment_id)
-    message = redemption.settle(fulfilment_id) or orders.settle(fulfilment_id)
+    message = redemption.settle(fulfilment_id) or orders.settle(fulfilment_id) or points.settle(fulfilment_id)
     db.session.commit()
     if message:
         _notify(fulfilment_id, message)

@@ -130,6 +130,7 @@ class Product(db.Model):
     active_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     stock: Mapped[int | None]  # None: unlimited
     per_subscriber_limit: Mapped[int | None]
+    points_price: Mapped[int | None]  # exchangeable for this many points (None: not for points)
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -293,4 +294,34 @@ class CouponUse(db.Model):
     )
     discount_fen: Mapped[int]
     released: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HoldStatus(enum.StrEnum):
+    held = "held"  # debited at the BOSS, waiting for the fulfilment
+    settled = "settled"  # the fulfilment succeeded: the points are spent
+    released = "released"  # the fulfilment failed: credited back
+
+
+class PointsHold(db.Model):
+    """Points exchanged for a product: debited first (the BOSS refuses a negative balance), then
+    settled on fulfilment or credited back on failure — each step idempotent by its own key."""
+
+    __tablename__ = "points_holds"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "subscriber_id", "client_key"),
+        sa.CheckConstraint("points > 0", name="points_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    product_id: Mapped[int] = mapped_column(sa.ForeignKey("products.id"))
+    client_key: Mapped[str] = mapped_column(sa.String(64))
+    phone: Mapped[str] = mapped_column(EncryptedText)
+    points: Mapped[int]
+    status: Mapped[HoldStatus] = mapped_column(str_enum(HoldStatus, 16), default=HoldStatus.held)
+    fulfilment_id: Mapped[int | None] = mapped_column(sa.ForeignKey("fulfilments.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,112 @@
+"""Points exchange: debited at the BOSS first (never below zero), settled when the product is
+carried out, credited back when it fails; idempotent by the client's key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from flask import Flask
+
+from accounts.subscribers import touch
+from store import catalogue, jobs, points
+from store import services as store_services
+from store.models import HoldStatus, PointsHold
+from wechat_service.errors import ServiceError
+from wechat_service.extensions import db
+
+
+def _line(simulator: str, phone: str) -> dict[str, Any]:
+    return requests.get(f"{simulator}/_sim/boss/lines/{phone}", timeout=5).json()
+
+
+@pytest.fixture
+def shop(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
+    account, _, _ = create_account("plain")
+    phone = "13800139600"
+    have = _line(simulator, phone)["points"]
+    cheap = catalogue.add_product(
+        account_id=account.id,
+        code="data1g",
+        name="1GB 流量",
+        kind="data_package",
+        price_fen=1000,
+        package_code="DATA1G",
+        points_price=max(1, have // 3),
+    )
+    dear = catalogue.add_product(
+        account_id=account.id, code="dear", name="dear", kind="voucher", price_fen=1, points_price=have + 1
+    )
+    sub = touch(account.id, "oPOINTS0000001", None)
+    store_services.bind_phone(account.id, sub.id, phone, method="sms")
+    db.session.commit()
+    return {"account": account, "cheap": cheap, "dear": dear, "sub": sub, "phone": phone, "have": have}
+
+
+def test_exchange_debits_then_settles(shop: dict[str, Any], simulator: str) -> None:
+    hold = points.exchange(shop["account"].id, shop["sub"].id, shop["cheap"].id, "points-key-0001")
+    db.session.commit()
+    assert _line(simulator, shop["phone"])["points"] == shop["have"] - hold.points
+    again = points.exchange(shop["account"].id, shop["sub"].id, shop["cheap"].id, "points-key-0001")
+    assert again.id == hold.id  # the client's key: no second debit
+    assert _line(simulator, shop["phone"])["points"] == shop["have"] - hold.points
+    assert jobs.fulfil(hold.fulfilment_id) == "succeeded"
+    db.session.expire_all()
+    assert db.session.get(PointsHold, hold.id).status is HoldStatus.settled
+
+
+def test_never_below_zero(shop: dict[str, Any], simulator: str) -> None:
+    with pytest.raises(ServiceError) as exc:
+        points.exchange(shop["account"].id, shop["sub"].id, shop["dear"].id, "points-key-0002")
+    assert exc.value.code == "insufficient_points"
+    assert _line(simulator, shop["phone"])["points"] == shop["have"]
+    assert db.session.scalar(sa.select(PointsHold.status)) is HoldStatus.released
+
+
+def test_failed_fulfilment_credits_the_points_back(shop: dict[str, Any], simulator: str, app: Flask) -> None:
+    plan = catalogue.add_product(
+        account_id=shop["account"].id,
+        code="plan",
+        name="plan",
+        kind="plan_change",
+        price_fen=1,
+        plan_code="P",
+        points_price=1,
+    )
+    db.session.commit()
+    hold = points.exchange(shop["account"].id, shop["sub"].id, plan.id, "points-key-0003")
+    db.session.commit()
+    requests.post(
+        f"{simulator}/_sim/boss/faults",
+        json={"kind": "busy", "operation": "plan-change", "count": 99},
+        timeout=5,
+    )
+    try:
+        from store.fulfilment import RetryLaterError
+
+        with pytest.raises(RetryLaterError):
+            jobs.fulfil(hold.fulfilment_id)
+    finally:
+        requests.post(
+            f"{simulator}/_sim/boss/faults",
+            json={"kind": "latency", "operation": "plan-change", "ms": 0, "count": 0},
+            timeout=5,
+        )
+    # A refusal (not a transient error) fails it: make the line unknown to the BOSS.
+    from store.models import Fulfilment, FulfilmentStatus
+
+    db.session.execute(
+        sa.update(Fulfilment)
+        .where(Fulfilment.id == hold.fulfilment_id)
+        .values(status=FulfilmentStatus.failed, error="test: refused")
+    )
+    db.session.commit()
+    before = _line(simulator, shop["phone"])["points"]
+    jobs.fulfil(hold.fulfilment_id)
+    db.session.expire_all()
+    assert db.session.get(PointsHold, hold.id).status is HoldStatus.released
+    assert _line(simulator, shop["phone"])["points"] == before + 1
+    jobs.fulfil(hold.fulfilment_id)  # again: no second credit
+    assert _line(simulator, shop["phone"])["points"] == before + 1
