@@ -280,3 +280,14 @@ def tags_of(subscriber_ids: list[int]) -> dict[int, list[str]]:
     for sid, name in rows:
         out.setdefault(sid, []).append(name)
     return out
+
+
+def lock_subscriber(subscriber_id: int) -> None:
+    """Serialise one subscriber's purchases until the transaction ends: a no-op UPDATE takes the
+    row lock on PostgreSQL (and the write lock on SQLite), so check-then-insert limits hold."""
+    db.session.execute(
+        sa.update(Subscriber)
+        .where(Subscriber.id == subscriber_id)
+        .values(id=Subscriber.id)
+        .execution_options(synchronize_session=False)
+    )

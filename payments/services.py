@@ -9,7 +9,6 @@ payment for an order that is unknown or already closed is recorded as an anomaly
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 import sqlalchemy as sa
@@ -128,7 +127,8 @@ def prepay(order: Any, openid: str, description: str) -> dict[str, Any]:
 
 def refund(order: Any, amount_fen: int, reason: str) -> dict[str, Any]:
     merchant = merchant_for(order.account_id, order.provider)
-    out_refund_no = f"RF{order.out_trade_no[2:]}{secrets.token_hex(2).upper()}"[:64]
+    # One full refund per order, under one number: a retry is the same refund at the provider.
+    out_refund_no = f"RF{order.out_trade_no[2:]}"[:64]
     try:
         if merchant.provider is Provider.alipay:
             raw = provider(merchant).refund(
@@ -202,7 +202,7 @@ def handle_wechatpay_v3(
     from store.models import Order, OrderStatus
 
     merchant = db.session.get(Merchant, merchant_id)
-    if merchant is None:
+    if merchant is None or merchant.provider is not Provider.wechatpay_v3:
         return 404, {"code": "FAIL", "message": "unknown merchant"}
     try:
         data = provider(merchant).parse_notification(headers, body)
@@ -240,7 +240,7 @@ def handle_wechatpay_v3(
         if order is not None and order.status is OrderStatus.pending_payment
         else ("unknown_order" if order is None else None)
     )
-    first = _record(
+    _record(
         merchant.account_id,
         order.id if order else None,
         TxnKind.payment,
@@ -250,7 +250,9 @@ def handle_wechatpay_v3(
         txn,
         anomaly=anomaly,
     )
-    if first and order is not None and not orders.paid(order, str(txn["transaction_id"])):
+    # Applied even when the row existed: a copy after a half-finished first one completes it
+    # (paid() is a conditional transition, so a finished one is not applied twice).
+    if order is not None and not orders.paid(order, str(txn["transaction_id"])):
         db.session.refresh(order)
         if order.status is OrderStatus.closed:  # paid after we closed it: money back
             orders.refund(order, "paid after the order closed")
@@ -272,7 +274,7 @@ def reconcile_pending(order: Any) -> str:
             result.get("trade_status") in PAID_STATES
             and yuan_to_fen(result["total_amount"]) == order.amount_fen
         ):
-            if _record(
+            _record(
                 order.account_id,
                 order.id,
                 TxnKind.payment,
@@ -281,16 +283,21 @@ def reconcile_pending(order: Any) -> str:
                 str(result["trade_status"]),
                 result,
                 provider_name=Provider.alipay,
-            ):
-                orders.paid(order, str(result["trade_no"]))
+            )
+            orders.paid(order, str(result["trade_no"]))  # conditional: applied once
             return "paid"
         return str(result.get("trade_status", "UNKNOWN"))
-    result = provider(merchant).query(order.out_trade_no)
+    try:
+        result = provider(merchant).query(order.out_trade_no)
+    except PaymentProviderError as exc:
+        if (exc.detail or {}).get("code") == "ORDER_NOT_EXIST":
+            return "NOTPAY"  # the prepay never went through: nothing can be paid, the order may close
+        raise
     if (
         result.get("trade_state") == "SUCCESS"
         and (result.get("amount") or {}).get("total") == order.amount_fen
     ):
-        if _record(
+        _record(
             order.account_id,
             order.id,
             TxnKind.payment,
@@ -298,8 +305,8 @@ def reconcile_pending(order: Any) -> str:
             order.amount_fen,
             "SUCCESS",
             result,
-        ):
-            orders.paid(order, str(result["transaction_id"]))
+        )
+        orders.paid(order, str(result["transaction_id"]))  # conditional: applied once
         return "paid"
     return str(result.get("trade_state", "UNKNOWN"))
 
@@ -354,7 +361,7 @@ def handle_alipay(merchant_id: int, form: dict[str, str]) -> str:
         db.session.commit()
         return "failure"
     # TRADE_FINISHED after TRADE_SUCCESS is the same trade_no: the unique key makes it a no-op.
-    first = _record(
+    _record(
         merchant.account_id,
         order.id if order else None,
         TxnKind.payment,
@@ -365,7 +372,7 @@ def handle_alipay(merchant_id: int, form: dict[str, str]) -> str:
         anomaly=None if order else "unknown_order",
         provider_name=Provider.alipay,
     )
-    if first and order is not None and not orders.paid(order, data["trade_no"]):
+    if order is not None and not orders.paid(order, data["trade_no"]):
         db.session.refresh(order)
         if order.status is OrderStatus.closed:
             orders.refund(order, "paid after the order closed")

@@ -9,10 +9,15 @@ from flask import Blueprint, Response, current_app, request
 from payments import services
 
 bp = Blueprint("payments", __name__, url_prefix="/payments")
+MAX_ID = 2**31 - 1
 
 
 @bp.post("/wechatpay/v3/<int:merchant_id>/notify")
 def wechatpay_v3(merchant_id: int) -> Response:
+    if merchant_id > MAX_ID:
+        return Response(
+            json.dumps({"code": "FAIL", "message": "unknown merchant"}), 404, content_type="application/json"
+        )
     body = request.get_data(cache=False)
     if len(body) > current_app.config["CALLBACK_MAX_BODY"]:
         return Response(
@@ -25,6 +30,8 @@ def wechatpay_v3(merchant_id: int) -> Response:
 
 @bp.post("/alipay/<int:merchant_id>/notify")
 def alipay(merchant_id: int) -> Response:
+    if merchant_id > MAX_ID:
+        return Response("failure", 404, content_type="text/plain")
     if (request.content_length or 0) > current_app.config["CALLBACK_MAX_BODY"]:
         return Response("failure", 413, content_type="text/plain")
     # Values form-decoded once, empty ones included: exactly what Alipay signed.

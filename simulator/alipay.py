@@ -121,25 +121,36 @@ def gateway() -> ResponseReturnValue:
             },
         )
     if method == "alipay.trade.refund":
-        if trade is None or trade["trade_status"] not in ("TRADE_SUCCESS", "TRADE_CLOSED"):
-            return _answer(
-                method, {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_STATUS_ERROR"}
-            )
-        if Decimal(str(biz.get("refund_amount"))) > Decimal(trade["total_amount"]):
-            return _answer(
-                method,
-                {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL"},
-            )
         with state().lock:
-            trade["trade_status"] = "TRADE_CLOSED"
+            if trade is None or "trade_no" not in trade:
+                return _answer(
+                    method, {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST"}
+                )
+            refunds = trade.setdefault("refunds", {})
+            request_no = str(biz.get("out_request_no") or "")
+            if request_no not in refunds:  # the same request number is the same refund
+                amount = Decimal(str(biz.get("refund_amount")))
+                if sum(refunds.values(), Decimal(0)) + amount > Decimal(trade["total_amount"]):
+                    return _answer(
+                        method,
+                        {
+                            "code": "40004",
+                            "msg": "Business Failed",
+                            "sub_code": "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL",
+                        },
+                    )
+                refunds[request_no] = amount
+            total = sum(refunds.values(), Decimal(0))
+            if total == Decimal(trade["total_amount"]):
+                trade["trade_status"] = "TRADE_CLOSED"
         return _answer(
             method,
             {
                 "code": "10000",
                 "msg": "Success",
-                "trade_no": trade.get("trade_no", ""),
+                "trade_no": trade["trade_no"],
                 "out_trade_no": key[1],
-                "refund_fee": str(biz.get("refund_amount")),
+                "refund_fee": str(total),
                 "fund_change": "Y",
             },
         )
@@ -205,6 +216,8 @@ def pay() -> ResponseReturnValue:
         trade = next((t for (a, n), t in st.trades.items() if n == data.get("out_trade_no")), None)
         if trade is None:
             abort(404, "no such trade at Alipay")
+        if trade.get("refunds"):
+            abort(409, "the trade was refunded: it cannot be paid again")
         trade.setdefault("trade_no", datetime.now(BEIJING).strftime("%Y%m%d") + secrets.token_hex(10))
         trade["trade_status"] = data.get("trade_status", "TRADE_SUCCESS")
     form = notification(trade, sign_type=data.get("sign_type", "RSA2"))

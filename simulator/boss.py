@@ -131,20 +131,27 @@ def call(operation: str) -> ResponseReturnValue:
         if not key or not 8 <= len(key) <= 128:
             return _error("INVALID_REQUEST", "Idempotency-Key required", 400, secret)
         body_hash = hashlib.sha256(raw).hexdigest()
+        # Checked, carried out and recorded under one lock: concurrent copies of a write see one
+        # another, and a failure is remembered like a success.
         with st.lock:
             previous = st.done.get(key)
             if previous:
                 if previous["body_hash"] != body_hash:
                     return _error("IDEMPOTENCY_MISMATCH", "key used for another request", 409, secret)
+                if previous["status"] == "failed":
+                    return _answer(previous["http"], previous["payload"], secret)
                 return _answer(200, {"ok": True, "data": {**previous["result"], "replayed": True}}, secret)
-    status, payload = _operate(st, operation, body, key)
-    if operation in WRITES and status == 200:
-        with st.lock:
+            status, payload = _operate(st, operation, body, key)
             st.done[key] = {
-                "body_hash": hashlib.sha256(raw).hexdigest(),
-                "result": payload["data"],
-                "status": "ok",
+                "body_hash": body_hash,
+                "status": "ok" if status == 200 else "failed",
+                "result": payload.get("data") or {},
+                "http": status,
+                "payload": payload,
+                "error": (payload.get("error") or {}).get("code"),
             }
+    else:
+        status, payload = _operate(st, operation, body, key)
     if fault and fault["kind"] == "timeout_after_accept":
         time.sleep(fault.get("ms", 15000) / 1000)  # done, but the answer comes too late
     return _answer(status, payload, secret)
@@ -161,7 +168,11 @@ def _operate(
 
     if operation == "requests/query":
         record = st.done.get(str(body.get("idempotency_key", "")))
-        return ok({"status": "succeeded", "result": record["result"]} if record else {"status": "unknown"})
+        if record is None:
+            return ok({"status": "unknown"})
+        if record["status"] == "failed":
+            return ok({"status": "failed", "error": record["error"]})
+        return ok({"status": "succeeded", "result": record["result"]})
     phone = str(body.get("phone", ""))
     if not PHONE_RE.match(phone):
         return fail("INVALID_REQUEST", "phone must be an 11-digit mobile number", 400)

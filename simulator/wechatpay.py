@@ -290,6 +290,8 @@ def pay() -> ResponseReturnValue:
         order = next((o for (m, n), o in st.orders.items() if n == data.get("out_trade_no")), None)
         if order is None:
             abort(404, "no such order at WeChat Pay")
+        if order["trade_state"] == "CLOSED":
+            abort(409, "the order is closed: it cannot be paid")
         if order["trade_state"] == "NOTPAY":
             order.update(
                 trade_state="SUCCESS",

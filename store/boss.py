@@ -138,6 +138,11 @@ class HttpBoss:
         code = str(error.get("code") or f"HTTP_{resp.status_code}")
         if resp.status_code >= 500 or code in ("BUSY", "INTERNAL"):
             raise unknown(code, str(error.get("message", "")), retryable=True, status=resp.status_code)
+        if resp.status_code == 429 or error.get("retryable"):
+            # Refused for now (rate limits): nothing was done, try again later.
+            raise BossUnavailableError(
+                code, str(error.get("message", "")), retryable=True, status=resp.status_code
+            )
         raise BossError(
             code,
             str(error.get("message", "")),

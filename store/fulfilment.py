@@ -91,6 +91,7 @@ def run(fulfilment_id: int) -> FulfilmentStatus:
         .values(attempts=Fulfilment.attempts + 1)
         .execution_options(synchronize_session=False)
     )
+    db.session.commit()  # no transaction (on SQLite: no write lock) held across the BOSS call
     if fulfilment.status is FulfilmentStatus.unknown:
         # A previous attempt may have been carried out: ask before doing anything.
         try:

@@ -47,11 +47,57 @@ def _notify(fulfilment_id: int, text: str) -> None:
 
 
 def sweep_fulfilments() -> int:
-    """Cron: fulfilments left open (retries exhausted, job lost) are tried again."""
+    """Cron: fulfilments left open (retries exhausted, job lost) are tried again, and finished ones
+    whose order, points hold or code was not settled (a crash in between) are settled now."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from store.models import Fulfilment, FulfilmentStatus, Order, OrderStatus, PointsHold
+    from wechat_service.dbtypes import utcnow
+
     ids = fulfilment.stale()
     for fid in ids:
-        get_queue("default").enqueue(fulfil, fid, retry=RETRY)
-    return len(ids)
+        get_queue("default").enqueue(fulfil, fid, retry=RETRY, job_id=f"fulfil-{fid}-sweep")
+    cutoff = utcnow() - timedelta(minutes=2)
+    finished = [FulfilmentStatus.succeeded, FulfilmentStatus.failed]
+    unsettled = set(
+        db.session.scalars(
+            sa.select(Fulfilment.id)
+            .join(Order, sa.and_(Fulfilment.source == "order", Order.id == Fulfilment.source_id))
+            .where(
+                Fulfilment.status.in_(finished),
+                Fulfilment.finished_at < cutoff,
+                Order.status == OrderStatus.fulfilling,
+            )
+        )
+    )
+    unsettled |= set(
+        db.session.scalars(
+            sa.select(Fulfilment.id)
+            .join(PointsHold, sa.and_(Fulfilment.source == "points", PointsHold.id == Fulfilment.source_id))
+            .where(
+                Fulfilment.status.in_(finished), Fulfilment.finished_at < cutoff, PointsHold.status == "held"
+            )
+        )
+    )
+    unsettled |= set(
+        db.session.scalars(
+            sa.select(Fulfilment.id).where(
+                Fulfilment.source == "redemption",
+                Fulfilment.status == FulfilmentStatus.failed,
+                Fulfilment.finished_at < cutoff,
+                Fulfilment.finished_at > utcnow() - timedelta(days=1),
+            )
+        )
+    )
+    for fid in sorted(unsettled):
+        try:
+            fulfil(fid)  # run() sees it finished; settle() is conditional, so a settled one stays
+        except Exception:  # noqa: BLE001 - one item's trouble must not stop the sweep
+            db.session.rollback()
+            log.exception("settling fulfilment %s failed", fid)
+    return len(ids) + len(unsettled)
 
 
 def sweep_orders() -> dict[str, int]:
@@ -70,6 +116,7 @@ def sweep_orders() -> dict[str, int]:
     pending = db.session.scalars(
         sa.select(Order)
         .where(Order.status == OrderStatus.pending_payment, Order.created_at < cutoff)
+        .order_by(Order.created_at)
         .limit(500)
     ).all()
     expired = set(orders.expired())
@@ -83,4 +130,14 @@ def sweep_orders() -> dict[str, int]:
         except Exception:  # noqa: BLE001 - one order's trouble must not stop the sweep
             db.session.rollback()
             log.exception("sweeping order %s failed", order.id)
+    for order in db.session.scalars(
+        sa.select(Order).where(Order.status == OrderStatus.refunding).order_by(Order.id).limit(200)
+    ).all():
+        try:
+            if orders.complete_refund(order, "retry"):
+                counts["refunded"] = counts.get("refunded", 0) + 1
+            db.session.commit()
+        except Exception:  # noqa: BLE001 - one order's trouble must not stop the sweep
+            db.session.rollback()
+            log.exception("refund retry for order %s failed", order.id)
     return counts

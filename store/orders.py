@@ -78,8 +78,12 @@ def create_order(
     coupon_code: str | None = None,
 ) -> Order:
     """Idempotent on the client's key; stock and per-subscriber limits enforced atomically."""
+    from accounts.subscribers import lock_subscriber
+
     if not client_key or len(client_key) > 64:
         raise InvalidInputError("client_key: 1 to 64 characters", fields={"client_key": ["invalid"]})
+    # One subscriber's concurrent purchases queue here; the checks below then see each other.
+    lock_subscriber(subscriber_id)
     existing = db.session.scalar(
         sa.select(Order).where(
             Order.account_id == account_id,
@@ -232,24 +236,31 @@ def settle(fulfilment_id: int) -> str | None:
 
 
 def refund(order: Order, reason: str) -> None:
-    """Full refund through the provider; the order ends refunded when the provider accepts it."""
-    from payments import services as payments
-
+    """Full refund through the provider. The order is `refunding` (committed) before the provider is
+    asked, and ends `refunded` only when the provider says SUCCESS; until then the sweep asks again
+    with the same refund number, which the provider treats as the same refund."""
     db.session.refresh(order)  # its status may have moved by a conditional UPDATE since it was loaded
     if not transition(order.id, order.status, OrderStatus.refunding, {"reason": reason}):
         raise InvalidTransitionError("the order changed meanwhile; reload it")
-    result = payments.refund(order, order.amount_fen, reason)
-    if result.get("status") in ("SUCCESS", "PROCESSING"):
-        from store import coupons
+    db.session.commit()
+    complete_refund(order, reason)
 
-        coupons.release(order.id)  # a refunded order gives its coupon use back
-        transition(
-            order.id,
-            OrderStatus.refunding,
-            OrderStatus.refunded,
-            {"refund_id": result.get("refund_id")},
-            finished_at=utcnow(),
-        )
+
+def complete_refund(order: Order, reason: str) -> bool:
+    from payments import services as payments
+    from store import coupons
+
+    result = payments.refund(order, order.amount_fen, reason)
+    if result.get("status") != "SUCCESS":
+        return False  # FAILED or PROCESSING: still refunding, asked again by the sweep
+    coupons.release(order.id)  # a refunded order gives its coupon use back
+    return transition(
+        order.id,
+        OrderStatus.refunding,
+        OrderStatus.refunded,
+        {"refund_id": result.get("refund_id")},
+        finished_at=utcnow(),
+    )
 
 
 def expired(limit: int = 200) -> list[int]:

@@ -136,6 +136,15 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
         pipe.execute()
         raise InvalidInputError("兑换码无效、已使用或已过期", fields={"code": ["invalid"]})
     batch = db.session.get(RedeemBatch, claimed.batch_id)
+    # A code given back after a failed fulfilment is redeemed again under a new key: the BOSS
+    # would only replay the failed first attempt for the old one.
+    from store.models import Fulfilment
+
+    attempt = 1 + db.session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Fulfilment)
+        .where(Fulfilment.source == "redemption", Fulfilment.source_id == claimed.id)
+    )
     product = catalogue.product_for(account_id, batch.product_id)
     job = fulfilment.create(
         account_id=account_id,
@@ -144,7 +153,7 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
         phone=binding.phone,
         source="redemption",
         source_id=claimed.id,
-        idempotency_key=f"redeem-{claimed.id}",
+        idempotency_key=f"redeem-{claimed.id}-{attempt}",
     )
     from store.jobs import RETRY, fulfil
 
@@ -171,10 +180,17 @@ def settle(fulfilment_id: int) -> str | None:
         )
         return f"兑换成功：{what}已充入 {mask_phone(job.phone)}。"
     if job.status is FulfilmentStatus.failed:
-        db.session.execute(
+        latest = db.session.scalar(
+            sa.select(sa.func.max(Fulfilment.id)).where(
+                Fulfilment.source == "redemption", Fulfilment.source_id == job.source_id
+            )
+        )
+        if latest != job.id:
+            return None  # the code was redeemed again since: that attempt decides
+        released = db.session.execute(
             sa.update(RedeemCode)
             .where(RedeemCode.id == job.source_id, RedeemCode.status == CodeStatus.redeemed)
             .values(status=CodeStatus.unused, redeemed_by=None, redeemed_at=None)
-        )
-        return "兑换未能完成，兑换码已恢复，可稍后再试或联系客服。"
+        ).rowcount
+        return "兑换未能完成，兑换码已恢复，可稍后再试或联系客服。" if released else None
     return None
