@@ -13,11 +13,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.exc import IntegrityError
 
 from payments.models import Merchant, PaymentTransaction, Provider, TxnKind
 from payments.providers.alipay import PAID_STATES, AlipayProvider, yuan_to_fen
 from payments.providers.wechatpay_v3 import NotificationError, PaymentProviderError, WeChatPayV3
+from wechat_service.dbtypes import utcnow
 from wechat_service.errors import InvalidInputError, NotFoundError
 from wechat_service.extensions import db
 
@@ -173,25 +173,32 @@ def _record(
     anomaly: str | None = None,
     provider_name: Provider = Provider.wechatpay_v3,
 ) -> bool:
-    """One row per provider id; False if that id was already recorded (a duplicate)."""
-    try:
-        with db.session.begin_nested():
-            db.session.add(
-                PaymentTransaction(
-                    account_id=account_id,
-                    order_id=order_id,
-                    provider=provider_name,
-                    kind=kind,
-                    provider_txn_id=txn_id,
-                    amount_fen=amount_fen,
-                    status=status,
-                    anomaly=anomaly,
-                    raw=raw,
-                )
-            )
-    except IntegrityError:
-        return False
-    return True
+    """One row per provider id; False if that id was already recorded (a duplicate).
+
+    INSERT … ON CONFLICT DO NOTHING rather than a savepoint: on SQLite (pysqlite's default
+    transaction handling) a savepoint's RELEASE can commit the row on its own."""
+    from wechat_service.dbutil import upsert
+
+    inserted = upsert(
+        PaymentTransaction,
+        [
+            {
+                "account_id": account_id,
+                "order_id": order_id,
+                "provider": provider_name,
+                "kind": kind,
+                "provider_txn_id": txn_id,
+                "amount_fen": amount_fen,
+                "status": status,
+                "anomaly": anomaly,
+                "raw": raw,
+                "created_at": utcnow(),
+            }
+        ],
+        conflict=["provider", "kind", "provider_txn_id"],
+        returning=["id"],
+    )
+    return bool(inserted)
 
 
 def handle_wechatpay_v3(

@@ -116,17 +116,8 @@ def _drop_jobs(session: Session) -> None:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     module = type(dbapi_conn).__module__
     if module.startswith("sqlite3"):
-        # SQLAlchemy's pysqlite recipe: let SQLAlchemy emit BEGIN itself (below), so a SAVEPOINT
-        # is always inside a real transaction and its RELEASE commits nothing on its own.
-        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
-
-
-@event.listens_for(Engine, "begin")
-def _sqlite_begin(conn: Any) -> None:
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN")
