@@ -50,3 +50,18 @@ def same_io() -> Flask:
         return "success"
 
     return app
+
+
+def commit_one() -> Flask:
+    """The unavoidable work of a payment notification: one committed row insert."""
+    app = Flask("commit_one")
+    engine = sa.create_engine(os.environ["BENCH_DATABASE_URL"], pool_pre_ping=True)
+
+    @app.post("/commit-one")
+    def view() -> tuple[str, int]:
+        body = request.get_data()
+        with engine.begin() as db:
+            db.execute(rows.insert().values(key=uuid.uuid4().hex, body=body.decode()))
+        return "", 204
+
+    return app

@@ -8,6 +8,7 @@ payment for an order that is unknown or already closed is recorded as an anomaly
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -88,7 +89,38 @@ def merchant_for(account_id: int, provider_name: str = "wechatpay_v3") -> Mercha
 
 
 def provider(merchant: Merchant) -> Any:
+    """The provider client, cached per process: parsing an RSA private key costs tens of
+    milliseconds (OpenSSL checks it), far more than verifying a notification."""
     cfg = current_app.config
+    fingerprint = hashlib.sha256(
+        "|".join(
+            [
+                merchant.provider.value,
+                merchant.mchid,
+                merchant.appid,
+                merchant.serial_no,
+                merchant.private_key,
+                merchant.apiv3_key,
+                merchant.platform_public_key,
+                merchant.platform_public_key_id,
+                cfg["WECHATPAY_API_BASE"],
+                cfg["ALIPAY_GATEWAY"],
+                cfg["PUBLIC_BASE_URL"],
+            ]
+        ).encode()
+    ).hexdigest()
+    cached = _providers.get(merchant.id)
+    if cached and cached[0] == fingerprint:
+        return cached[1]
+    client = _build_provider(merchant, cfg)
+    _providers[merchant.id] = (fingerprint, client)
+    return client
+
+
+_providers: dict[int, tuple[str, Any]] = {}
+
+
+def _build_provider(merchant: Merchant, cfg: Any) -> Any:
     if merchant.provider is Provider.alipay:
         return AlipayProvider(
             app_id=merchant.appid,
