@@ -50,6 +50,7 @@ from accounts.schemas import (
     TrySchema,
 )
 from wechat_service.extensions import db
+from wechat_service.gateway import token_health
 
 blp = Blueprint("console_api", __name__, url_prefix="/api/v1", description="Console API (session + CSRF)")
 
@@ -82,15 +83,6 @@ def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _health(appid: str) -> dict[str, Any] | None:
-    from wechat_service.gateway import token_manager
-
-    try:
-        return token_manager().health(appid)
-    except Exception:  # noqa: BLE001 - still answer without Redis
-        return None
-
-
 def _page(items: list[Any], page: Any) -> dict[str, Any]:
     return {"items": items, "page": page.page, "per_page": page.per_page, "total": page.total}
 
@@ -108,7 +100,7 @@ def session_info() -> ResponseReturnValue:
 def overview() -> ResponseReturnValue:
     from accounts.overview import matrix_overview
 
-    return matrix_overview(current_access(), _health)
+    return matrix_overview(current_access(), token_health)
 
 
 @blp.get("/accounts")
@@ -137,7 +129,7 @@ def account_create(data: dict[str, Any]) -> ResponseReturnValue:
 @signed_in
 def account_get(account_id: int) -> ResponseReturnValue:
     account = acl.account_for(current_access(), account_id, acl.VIEW)
-    return services.describe_account(account, _health(account.appid))
+    return services.describe_account(account, token_health(account.appid))
 
 
 @blp.patch("/accounts/<int:account_id>")

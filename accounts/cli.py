@@ -13,6 +13,7 @@ from accounts import services, sync
 from accounts.models import AccountStatus
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db, enqueue_after_commit
+from wechat_service.gateway import token_health
 
 account_cli = AppGroup("account", help="Manage the account matrix.")
 orgunit_cli = AppGroup("orgunit", help="Manage the org tree (group → province → city).")
@@ -32,15 +33,6 @@ def _fail(exc: ServiceError) -> None:
         click.echo(f"  {field}: {', '.join(map(str, problems))}", err=True)
     db.session.rollback()
     sys.exit(1 if exc.status != 404 else 2)
-
-
-def _token_health(appid: str) -> dict[str, Any] | None:
-    from wechat_service.gateway import token_manager
-
-    try:
-        return token_manager().health(appid)
-    except Exception:  # noqa: BLE001 - without Redis the CLI still shows the account
-        return None
 
 
 @account_cli.command("add")
@@ -110,7 +102,7 @@ def show_account(appid: str, as_json: bool) -> None:
     except ServiceError as exc:
         _fail(exc)
         return
-    data = services.describe_account(account, _token_health(appid))
+    data = services.describe_account(account, token_health(appid))
     _emit(data, as_json, [f"{k}: {v}" for k, v in data.items()])
 
 

@@ -12,14 +12,6 @@ from accounts.models import EventKind
 from wechat_service.router import CallbackContext, Reply, router
 
 
-def _subscriber(ctx: CallbackContext) -> subscribers.SubscriberRef:
-    sub = ctx.notes.get("subscriber")
-    if sub is None:
-        sub = subscribers.touch(ctx.account.id, ctx.openid, ctx.occurred_at)
-        ctx.notes["subscriber"] = sub
-    return sub
-
-
 def _welcome(ctx: CallbackContext) -> Reply | None:
     rule = replies.welcome_rule(ctx.account.id, ctx.account.config_version)
     return rule.reply if rule else None
@@ -32,7 +24,7 @@ def on_subscribe(ctx: CallbackContext) -> Reply | None:
     scene = key[len("qrscene_") :] if key.startswith("qrscene_") else None
     channel_id = subscribers.channel_for_scene(ctx.account.id, scene)
     subscribers.follow(
-        _subscriber(ctx),
+        subscribers.for_callback(ctx),
         ctx.occurred_at,
         scene=scene,
         channel_id=channel_id,
@@ -44,7 +36,7 @@ def on_subscribe(ctx: CallbackContext) -> Reply | None:
 
 @router.register("event", "unsubscribe", priority=100)
 def on_unsubscribe(ctx: CallbackContext) -> Reply | None:
-    subscribers.unfollow(_subscriber(ctx), ctx.occurred_at, ctx=ctx)
+    subscribers.unfollow(subscribers.for_callback(ctx), ctx.occurred_at, ctx=ctx)
     return None  # WeChat shows nothing to someone who has just left
 
 
@@ -53,7 +45,7 @@ def on_scan(ctx: CallbackContext) -> Reply | None:
     scene = ctx.message.get("EventKey") or None  # SCAN carries the scene without the prefix
     channel_id = subscribers.channel_for_scene(ctx.account.id, scene)
     subscribers.record_event(
-        _subscriber(ctx),
+        subscribers.for_callback(ctx),
         EventKind.scan,
         ctx.occurred_at,
         ctx=ctx,
@@ -70,7 +62,7 @@ def on_click(ctx: CallbackContext) -> Reply | None:
     rule = replies.match_text(ctx.account.id, ctx.account.config_version, key)
     rule = rule if rule and rule.kind.value == "keyword" and not ctx.reply else None
     subscribers.record_event(
-        _subscriber(ctx),
+        subscribers.for_callback(ctx),
         EventKind.click,
         ctx.occurred_at,
         ctx=ctx,
@@ -82,7 +74,7 @@ def on_click(ctx: CallbackContext) -> Reply | None:
 @router.register("event", "view", priority=100)
 def on_view(ctx: CallbackContext) -> Reply | None:
     subscribers.record_event(
-        _subscriber(ctx),
+        subscribers.for_callback(ctx),
         EventKind.view,
         ctx.occurred_at,
         ctx=ctx,
@@ -94,7 +86,9 @@ def on_view(ctx: CallbackContext) -> Reply | None:
 @router.register("event", "location", priority=100)
 def on_location(ctx: CallbackContext) -> Reply | None:
     detail = {k: ctx.message.get(k) for k in ("Latitude", "Longitude", "Precision")}
-    subscribers.record_event(_subscriber(ctx), EventKind.location, ctx.occurred_at, ctx=ctx, detail=detail)
+    subscribers.record_event(
+        subscribers.for_callback(ctx), EventKind.location, ctx.occurred_at, ctx=ctx, detail=detail
+    )
     return None
 
 
@@ -104,7 +98,7 @@ def on_text(ctx: CallbackContext) -> Reply | None:
     # A higher-priority handler (the store's inquiry, say) may have answered already.
     rule = None if ctx.reply else replies.match_text(ctx.account.id, ctx.account.config_version, content)
     subscribers.record_event(
-        _subscriber(ctx),
+        subscribers.for_callback(ctx),
         EventKind.message,
         ctx.occurred_at,
         ctx=ctx,
@@ -128,7 +122,9 @@ def _media_message(ctx: CallbackContext) -> Reply | None:
     for field in ("MediaId", "PicUrl", "Format", "Recognition", "Label", "Title", "Url"):
         if ctx.message.get(field):
             detail[field] = ctx.message[field][:500]
-    subscribers.record_event(_subscriber(ctx), EventKind.message, ctx.occurred_at, ctx=ctx, detail=detail)
+    subscribers.record_event(
+        subscribers.for_callback(ctx), EventKind.message, ctx.occurred_at, ctx=ctx, detail=detail
+    )
     rule = replies.match_text(ctx.account.id, ctx.account.config_version, "")
     return rule.reply if rule else None  # only the default rule can match an empty text
 

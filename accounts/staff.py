@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import pyotp
@@ -276,7 +275,3 @@ def audit_query(
     if action:
         query = query.where(AuditLog.action == action)
     return query
-
-
-def now_ts() -> float:
-    return time.time()

@@ -81,6 +81,14 @@ def touch(account_id: int, openid: str, at: datetime | None) -> SubscriberRef:
     return SubscriberRef(*row)
 
 
+def for_callback(ctx: Any) -> SubscriberRef:
+    """The callback's subscriber, touched once however many handlers ask for it."""
+    sub = ctx.notes.get("subscriber")
+    if sub is None:
+        sub = ctx.notes["subscriber"] = touch(ctx.account.id, ctx.openid, ctx.occurred_at)
+    return sub
+
+
 def get_or_create_subscriber(account_id: int, openid: str) -> Subscriber:
     """The ORM object, for code that edits the subscriber (mini-program login, console)."""
     ref = touch(account_id, openid, None)
@@ -200,15 +208,6 @@ def subscriber_history(account_id: int, openid: str, limit: int = 100) -> list[S
             .limit(limit)
         )
     )
-
-
-def event_counts(account_id: int) -> dict[str, int]:
-    rows = db.session.execute(
-        sa.select(SubscriberEvent.kind, sa.func.count())
-        .where(SubscriberEvent.account_id == account_id)
-        .group_by(SubscriberEvent.kind)
-    ).all()
-    return {kind.value: n for kind, n in rows}
 
 
 def follower_count(account_id: int) -> int:

@@ -28,6 +28,7 @@ from accounts.console import (
 from accounts.models import ChannelQRCode, StaffUser, Subscriber
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
+from wechat_service.gateway import token_health
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates")
 
@@ -39,15 +40,6 @@ def _hide_other_accounts() -> None:
     account_id = (request.view_args or {}).get("account_id")
     if account_id is not None and load_user() is not None:
         acl.account_for(current_access(), account_id, acl.VIEW)
-
-
-def _token_health(appid: str) -> dict[str, Any] | None:
-    from wechat_service.gateway import token_manager
-
-    try:
-        return token_manager().health(appid)
-    except Exception:  # noqa: BLE001 - the page still renders without Redis
-        return None
 
 
 def _fail(exc: ServiceError) -> dict[str, list[str]]:
@@ -152,7 +144,7 @@ def totp() -> ResponseReturnValue:
 def overview() -> ResponseReturnValue:
     from accounts.overview import matrix_overview
 
-    rows = matrix_overview(current_access(), _token_health)
+    rows = matrix_overview(current_access(), token_health)
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(" / ".join(row["org_path"]) or "(no org unit)", []).append(row)
@@ -228,7 +220,7 @@ def account_detail(account_id: int) -> ResponseReturnValue:
             return redirect(url_for("console.account_detail", account_id=account.id))
     return render_template(
         "accounts/account_form.html",
-        account=services.describe_account(account, _token_health(account.appid)),
+        account=services.describe_account(account, token_health(account.appid)),
         form=form,
         errors=errors,
         units=services.list_org_units(),
@@ -246,7 +238,7 @@ def account_rotate(account_id: int) -> ResponseReturnValue:
     # session cookie.
     return render_template(
         "accounts/account_form.html",
-        account=services.describe_account(account, _token_health(account.appid)),
+        account=services.describe_account(account, token_health(account.appid)),
         form={},
         errors={},
         units=services.list_org_units(),

@@ -11,9 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from wechat_service.dbtypes import EncryptedText, UTCDateTime, utcnow
 from wechat_service.extensions import db
-from wechat_service.models import str_enum
-
-BigId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
+from wechat_service.models import BigId, str_enum
 
 
 class Provider(enum.StrEnum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from accounts.subscribers import touch
+from accounts.subscribers import for_callback
 from store import services
 from store.models import InquiryKind
 from wechat_service.errors import ServiceError
@@ -21,19 +21,12 @@ REDEEM_KEYWORD = "兑换"
 MENU_KEYS = {f"INQUIRY_{kind.name.upper()}": kind for kind in InquiryKind}
 
 
-def _subscriber_id(ctx: CallbackContext) -> int:
-    sub = ctx.notes.get("subscriber")
-    if sub is None:
-        sub = ctx.notes["subscriber"] = touch(ctx.account.id, ctx.openid, ctx.occurred_at)
-    return sub.id
-
-
 def _inquire(ctx: CallbackContext, kind: InquiryKind, source: str) -> Reply | None:
     from flask import current_app
 
     from store.jobs import answer_inquiry
 
-    subscriber_id = _subscriber_id(ctx)
+    subscriber_id = for_callback(ctx).id
     result = services.inquire(
         ctx.account.id,
         subscriber_id,
@@ -61,21 +54,23 @@ def on_text(ctx: CallbackContext) -> Reply | None:
         if text.startswith(REDEEM_KEYWORD):
             from store import redemption
 
-            done = redemption.redeem(ctx.account.id, _subscriber_id(ctx), text[len(REDEEM_KEYWORD) :], "chat")
+            done = redemption.redeem(
+                ctx.account.id, for_callback(ctx).id, text[len(REDEEM_KEYWORD) :], "chat"
+            )
             return Reply(
                 "text",
                 {"content": f"兑换码有效：{done['product']}，正在充入 {done['phone']}，完成后通知您。"},
             )
         if text.startswith(config.bind_keyword):
             started = services.start_binding(
-                ctx.account.id, _subscriber_id(ctx), text[len(config.bind_keyword) :]
+                ctx.account.id, for_callback(ctx).id, text[len(config.bind_keyword) :]
             )
             return Reply(
                 "text",
                 {"content": f"验证码已发送至 {started['phone']}，请在 5 分钟内回复 6 位验证码完成绑定。"},
             )
-        if CODE_RE.match(text) and services.has_pending_binding(ctx.account.id, _subscriber_id(ctx)):
-            binding = services.confirm_binding(ctx.account.id, _subscriber_id(ctx), text)
+        if CODE_RE.match(text) and services.has_pending_binding(ctx.account.id, for_callback(ctx).id):
+            binding = services.confirm_binding(ctx.account.id, for_callback(ctx).id, text)
             return Reply(
                 "text",
                 {

@@ -5,8 +5,6 @@ conditional transition of the hold, so a job run twice moves nothing twice."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 
 from store import catalogue
@@ -113,14 +111,4 @@ def _move(hold_id: int, target: HoldStatus) -> bool:
             .execution_options(synchronize_session=False)
         ).rowcount
         == 1
-    )
-
-
-def holds_of(account_id: int, subscriber_id: int) -> list[Any]:
-    return list(
-        db.session.scalars(
-            sa.select(PointsHold)
-            .where(PointsHold.account_id == account_id, PointsHold.subscriber_id == subscriber_id)
-            .order_by(PointsHold.id)
-        )
     )

@@ -326,12 +326,3 @@ def answer_later(account_id: int, subscriber_id: int, kind: InquiryKind) -> str:
     openid = subscriber_by_id(account_id, subscriber_id).openid
     api_client(account_id).message.send_text(openid, text)
     return text
-
-
-def inquiry_counts(account_id: int) -> dict[str, int]:
-    rows = db.session.execute(
-        sa.select(Inquiry.outcome, sa.func.count())
-        .where(Inquiry.account_id == account_id)
-        .group_by(Inquiry.outcome)
-    ).all()
-    return {outcome.value: n for outcome, n in rows}

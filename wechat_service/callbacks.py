@@ -415,18 +415,6 @@ def run_deferred(inbox_id: int) -> None:
 MAX_ATTEMPTS = 5
 
 
-def inbox_summary(account_id: int) -> dict[str, Any]:
-    from sqlalchemy import func
-
-    rows = (
-        db.session.query(CallbackInbox.state, func.count())
-        .filter_by(account_id=account_id)
-        .group_by(CallbackInbox.state)
-        .all()
-    )
-    return {state.value: n for state, n in rows}
-
-
 def inbox_stats(account_ids: list[int] | None, since: Any) -> dict[int, dict[str, int]]:
     """Callbacks received since ``since`` and failed ones, per account (for the matrix overview)."""
     from sqlalchemy import case, func, select

@@ -320,6 +320,14 @@ def token_manager() -> TokenManager:
     return tm
 
 
+def token_health(appid: str) -> dict[str, Any] | None:
+    """For display: None when Redis cannot be asked (the page or CLI still shows the account)."""
+    try:
+        return token_manager().health(appid)
+    except Exception:  # noqa: BLE001 - display only
+        return None
+
+
 def client_for(appid: str, secret: str) -> GatewayClient:
     cfg = current_app.config
     return GatewayClient(

@@ -12,6 +12,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from wechat_service.dbtypes import EncryptedText, UTCDateTime, utcnow
 from wechat_service.extensions import db
 
+# Ledger-sized primary keys: BIGINT on PostgreSQL, INTEGER on SQLite (where only INTEGER autoincrements).
+BigId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
+
 
 def str_enum(enum_cls: type[enum.Enum], length: int = 32) -> sa.Enum:
     """Enums stored as checked VARCHARs: portable, and a new member is a one-line migration."""
@@ -43,7 +46,7 @@ class CallbackInbox(db.Model):
         sa.Index("ix_callback_inbox_state_received", "state", "received_at"),
     )
 
-    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     dedup_key: Mapped[str] = mapped_column(sa.String(256))
     msg_type: Mapped[str] = mapped_column(sa.String(32))
