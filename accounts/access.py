@@ -27,12 +27,14 @@ CAMPAIGN_PREPARE = "campaigns.prepare"
 CAMPAIGN_APPROVE = "campaigns.approve"
 ORDERS = "orders.view"
 REFUND = "orders.refund"
+STORE = "store.manage"  # catalogue, redeem-code batches (and their one-time export), coupons
+FINANCE = "payments.finance"  # reconciliation reports, fund pools and their thresholds
 STAFF = "staff.manage"
 AUDIT = "audit.view"
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.account_manager: frozenset(
-        {VIEW, EDIT, REPLIES, MENUS, QRCODES, SUBSCRIBERS, METRICS, ORDERS, REFUND}
+        {VIEW, EDIT, REPLIES, MENUS, QRCODES, SUBSCRIBERS, METRICS, ORDERS, REFUND, STORE, FINANCE}
     ),
     Role.marketer: frozenset({VIEW, METRICS, CAMPAIGN_PREPARE}),
     Role.analyst: frozenset({VIEW, METRICS}),

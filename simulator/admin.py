@@ -203,6 +203,26 @@ def issue_js_code(appid: str) -> ResponseReturnValue:
     return jsonify({"code": code, "openid": openid})
 
 
+@bp.post("/accounts/<appid>/phone-codes")
+def issue_phone_code(appid: str) -> ResponseReturnValue:
+    """What a mini-program's getPhoneNumber button gives after the user agrees: a single-use code
+    (5 minutes) standing for ``phone``. ``watermark_appid`` forges the answer's watermark."""
+    account = _account(appid)
+    data = _json()
+    if not data.get("phone"):
+        abort(400, "phone is required")
+    code = str(data.get("code") or secrets.token_urlsafe(24))
+    with state().lock:
+        account.phone_codes[code] = {
+            "phone": str(data["phone"]),
+            "country_code": str(data.get("country_code") or "86"),
+            "watermark_appid": data.get("watermark_appid") or appid,
+            "used": False,
+            "issued_at": time.time(),
+        }
+    return jsonify({"code": code}), 201
+
+
 @bp.get("/accounts/<appid>")
 def read_account(appid: str) -> ResponseReturnValue:
     account = _account(appid)

@@ -45,6 +45,7 @@ class SimAccount:
     templates: list[dict[str, Any]] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)
     js_codes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    phone_codes: dict[str, dict[str, Any]] = field(default_factory=dict)  # getPhoneNumber codes
     follow_log: list[dict[str, Any]] = field(default_factory=list)  # for datacube later
 
     def issue_token(self, keep_previous: bool) -> str:

@@ -330,3 +330,33 @@ def jscode2session() -> ResponseReturnValue:
     if code.get("unionid"):
         out["unionid"] = code["unionid"]
     return jsonify(out)
+
+
+PHONE_CODE_TTL = 300
+
+
+@bp.post("/wxa/business/getuserphonenumber")
+def getuserphonenumber() -> ResponseReturnValue:
+    """A mini-program's getPhoneNumber code → the user's number; single use, 5 minutes."""
+    account, fail = authed()
+    if fail:
+        return fail
+    with state().lock:
+        entry = account.phone_codes.get(str(body().get("code") or ""))
+        # WeChat answers 40029 for an unknown, expired or already used code alike.
+        if entry is None or entry["used"] or entry["issued_at"] < time.time() - PHONE_CODE_TTL:
+            return err(40029, "invalid code")
+        entry["used"] = True
+    country, pure = entry["country_code"], entry["phone"]
+    return jsonify(
+        {
+            "errcode": 0,
+            "errmsg": "ok",
+            "phone_info": {
+                "phoneNumber": pure if country == "86" else f"+{country}{pure}",
+                "purePhoneNumber": pure,
+                "countryCode": country,
+                "watermark": {"timestamp": int(time.time()), "appid": entry["watermark_appid"]},
+            },
+        }
+    )

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from store.models import Coupon, CouponKind, CouponUse
 from wechat_service.dbtypes import utcnow
-from wechat_service.errors import ConflictError, InvalidInputError, ServiceError
+from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db
 
 CODE_RE = re.compile(r"^[A-Z0-9][A-Z0-9_-]{2,31}$")
@@ -150,3 +150,56 @@ def release(order_id: int) -> None:
             .values(used_count=Coupon.used_count - 1)
             .execution_options(synchronize_session=False)
         )
+
+
+# -- console ---------------------------------------------------------------------------------------
+
+
+def coupons_query(account_id: int) -> sa.Select[tuple[Coupon]]:
+    return sa.select(Coupon).where(Coupon.account_id == account_id).order_by(Coupon.id.desc())
+
+
+def coupon_for(account_id: int, coupon_id: int) -> Coupon:
+    coupon = db.session.scalar(
+        sa.select(Coupon).where(Coupon.id == coupon_id, Coupon.account_id == account_id)
+    )
+    if coupon is None:
+        raise NotFoundError("no such coupon")
+    return coupon
+
+
+def deactivate(account_id: int, coupon_id: int) -> Coupon:
+    """No new orders may use it; orders already holding it keep their discount."""
+    coupon = coupon_for(account_id, coupon_id)
+    if not coupon.enabled:
+        raise ConflictError(f"coupon {coupon.code} is already inactive")
+    coupon.enabled = False
+    db.session.flush()
+    return coupon
+
+
+def usage(coupon_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Per coupon: uses held by live or paid orders, uses given back (closed or refunded orders),
+    distinct subscribers among the held ones, and the discount they carry in fen."""
+    out = {c: {"held": 0, "released": 0, "subscribers": 0, "discount_fen": 0} for c in coupon_ids}
+    if coupon_ids:
+        held = sa.case((CouponUse.released.is_(False), 1), else_=0)
+        rows = db.session.execute(
+            sa.select(
+                CouponUse.coupon_id,
+                sa.func.sum(held),
+                sa.func.count() - sa.func.sum(held),
+                sa.func.count(sa.distinct(sa.case((CouponUse.released.is_(False), CouponUse.subscriber_id)))),
+                sa.func.sum(sa.case((CouponUse.released.is_(False), CouponUse.discount_fen), else_=0)),
+            )
+            .where(CouponUse.coupon_id.in_(coupon_ids))
+            .group_by(CouponUse.coupon_id)
+        )
+        for coupon_id, n_held, n_released, subscribers, discount_fen in rows:
+            out[coupon_id] = {
+                "held": int(n_held or 0),
+                "released": int(n_released or 0),
+                "subscribers": int(subscribers or 0),
+                "discount_fen": int(discount_fen or 0),
+            }
+    return out

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import hmac
 import io
+import json
 import re
 import secrets
 from datetime import datetime, timedelta
@@ -23,8 +24,9 @@ from store import catalogue, fulfilment
 from store.models import CodeStatus, FulfilmentStatus, ProductKind, RedeemBatch, RedeemCode
 from store.services import ThrottledError, binding_of, mask_phone
 from wechat_service.dbtypes import utcnow
-from wechat_service.errors import InvalidInputError, ServiceError
+from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db, enqueue_after_commit, get_redis
+from wechat_service.secrets import open_secret, seal_secret
 
 ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read aloud and typed on a phone
 CODE_LENGTH = 16
@@ -194,3 +196,111 @@ def settle(fulfilment_id: int) -> str | None:
         ).rowcount
         return "兑换未能完成，兑换码已恢复，可稍后再试或联系客服。" if released else None
     return None
+
+
+# -- console: batches, their one-time export, voiding ------------------------------------------------
+
+EXPORT_TTL = 3600  # the clear codes wait this long for their one download, then are gone for good
+
+
+def _export_key(batch_id: int) -> str:
+    return f"redeem:export:{batch_id}"
+
+
+def batches_query(account_id: int) -> sa.Select[Any]:
+    return sa.select(RedeemBatch).where(RedeemBatch.account_id == account_id).order_by(RedeemBatch.id.desc())
+
+
+def batch_for(account_id: int, batch_id: int) -> RedeemBatch:
+    batch = db.session.scalar(
+        sa.select(RedeemBatch).where(RedeemBatch.id == batch_id, RedeemBatch.account_id == account_id)
+    )
+    if batch is None:
+        raise NotFoundError("no such batch")
+    return batch
+
+
+def code_counts(batch_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Codes per batch and status; every status present (0 when none)."""
+    out = {b: {s.value: 0 for s in CodeStatus} for b in batch_ids}
+    if batch_ids:
+        rows = db.session.execute(
+            sa.select(RedeemCode.batch_id, RedeemCode.status, sa.func.count())
+            .where(RedeemCode.batch_id.in_(batch_ids))
+            .group_by(RedeemCode.batch_id, RedeemCode.status)
+        )
+        for batch_id, status, n in rows:
+            out[batch_id][CodeStatus(status).value] = n
+    return out
+
+
+def batch_state(batch: RedeemBatch, now: datetime | None = None) -> str:
+    now = now or utcnow()
+    if batch.valid_until <= now:
+        return "ended"  # expired, or voided (which ends the batch now)
+    return "scheduled" if batch.valid_from > now else "active"
+
+
+def stash_export(batch: RedeemBatch, codes: list[str]) -> None:
+    """Keep the clear codes, sealed with the master key, for their one download (Redis only: the
+    database never holds them). Called before the batch commits, so a Redis failure stops the batch;
+    if the commit fails instead, the orphan expires unread (no batch row will ever claim it: a new
+    batch that reuses the id, as SQLite may, overwrites it before committing)."""
+    sealed = seal_secret(json.dumps({"batch_id": batch.id, "count": batch.count, "codes": codes}))
+    get_redis().set(_export_key(batch.id), sealed, ex=EXPORT_TTL)
+
+
+def drop_export(batch_id: int) -> None:
+    get_redis().delete(_export_key(batch_id))
+
+
+def export_expires_in(batch_id: int) -> int | None:
+    """Seconds left to download the codes, or None when they are gone (downloaded or expired)."""
+    ttl = get_redis().ttl(_export_key(batch_id))
+    return ttl if ttl and ttl > 0 else None
+
+
+def take_export(account_id: int, batch_id: int) -> tuple[RedeemBatch, str, str]:
+    """The clear codes as CSV, exactly once: read and deleted in one Redis transaction, so of two
+    simultaneous downloads one gets the file and the other is refused. Returns (batch, csv, sealed)
+    — the sealed value lets the caller put it back if its own commit fails."""
+    batch = batch_for(account_id, batch_id)
+    pipe = get_redis().pipeline(transaction=True)
+    pipe.get(_export_key(batch.id))
+    pipe.delete(_export_key(batch.id))
+    sealed, _ = pipe.execute()
+    if sealed is None:
+        raise ServiceError(
+            "the codes of this batch were already downloaded (or their hour passed): they are not "
+            "kept anywhere; void the batch and create a new one if they were lost",
+            code="already_exported",
+            status=410,
+        )
+    payload = json.loads(open_secret(sealed.decode()))
+    if payload["batch_id"] != batch.id or payload["count"] != batch.count:
+        raise ServiceError("the stored export does not match this batch", code="export_mismatch", status=409)
+    return batch, export_csv(batch, payload["codes"]), sealed.decode()
+
+
+def restore_export(batch_id: int, sealed: str) -> None:
+    """Put a taken export back (its download failed to commit); never over a newer one."""
+    get_redis().set(_export_key(batch_id), sealed, ex=EXPORT_TTL, nx=True)
+
+
+def void_batch(account_id: int, batch_id: int) -> int:
+    """Void every unused code and end the batch now; redeemed codes stay redeemed. Ending the batch
+    also stops a code handed back later by a failed fulfilment (``settle``) from being redeemed."""
+    batch = batch_for(account_id, batch_id)
+    now = utcnow()
+    voided = db.session.execute(
+        sa.update(RedeemCode)
+        .where(RedeemCode.batch_id == batch.id, RedeemCode.status == CodeStatus.unused)
+        .values(status=CodeStatus.void)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not voided and batch.valid_until <= now:
+        raise ConflictError("this batch has ended and has no unused codes left")
+    batch.valid_until = min(batch.valid_until, now)
+    db.session.flush()
+    drop_export(batch.id)
+    return voided

@@ -190,6 +190,46 @@ def bind_phone(account_id: int, subscriber_id: int, phone: str, method: str) -> 
     return binding
 
 
+def bind_phone_from_wechat(account_id: int, subscriber_id: int, code: str) -> PhoneBinding:
+    """A mini-program's getPhoneNumber ``code`` → WeChat's verified number → the binding.
+
+    WeChat has already verified the number by SMS, so the BOSS is not asked for a code. The answer
+    must carry this mini-program's appid in its watermark: a number issued to another app (a
+    replayed or swapped answer) is never bound. Nothing is written unless every check passes.
+    """
+    from accounts.services import api_client
+    from wechat_service.gateway import (
+        BusyError,
+        InvalidCodeError,
+        RateLimitedError,
+        UnreachableError,
+        WeChatAPIError,
+    )
+
+    client = api_client(account_id)
+    try:
+        info = client.get_user_phone_number(code).get("phone_info") or {}
+    except InvalidCodeError:
+        raise ServiceError(
+            "invalid or used phone code; tap the button again", code="invalid_code", status=400
+        ) from None
+    except (BusyError, UnreachableError, RateLimitedError):
+        raise ServiceError("WeChat is busy, try again", code="upstream_unavailable", status=503) from None
+    except WeChatAPIError as exc:
+        raise ServiceError(
+            f"WeChat refused the phone code ({exc.errcode})", code="upstream_error", status=502
+        ) from None
+    if (info.get("watermark") or {}).get("appid") != client.appid:
+        raise ServiceError("the phone number was issued to another app", code="appid_mismatch", status=400)
+    if str(info.get("countryCode") or "86") != "86":
+        raise InvalidInputError("请使用中国大陆手机号", fields={"code": ["not a mainland number"]})
+    try:
+        phone = normalise_phone(str(info.get("purePhoneNumber") or ""))
+    except ValueError:
+        raise InvalidInputError("请使用中国大陆手机号", fields={"code": ["not a mainland number"]}) from None
+    return bind_phone(account_id, subscriber_id, phone, method="mp")
+
+
 def rehash_phones() -> int:
     """After a master-key rotation: recompute every look-up hash under the new first key."""
     n = 0

@@ -305,6 +305,12 @@ class GatewayClient(WeChatClient):
             raise error_for(int(result["errcode"]), result.get("errmsg", ""), self.appid)
         return result
 
+    def get_user_phone_number(self, code: str) -> dict[str, Any]:
+        """wxa/business/getuserphonenumber (mini-programs; wechatpy 1.8.18 lacks it): the phone
+        number behind a getPhoneNumber button's ``code`` → ``phone_info``. Token errors and -1
+        busy are retried by ``_request`` like every call; 40029 (invalid code) is InvalidCodeError."""
+        return self.post(f"{WECHAT_PUBLIC_BASE}/wxa/business/getuserphonenumber", data={"code": code})
+
 
 def token_manager() -> TokenManager:
     app = current_app

@@ -1,0 +1,356 @@
+"""The store's console pages (server-rendered, under /console like the account pages): catalogue,
+redeem-code batches with their one-time CSV export, coupons.
+
+Thin: parse (store/console_forms.py) → authorise and change and audit (store/operations.py) →
+commit → render. Reading needs the account's VIEW permission, changing it needs STORE.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from marshmallow import ValidationError
+
+from accounts import access as acl
+from accounts.console import check_url_ids, client_ip, current_access, load_user, login_required, paginate
+from store import catalogue, coupons, operations, redemption
+from store.console_forms import (
+    PRODUCT_FORM_NAMES,
+    BatchCreateForm,
+    CouponCreateForm,
+    ProductCreateForm,
+    ProductEditForm,
+    fen_to_yuan,
+    field_errors,
+)
+from store.models import CouponKind, ProductKind
+from wechat_service.dbtypes import utcnow
+from wechat_service.errors import ServiceError
+from wechat_service.extensions import db
+
+bp = Blueprint("store_console", __name__, url_prefix="/console", template_folder="templates")
+
+
+@bp.before_request
+def _hide_other_accounts() -> None:
+    """As on the account pages: an account the user cannot see is a 404 before anything is parsed."""
+    check_url_ids()
+    account_id = (request.view_args or {}).get("account_id")
+    if account_id is not None and load_user() is not None:
+        acl.account_for(current_access(), account_id, acl.VIEW)
+
+
+def _fail(exc: ServiceError, names: dict[str, str] | None = None) -> dict[str, list[str]]:
+    db.session.rollback()
+    flash(exc.message, "error")
+    return field_errors(exc.fields, names)
+
+
+def _invalid(exc: ValidationError, names: dict[str, str] | None = None) -> dict[str, list[str]]:
+    db.session.rollback()
+    flash("Please correct the marked fields.", "error")
+    return field_errors(exc.messages, names)
+
+
+def _local(value: datetime | None, tz: str) -> str:
+    """A stored UTC time as a ``datetime-local`` value in the account's timezone."""
+    return value.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%dT%H:%M") if value else ""
+
+
+def _render(template: str, account: Any, **context: Any) -> str:
+    """Every store page shows money in yuan and times in the account's own timezone."""
+    zone = ZoneInfo(account.timezone)
+
+    def when(value: datetime | None) -> str:
+        return value.astimezone(zone).strftime("%Y-%m-%d %H:%M") if value else "—"
+
+    return render_template(
+        template, account=account, yuan=fen_to_yuan, when=when, tz=account.timezone, **context
+    )
+
+
+# -- catalogue -------------------------------------------------------------------------------------
+
+
+@bp.get("/accounts/<int:account_id>/products")
+@login_required
+def product_list(account_id: int) -> ResponseReturnValue:
+    from accounts.services import list_org_units
+
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.VIEW)
+    page = paginate(catalogue.visible_products(account.id), per_page=50)
+    units = {u.id: u.code for u in list_org_units()}
+    return _render(
+        "store/console_products.html",
+        account,
+        page=page,
+        products=page.items,
+        units=units,
+        now=utcnow(),
+        on_sale=catalogue.on_sale,
+        can_edit=access.can(acl.STORE, account.id),
+    )
+
+
+def _product_form_values(product: Any, tz: str) -> dict[str, str]:
+    return {
+        "kind": product.kind.value,
+        "code": product.code,
+        "name": product.name,
+        "price": fen_to_yuan(product.price_fen),
+        "face_value": fen_to_yuan(product.face_value_fen),
+        "package_code": product.package_code or "",
+        "plan_code": product.plan_code or "",
+        "active_from": _local(product.active_from, tz),
+        "active_until": _local(product.active_until, tz),
+        "stock": "" if product.stock is None else str(product.stock),
+        "stock_seen": "none" if product.stock is None else str(product.stock),
+        "per_subscriber_limit": ""
+        if product.per_subscriber_limit is None
+        else str(product.per_subscriber_limit),
+        "points_price": "" if product.points_price is None else str(product.points_price),
+    }
+
+
+@bp.route("/accounts/<int:account_id>/products/new", methods=["GET", "POST"])
+@login_required
+def product_new(account_id: int) -> ResponseReturnValue:
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.STORE)
+    errors: dict[str, list[str]] = {}
+    form = request.form
+    if request.method == "POST":
+        try:
+            fields = ProductCreateForm(tz=account.timezone).load(form.to_dict())
+            product = operations.create_product(access, account.id, fields, client_ip())
+            db.session.commit()
+        except ValidationError as exc:
+            errors = _invalid(exc, PRODUCT_FORM_NAMES)
+        except ServiceError as exc:
+            errors = _fail(exc, PRODUCT_FORM_NAMES)
+        else:
+            flash(f"Product {product.name} created.", "success")
+            return redirect(url_for("store_console.product_list", account_id=account.id))
+    return _render(
+        "store/console_product_form.html",
+        account,
+        product=None,
+        form=form,
+        errors=errors,
+        kinds=[k.value for k in ProductKind],
+    )
+
+
+@bp.route("/accounts/<int:account_id>/products/<int:product_id>", methods=["GET", "POST"])
+@login_required
+def product_edit(account_id: int, product_id: int) -> ResponseReturnValue:
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.STORE)
+    product = catalogue.own_product(account.id, product_id)
+    errors: dict[str, list[str]] = {}
+    form: Any = request.form
+    if request.method == "POST":
+        try:
+            changes = ProductEditForm(tz=account.timezone).load(form.to_dict())
+            seen = changes.pop("stock_seen")
+            stock_seen = catalogue.UNSEEN if seen is None else None if seen == "none" else int(seen)
+            operations.update_product(access, account.id, product.id, changes, client_ip(), stock_seen)
+            db.session.commit()
+        except ValidationError as exc:
+            errors = _invalid(exc, PRODUCT_FORM_NAMES)
+        except ServiceError as exc:
+            errors = _fail(exc, PRODUCT_FORM_NAMES)
+        else:
+            flash(f"Product {product.name} saved.", "success")
+            return redirect(url_for("store_console.product_list", account_id=account.id))
+        product = catalogue.own_product(account.id, product_id)  # reloaded after the rollback
+    else:
+        form = _product_form_values(product, account.timezone)
+    return _render(
+        "store/console_product_form.html",
+        account,
+        product=product,
+        form=form,
+        errors=errors,
+        kinds=[k.value for k in ProductKind],
+    )
+
+
+@bp.post("/accounts/<int:account_id>/products/<int:product_id>/status")
+@login_required
+def product_status(account_id: int, product_id: int) -> ResponseReturnValue:
+    enabled = request.form.get("enabled") == "1"
+    product = operations.set_product_enabled(current_access(), account_id, product_id, enabled, client_ip())
+    db.session.commit()
+    flash(f"Product {product.name} {'activated' if enabled else 'deactivated'}.", "success")
+    return redirect(url_for("store_console.product_list", account_id=account_id))
+
+
+# -- redeem-code batches ---------------------------------------------------------------------------
+
+
+@bp.route("/accounts/<int:account_id>/redeem-batches", methods=["GET", "POST"])
+@login_required
+def batch_list(account_id: int) -> ResponseReturnValue:
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.VIEW)
+    errors: dict[str, list[str]] = {}
+    form = request.form
+    if request.method == "POST":
+        acl.account_for(access, account_id, acl.STORE)
+        try:
+            fields = BatchCreateForm(tz=account.timezone).load(form.to_dict())
+            batch = operations.create_batch(access, account.id, fields, client_ip())
+            db.session.commit()
+        except ValidationError as exc:
+            errors = _invalid(exc)
+        except ServiceError as exc:
+            errors = _fail(exc)
+        else:
+            flash(
+                f"Batch {batch.name}: {batch.count} codes created. Download them now — only once.", "success"
+            )
+            return redirect(url_for("store_console.batch_detail", account_id=account.id, batch_id=batch.id))
+    page = paginate(redemption.batches_query(account.id))
+    products = {p.id: p for p in db.session.scalars(catalogue.visible_products(account.id))}
+    return _render(
+        "store/console_batches.html",
+        account,
+        page=page,
+        batches=page.items,
+        counts=redemption.code_counts([b.id for b in page.items]),
+        states={b.id: redemption.batch_state(b) for b in page.items},
+        products=products,
+        form=form,
+        errors=errors,
+        can_edit=access.can(acl.STORE, account.id),
+    )
+
+
+@bp.get("/accounts/<int:account_id>/redeem-batches/<int:batch_id>")
+@login_required
+def batch_detail(account_id: int, batch_id: int) -> ResponseReturnValue:
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.VIEW)
+    batch = redemption.batch_for(account.id, batch_id)
+    exported = operations.export_record(account.id, batch.id)
+    return _render(
+        "store/console_batch_detail.html",
+        account,
+        batch=batch,
+        product=catalogue.product_for(account.id, batch.product_id),
+        counts=redemption.code_counts([batch.id])[batch.id],
+        state=redemption.batch_state(batch),
+        export_expires_in=redemption.export_expires_in(batch.id),
+        exported=exported,
+        exported_by=_username(exported.user_id) if exported else None,
+        can_edit=access.can(acl.STORE, account.id),
+    )
+
+
+def _username(user_id: int | None) -> str:
+    from accounts.staff import user_by_id
+
+    return user_by_id(user_id).username if user_id else "?"
+
+
+@bp.post("/accounts/<int:account_id>/redeem-batches/<int:batch_id>/export")
+@login_required
+def batch_export(account_id: int, batch_id: int) -> ResponseReturnValue:
+    """The batch's clear codes as CSV, once. A POST with the CSRF token: it consumes them."""
+    try:
+        batch, text, sealed = operations.export_batch(current_access(), account_id, batch_id, client_ip())
+    except ServiceError as exc:
+        if exc.status in (403, 404):
+            raise
+        _fail(exc)
+        return redirect(url_for("store_console.batch_detail", account_id=account_id, batch_id=batch_id))
+    try:
+        db.session.commit()
+    except Exception:
+        # Not recorded as exported, so not exported: the codes wait for the next try.
+        db.session.rollback()
+        redemption.restore_export(batch_id, sealed)
+        raise
+    # A BOM so that Excel, which opens most of these files, reads the UTF-8 batch name correctly.
+    return Response(
+        "\ufeff" + text,
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": f'attachment; filename="redeem-batch-{batch.id}.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@bp.post("/accounts/<int:account_id>/redeem-batches/<int:batch_id>/void")
+@login_required
+def batch_void(account_id: int, batch_id: int) -> ResponseReturnValue:
+    try:
+        voided = operations.void_batch(current_access(), account_id, batch_id, client_ip())
+        db.session.commit()
+    except ServiceError as exc:
+        if exc.status in (403, 404):
+            raise
+        _fail(exc)
+    else:
+        flash(f"Batch voided: {voided} unused codes can no longer be redeemed.", "success")
+    return redirect(url_for("store_console.batch_detail", account_id=account_id, batch_id=batch_id))
+
+
+# -- coupons ---------------------------------------------------------------------------------------
+
+
+@bp.route("/accounts/<int:account_id>/coupons", methods=["GET", "POST"])
+@login_required
+def coupon_list(account_id: int) -> ResponseReturnValue:
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.VIEW)
+    errors: dict[str, list[str]] = {}
+    form = request.form
+    if request.method == "POST":
+        acl.account_for(access, account_id, acl.STORE)
+        try:
+            fields = CouponCreateForm(tz=account.timezone).load(form.to_dict())
+            coupon = operations.create_coupon(access, account.id, fields, client_ip())
+            db.session.commit()
+        except ValidationError as exc:
+            errors = _invalid(exc, {"min_spend_fen": "min_spend"})
+        except ServiceError as exc:
+            errors = _fail(exc, {"min_spend_fen": "min_spend"})
+        else:
+            flash(f"Coupon {coupon.code} created.", "success")
+            return redirect(url_for("store_console.coupon_list", account_id=account.id))
+    page = paginate(coupons.coupons_query(account.id))
+    return _render(
+        "store/console_coupons.html",
+        account,
+        page=page,
+        coupons=page.items,
+        usage=coupons.usage([c.id for c in page.items]),
+        now=utcnow(),
+        kinds=[k.value for k in CouponKind],
+        form=form,
+        errors=errors,
+        can_edit=access.can(acl.STORE, account.id),
+    )
+
+
+@bp.post("/accounts/<int:account_id>/coupons/<int:coupon_id>/deactivate")
+@login_required
+def coupon_deactivate(account_id: int, coupon_id: int) -> ResponseReturnValue:
+    try:
+        coupon = operations.deactivate_coupon(current_access(), account_id, coupon_id, client_ip())
+        db.session.commit()
+    except ServiceError as exc:
+        if exc.status in (403, 404):
+            raise
+        _fail(exc)
+    else:
+        flash(f"Coupon {coupon.code} deactivated.", "success")
+    return redirect(url_for("store_console.coupon_list", account_id=account_id))
