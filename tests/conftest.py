@@ -47,6 +47,7 @@ def app(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fl
             "SECRET_KEY": helpers.SECRET_KEY,
             "MASTER_KEY": helpers.MASTER_KEY,
             "WECHAT_API_BASE": f"{simulator}/wechat",
+            "WECHAT_OPEN_BASE": f"{simulator}/wechat-open",
             "PUBLIC_BASE_URL": "http://service.test",
             "CALLBACK_BUDGET": 0.5,
             "BOSS_API_BASE": f"{simulator}/boss",

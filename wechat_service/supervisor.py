@@ -55,6 +55,7 @@ def supervise(*, demo: bool, once: bool, port: int, sim_port: int) -> int:
         print(f"[run] embedded Redis on {sock}", flush=True)
     if demo:
         env["WECHAT_SERVICE_WECHAT_API_BASE"] = f"http://127.0.0.1:{sim_port}/wechat"
+        env["WECHAT_SERVICE_WECHAT_OPEN_BASE"] = f"http://127.0.0.1:{sim_port}/wechat-open"
         env["WECHAT_SERVICE_BOSS_API_BASE"] = f"http://127.0.0.1:{sim_port}/boss"
         env["WECHAT_SERVICE_WECHATPAY_API_BASE"] = f"http://127.0.0.1:{sim_port}/wechatpay"
         env["WECHAT_SERVICE_ALIPAY_GATEWAY"] = f"http://127.0.0.1:{sim_port}/alipay/gateway.do"

@@ -1,0 +1,661 @@
+"""The H5 store: server-rendered pages for official-account subscribers inside WeChat's browser.
+
+Who the subscriber is comes from OAuth2 ``snsapi_base`` (silent: WeChat redirects back with a code
+that we exchange for the openid). The H5 session lives in Flask's signed session cookie, one entry
+per appid (``h5:<appid>`` → account id, subscriber id, when), so one browser can hold several
+accounts' stores at once. Forms are POST with the CSRF token. The work is done by the same
+services as the mini-program API (store/api.py); their errors render as a friendly page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import ValidationError as SchemaValidationError
+
+from accounts import subscribers
+from accounts.models import Account, AccountKind, AccountStatus
+from accounts.services import account_by_appid
+from payments import services as payments
+from payments.models import Provider
+from payments.providers.wechatpay_v3 import PaymentProviderError
+from store import catalogue, orders, redemption, services
+from store.models import InquiryKind, Order, OrderStatus, Product
+from wechat_service import oauth
+from wechat_service.errors import (
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    ServiceError,
+    error_body,
+)
+from wechat_service.extensions import db, get_redis
+
+bp = Blueprint("store_h5", __name__, url_prefix="/h5", template_folder="templates")
+
+SESSION_TTL = 2 * 3600  # then WeChat is asked again (silently: snsapi_base shows nothing)
+SESSION_REFRESH = 600
+STATE_TTL = 600  # an OAuth round trip left unfinished this long is void
+MAX_PENDING_LOGINS = 4  # several tabs may be logging in at once
+PREPAY_CACHE_TTL = 25 * 60  # below the order's 30-minute payment window
+ALIPAY_LINK_TTL = 30 * 60
+QUERY_THROTTLE = 5  # seconds between active payment queries for one order while its page polls
+MAX_ID = 2**31 - 1
+BRIDGE_KEYS = ("appId", "timeStamp", "nonceStr", "package", "signType", "paySign")
+FINAL = {OrderStatus.fulfilled, OrderStatus.refunded, OrderStatus.closed}
+STATUS_LABELS = {
+    "pending_payment": "待支付",
+    "paid": "已支付",
+    "fulfilling": "已支付，办理中",
+    "fulfilled": "已完成",
+    "fulfilment_failed": "办理失败，正在退款",
+    "refunding": "退款中",
+    "refunded": "已退款",
+    "closed": "已关闭",
+}
+PROVIDER_LABELS = {"wechatpay_v3": "微信支付", "wechatpay_v2": "微信支付", "alipay": "支付宝"}
+INQUIRY_LABELS = {"balance": "话费余额", "data": "流量", "bill": "账单", "points": "积分"}
+# Services written for the API answer some errors in English; subscribers read Chinese.
+FRIENDLY = {
+    "phone_required": "购买前请先绑定手机号",
+    "not_on_sale": "该商品暂不可购买",
+    "sold_out": "该商品已售罄",
+    "limit_reached": "已达到该商品的限购数量",
+    "conflict": "订单信息有变，请返回重新下单",
+    "not_found": "页面不存在或已失效",
+    "upstream_unavailable": "服务暂时不可用，请稍后再试",
+}
+BY_STATUS = {
+    400: "请求有误",
+    401: "请重新进入页面",
+    403: "无法访问",
+    404: "页面不存在",
+    429: "操作太频繁，请稍后再试",
+}
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@dataclass(frozen=True)
+class H5User:
+    account: Account
+    subscriber_id: int
+
+    @property
+    def account_id(self) -> int:
+        return self.account.id
+
+
+def yuan(fen: int | None) -> str:
+    """Integer fen as yuan with two decimals (no floats)."""
+    fen = int(fen or 0)
+    return f"{'-' if fen < 0 else ''}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
+@bp.context_processor
+def _helpers() -> dict[str, Any]:
+    return {"yuan": yuan, "status_label": lambda s: STATUS_LABELS.get(str(s), str(s))}
+
+
+# -- session and OAuth ---------------------------------------------------------------------------
+
+
+def _session_key(appid: str) -> str:
+    return f"h5:{appid}"
+
+
+def _account(appid: str) -> Account:
+    account = account_by_appid(appid)
+    if account.kind is AccountKind.mini_program:
+        raise NotFoundError("no such store")
+    if account.status is not AccountStatus.active:
+        raise ForbiddenError("该公众号已停用")
+    return account
+
+
+def _session_user(account: Account) -> H5User | None:
+    entry = session.get(_session_key(account.appid))
+    if not isinstance(entry, dict) or entry.get("a") != account.id:
+        return None
+    age = time.time() - float(entry.get("t", 0))
+    if not 0 <= age <= SESSION_TTL:
+        return None
+    if age > SESSION_REFRESH:  # sliding: an active subscriber is not sent round WeChat mid-purchase
+        session[_session_key(account.appid)] = {**entry, "t": time.time()}
+    return H5User(account, int(entry["s"]))
+
+
+def safe_next(appid: str, target: str | None) -> str:
+    """Only a relative path inside this account's store; anything else means the catalogue."""
+    default = url_for("store_h5.index", appid=appid)
+    if not target or len(target) > 512:
+        return default
+    parts = urlsplit(target)
+    if (
+        parts.scheme
+        or parts.netloc
+        or not parts.path.startswith(f"/h5/{appid}/")
+        or "//" in target
+        or "\\" in target
+        or ".." in parts.path
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)
+    ):
+        return default
+    return target
+
+
+def _login_redirect(account: Account, target: str | None) -> ResponseReturnValue:
+    """Off to WeChat's authorize page; ``state`` is a nonce bound to this browser's session and
+    the page to come back to."""
+    now = time.time()
+    nonce = secrets.token_urlsafe(16)
+    pending = {
+        k: v
+        for k, v in (session.get("h5_oauth") or {}).items()
+        if isinstance(v, list) and len(v) == 3 and now - float(v[2]) < STATE_TTL
+    }
+    pending[nonce] = [account.appid, safe_next(account.appid, target), now]
+    session["h5_oauth"] = dict(sorted(pending.items(), key=lambda kv: kv[1][2])[-MAX_PENDING_LOGINS:])
+    callback = current_app.config["PUBLIC_BASE_URL"] + url_for("store_h5.oauth_callback", appid=account.appid)
+    return redirect(oauth.authorize_url(account.appid, callback, nonce), 302)
+
+
+def h5_page(view: Callable[..., ResponseReturnValue]) -> Callable[..., ResponseReturnValue]:
+    """The view gets the H5 user instead of the appid; without a session, the subscriber is sent
+    through OAuth and comes back to the page (a form POST comes back to the catalogue)."""
+
+    @wraps(view)
+    def wrapper(appid: str, **kwargs: Any) -> ResponseReturnValue:
+        if any(isinstance(v, int) and not 0 < v <= MAX_ID for v in kwargs.values()):
+            raise NotFoundError("页面不存在")
+        account = _account(appid)
+        user = _session_user(account)
+        if user is None:
+            if _wants_json():
+                raise ServiceError("请重新进入页面", code="session_required", status=401)
+            return _login_redirect(
+                account, request.full_path.rstrip("?") if request.method == "GET" else None
+            )
+        return view(user, **kwargs)
+
+    return wrapper
+
+
+@bp.get("/<appid>/login")
+def login(appid: str) -> ResponseReturnValue:
+    """Start (or restart) OAuth; menus may link here with ``next``."""
+    return _login_redirect(_account(appid), request.args.get("next"))
+
+
+@bp.get("/<appid>/oauth/callback")
+def oauth_callback(appid: str) -> ResponseReturnValue:
+    account = _account(appid)
+    nonce = request.args.get("state", "")
+    pending = dict(session.get("h5_oauth") or {})
+    entry = pending.pop(nonce, None) if nonce else None
+    session["h5_oauth"] = pending  # a state is good for one callback, even a failed one
+    if (
+        not isinstance(entry, list)
+        or len(entry) != 3
+        or entry[0] != appid
+        or time.time() - float(entry[2]) > STATE_TTL
+    ):
+        raise ServiceError("登录状态已失效，请重新进入页面", code="invalid_state", status=400)
+    code = request.args.get("code", "")
+    if not code:
+        raise oauth.OAuthCodeError("未获得微信授权，请重新进入页面")
+    openid = oauth.openid_for_code(account.appid, account.app_secret, code)
+    # A page visit is not a message: last_interaction_at (the 48-hour window) stays as it is.
+    subscriber = subscribers.touch(account.id, openid, None)
+    db.session.commit()
+    session.permanent = True
+    session[_session_key(appid)] = {"a": account.id, "s": subscriber.id, "t": time.time()}
+    return redirect(safe_next(appid, entry[1]), 302)
+
+
+# -- rendering and errors ------------------------------------------------------------------------
+
+
+def _wants_json() -> bool:
+    return request.path.endswith("/status")
+
+
+def _page_url() -> str:
+    """The page's URL as the browser has it (what the JS-SDK signature must cover)."""
+    return current_app.config["PUBLIC_BASE_URL"] + request.full_path.rstrip("?")
+
+
+def friendly(exc: ServiceError) -> str:
+    if CJK.search(exc.message):
+        return exc.message
+    return FRIENDLY.get(exc.code) or BY_STATUS.get(exc.status, "操作未能完成，请稍后再试")
+
+
+def _render(account: Account, template: str, status: int = 200, **context: Any) -> ResponseReturnValue:
+    if context.get("error") is not None:
+        context["error_text"] = friendly(context["error"])
+    context.setdefault(
+        "wx_config", oauth.jssdk_config_or_none(account.appid, account.app_secret, _page_url())
+    )
+    return render_template(f"store/{template}", account=account, appid=account.appid, **context), status
+
+
+@bp.errorhandler(ServiceError)
+def _service_error(exc: ServiceError) -> ResponseReturnValue:
+    db.session.rollback()
+    if _wants_json():
+        return jsonify(error_body(exc.code, exc.message, exc.fields)), exc.status
+    return _message_page(exc.status, friendly(exc))
+
+
+@bp.errorhandler(CSRFError)
+def _csrf_error(exc: CSRFError) -> ResponseReturnValue:
+    return _message_page(400, "页面已过期，请返回刷新后再试")
+
+
+def _message_page(status: int, message: str) -> ResponseReturnValue:
+    appid = (request.view_args or {}).get("appid")
+    titles = {**BY_STATUS, 409: "无法完成", 410: "链接已失效"}
+    return render_template(
+        "store/message.html",
+        appid=appid,
+        account=None,
+        title=titles.get(status, "暂时无法完成"),
+        message=message,
+        wx_config=None,
+    ), status
+
+
+def _form(schema: Schema) -> dict[str, Any]:
+    raw = {k: v for k, v in request.form.items() if k != "csrf_token"}
+    try:
+        return schema.load(raw)
+    except SchemaValidationError as exc:
+        fields_ = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise InvalidInputError("请检查填写的内容", fields=fields_) from None
+
+
+# -- catalogue and ordering ----------------------------------------------------------------------
+
+
+@bp.get("/<appid>/")
+@h5_page
+def index(user: H5User) -> ResponseReturnValue:
+    products = [
+        p for p in db.session.scalars(catalogue.visible_products(user.account_id)) if catalogue.on_sale(p)
+    ]
+    return _render(
+        user.account,
+        "catalogue.html",
+        products=products,
+        binding=services.binding_of(user.account_id, user.subscriber_id),
+        mask=services.mask_phone,
+    )
+
+
+@bp.get("/<appid>/products/<int:product_id>")
+@h5_page
+def product(user: H5User, product_id: int) -> ResponseReturnValue:
+    item = catalogue.product_for(user.account_id, product_id)
+    return _render(user.account, "product.html", product=item, on_sale=catalogue.on_sale(item))
+
+
+class CheckoutSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
+    provider = fields.String(required=True, validate=validate.OneOf([p.value for p in Provider]))
+    coupon = fields.String(load_default="", validate=validate.Length(max=32))
+
+
+def _providers(account_id: int) -> dict[str, str]:
+    """The payment methods the account has a merchant for: one WeChat Pay (v3 first), Alipay."""
+    out: dict[str, str] = {}
+    for provider in Provider:
+        label = PROVIDER_LABELS.get(provider.value, provider.value)
+        if label in out.values():
+            continue
+        try:
+            payments.merchant_for(account_id, provider.value)
+        except NotFoundError:
+            continue
+        out[provider.value] = label
+    return out
+
+
+@bp.route("/<appid>/products/<int:product_id>/checkout", methods=["GET", "POST"])
+@h5_page
+def checkout(user: H5User, product_id: int) -> ResponseReturnValue:
+    item = catalogue.product_for(user.account_id, product_id)
+    providers = _providers(user.account_id)
+    context: dict[str, Any] = {
+        "product": item,
+        "providers": providers,
+        "on_sale": catalogue.on_sale(item),
+        "client_key": secrets.token_urlsafe(18),  # a double submit is the same order
+        "form": {},
+    }
+    if request.method == "GET":
+        return _render(user.account, "checkout.html", **context)
+    try:
+        data = _form(CheckoutSchema())
+        context.update(form=data, client_key=data["client_key"])
+        if data["provider"] not in providers:
+            raise InvalidInputError("请选择支付方式", fields={"provider": ["unavailable"]})
+        order = orders.create_order(
+            user.account_id,
+            user.subscriber_id,
+            item.id,
+            data["client_key"],
+            data["provider"],
+            coupon_code=data["coupon"].strip() or None,
+        )
+        db.session.commit()
+    except ServiceError as exc:
+        db.session.rollback()
+        return _render(user.account, "checkout.html", exc.status, error=exc, **context)
+    if order.status is OrderStatus.pending_payment:
+        return redirect(url_for(".pay", appid=user.account.appid, order_id=order.id), 303)
+    return redirect(url_for(".order_detail", appid=user.account.appid, order_id=order.id), 303)
+
+
+def _own_order(user: H5User, order_id: int) -> Order:
+    """The subscriber's own order in this account; anyone else's is not found."""
+    order = orders.order_for(user.account_id, order_id)
+    if order.subscriber_id != user.subscriber_id:
+        raise NotFoundError("订单不存在")
+    return order
+
+
+def _product_of(order: Order) -> Product:
+    return catalogue.product_for(order.account_id, order.product_id)
+
+
+def _in_wechat() -> bool:
+    return "MicroMessenger" in (request.user_agent.string or "")
+
+
+def _jsapi_params(user: H5User, order: Order, item: Product) -> dict[str, str]:
+    """WeixinJSBridge's getBrandWCPayRequest parameters: prepaid once, reused while the page is
+    reloaded (a second prepay with a new expiry would be refused as a different order)."""
+    conn = get_redis()
+    key = f"h5:jsapi:{order.id}"
+    cached = conn.get(key)
+    if cached:
+        return json.loads(cached)
+    openid = subscribers.subscriber_by_id(user.account_id, user.subscriber_id).openid
+    try:
+        params = payments.prepay(order, openid, item.name, client_ip=request.remote_addr or "127.0.0.1")
+    except NotFoundError:
+        raise ServiceError("该公众号暂未开通微信支付", code="payment_unavailable", status=409) from None
+    except (PaymentProviderError, requests.RequestException):
+        raise ServiceError("微信支付暂时不可用，请稍后再试", code="payment_unavailable", status=502) from None
+    db.session.commit()  # the prepay_id
+    bridge = {k: str(params[k]) for k in BRIDGE_KEYS}
+    conn.set(key, json.dumps(bridge), ex=PREPAY_CACHE_TTL)
+    return bridge
+
+
+def _alipay_link(account: Account, order: Order) -> str:
+    """A link that works in any browser, without the WeChat session: it carries a signed token
+    for this one order."""
+    token = _alipay_signer().dumps({"o": order.id, "a": order.account_id})
+    path = url_for(".alipay_redirect", appid=account.appid, order_id=order.id, t=token)
+    return current_app.config["PUBLIC_BASE_URL"] + path
+
+
+def _alipay_signer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="h5-alipay")
+
+
+def _alipay_url(order: Order, item: Product) -> str:
+    try:
+        return payments.prepay(order, "", item.name)["url"]
+    except NotFoundError:
+        raise ServiceError("该公众号暂未开通支付宝支付", code="payment_unavailable", status=409) from None
+
+
+@bp.get("/<appid>/orders/<int:order_id>/pay")
+@h5_page
+def pay(user: H5User, order_id: int) -> ResponseReturnValue:
+    order = _own_order(user, order_id)
+    if order.status is not OrderStatus.pending_payment:
+        return redirect(url_for(".order_detail", appid=user.account.appid, order_id=order.id), 303)
+    item = _product_of(order)
+    if order.provider == Provider.alipay.value:
+        if _in_wechat():  # Alipay's pages do not open inside WeChat: continue in a browser
+            return _render(
+                user.account,
+                "alipay_in_wechat.html",
+                order=order,
+                product=item,
+                link=_alipay_link(user.account, order),
+            )
+        return redirect(_alipay_url(order, item), 302)
+    params = _jsapi_params(user, order, item)
+    return _render(user.account, "pay.html", order=order, product=item, pay_params=params)
+
+
+@bp.get("/<appid>/orders/<int:order_id>/alipay")
+def alipay_redirect(appid: str, order_id: int) -> ResponseReturnValue:
+    """Opened from the system browser (no WeChat session there): the signed token names the order."""
+    account = _account(appid)
+    try:
+        claim = _alipay_signer().loads(request.args.get("t", ""), max_age=ALIPAY_LINK_TTL)
+    except BadSignature:  # also SignatureExpired
+        claim = None
+    if claim != {"o": order_id, "a": account.id}:
+        raise ServiceError("支付链接无效或已过期，请回到微信重新下单", code="link_expired", status=410)
+    order = orders.order_for(account.id, order_id)
+    if order.provider != Provider.alipay.value:
+        raise NotFoundError("订单不存在")
+    if order.status is not OrderStatus.pending_payment:
+        return _message_page(
+            409, f"该订单{STATUS_LABELS.get(order.status.value, order.status.value)}，无需再次支付"
+        )
+    item = _product_of(order)
+    if _in_wechat():
+        return _render(
+            account, "alipay_in_wechat.html", order=order, product=item, link=_alipay_link(account, order)
+        )
+    return redirect(_alipay_url(order, item), 302)
+
+
+@bp.get("/<appid>/orders/<int:order_id>")
+@h5_page
+def order_detail(user: H5User, order_id: int) -> ResponseReturnValue:
+    order = _own_order(user, order_id)
+    return _render(
+        user.account,
+        "result.html",
+        order=order,
+        product=_product_of(order),
+        final=order.status in FINAL,
+        history=orders.history(order.id),
+    )
+
+
+@bp.get("/<appid>/orders/<int:order_id>/status")
+@h5_page
+def order_status(user: H5User, order_id: int) -> ResponseReturnValue:
+    """Polled by the result page. While the order waits for its payment, WeChat Pay or Alipay is
+    asked now and then, so a lost notification does not leave the subscriber waiting."""
+    order = _own_order(user, order_id)
+    if order.status is OrderStatus.pending_payment and get_redis().set(
+        f"h5:query:{order.id}", 1, nx=True, ex=QUERY_THROTTLE
+    ):
+        try:
+            payments.reconcile_pending(order)
+            db.session.commit()
+        except (PaymentProviderError, ServiceError, requests.RequestException):
+            db.session.rollback()  # the notification, or the next poll, will tell
+        db.session.refresh(order)
+    return jsonify(
+        {
+            "id": order.id,
+            "status": order.status.value,
+            "label": STATUS_LABELS.get(order.status.value, order.status.value),
+            "final": order.status in FINAL,
+            "amount_fen": order.amount_fen,
+        }
+    )
+
+
+@bp.get("/<appid>/orders")
+@h5_page
+def my_orders(user: H5User) -> ResponseReturnValue:
+    rows = list(
+        db.session.scalars(
+            orders.search(user.account_id).where(Order.subscriber_id == user.subscriber_id).limit(50)
+        )
+    )
+    names = {p.id: p.name for p in db.session.scalars(catalogue.visible_products(user.account_id))}
+    return _render(user.account, "orders.html", orders=rows, names=names)
+
+
+# -- inquiry, phone binding, redeem codes --------------------------------------------------------
+
+
+@bp.get("/<appid>/inquiry")
+@h5_page
+def inquiry_home(user: H5User) -> ResponseReturnValue:
+    binding = services.binding_of(user.account_id, user.subscriber_id)
+    return _render(
+        user.account,
+        "inquiry.html",
+        kinds=INQUIRY_LABELS,
+        phone=services.mask_phone(binding.phone) if binding else None,
+        result=None,
+    )
+
+
+@bp.get("/<appid>/inquiry/<any(balance, data, bill, points):kind>")
+@h5_page
+def inquiry(user: H5User, kind: str) -> ResponseReturnValue:
+    result = services.inquire(user.account_id, user.subscriber_id, InquiryKind(kind), "h5")
+    db.session.commit()  # the inquiry ledger row
+    binding = services.binding_of(user.account_id, user.subscriber_id)
+    status = {"unbound": 409, "failed": 503}.get(result.outcome.value, 200)
+    return _render(
+        user.account,
+        "inquiry.html",
+        status,
+        kinds=INQUIRY_LABELS,
+        kind=kind,
+        phone=services.mask_phone(binding.phone) if binding else None,
+        result=result,
+    )
+
+
+class PhoneSmsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    phone = fields.String(required=True, validate=validate.Length(min=5, max=20))
+    next = fields.String(load_default="", validate=validate.Length(max=512))
+
+
+class PhoneVerifySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    code = fields.String(required=True, validate=validate.Regexp(r"^\s*\d{6}\s*$", error="6 位数字"))
+    next = fields.String(load_default="", validate=validate.Length(max=512))
+
+
+def _phone_page(user: H5User, status: int = 200, **context: Any) -> ResponseReturnValue:
+    binding = services.binding_of(user.account_id, user.subscriber_id)
+    context.setdefault("next", request.values.get("next", ""))
+    context.setdefault("pending", services.has_pending_binding(user.account_id, user.subscriber_id))
+    return _render(
+        user.account,
+        "phone.html",
+        status,
+        phone=services.mask_phone(binding.phone) if binding else None,
+        **context,
+    )
+
+
+@bp.get("/<appid>/phone")
+@h5_page
+def phone(user: H5User) -> ResponseReturnValue:
+    return _phone_page(user)
+
+
+@bp.post("/<appid>/phone/sms")
+@h5_page
+def phone_sms(user: H5User) -> ResponseReturnValue:
+    try:
+        data = _form(PhoneSmsSchema())
+        sent = services.start_binding(user.account_id, user.subscriber_id, data["phone"])
+    except ServiceError as exc:
+        return _phone_page(user, exc.status, error=exc)
+    return _phone_page(user, sent=sent, pending=True)
+
+
+@bp.post("/<appid>/phone/verify")
+@h5_page
+def phone_verify(user: H5User) -> ResponseReturnValue:
+    try:
+        data = _form(PhoneVerifySchema())
+        services.confirm_binding(user.account_id, user.subscriber_id, data["code"].strip())
+        db.session.commit()
+    except ServiceError as exc:
+        db.session.rollback()
+        return _phone_page(user, exc.status, error=exc)
+    flash("手机号绑定成功", "ok")
+    target = data["next"] or url_for(".phone", appid=user.account.appid)
+    return redirect(safe_next(user.account.appid, target), 303)
+
+
+class RedeemSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    code = fields.String(required=True, validate=validate.Length(min=4, max=64))
+
+
+@bp.route("/<appid>/redeem", methods=["GET", "POST"])
+@h5_page
+def redeem(user: H5User) -> ResponseReturnValue:
+    if request.method == "GET":
+        return _render(user.account, "redeem.html")
+    try:
+        data = _form(RedeemSchema())
+        result = redemption.redeem(user.account_id, user.subscriber_id, data["code"], "h5")
+        db.session.commit()
+    except ServiceError as exc:
+        db.session.rollback()
+        return _render(user.account, "redeem.html", exc.status, error=exc)
+    return _render(user.account, "redeem.html", result=result)
+
+
+@bp.get("/<appid>/<path:rest>")
+def not_found(appid: str, rest: str) -> ResponseReturnValue:
+    """Unknown store URLs get the store's own page: a routing 404 never reaches a blueprint's
+    error handler (it would answer the app's JSON)."""
+    raise NotFoundError("页面不存在")
