@@ -414,9 +414,12 @@ class OrderQuerySchema(PageQuerySchema):
 
 class RefundSchema(StrictSchema):
     reason = fields.String(required=True, validate=validate.Length(min=3, max=200))
+    # Omitted: everything not refunded yet. Otherwise a partial refund of this many fen.
+    amount_fen = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**31 - 1))
 
 
 def _order(order: Any, unmasked: bool) -> dict[str, Any]:
+    from payments import refunds
     from store import orders
     from store.services import mask_phone
 
@@ -424,6 +427,7 @@ def _order(order: Any, unmasked: bool) -> dict[str, Any]:
         "id": order.id,
         "out_trade_no": order.out_trade_no,
         "amount_fen": order.amount_fen,
+        "refunded_fen": order.refunded_fen,
         "status": order.status.value,
         "provider": order.provider,
         "created_at": order.created_at.isoformat(),
@@ -432,6 +436,16 @@ def _order(order: Any, unmasked: bool) -> dict[str, Any]:
         "history": [
             {"from": e.from_status, "to": e.to_status, "at": e.at.isoformat(), "detail": e.detail}
             for e in orders.history(order.id)
+        ],
+        "refunds": [
+            {
+                "out_refund_no": r.out_refund_no,
+                "amount_fen": r.amount_fen,
+                "status": r.status.value,
+                "reason": r.reason,
+                "created_at": r.created_at.isoformat(),
+            }
+            for r in refunds.of_order(order.id)
         ],
     }
 
@@ -465,6 +479,8 @@ def order_get(account_id: int, order_id: int) -> ResponseReturnValue:
 @signed_in
 def order_refund(data: dict[str, Any], account_id: int, order_id: int) -> ResponseReturnValue:
     access = current_access()
-    order = operations.refund_order(access, account_id, order_id, data["reason"], client_ip())
+    order = operations.refund_order(
+        access, account_id, order_id, data["reason"], client_ip(), data["amount_fen"]
+    )
     db.session.commit()
     return _order(order, access.unmasked(account_id))

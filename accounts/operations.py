@@ -249,8 +249,12 @@ def set_staff_active(access: Access, user_id: int, active: bool, ip: str) -> Sta
     return user
 
 
-def refund_order(access: Access, account_id: int, order_id: int, reason: str, ip: str) -> Any:
-    """A manual full refund of a fulfilled order (the line keeps what was carried out: staff decide)."""
+def refund_order(
+    access: Access, account_id: int, order_id: int, reason: str, ip: str, amount_fen: int | None = None
+) -> Any:
+    """A manual refund of a fulfilled order, in full (what is left of it) or of ``amount_fen``
+    (the line keeps what was carried out: staff decide)."""
+    from payments import refunds
     from store import orders
     from store.models import OrderStatus
 
@@ -262,16 +266,26 @@ def refund_order(access: Access, account_id: int, order_id: int, reason: str, ip
         raise orders.InvalidTransitionError(
             f"only a fulfilled order is refunded by hand (this one is {order.status.value})"
         )
-    before = order.status.value
-    orders.refund(order, reason.strip())
+    before = {"status": order.status.value, "refunded_fen": order.refunded_fen}
+    if amount_fen is None or amount_fen == order.amount_fen - order.refunded_fen:
+        orders.refund(order, reason.strip())
+        amount = order.amount_fen - before["refunded_fen"]
+    else:
+        refund = refunds.partial(order, amount_fen, reason.strip(), access.user_id)
+        amount = refund.amount_fen
     db.session.refresh(order)
     staff.audit(
         access.user_id,
         "order.refund",
         account_id=account.id,
         target=f"order {order.out_trade_no}",
-        before={"status": before},
-        after={"status": order.status.value, "reason": reason.strip()[:200], "amount_fen": order.amount_fen},
+        before=before,
+        after={
+            "status": order.status.value,
+            "reason": reason.strip()[:200],
+            "amount_fen": amount,
+            "refunded_fen": order.refunded_fen,
+        },
         ip=ip,
     )
     return order

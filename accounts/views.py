@@ -661,21 +661,31 @@ def order_list(account_id: int) -> ResponseReturnValue:
 @bp.route("/accounts/<int:account_id>/orders/<int:order_id>", methods=["GET", "POST"])
 @login_required
 def order_detail(account_id: int, order_id: int) -> ResponseReturnValue:
+    from payments import refunds
     from store import orders
 
     access = current_access()
     account = acl.account_for(access, account_id, acl.ORDERS)
     order = orders.order_for(account.id, order_id)
     if request.method == "POST":
+        from store.console_forms import yuan_to_fen
+
         try:
+            typed = (request.form.get("amount") or "").strip()
+            try:
+                amount = yuan_to_fen(typed) if typed else None
+            except ValueError:
+                raise acl.InvalidInputError(
+                    "an amount in yuan, e.g. 5.00", fields={"amount": ["invalid"]}
+                ) from None
             operations.refund_order(
-                access, account_id, order_id, request.form.get("reason") or "", client_ip()
+                access, account_id, order_id, request.form.get("reason") or "", client_ip(), amount
             )
             db.session.commit()
         except ServiceError as exc:
             _fail(exc)
         else:
-            flash("Refunded in full.", "success")
+            flash("Refund requested." if amount else "Refunded in full.", "success")
         return redirect(url_for("console.order_detail", account_id=account_id, order_id=order_id))
     return render_template(
         "accounts/order_detail.html",
@@ -683,5 +693,9 @@ def order_detail(account_id: int, order_id: int) -> ResponseReturnValue:
         order=_order_row(order, access.unmasked(account.id)),
         history=orders.history(order.id),
         payments=orders.payment_rows(order.id),
-        can_refund=access.can(acl.REFUND, account.id) and order.status.value == "fulfilled",
+        refunds=refunds.of_order(order.id),
+        refundable_fen=order.amount_fen - order.refunded_fen,
+        can_refund=access.can(acl.REFUND, account.id)
+        and order.status.value == "fulfilled"
+        and order.refunded_fen < order.amount_fen,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +16,7 @@ from wechat_service.models import BigId, str_enum
 
 class Provider(enum.StrEnum):
     wechatpay_v3 = "wechatpay_v3"
+    wechatpay_v2 = "wechatpay_v2"
     alipay = "alipay"
 
 
@@ -33,6 +34,9 @@ class Merchant(db.Model):
     apiv3_key: Mapped[str] = mapped_column(EncryptedText)
     platform_public_key: Mapped[str] = mapped_column(sa.Text)  # WeChat Pay's public key (public)
     platform_public_key_id: Mapped[str] = mapped_column(sa.String(64))
+    # v2 only: how requests are signed (MD5 or HMAC-SHA256). For v2 `apiv3_key` holds the API key,
+    # `private_key`/`platform_public_key` the API client certificate's key and certificate (PEM).
+    sign_type: Mapped[str | None] = mapped_column(sa.String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -60,4 +64,134 @@ class PaymentTransaction(db.Model):
     status: Mapped[str] = mapped_column(sa.String(32))  # the provider's own state (SUCCESS, …)
     anomaly: Mapped[str | None] = mapped_column(sa.String(64))  # e.g. paid_after_close: refunded
     raw: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RefundStatus(enum.StrEnum):
+    processing = "processing"  # asked; the provider's notification or a query finishes it
+    success = "success"
+    failed = "failed"  # closed or abnormal at the provider: the amount is released
+
+
+class Refund(db.Model):
+    """One refund request (full or partial) under its own number; the provider treats a resend with
+    the same number as the same refund, so asking again is always safe."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (sa.CheckConstraint("amount_fen > 0", name="amount_positive"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    # None: money the provider took for an order we do not know (an anomaly), sent straight back.
+    order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"), index=True)
+    provider: Mapped[Provider] = mapped_column(str_enum(Provider, 16))
+    out_trade_no: Mapped[str] = mapped_column(sa.String(64))
+    total_fen: Mapped[int]  # what was paid (the providers want it with every refund)
+    out_refund_no: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    amount_fen: Mapped[int]
+    reason: Mapped[str] = mapped_column(sa.String(200))
+    status: Mapped[RefundStatus] = mapped_column(str_enum(RefundStatus, 16), default=RefundStatus.processing)
+    provider_refund_id: Mapped[str | None] = mapped_column(sa.String(64))
+    requested_by: Mapped[int | None] = mapped_column(sa.ForeignKey("staff_users.id"))  # None: automatic
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReconStatus(enum.StrEnum):
+    matched = "matched"  # every line on both sides agrees
+    discrepancies = "discrepancies"
+    failed = "failed"  # the statement could not be fetched or read
+
+
+class ReconciliationRun(db.Model):
+    """One merchant's statement for one day matched against our ledger (re-running replaces it)."""
+
+    __tablename__ = "reconciliation_runs"
+    __table_args__ = (sa.UniqueConstraint("merchant_id", "bill_date"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    merchant_id: Mapped[int] = mapped_column(sa.ForeignKey("merchants.id", ondelete="CASCADE"))
+    provider: Mapped[Provider] = mapped_column(str_enum(Provider, 16))
+    bill_date: Mapped[date] = mapped_column(sa.Date)
+    status: Mapped[ReconStatus] = mapped_column(str_enum(ReconStatus, 16))
+    statement_rows: Mapped[int] = mapped_column(default=0)
+    ledger_rows: Mapped[int] = mapped_column(default=0)
+    matched: Mapped[int] = mapped_column(default=0)
+    statement_net_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # payments − refunds
+    ledger_net_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReconItemKind(enum.StrEnum):
+    missing_in_ledger = "missing_in_ledger"  # the provider moved money we have no record of
+    missing_in_statement = "missing_in_statement"  # we recorded money the provider does not list
+    amount_mismatch = "amount_mismatch"
+
+
+class ReconciliationItem(db.Model):
+    __tablename__ = "reconciliation_items"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("reconciliation_runs.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[ReconItemKind] = mapped_column(str_enum(ReconItemKind, 24))
+    txn_kind: Mapped[TxnKind] = mapped_column(str_enum(TxnKind, 16))
+    provider_txn_id: Mapped[str] = mapped_column(sa.String(64))
+    out_trade_no: Mapped[str | None] = mapped_column(sa.String(64))
+    ledger_fen: Mapped[int | None]
+    statement_fen: Mapped[int | None]
+
+
+class AlertLevel(enum.IntEnum):
+    ok = 0
+    warning = 1  # below the first threshold
+    critical = 2  # below the second
+
+
+class FundPool(db.Model):
+    """A prepaid budget (e.g. a partner's money behind a data-gift campaign) that the products it
+    funds draw on; it can never go below zero, and crossing a threshold alerts its staff once."""
+
+    __tablename__ = "fund_pools"
+    __table_args__ = (
+        sa.CheckConstraint("balance_fen >= 0", name="balance_not_negative"),
+        sa.CheckConstraint("critical_fen <= warning_fen", name="thresholds_ordered"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(128))
+    balance_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    warning_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    critical_fen: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    alert_level: Mapped[int] = mapped_column(default=0)  # an AlertLevel; moved by conditional UPDATE
+    alert_openids: Mapped[list[str]] = mapped_column(sa.JSON, default=list)  # staff who get the message
+    alert_template_id: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PoolEntryKind(enum.StrEnum):
+    top_up = "top_up"
+    debit = "debit"  # reserved for a fulfilment
+    release = "release"  # the fulfilment failed: the reservation comes back
+    alert = "alert"  # a threshold was crossed (amount 0; the level in `note`)
+
+
+class FundPoolEntry(db.Model):
+    """The pool's append-only ledger; (pool, kind, ref) is unique, so a retried debit is one debit."""
+
+    __tablename__ = "fund_pool_entries"
+    __table_args__ = (sa.UniqueConstraint("pool_id", "kind", "ref"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(sa.ForeignKey("fund_pools.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[PoolEntryKind] = mapped_column(str_enum(PoolEntryKind, 16))
+    amount_fen: Mapped[int] = mapped_column(sa.BigInteger)
+    ref: Mapped[str] = mapped_column(sa.String(64))
+    balance_after: Mapped[int] = mapped_column(sa.BigInteger)
+    note: Mapped[str | None] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -17,6 +17,7 @@ from flask import current_app
 
 from payments.models import Merchant, PaymentTransaction, Provider, TxnKind
 from payments.providers.alipay import PAID_STATES, AlipayProvider, yuan_to_fen
+from payments.providers.wechatpay_v2 import WeChatPayV2
 from payments.providers.wechatpay_v3 import NotificationError, PaymentProviderError, WeChatPayV3
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import InvalidInputError, NotFoundError
@@ -77,6 +78,43 @@ def add_alipay_merchant(
     return merchant
 
 
+def add_wechatpay_v2_merchant(
+    account_id: int,
+    *,
+    mchid: str,
+    api_key: str,
+    sign_type: str = "MD5",
+    appid: str | None = None,
+    cert_pem: str = "",
+    key_pem: str = "",
+) -> Merchant:
+    """A merchant still on API v2: its API key signs everything; the client certificate (optional
+    here, required by WeChat Pay for refunds in production) authenticates refund requests."""
+    from accounts.models import Account
+
+    account = db.session.get(Account, account_id)
+    if account is None:
+        raise NotFoundError("no such account")
+    if len(api_key) != 32:
+        raise InvalidInputError("the API key has 32 characters", fields={"api_key": ["invalid"]})
+    if sign_type not in ("MD5", "HMAC-SHA256"):
+        raise InvalidInputError("sign type is MD5 or HMAC-SHA256", fields={"sign_type": ["invalid"]})
+    merchant = db.session.scalar(
+        sa.select(Merchant).where(
+            Merchant.account_id == account_id, Merchant.provider == Provider.wechatpay_v2
+        )
+    )
+    if merchant is None:
+        merchant = Merchant(account_id=account_id, provider=Provider.wechatpay_v2)
+        db.session.add(merchant)
+    merchant.mchid, merchant.appid, merchant.serial_no = mchid, appid or account.appid, ""
+    merchant.apiv3_key, merchant.sign_type = api_key, sign_type
+    merchant.private_key, merchant.platform_public_key = key_pem, cert_pem
+    merchant.platform_public_key_id = ""
+    db.session.flush()
+    return merchant
+
+
 def merchant_for(account_id: int, provider_name: str = "wechatpay_v3") -> Merchant:
     merchant = db.session.scalar(
         sa.select(Merchant).where(
@@ -103,6 +141,7 @@ def provider(merchant: Merchant) -> Any:
                 merchant.apiv3_key,
                 merchant.platform_public_key,
                 merchant.platform_public_key_id,
+                merchant.sign_type or "",
                 cfg["WECHATPAY_API_BASE"],
                 cfg["ALIPAY_GATEWAY"],
                 cfg["PUBLIC_BASE_URL"],
@@ -130,6 +169,18 @@ def _build_provider(merchant: Merchant, cfg: Any) -> Any:
             gateway=cfg["ALIPAY_GATEWAY"],
             notify_url=f"{cfg['PUBLIC_BASE_URL']}/payments/alipay/{merchant.id}/notify",
         )
+    if merchant.provider is Provider.wechatpay_v2:
+        return WeChatPayV2(
+            mchid=merchant.mchid,
+            appid=merchant.appid,
+            api_key=merchant.apiv3_key,
+            sign_type=merchant.sign_type or "MD5",
+            cert_pem=merchant.platform_public_key or None,
+            key_pem=merchant.private_key or None,
+            api_base=cfg["WECHATPAY_API_BASE"],
+            notify_url=f"{cfg['PUBLIC_BASE_URL']}/payments/wechatpay/v2/{merchant.id}/notify",
+            refund_notify_url=f"{cfg['PUBLIC_BASE_URL']}/payments/wechatpay/v2/{merchant.id}/refund-notify",
+        )
     return WeChatPayV3(
         mchid=merchant.mchid,
         appid=merchant.appid,
@@ -143,55 +194,24 @@ def _build_provider(merchant: Merchant, cfg: Any) -> Any:
     )
 
 
-def prepay(order: Any, openid: str, description: str) -> dict[str, Any]:
+def prepay(order: Any, openid: str, description: str, client_ip: str = "127.0.0.1") -> dict[str, Any]:
     """What the client needs to pay: JSAPI parameters (WeChat Pay), or the wap pay URL (Alipay)."""
     if order.provider == Provider.alipay.value:
         url = provider(merchant_for(order.account_id, "alipay")).wap_pay_url(
             out_trade_no=order.out_trade_no, amount_fen=order.amount_fen, subject=description
         )
         return {"provider": "alipay", "url": url}
-    params = provider(merchant_for(order.account_id)).jsapi(
-        out_trade_no=order.out_trade_no, amount_fen=order.amount_fen, openid=openid, description=description
+    client = provider(merchant_for(order.account_id, order.provider))
+    extra = {"client_ip": client_ip} if order.provider == Provider.wechatpay_v2.value else {}
+    params = client.jsapi(
+        out_trade_no=order.out_trade_no,
+        amount_fen=order.amount_fen,
+        openid=openid,
+        description=description,
+        **extra,
     )
     order.prepay_id = params["prepay_id"]
     return params
-
-
-def refund(order: Any, amount_fen: int, reason: str) -> dict[str, Any]:
-    merchant = merchant_for(order.account_id, order.provider)
-    # One full refund per order, under one number: a retry is the same refund at the provider.
-    out_refund_no = f"RF{order.out_trade_no[2:]}"[:64]
-    try:
-        if merchant.provider is Provider.alipay:
-            raw = provider(merchant).refund(
-                out_trade_no=order.out_trade_no,
-                out_request_no=out_refund_no,
-                refund_fen=amount_fen,
-                reason=reason,
-            )
-            result = {**raw, "status": "SUCCESS", "refund_id": out_refund_no}
-        else:
-            result = provider(merchant).refund(
-                out_trade_no=order.out_trade_no,
-                out_refund_no=out_refund_no,
-                refund_fen=amount_fen,
-                total_fen=order.amount_fen,
-                reason=reason,
-            )
-    except PaymentProviderError as exc:
-        log.error("refund of order %s failed: %s", order.id, exc)
-        return {"status": "FAILED"}
-    _record(
-        order.account_id,
-        order.id,
-        TxnKind.refund,
-        str(result.get("refund_id")),
-        amount_fen,
-        str(result.get("status")),
-        result,
-        provider_name=merchant.provider,
-    )
-    return result
 
 
 def _record(
@@ -233,70 +253,153 @@ def _record(
     return bool(inserted)
 
 
+def _apply_payment(
+    merchant: Merchant, out_trade_no: str, txn_id: str, amount: int, status: str, raw: dict[str, Any]
+) -> bool:
+    """Record a verified payment and apply it to its order, once. False: the amount does not match
+    the order (recorded as an anomaly, nothing changed). Money for an order we do not know, or one
+    already closed, is recorded as an anomaly and sent back."""
+    from payments import refunds
+    from store import orders
+    from store.models import Order, OrderStatus
+
+    order = db.session.scalar(
+        sa.select(Order).where(Order.out_trade_no == out_trade_no, Order.account_id == merchant.account_id)
+    )
+    if order is not None and amount != order.amount_fen:
+        # Tampered or wrong: record it for the operator, change nothing, and say FAIL.
+        _record(
+            merchant.account_id, order.id, TxnKind.payment, txn_id, amount, status, raw,
+            anomaly="amount_mismatch", provider_name=merchant.provider,
+        )  # fmt: skip
+        db.session.commit()
+        return False
+    # A second notification of the same payment (TRADE_FINISHED after TRADE_SUCCESS, a resend)
+    # has the same provider id: the unique key makes it a no-op.
+    new = _record(
+        merchant.account_id, order.id if order else None, TxnKind.payment, txn_id, amount, status, raw,
+        anomaly=None if order else "unknown_order", provider_name=merchant.provider,
+    )  # fmt: skip
+    if order is None:
+        db.session.commit()
+        if new:
+            refunds.refund_unknown_payment(merchant, out_trade_no, amount, txn_id)
+        return True
+    # Applied even when the row existed: a copy after a half-finished first one completes it
+    # (paid() is a conditional transition, so a finished one is not applied twice).
+    if not orders.paid(order, txn_id):
+        db.session.refresh(order)
+        if order.status is OrderStatus.closed:  # paid after we closed it: money back
+            orders.refund(order, "paid after the order closed")
+    db.session.commit()
+    return True
+
+
+def _merchant(merchant_id: int, kind: Provider) -> Merchant | None:
+    merchant = db.session.get(Merchant, merchant_id)
+    return merchant if merchant is not None and merchant.provider is kind else None
+
+
 def handle_wechatpay_v3(
     merchant_id: int, headers: dict[str, str], body: bytes
 ) -> tuple[int, dict[str, Any] | None]:
     """(HTTP status, body) for WeChat Pay: 204 and no body when accepted (or already applied)."""
-    from store import orders
-    from store.models import Order, OrderStatus
+    from payments import refunds
 
-    merchant = db.session.get(Merchant, merchant_id)
-    if merchant is None or merchant.provider is not Provider.wechatpay_v3:
+    merchant = _merchant(merchant_id, Provider.wechatpay_v3)
+    if merchant is None:
         return 404, {"code": "FAIL", "message": "unknown merchant"}
     try:
         data = provider(merchant).parse_notification(headers, body)
     except NotificationError as exc:
         return 401, {"code": "FAIL", "message": str(exc)}
     txn = data["resource"]
-    if data.get("event_type") != "TRANSACTION.SUCCESS" or txn.get("trade_state") != "SUCCESS":
-        return 204, None  # nothing to apply (e.g. a refund notification we track by query)
-    if txn.get("mchid") != merchant.mchid or txn.get("appid") != merchant.appid:
+    if txn.get("mchid") != merchant.mchid:
+        return 400, {"code": "FAIL", "message": "not this merchant's transaction"}
+    event = str(data.get("event_type", ""))
+    if event.startswith("REFUND."):
+        amount = (txn.get("amount") or {}).get("refund")
+        ok = refunds.notified(
+            merchant,
+            out_refund_no=str(txn.get("out_refund_no", "")),
+            status=str(txn.get("refund_status", "")),
+            provider_refund_id=str(txn.get("refund_id", "")),
+            amount=amount if isinstance(amount, int) else -1,
+            raw=txn,
+        )
+        return (204, None) if ok else (400, {"code": "FAIL", "message": "refund does not match"})
+    if event != "TRANSACTION.SUCCESS" or txn.get("trade_state") != "SUCCESS":
+        return 204, None  # nothing to apply
+    if txn.get("appid") != merchant.appid:
         return 400, {"code": "FAIL", "message": "not this merchant's transaction"}
     amount = (txn.get("amount") or {}).get("total")
-    order = db.session.scalar(
-        sa.select(Order).where(
-            Order.out_trade_no == str(txn.get("out_trade_no")), Order.account_id == merchant.account_id
-        )
-    )
-    if not isinstance(amount, int) or amount <= 0:
-        return 400, {"code": "FAIL", "message": "amount missing"}
-    if order is not None and amount != order.amount_fen:
-        # Tampered or wrong: record it for the operator, change nothing, and say FAIL.
-        _record(
-            merchant.account_id,
-            order.id,
-            TxnKind.payment,
-            str(txn.get("transaction_id")),
-            amount,
-            "SUCCESS",
-            txn,
-            anomaly="amount_mismatch",
-        )
-        db.session.commit()
+    if not isinstance(amount, int) or amount <= 0 or not txn.get("transaction_id"):
+        return 400, {"code": "FAIL", "message": "amount or transaction id missing"}
+    if not _apply_payment(
+        merchant, str(txn.get("out_trade_no")), str(txn["transaction_id"]), amount, "SUCCESS", txn
+    ):
         return 400, {"code": "FAIL", "message": "amount does not match the order"}
-    anomaly = (
-        None
-        if order is not None and order.status is OrderStatus.pending_payment
-        else ("unknown_order" if order is None else None)
-    )
-    _record(
-        merchant.account_id,
-        order.id if order else None,
-        TxnKind.payment,
-        str(txn["transaction_id"]),
-        amount,
-        "SUCCESS",
-        txn,
-        anomaly=anomaly,
-    )
-    # Applied even when the row existed: a copy after a half-finished first one completes it
-    # (paid() is a conditional transition, so a finished one is not applied twice).
-    if order is not None and not orders.paid(order, str(txn["transaction_id"])):
-        db.session.refresh(order)
-        if order.status is OrderStatus.closed:  # paid after we closed it: money back
-            orders.refund(order, "paid after the order closed")
-    db.session.commit()
     return 204, None
+
+
+V2_OK = "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>"
+
+
+def v2_fail(message: str) -> str:
+    return (
+        "<xml><return_code><![CDATA[FAIL]]></return_code>"
+        f"<return_msg><![CDATA[{message}]]></return_msg></xml>"
+    )
+
+
+def handle_wechatpay_v2(merchant_id: int, body: bytes) -> tuple[int, str]:
+    """A v2 payment notification (XML); WeChat Pay resends until it reads return_code SUCCESS."""
+    merchant = _merchant(merchant_id, Provider.wechatpay_v2)
+    if merchant is None:
+        return 404, v2_fail("unknown merchant")
+    try:
+        data = provider(merchant).parse_notification(body)
+    except NotificationError as exc:
+        return 401, v2_fail(str(exc))
+    if data.get("return_code") != "SUCCESS" or data.get("result_code") != "SUCCESS":
+        return 200, V2_OK  # a failed payment: nothing to apply
+    try:
+        amount = int(data.get("total_fee", ""))
+    except ValueError:
+        amount = 0
+    if amount <= 0 or not data.get("transaction_id"):
+        return 400, v2_fail("total_fee or transaction_id missing")
+    if not _apply_payment(
+        merchant, data.get("out_trade_no", ""), data["transaction_id"], amount, "SUCCESS", data
+    ):
+        return 400, v2_fail("amount does not match the order")
+    return 200, V2_OK
+
+
+def handle_wechatpay_v2_refund(merchant_id: int, body: bytes) -> tuple[int, str]:
+    from payments import refunds
+
+    merchant = _merchant(merchant_id, Provider.wechatpay_v2)
+    if merchant is None:
+        return 404, v2_fail("unknown merchant")
+    try:
+        info = provider(merchant).parse_refund_notification(body)
+    except NotificationError as exc:
+        return 401, v2_fail(str(exc))
+    status = {"CHANGE": "ABNORMAL", "REFUNDCLOSE": "CLOSED"}.get(info.get("refund_status", ""), "")
+    try:
+        amount = int(info.get("refund_fee", ""))
+    except ValueError:
+        amount = -1
+    ok = refunds.notified(
+        merchant,
+        out_refund_no=info.get("out_refund_no", ""),
+        status=status or info.get("refund_status", ""),
+        provider_refund_id=info.get("refund_id", ""),
+        amount=amount,
+        raw=info,
+    )
+    return (200, V2_OK) if ok else (400, v2_fail("refund does not match"))
 
 
 def reconcile_pending(order: Any) -> str:
@@ -304,50 +407,31 @@ def reconcile_pending(order: Any) -> str:
     from store import orders
 
     merchant = merchant_for(order.account_id, order.provider)
-    if merchant.provider is Provider.alipay:
-        try:
-            result = provider(merchant).query(order.out_trade_no)
-        except PaymentProviderError:
-            return "UNKNOWN"
-        if (
-            result.get("trade_status") in PAID_STATES
-            and yuan_to_fen(result["total_amount"]) == order.amount_fen
-        ):
-            _record(
-                order.account_id,
-                order.id,
-                TxnKind.payment,
-                str(result["trade_no"]),
-                order.amount_fen,
-                str(result["trade_status"]),
-                result,
-                provider_name=Provider.alipay,
-            )
-            orders.paid(order, str(result["trade_no"]))  # conditional: applied once
-            return "paid"
-        return str(result.get("trade_status", "UNKNOWN"))
     try:
         result = provider(merchant).query(order.out_trade_no)
     except PaymentProviderError as exc:
-        if (exc.detail or {}).get("code") == "ORDER_NOT_EXIST":
+        if (exc.detail or {}).get("code") in ("ORDER_NOT_EXIST", "ACQ.TRADE_NOT_EXIST"):
             return "NOTPAY"  # the prepay never went through: nothing can be paid, the order may close
+        if merchant.provider is Provider.alipay:
+            return "UNKNOWN"
         raise
-    if (
-        result.get("trade_state") == "SUCCESS"
-        and (result.get("amount") or {}).get("total") == order.amount_fen
-    ):
-        _record(
-            order.account_id,
-            order.id,
-            TxnKind.payment,
-            str(result["transaction_id"]),
-            order.amount_fen,
-            "SUCCESS",
-            result,
-        )
-        orders.paid(order, str(result["transaction_id"]))  # conditional: applied once
-        return "paid"
-    return str(result.get("trade_state", "UNKNOWN"))
+    if merchant.provider is Provider.alipay:
+        state, txn_id = str(result.get("trade_status", "UNKNOWN")), str(result.get("trade_no"))
+        paid = state in PAID_STATES and yuan_to_fen(str(result.get("total_amount"))) == order.amount_fen
+    elif merchant.provider is Provider.wechatpay_v2:
+        state, txn_id = str(result.get("trade_state", "UNKNOWN")), str(result.get("transaction_id"))
+        paid = state == "SUCCESS" and str(result.get("total_fee")) == str(order.amount_fen)
+    else:
+        state, txn_id = str(result.get("trade_state", "UNKNOWN")), str(result.get("transaction_id"))
+        paid = state == "SUCCESS" and (result.get("amount") or {}).get("total") == order.amount_fen
+    if not paid:
+        return state
+    _record(
+        order.account_id, order.id, TxnKind.payment, txn_id, order.amount_fen, state, dict(result),
+        provider_name=merchant.provider,
+    )  # fmt: skip
+    orders.paid(order, txn_id)  # conditional: applied once
+    return "paid"
 
 
 def close_at_provider(order: Any) -> bool:
@@ -355,22 +439,19 @@ def close_at_provider(order: Any) -> bool:
     if order.provider == Provider.alipay.value:
         return True  # an Alipay trade expires on its own (timeout_express); a late payment is refunded
     try:
-        provider(merchant_for(order.account_id)).close(order.out_trade_no)
+        provider(merchant_for(order.account_id, order.provider)).close(order.out_trade_no)
     except PaymentProviderError as exc:
         if (exc.detail or {}).get("code") == "ORDERPAID":
             return False
-        if (exc.detail or {}).get("code") != "ORDER_NOT_EXIST":
+        if (exc.detail or {}).get("code") not in ("ORDER_NOT_EXIST", "ORDERCLOSED"):
             raise
     return True
 
 
 def handle_alipay(merchant_id: int, form: dict[str, str]) -> str:
     """Alipay wants exactly `success` (else it resends 8 times over 25 h)."""
-    from store import orders
-    from store.models import Order, OrderStatus
-
-    merchant = db.session.get(Merchant, merchant_id)
-    if merchant is None or merchant.provider is not Provider.alipay:
+    merchant = _merchant(merchant_id, Provider.alipay)
+    if merchant is None:
         return "failure"
     try:
         data = provider(merchant).parse_notification(form)
@@ -380,40 +461,9 @@ def handle_alipay(merchant_id: int, form: dict[str, str]) -> str:
         return "failure"
     if data.get("trade_status") not in PAID_STATES:
         return "success"  # WAIT_BUYER_PAY, TRADE_CLOSED: nothing to apply
-    order = db.session.scalar(
-        sa.select(Order).where(
-            Order.out_trade_no == data.get("out_trade_no", ""), Order.account_id == merchant.account_id
-        )
-    )
-    if order is not None and amount != order.amount_fen:
-        _record(
-            merchant.account_id,
-            order.id,
-            TxnKind.payment,
-            data["trade_no"],
-            amount,
-            data["trade_status"],
-            data,
-            anomaly="amount_mismatch",
-            provider_name=Provider.alipay,
-        )
-        db.session.commit()
+    if not data.get("trade_no"):
         return "failure"
-    # TRADE_FINISHED after TRADE_SUCCESS is the same trade_no: the unique key makes it a no-op.
-    _record(
-        merchant.account_id,
-        order.id if order else None,
-        TxnKind.payment,
-        data["trade_no"],
-        amount,
-        data["trade_status"],
-        data,
-        anomaly=None if order else "unknown_order",
-        provider_name=Provider.alipay,
+    ok = _apply_payment(
+        merchant, data.get("out_trade_no", ""), data["trade_no"], amount, data["trade_status"], data
     )
-    if order is not None and not orders.paid(order, data["trade_no"]):
-        db.session.refresh(order)
-        if order.status is OrderStatus.closed:
-            orders.refund(order, "paid after the order closed")
-    db.session.commit()
-    return "success"
+    return "success" if ok else "failure"

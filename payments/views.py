@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, request
 
@@ -26,6 +27,26 @@ def wechatpay_v3(merchant_id: int) -> Response:
     status, payload = services.handle_wechatpay_v3(merchant_id, dict(request.headers), body)
     # WeChat Pay: 200/204 with no body means received; anything else (4xx/5xx + code) is retried.
     return Response(json.dumps(payload) if payload else b"", status, content_type="application/json")
+
+
+def _v2(merchant_id: int, handler: Callable[[int, bytes], tuple[int, str]]) -> Response:
+    if merchant_id > MAX_ID:
+        return Response(services.v2_fail("unknown merchant"), 404, content_type="text/xml")
+    body = request.get_data(cache=False)
+    if len(body) > current_app.config["CALLBACK_MAX_BODY"]:
+        return Response(services.v2_fail("body too large"), 413, content_type="text/xml")
+    status, xml = handler(merchant_id, body)
+    return Response(xml, status, content_type="text/xml")
+
+
+@bp.post("/wechatpay/v2/<int:merchant_id>/notify")
+def wechatpay_v2(merchant_id: int) -> Response:
+    return _v2(merchant_id, services.handle_wechatpay_v2)
+
+
+@bp.post("/wechatpay/v2/<int:merchant_id>/refund-notify")
+def wechatpay_v2_refund(merchant_id: int) -> Response:
+    return _v2(merchant_id, services.handle_wechatpay_v2_refund)
 
 
 @bp.post("/alipay/<int:merchant_id>/notify")

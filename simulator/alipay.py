@@ -4,9 +4,11 @@ notifications: form-encoded, RSA2 over the sorted `k=v&…` of every field but `
 from __future__ import annotations
 
 import base64
+import io
 import json
 import secrets
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -19,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from simulator import bills
+
 bp = Blueprint("sim_alipay", __name__, url_prefix="/alipay")
 admin = Blueprint("sim_alipay_admin", __name__, url_prefix="/_sim/alipay")
 BEIJING = timezone(timedelta(hours=8))
@@ -30,6 +34,7 @@ class AlipayState:
     key: Any = None
     apps: dict[str, dict[str, Any]] = field(default_factory=dict)
     trades: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (app_id, out_trade_no)
+    bills: dict[str, bytes] = field(default_factory=dict)
 
 
 def state() -> AlipayState:
@@ -84,6 +89,8 @@ def gateway() -> ResponseReturnValue:
             method, {"code": "40002", "msg": "Invalid Arguments", "sub_code": "isv.invalid-signature"}
         )
     biz = json.loads(params.get("biz_content") or "{}")
+    if method == "alipay.data.dataservice.bill.downloadurl.query":
+        return _bill_url(method, params["app_id"], str(biz.get("bill_date", "")))
     key = (params["app_id"], str(biz.get("out_trade_no", "")))
     if method == "alipay.trade.wap.pay":
         with state().lock:
@@ -140,6 +147,7 @@ def gateway() -> ResponseReturnValue:
                         },
                     )
                 refunds[request_no] = amount
+                trade.setdefault("refund_times", {})[request_no] = datetime.now(BEIJING).isoformat()
             total = sum(refunds.values(), Decimal(0))
             if total == Decimal(trade["total_amount"]):
                 trade["trade_status"] = "TRADE_CLOSED"
@@ -157,6 +165,56 @@ def gateway() -> ResponseReturnValue:
     return _answer(
         method, {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.METHOD_NOT_SUPPORTED"}
     )
+
+
+def _bill_url(method: str, app_id: str, bill_date: str) -> Response:
+    """The day's trade bill: a zip whose detail CSV is GBK, as Alipay serves it."""
+    lines: list[dict[str, Any]] = []
+    with state().lock:
+        for (a, _), t in state().trades.items():
+            if a != app_id or "paid_at" not in t:
+                continue
+            fen = int(Decimal(t["total_amount"]) * 100)
+            lines.append(
+                {
+                    "time": t["paid_at"],
+                    "transaction_id": t["trade_no"],
+                    "out_trade_no": t["out_trade_no"],
+                    "amount": fen,
+                }
+            )
+            for request_no, amount in (t.get("refunds") or {}).items():
+                lines.append(
+                    {
+                        "time": t["refund_times"][request_no],
+                        "transaction_id": t["trade_no"],
+                        "out_trade_no": t["out_trade_no"],
+                        "amount": fen,
+                        "refund": int(amount * 100),
+                        "out_refund_no": request_no,
+                    }
+                )
+    if not any(bills.day_of(ln["time"]) == bill_date for ln in lines):
+        return _answer(method, {"code": "40004", "msg": "Business Failed", "sub_code": "isp.bill_not_exist"})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        day = bill_date.replace("-", "")
+        text = bills.alipay_statement(app_id, bill_date, lines)
+        archive.writestr(f"{app_id}_{day}_业务明细.csv", text.encode("gbk"))
+        archive.writestr(f"{app_id}_{day}_业务明细(汇总).csv", "#汇总\r\n".encode("gbk"))
+    token = secrets.token_urlsafe(16)
+    with state().lock:
+        state().bills[token] = buffer.getvalue()
+    url = f"{request.host_url}alipay/bills/{token}.zip"
+    return _answer(method, {"code": "10000", "msg": "Success", "bill_download_url": url})
+
+
+@bp.get("/bills/<token>.zip")
+def bill_file(token: str) -> ResponseReturnValue:
+    content = state().bills.get(token)
+    if content is None:
+        abort(404)
+    return Response(content, content_type="application/zip")
 
 
 def notification(trade: dict[str, Any], *, sign_type: str = "RSA2", **extra: str) -> dict[str, str]:
@@ -219,6 +277,7 @@ def pay() -> ResponseReturnValue:
         if trade.get("refunds"):
             abort(409, "the trade was refunded: it cannot be paid again")
         trade.setdefault("trade_no", datetime.now(BEIJING).strftime("%Y%m%d") + secrets.token_hex(10))
+        trade.setdefault("paid_at", datetime.now(BEIJING).isoformat())
         trade["trade_status"] = data.get("trade_status", "TRADE_SUCCESS")
     form = notification(trade, sign_type=data.get("sign_type", "RSA2"))
     form.update(data.get("tamper") or {})

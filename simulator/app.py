@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from simulator import admin, alipay, boss, wechat, wechatpay
+from simulator import admin, alipay, bills, boss, oauth, wechat, wechatpay, wechatpay_v2
 from simulator.state import SimState
 
 
@@ -20,6 +20,12 @@ def create_app() -> Flask:
     app.register_blueprint(wechatpay.admin)
     app.register_blueprint(alipay.bp)
     app.register_blueprint(alipay.admin)
+    app.register_blueprint(wechatpay_v2.bp)
+    app.register_blueprint(wechatpay_v2.admin)
+    app.register_blueprint(bills.admin)
+    app.register_blueprint(oauth.open_bp)
+    app.register_blueprint(oauth.bp)
+    app.register_blueprint(oauth.admin)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

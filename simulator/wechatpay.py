@@ -5,6 +5,8 @@ encrypted with AES-256-GCM under the merchant's APIv3 key. Only the JSAPI path s
 from __future__ import annotations
 
 import base64
+import gzip
+import hashlib
 import json
 import re
 import secrets
@@ -21,6 +23,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from simulator import bills
+
 bp = Blueprint("sim_wechatpay", __name__, url_prefix="/wechatpay")
 admin = Blueprint("sim_wechatpay_admin", __name__, url_prefix="/_sim/wechatpay")
 AUTH_RE = re.compile(r'(\w+)="([^"]*)"')
@@ -35,6 +39,7 @@ class PayState:
     orders: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (mchid, out_trade_no)
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
     notifications: list[dict[str, Any]] = field(default_factory=list)
+    bills: dict[str, bytes] = field(default_factory=dict)
 
 
 def state() -> PayState:
@@ -199,30 +204,131 @@ def refund() -> ResponseReturnValue:
             )
             if refunded + int(amount["refund"]) > order["amount"]:
                 return fail(400, "NOT_ENOUGH", "refund exceeds the payment")
+            # A merchant registered with refund_status PROCESSING gets WeChat's usual answer: the
+            # refund finishes later (/_sim/wechatpay/refunds/<no>/finish posts REFUND.*).
+            status = merchant.get("refund_status", "SUCCESS")
             existing = {
                 "refund_id": "50" + secrets.token_hex(12),
                 "out_refund_no": data.get("out_refund_no"),
                 "out_trade_no": order["out_trade_no"],
+                "transaction_id": order.get("transaction_id"),
                 "amount": int(amount["refund"]),
-                "status": "SUCCESS",
+                "total": order["amount"],
+                "status": status,
+                "mchid": merchant["mchid"],
+                "notify_url": data.get("notify_url"),
+                "created_at": datetime.now(UTC).isoformat(),
+                "success_time": datetime.now(UTC).isoformat() if status == "SUCCESS" else None,
             }
             state().refunds[existing["out_refund_no"]] = existing
             order["trade_state"] = "REFUND"
+    return signed(200, _refund_view(existing))
+
+
+def _refund_view(refund: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        "refund_id": refund["refund_id"],
+        "out_refund_no": refund["out_refund_no"],
+        "transaction_id": refund["transaction_id"],
+        "out_trade_no": refund["out_trade_no"],
+        "channel": "ORIGINAL",
+        "status": refund["status"],
+        "create_time": refund["created_at"],
+        "amount": {"refund": refund["amount"], "total": refund["total"], "currency": "CNY"},
+    }
+    if refund.get("success_time"):
+        out["success_time"] = refund["success_time"]
+    return out
+
+
+@bp.get("/v3/refund/domestic/refunds/<out_refund_no>")
+def refund_query(out_refund_no: str) -> ResponseReturnValue:
+    merchant = _merchant()
+    if isinstance(merchant, Response):
+        return merchant
+    refund = state().refunds.get(out_refund_no)
+    if refund is None or refund["mchid"] != merchant["mchid"]:
+        return fail(404, "RESOURCE_NOT_EXISTS", "no such refund")
+    return signed(200, _refund_view(refund))
+
+
+def statement_lines(mchid: str) -> list[dict[str, Any]]:
+    """Every payment and successful refund of a merchant, for its daily statement."""
+    st = state()
+    lines: list[dict[str, Any]] = []
+    with st.lock:
+        for (m, _), o in st.orders.items():
+            if m == mchid and o.get("transaction_id"):
+                lines.append(
+                    {
+                        "time": o["success_time"],
+                        "appid": o["appid"],
+                        "transaction_id": o["transaction_id"],
+                        "out_trade_no": o["out_trade_no"],
+                        "openid": o.get("openid") or "",
+                        "amount": o["amount"],
+                    }
+                )
+        for r in st.refunds.values():
+            if r["mchid"] == mchid and r["status"] == "SUCCESS":
+                order = st.orders.get((mchid, r["out_trade_no"])) or {}
+                lines.append(
+                    {
+                        "time": r["success_time"],
+                        "appid": order.get("appid", ""),
+                        "transaction_id": r["transaction_id"] or "",
+                        "out_trade_no": r["out_trade_no"],
+                        "amount": r["total"],
+                        "refund": r["amount"],
+                        "refund_id": r["refund_id"],
+                        "out_refund_no": r["out_refund_no"],
+                    }
+                )
+    return lines
+
+
+@bp.get("/v3/bill/tradebill")
+def tradebill() -> ResponseReturnValue:
+    merchant = _merchant()
+    if isinstance(merchant, Response):
+        return merchant
+    bill_date = request.args.get("bill_date", "")
+    text = bills.wechat_statement(merchant["mchid"], bill_date, statement_lines(merchant["mchid"]))
+    if not text:
+        return fail(400, "NO_STATEMENT_EXIST", "no statement for that day")
+    raw = text.encode("utf-8")
+    token = secrets.token_urlsafe(16)
+    with state().lock:
+        state().bills[token] = gzip.compress(raw)
     return signed(
         200,
         {
-            "refund_id": existing["refund_id"],
-            "out_refund_no": existing["out_refund_no"],
-            "out_trade_no": existing["out_trade_no"],
-            "status": existing["status"],
-            "amount": {"refund": existing["amount"], "total": order["amount"], "currency": "CNY"},
+            "download_url": f"{request.host_url}wechatpay/v3/billdownload/file?token={token}",
+            "hash_type": "SHA1",
+            "hash_value": hashlib.sha1(raw).hexdigest(),  # noqa: S324 - WeChat Pay's choice
         },
     )
 
 
-def notification(merchant: dict[str, Any], transaction: dict[str, Any]) -> tuple[dict[str, str], str]:
-    """A TRANSACTION.SUCCESS notification as WeChat Pay posts it: signed, resource encrypted."""
-    nonce, associated = secrets.token_hex(6), "transaction"
+@bp.get("/v3/billdownload/file")
+def bill_file() -> ResponseReturnValue:
+    merchant = _merchant()
+    if isinstance(merchant, Response):
+        return merchant
+    content = state().bills.get(request.args.get("token", ""))
+    if content is None:
+        return fail(404, "RESOURCE_NOT_EXISTS", "no such file")
+    return Response(content, 200, content_type="application/octet-stream")
+
+
+def notification(
+    merchant: dict[str, Any],
+    transaction: dict[str, Any],
+    event_type: str = "TRANSACTION.SUCCESS",
+    associated: str = "transaction",
+) -> tuple[dict[str, str], str]:
+    """A notification as WeChat Pay posts it: signed, resource encrypted."""
+    nonce = secrets.token_hex(6)
     ciphertext = AESGCM(merchant["apiv3_key"].encode()).encrypt(
         nonce.encode(), json.dumps(transaction, ensure_ascii=False).encode(), associated.encode()
     )
@@ -231,10 +337,10 @@ def notification(merchant: dict[str, Any], transaction: dict[str, Any]) -> tuple
             "id": secrets.token_hex(16),
             "create_time": datetime.now(UTC).isoformat(),
             "resource_type": "encrypt-resource",
-            "event_type": "TRANSACTION.SUCCESS",
-            "summary": "支付成功",
+            "event_type": event_type,
+            "summary": "支付成功" if event_type == "TRANSACTION.SUCCESS" else "退款状态变更",
             "resource": {
-                "original_type": "transaction",
+                "original_type": associated,
                 "algorithm": "AEAD_AES_256_GCM",
                 "ciphertext": base64.b64encode(ciphertext).decode(),
                 "associated_data": associated,
@@ -270,6 +376,7 @@ def register_merchant() -> ResponseReturnValue:
             "mchid": data["mchid"],
             "public_key": public_key,
             "apiv3_key": data["apiv3_key"],
+            "refund_status": data.get("refund_status", "SUCCESS"),
         }
     pem = (
         state()
@@ -280,14 +387,44 @@ def register_merchant() -> ResponseReturnValue:
     return jsonify({"platform_public_key": pem, "platform_public_key_id": state().key_id}), 201
 
 
+def _jsapi_order(st: PayState, params: dict[str, Any], openid: Any) -> dict[str, Any]:
+    """What the WeChat client checks before its cashier opens (getBrandWCPayRequest): a known
+    prepay_id, the order's appId, signType RSA and paySign = the merchant's SHA256withRSA over
+    ``appId\ntimeStamp\nnonceStr\npackage\n`` (and, when given, the payer's openid)."""
+    package = str(params.get("package", ""))
+    order = next((o for o in st.orders.values() if package == f"prepay_id={o['prepay_id']}"), None)
+    if order is None:
+        abort(404, "no such prepay_id at WeChat Pay")
+    if params.get("signType") != "RSA" or params.get("appId") != order["appid"]:
+        abort(400, "signType must be RSA and appId the order's")
+    if openid and openid != order["openid"]:
+        abort(403, "this subscriber is not the order's payer")
+    message = "".join(f"{params.get(k, '')}\n" for k in ("appId", "timeStamp", "nonceStr", "package"))
+    try:
+        st.merchants[order["mchid"]]["public_key"].verify(
+            base64.b64decode(str(params.get("paySign", ""))),
+            message.encode(),
+            padding.PKCS1v15(),
+            hashes.SHA256(),
+        )
+    except Exception:  # noqa: BLE001 - any failure is a bad signature
+        abort(401, "paySign does not verify")
+    return order
+
+
 @admin.post("/pay")
 def pay() -> ResponseReturnValue:
     """The subscriber pays: the order becomes SUCCESS and its notification goes out — ``copies``
-    times, at once when ``concurrent``; ``deliver: false`` returns it instead (for forging tests)."""
+    times, at once when ``concurrent``; ``deliver: false`` returns it instead (for forging tests).
+    With ``jsapi`` (the page's getBrandWCPayRequest parameters) the order is found by its
+    prepay_id and the paySign checked first, as the WeChat client does."""
     data = request.get_json(silent=True) or {}
     st = state()
     with st.lock:
-        order = next((o for (m, n), o in st.orders.items() if n == data.get("out_trade_no")), None)
+        if isinstance(data.get("jsapi"), dict):
+            order = _jsapi_order(st, data["jsapi"], data.get("openid"))
+        else:
+            order = next((o for (m, n), o in st.orders.items() if n == data.get("out_trade_no")), None)
         if order is None:
             abort(404, "no such order at WeChat Pay")
         if order["trade_state"] == "CLOSED":
@@ -325,3 +462,49 @@ def pay() -> ResponseReturnValue:
     with st.lock:
         st.notifications.append({"out_trade_no": order["out_trade_no"], "statuses": results})
     return jsonify({"transaction_id": order["transaction_id"], "statuses": results})
+
+
+@admin.post("/refunds/<out_refund_no>/finish")
+def finish_refund(out_refund_no: str) -> ResponseReturnValue:
+    """A PROCESSING refund ends (``status``: SUCCESS, ABNORMAL or CLOSED) and its REFUND.*
+    notification goes to the notify URL; ``deliver: false`` returns it instead."""
+    data = request.get_json(silent=True) or {}
+    status = str(data.get("status", "SUCCESS"))
+    if status not in ("SUCCESS", "ABNORMAL", "CLOSED"):
+        abort(400, "status is SUCCESS, ABNORMAL or CLOSED")
+    st = state()
+    with st.lock:
+        refund = st.refunds.get(out_refund_no)
+        if refund is None:
+            abort(404, "no such refund")
+        if refund["status"] == "PROCESSING":
+            refund["status"] = status
+            refund["success_time"] = datetime.now(UTC).isoformat() if status == "SUCCESS" else None
+        merchant = st.merchants[refund["mchid"]]
+    resource = {
+        "mchid": refund["mchid"],
+        "out_trade_no": refund["out_trade_no"],
+        "transaction_id": refund["transaction_id"],
+        "out_refund_no": refund["out_refund_no"],
+        "refund_id": refund["refund_id"],
+        "refund_status": refund["status"],
+        "user_received_account": "支付用户零钱",
+        "amount": {
+            "total": refund["total"],
+            "refund": refund["amount"],
+            "payer_total": refund["total"],
+            "payer_refund": refund["amount"],
+        },
+        **({"success_time": refund["success_time"]} if refund.get("success_time") else {}),
+        **(data.get("tamper") or {}),
+    }
+    headers, body = notification(merchant, resource, f"REFUND.{refund['status']}", "refund")
+    if data.get("deliver") is False or not refund.get("notify_url"):
+        return jsonify({"headers": headers, "body": body})
+    try:
+        code = requests.post(
+            refund["notify_url"], data=body.encode(), headers=headers, timeout=10
+        ).status_code
+    except requests.RequestException:
+        code = 0
+    return jsonify({"status": code})

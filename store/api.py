@@ -51,6 +51,24 @@ def phone_verify(appid: str) -> ResponseReturnValue:
     return jsonify({"phone": binding.phone, "bound_at": binding.bound_at.isoformat()}), 201
 
 
+class PhoneWechatSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    code = fields.String(required=True, validate=validate.Length(min=1, max=128))
+
+
+@bp.post("/<appid>/phone/wechat")
+def phone_wechat(appid: str) -> ResponseReturnValue:
+    """The getPhoneNumber button's code: WeChat tells us the verified number, no SMS round."""
+    session = _session(appid)
+    data = PhoneWechatSchema().load(request.get_json(silent=True) or {})
+    binding = services.bind_phone_from_wechat(session.account_id, session.subscriber_id, data["code"])
+    db.session.commit()
+    # The subscriber's own number, in clear to them only (as after the SMS path).
+    return jsonify({"phone": binding.phone, "bound_at": binding.bound_at.isoformat(), "method": "mp"}), 201
+
+
 @bp.get("/<appid>/phone")
 def phone(appid: str) -> ResponseReturnValue:
     session = _session(appid)
@@ -99,7 +117,9 @@ class OrderCreateSchema(Schema):
 
     product_id = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1))
     client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
-    provider = fields.String(load_default="wechatpay_v3", validate=validate.OneOf(["wechatpay_v3", "alipay"]))
+    provider = fields.String(
+        load_default="wechatpay_v3", validate=validate.OneOf(["wechatpay_v3", "wechatpay_v2", "alipay"])
+    )
     coupon = fields.String(load_default=None, validate=validate.Length(max=32))
 
 

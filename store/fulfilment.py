@@ -79,8 +79,24 @@ def _finish(
     return done.rowcount == 1
 
 
+def _pool_ref(fulfilment: Fulfilment) -> str:
+    return f"fulfilment-{fulfilment.id}"
+
+
+def _failed(fulfilment: Fulfilment, product: Product, error: str) -> FulfilmentStatus:
+    """Finish as failed; a draw on the product's fund pool comes back."""
+    from payments import funds
+
+    if _finish(fulfilment.id, FulfilmentStatus.failed, None, error) and product.fund_pool_id:
+        funds.give_back(product.fund_pool_id, _pool_ref(fulfilment))
+    db.session.commit()
+    return FulfilmentStatus.failed
+
+
 def run(fulfilment_id: int) -> FulfilmentStatus:
     """One attempt. Raises RetryLaterError when the outcome is not known yet."""
+    from payments import funds
+
     fulfilment = db.session.get(Fulfilment, fulfilment_id)
     if fulfilment is None or fulfilment.status in (FulfilmentStatus.succeeded, FulfilmentStatus.failed):
         return fulfilment.status if fulfilment else FulfilmentStatus.failed
@@ -91,6 +107,12 @@ def run(fulfilment_id: int) -> FulfilmentStatus:
         .values(attempts=Fulfilment.attempts + 1)
         .execution_options(synchronize_session=False)
     )
+    # A product paid for by a fund pool draws on it before anything is carried out (once per
+    # fulfilment, whatever the retries); an empty pool fails the fulfilment, which refunds an order.
+    if product.fund_pool_id and not funds.draw(
+        product.fund_pool_id, product.price_fen, _pool_ref(fulfilment)
+    ):
+        return _failed(fulfilment, product, "fund pool exhausted")
     db.session.commit()  # no transaction (on SQLite: no write lock) held across the BOSS call
     if fulfilment.status is FulfilmentStatus.unknown:
         # A previous attempt may have been carried out: ask before doing anything.
@@ -107,9 +129,7 @@ def run(fulfilment_id: int) -> FulfilmentStatus:
             db.session.commit()
             raise RetryLaterError("the BOSS is still working on it")
         if answer.get("status") == "failed":
-            _finish(fulfilment_id, FulfilmentStatus.failed, None, str(answer.get("error") or "failed"))
-            db.session.commit()
-            return FulfilmentStatus.failed
+            return _failed(fulfilment, product, str(answer.get("error") or "failed"))
         # "unknown": the BOSS never saw the key, so sending it (with the same key) is safe.
     try:
         result = _carry_out(fulfilment, product)
@@ -132,9 +152,7 @@ def run(fulfilment_id: int) -> FulfilmentStatus:
         db.session.commit()
         raise RetryLaterError(exc.code) from None
     except BossError as exc:
-        _finish(fulfilment_id, FulfilmentStatus.failed, None, f"{exc.code}: {exc.message}")
-        db.session.commit()
-        return FulfilmentStatus.failed
+        return _failed(fulfilment, product, f"{exc.code}: {exc.message}")
     _finish(fulfilment_id, FulfilmentStatus.succeeded, result, None)
     db.session.commit()
     return FulfilmentStatus.succeeded

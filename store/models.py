@@ -129,6 +129,8 @@ class Product(db.Model):
     stock: Mapped[int | None]  # None: unlimited
     per_subscriber_limit: Mapped[int | None]
     points_price: Mapped[int | None]  # exchangeable for this many points (None: not for points)
+    # Paid for by a prepaid fund pool (e.g. a partner's data gift): each fulfilment draws price_fen.
+    fund_pool_id: Mapped[int | None] = mapped_column(sa.ForeignKey("fund_pools.id"))
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -213,6 +215,7 @@ class Order(db.Model):
     __table_args__ = (
         sa.UniqueConstraint("account_id", "subscriber_id", "client_key"),
         sa.CheckConstraint("amount_fen > 0", name="amount_positive"),
+        sa.CheckConstraint("refunded_fen >= 0 AND refunded_fen <= amount_fen", name="refund_within_amount"),
         sa.Index("ix_orders_status_created", "status", "created_at"),
     )
 
@@ -233,6 +236,7 @@ class Order(db.Model):
     prepay_id: Mapped[str | None] = mapped_column(sa.String(128))
     list_price_fen: Mapped[int | None]  # before the coupon
     discount_fen: Mapped[int] = mapped_column(default=0)
+    refunded_fen: Mapped[int] = mapped_column(default=0)  # reserved by refunds asked or done
     fulfilment_id: Mapped[int | None] = mapped_column(sa.ForeignKey("fulfilments.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -236,9 +236,9 @@ def settle(fulfilment_id: int) -> str | None:
 
 
 def refund(order: Order, reason: str) -> None:
-    """Full refund through the provider. The order is `refunding` (committed) before the provider is
-    asked, and ends `refunded` only when the provider says SUCCESS; until then the sweep asks again
-    with the same refund number, which the provider treats as the same refund."""
+    """Full refund of what is left through the provider. The order is `refunding` (committed) before
+    the provider is asked, and ends `refunded` only when the provider says SUCCESS; until then the
+    sweep asks again under the same refund number, which the provider treats as the same refund."""
     db.session.refresh(order)  # its status may have moved by a conditional UPDATE since it was loaded
     if not transition(order.id, order.status, OrderStatus.refunding, {"reason": reason}):
         raise InvalidTransitionError("the order changed meanwhile; reload it")
@@ -247,20 +247,68 @@ def refund(order: Order, reason: str) -> None:
 
 
 def complete_refund(order: Order, reason: str) -> bool:
-    from payments import services as payments
+    """Ask for (or after) the order's full refund; True once the order is refunded."""
+    from payments import refunds
+
+    db.session.refresh(order)
+    if refunds.refund_full(order, reason) is None and order.status is OrderStatus.refunding:
+        refund_settled(order.id, 0, full=True)  # partial refunds already returned everything
+        db.session.commit()
+    db.session.refresh(order)
+    return order.status is OrderStatus.refunded
+
+
+def reserve_refund(order_id: int, amount_fen: int) -> bool:
+    """Reserve ``amount_fen`` of the order for a refund; False if that is more than is left."""
+    return (
+        db.session.execute(
+            sa.update(Order)
+            .where(Order.id == order_id, Order.refunded_fen + amount_fen <= Order.amount_fen)
+            .values(refunded_fen=Order.refunded_fen + amount_fen)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )
+
+
+def release_refund(order_id: int, amount_fen: int, why: str) -> None:
+    """A refund failed at the provider: its reservation comes back; the order notes why."""
+    db.session.execute(
+        sa.update(Order)
+        .where(Order.id == order_id)
+        .values(refunded_fen=Order.refunded_fen - amount_fen)
+        .execution_options(synchronize_session=False)
+    )
+    _note(order_id, {"refund_failed": why, "amount_fen": amount_fen})
+
+
+def refund_settled(order_id: int, amount_fen: int, *, full: bool) -> None:
+    """The provider paid a refund back. The full refund finishes the order; a partial one is noted."""
     from store import coupons
 
-    result = payments.refund(order, order.amount_fen, reason)
-    if result.get("status") != "SUCCESS":
-        return False  # FAILED or PROCESSING: still refunding, asked again by the sweep
-    coupons.release(order.id)  # a refunded order gives its coupon use back
-    return transition(
-        order.id,
-        OrderStatus.refunding,
-        OrderStatus.refunded,
-        {"refund_id": result.get("refund_id")},
-        finished_at=utcnow(),
-    )
+    if full:
+        if transition(
+            order_id, OrderStatus.refunding, OrderStatus.refunded, {"refunded_fen": amount_fen},
+            finished_at=utcnow(),
+        ):  # fmt: skip
+            coupons.release(order_id)  # a refunded order gives its coupon use back
+    else:
+        _note(order_id, {"partial_refund_fen": amount_fen})
+
+
+def _note(order_id: int, detail: dict[str, Any]) -> None:
+    """A history entry that does not change the state (a partial refund, a failed refund)."""
+    status = db.session.scalar(sa.select(Order.status).where(Order.id == order_id))
+    if status is not None:
+        db.session.add(
+            OrderEvent(
+                order_id=order_id,
+                from_status=status.value,
+                to_status=status.value,
+                detail=detail,
+                at=utcnow(),
+            )
+        )
 
 
 def expired(limit: int = 200) -> list[int]:

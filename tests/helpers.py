@@ -134,7 +134,7 @@ def run_checked(
     return result
 
 
-def register_merchant(sim_base: str, account_id: int) -> dict[str, Any]:
+def register_merchant(sim_base: str, account_id: int, refund_status: str = "SUCCESS") -> dict[str, Any]:
     """A WeChat Pay merchant for the account: our RSA key pair, the simulator's platform key."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -154,7 +154,12 @@ def register_merchant(sim_base: str, account_id: int) -> dict[str, Any]:
     apiv3_key = secrets.token_hex(16)
     platform = requests.post(
         f"{sim_base}/_sim/wechatpay/merchants",
-        json={"mchid": mchid, "public_key": public_pem, "apiv3_key": apiv3_key},
+        json={
+            "mchid": mchid,
+            "public_key": public_pem,
+            "apiv3_key": apiv3_key,
+            "refund_status": refund_status,
+        },
         timeout=10,
     ).json()
     merchant = payments.add_merchant(
@@ -201,3 +206,25 @@ def register_alipay(sim_base: str, account_id: int) -> dict[str, Any]:
         alipay_public_key=answer["alipay_public_key"],
     )
     return {"alipay_merchant": merchant, "alipay_app_id": app_id, "seller_id": seller_id}
+
+
+def register_wechatpay_v2(
+    sim_base: str, account_id: int, sign_type: str = "MD5", refund_status: str = "SUCCESS"
+) -> dict[str, Any]:
+    """A WeChat Pay API v2 merchant for the account: one API key shared with the simulator."""
+    from accounts.models import Account
+    from payments import services as payments
+    from wechat_service.extensions import db
+
+    mchid = str(1600000000 + secrets.randbelow(99999999))
+    api_key = secrets.token_hex(16)
+    appid = db.session.get(Account, account_id).appid
+    requests.post(
+        f"{sim_base}/_sim/wechatpay/v2/merchants",
+        json={"mchid": mchid, "api_key": api_key, "appid": appid, "refund_status": refund_status},
+        timeout=10,
+    ).raise_for_status()
+    merchant = payments.add_wechatpay_v2_merchant(
+        account_id, mchid=mchid, api_key=api_key, sign_type=sign_type
+    )
+    return {"merchant": merchant, "mchid": mchid, "api_key": api_key}

@@ -57,6 +57,36 @@ def account_x(create_account: Any) -> dict[str, Any]:
     )
     store_services.bind_phone(account.id, sub.id, "13912345678", method="sms")
     order = orders.create_order(account.id, sub.id, product.id, "xsecret-client-key", "wechatpay_v3")
+    from datetime import timedelta
+
+    from store import coupons, redemption
+
+    batch, batch_codes = redemption.create_batch(account.id, product.id, name="XSECRETbatch", count=2)
+    redemption.stash_export(batch, batch_codes)
+    coupon = coupons.add_coupon(
+        account.id,
+        code="XSECRETCOUPON",
+        name="XSECRETcouponname",
+        kind="fixed",
+        value=100,
+        valid_from=utcnow(),
+        valid_until=utcnow() + timedelta(days=1),
+    )
+    from payments import funds
+    from payments.models import Merchant, ReconciliationRun, ReconStatus
+
+    pool = funds.create_pool(account.id, name="XSECRETpool", warning_fen=100, critical_fen=10)
+    merchant = Merchant(
+        account_id=account.id, provider="wechatpay_v3", mchid="XSECRETMCH", appid=fields["appid"],
+        serial_no="", private_key="", apiv3_key="", platform_public_key="", platform_public_key_id="",
+    )  # fmt: skip
+    db.session.add(merchant)
+    db.session.flush()
+    run = ReconciliationRun(
+        account_id=account.id, merchant_id=merchant.id, provider="wechatpay_v3", bill_date=utcnow().date(),
+        status=ReconStatus.failed, error="XSECRETerror",
+    )  # fmt: skip
+    db.session.add(run)
     owner = staff.create_user("xowner", "x owner password 1")
     grant = staff.add_grant(owner, "account_manager", account_id=account.id)
     db.session.commit()
@@ -77,10 +107,21 @@ def account_x(create_account: Any) -> dict[str, Any]:
         "13912345678",
         "139****5678",
         "XSECRETproduct",
+        "XSECRETbatch",
+        "XSECRETCOUPON",
+        "XSECRETcouponname",
+        "XSECRETpool",
+        "XSECRETerror",
+        *batch_codes,
     ]
     return {
         "values": {
             "order_id": order.id,
+            "product_id": product.id,
+            "batch_id": batch.id,
+            "coupon_id": coupon.id,
+            "pool_id": pool.id,
+            "run_id": run.id,
             "account_id": account.id,
             "subscriber_id": sub.id,
             "rule_id": rule.id,
@@ -164,3 +205,9 @@ def test_no_route_reveals_another_accounts_data(
     account = db.session.get(Account, account_x["account_id"])
     assert account.status.value == "active" and account.name.startswith("Xsecretname")
     assert db.session.get(ReplyRule, account_x["values"]["rule_id"]).enabled
+    from store import redemption
+    from store.models import Coupon, Product
+
+    assert db.session.get(Product, account_x["values"]["product_id"]).enabled
+    assert db.session.get(Coupon, account_x["values"]["coupon_id"]).enabled
+    assert redemption.export_expires_in(account_x["values"]["batch_id"]) is not None  # not taken

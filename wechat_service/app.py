@@ -59,11 +59,17 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(console_views.bp)
+    from payments import console as payments_console
     from payments import views as payment_views
     from store import api as store_api
+    from store import console as store_console
+    from store import views as store_views
 
     app.register_blueprint(store_api.bp)
+    app.register_blueprint(store_views.bp)  # H5 store pages: CSRF stays on for their forms
+    app.register_blueprint(store_console.bp)
     app.register_blueprint(payment_views.bp)
+    app.register_blueprint(payments_console.bp)
     # Provider-facing and token-authenticated endpoints carry no browser session: no CSRF token.
     csrf.init_app(app)
     csrf.exempt(views.bp)

@@ -70,6 +70,7 @@ LEASE_SECONDS = 30
 
 def periodic_jobs(scheduler: CronScheduler) -> None:
     """Every periodic job, declared once."""
+    from payments import jobs as payment_jobs
     from store import jobs as store_jobs
     from wechat_service import jobs
 
@@ -77,6 +78,9 @@ def periodic_jobs(scheduler: CronScheduler) -> None:
     scheduler.register(jobs.refresh_tokens, "default", interval=120, job_timeout=120)
     scheduler.register(store_jobs.sweep_fulfilments, "default", interval=300, job_timeout=120)
     scheduler.register(store_jobs.sweep_orders, "default", interval=60, job_timeout=120)
+    scheduler.register(payment_jobs.sweep_refunds, "default", interval=120, job_timeout=300)
+    # Statements for a day are published by 10:00 Beijing time (02:00 UTC); start after that.
+    scheduler.register(payment_jobs.reconcile_day, "low", cron="30 3 * * *", job_timeout=3600)
 
 
 def run_cron(app: Flask, tick: float = 5.0, max_ticks: int | None = None) -> None:

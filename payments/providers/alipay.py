@@ -9,16 +9,24 @@ every call. We drop both fields, insist on RSA2, and verify with the key parsed 
 from __future__ import annotations
 
 import base64
+import io
 import json
+import zipfile
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import requests
 from alipay.aop.api.AlipayClientConfig import AlipayClientConfig
 from alipay.aop.api.DefaultAlipayClient import DefaultAlipayClient
+from alipay.aop.api.domain.AlipayDataDataserviceBillDownloadurlQueryModel import (
+    AlipayDataDataserviceBillDownloadurlQueryModel,
+)
 from alipay.aop.api.domain.AlipayTradeQueryModel import AlipayTradeQueryModel
 from alipay.aop.api.domain.AlipayTradeRefundModel import AlipayTradeRefundModel
 from alipay.aop.api.domain.AlipayTradeWapPayModel import AlipayTradeWapPayModel
+from alipay.aop.api.request.AlipayDataDataserviceBillDownloadurlQueryRequest import (
+    AlipayDataDataserviceBillDownloadurlQueryRequest,
+)
 from alipay.aop.api.request.AlipayTradeQueryRequest import AlipayTradeQueryRequest
 from alipay.aop.api.request.AlipayTradeRefundRequest import AlipayTradeRefundRequest
 from alipay.aop.api.request.AlipayTradeWapPayRequest import AlipayTradeWapPayRequest
@@ -135,6 +143,27 @@ class AlipayProvider:
         model.out_trade_no, model.out_request_no = out_trade_no, out_request_no
         model.refund_amount, model.refund_reason = fen_to_yuan(refund_fen), reason[:256]
         return self._execute(AlipayTradeRefundRequest(biz_model=model))
+
+    def statement(self, bill_date: str) -> str:
+        """The day's trade detail (CSV text, from the GBK file inside the bill zip); empty if none."""
+        model = AlipayDataDataserviceBillDownloadurlQueryModel()
+        model.bill_type, model.bill_date = "trade", bill_date
+        try:
+            url = self._execute(AlipayDataDataserviceBillDownloadurlQueryRequest(biz_model=model))[
+                "bill_download_url"
+            ]
+        except PaymentProviderError as exc:
+            if (exc.detail or {}).get("sub_code") == "isp.bill_not_exist":
+                return ""
+            raise
+        try:
+            resp = self.http.get(url, timeout=self.timeout)
+            resp.raise_for_status()
+            with zipfile.ZipFile(io.BytesIO(resp.content)) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("业务明细.csv"))
+                return archive.read(name).decode("gbk")
+        except (requests.RequestException, zipfile.BadZipFile, StopIteration, UnicodeDecodeError) as exc:
+            raise PaymentProviderError(f"Alipay bill unreadable: {type(exc).__name__}") from None
 
     def parse_notification(self, form: dict[str, str]) -> dict[str, str]:
         if form.get("sign_type") != "RSA2":

@@ -7,6 +7,8 @@ replay window (we check the notification timestamp), and it requires the
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import secrets
 import time
@@ -116,6 +118,34 @@ class WeChatPayV3:
                 reason=reason[:80],
             )
         )
+
+    def refund_status(self, out_refund_no: str) -> dict[str, Any]:
+        """{"status": SUCCESS | PROCESSING | CLOSED | ABNORMAL, "refund_id", "amount"}."""
+        result = self._result(*self.client.query_refund(out_refund_no=out_refund_no))
+        return {
+            "status": result.get("status", "PROCESSING"),
+            "refund_id": result.get("refund_id"),
+            "amount": (result.get("amount") or {}).get("refund"),
+            "raw": result,
+        }
+
+    def statement(self, bill_date: str) -> str:
+        """The day's trade statement as CSV text (``bill_date`` YYYY-MM-DD); empty if there is none.
+        The file's SHA-1 (of the uncompressed bill) is checked against the one the API announced."""
+        code, message = self.client.trade_bill(bill_date=bill_date, bill_type="ALL", tar_type="GZIP")
+        if code == 400 and "NO_STATEMENT_EXIST" in str(message):
+            return ""
+        info = self._result(code, message)
+        code, content = self.client.download_bill(info["download_url"])
+        if not 200 <= code < 300 or not isinstance(content, bytes):
+            raise PaymentProviderError(f"statement download failed: {code}", status=code)
+        try:
+            raw = gzip.decompress(content)
+        except (OSError, EOFError):
+            raise PaymentProviderError("statement is not gzip") from None
+        if info.get("hash_type") == "SHA1" and hashlib.sha1(raw).hexdigest() != info.get("hash_value"):  # noqa: S324
+            raise PaymentProviderError("statement does not match its announced SHA-1")
+        return raw.decode("utf-8-sig")
 
     def parse_notification(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
         """Verify (signature, serial, freshness) before parsing; return the decrypted resource."""

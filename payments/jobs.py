@@ -1,0 +1,29 @@
+"""RQ jobs of the payments domain: thin wrappers over its services."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from wechat_service.extensions import db
+
+
+def send_fund_alert(pool_id: int, level: str, balance_fen: int) -> dict[str, int]:
+    from payments import funds
+
+    return funds.send_alert(pool_id, level, balance_fen)
+
+
+def sweep_refunds() -> dict[str, int]:
+    """Cron: refunds still processing after a minute are asked about at the provider."""
+    from payments import refunds
+
+    return refunds.sweep()
+
+
+def reconcile_day(bill_date: str | None = None) -> dict[str, int]:
+    """Cron (daily, after the providers publish yesterday's statements): every merchant."""
+    from payments import reconciliation
+
+    counts = reconciliation.reconcile_day(date.fromisoformat(bill_date) if bill_date else None)
+    db.session.remove()
+    return counts

@@ -1,0 +1,289 @@
+"""Refunds, full and partial, through every provider.
+
+Each refund has its own number, and a provider treats a resend under the same number as the same
+refund, so asking again is always safe. The amount is reserved on the order (never beyond what was
+paid, by a conditional UPDATE) and committed before the provider is asked. A refund ends by the
+provider's answer, its refund notification, or the sweep's query — whichever comes first; the
+others find it finished (a conditional transition out of ``processing``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from payments.models import Merchant, Provider, Refund, RefundStatus, TxnKind
+from payments.providers.wechatpay_v3 import PaymentProviderError
+from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import upsert
+from wechat_service.errors import ConflictError, InvalidInputError
+from wechat_service.extensions import db
+
+log = logging.getLogger(__name__)
+FINAL_FAILURES = ("CLOSED", "ABNORMAL")
+SWEEP_AFTER = timedelta(minutes=1)
+
+
+def full_refund_no(out_trade_no: str) -> str:
+    return f"RF{out_trade_no[2:]}"[:64]
+
+
+def request(
+    order: Any, amount_fen: int, reason: str, *, out_refund_no: str, requested_by: int | None = None
+) -> Refund:
+    """Create the refund (or find it, if this number was asked before), reserve the amount on the
+    order, commit, then ask the provider."""
+    from store import orders
+
+    if amount_fen <= 0:
+        raise InvalidInputError("the refund amount must be positive", fields={"amount": ["invalid"]})
+    inserted = upsert(
+        Refund,
+        [
+            {
+                "account_id": order.account_id,
+                "order_id": order.id,
+                "provider": Provider(order.provider),
+                "out_trade_no": order.out_trade_no,
+                "total_fen": order.amount_fen,
+                "out_refund_no": out_refund_no,
+                "amount_fen": amount_fen,
+                "reason": reason[:200],
+                "status": RefundStatus.processing,
+                "requested_by": requested_by,
+                "attempts": 0,
+                "created_at": utcnow(),
+            }
+        ],
+        conflict=["out_refund_no"],
+        returning=["id"],
+    )
+    if inserted and not orders.reserve_refund(order.id, amount_fen):
+        db.session.rollback()
+        raise InvalidInputError(
+            "that is more than what is left to refund on this order", fields={"amount": ["too large"]}
+        )
+    refund = _by_number(out_refund_no)
+    db.session.commit()  # reserved and on record before the provider hears of it
+    ask(refund)
+    return refund
+
+
+def refund_full(order: Any, reason: str) -> Refund | None:
+    """The whole remaining amount, under the order's one full-refund number (None: nothing left)."""
+    existing = _by_number(full_refund_no(order.out_trade_no))
+    if existing is not None:
+        ask(existing)
+        return existing
+    remaining = order.amount_fen - order.refunded_fen
+    if remaining <= 0:
+        return None
+    return request(order, remaining, reason, out_refund_no=full_refund_no(order.out_trade_no))
+
+
+def partial(order: Any, amount_fen: int, reason: str, staff_user_id: int) -> Refund:
+    """A staff refund of part of a paid order; numbered per order, so two staff clicking at once
+    ask for one refund, not two."""
+    count = db.session.scalar(sa.select(sa.func.count()).where(Refund.order_id == order.id)) or 0
+    number = f"RP{order.out_trade_no[2:]}{count + 1:02d}"[:64]
+    if _by_number(number) is not None:
+        raise ConflictError("another refund of this order was just asked for; reload the page")
+    return request(order, amount_fen, reason, out_refund_no=number, requested_by=staff_user_id)
+
+
+def refund_unknown_payment(merchant: Merchant, out_trade_no: str, amount_fen: int, txn_id: str) -> None:
+    """Money for an order we never created: send it back (the anomaly is already recorded)."""
+    number = f"RX{txn_id}"[:64]
+    upsert(
+        Refund,
+        [
+            {
+                "account_id": merchant.account_id,
+                "order_id": None,
+                "provider": merchant.provider,
+                "out_trade_no": out_trade_no,
+                "total_fen": amount_fen,
+                "out_refund_no": number,
+                "amount_fen": amount_fen,
+                "reason": "payment for an unknown order",
+                "status": RefundStatus.processing,
+                "attempts": 0,
+                "created_at": utcnow(),
+            }
+        ],
+        conflict=["out_refund_no"],
+    )
+    db.session.commit()
+    ask(_by_number(number))
+
+
+def _by_number(out_refund_no: str) -> Refund | None:
+    return db.session.scalar(sa.select(Refund).where(Refund.out_refund_no == out_refund_no))
+
+
+def ask(refund: Refund | None) -> RefundStatus | None:
+    """Ask the provider (again) for a refund still processing; apply its answer."""
+    from payments import services
+
+    if refund is None:
+        return None
+    db.session.refresh(refund)
+    if refund.status is not RefundStatus.processing:
+        return refund.status
+    merchant = services.merchant_for(refund.account_id, refund.provider.value)
+    client = services.provider(merchant)
+    try:
+        if merchant.provider is Provider.alipay:
+            raw = client.refund(
+                out_trade_no=refund.out_trade_no,
+                out_request_no=refund.out_refund_no,
+                refund_fen=refund.amount_fen,
+                reason=refund.reason,
+            )
+            # Alipay refunds synchronously; its answer carries no refund id of its own.
+            status, provider_id = "SUCCESS", f"{raw.get('trade_no', '')}-{refund.out_refund_no}"[:64]
+        else:
+            raw = client.refund(
+                out_trade_no=refund.out_trade_no,
+                out_refund_no=refund.out_refund_no,
+                refund_fen=refund.amount_fen,
+                total_fen=refund.total_fen,
+                reason=refund.reason,
+            )
+            status, provider_id = str(raw.get("status")), str(raw.get("refund_id") or "")
+    except PaymentProviderError as exc:
+        log.error("refund %s not accepted yet: %s", refund.out_refund_no, exc)
+        db.session.execute(
+            sa.update(Refund).where(Refund.id == refund.id).values(attempts=Refund.attempts + 1)
+        )
+        db.session.commit()
+        return RefundStatus.processing
+    return settle(refund, status, provider_id, dict(raw))
+
+
+def settle(refund: Refund, status: str, provider_refund_id: str, raw: dict[str, Any]) -> RefundStatus:
+    """Apply the provider's word on a refund, once, and commit."""
+    from payments.services import _record
+    from store import orders
+
+    if status == "SUCCESS":
+        moved = db.session.execute(
+            sa.update(Refund)
+            .where(Refund.id == refund.id, Refund.status == RefundStatus.processing)
+            .values(
+                status=RefundStatus.success,
+                provider_refund_id=provider_refund_id or None,
+                finished_at=utcnow(),
+            )
+        ).rowcount
+        if moved:
+            _record(
+                refund.account_id,
+                refund.order_id,
+                TxnKind.refund,
+                provider_refund_id or refund.out_refund_no,
+                refund.amount_fen,
+                "SUCCESS",
+                raw,
+                provider_name=refund.provider,
+            )
+            if refund.order_id is not None:
+                orders.refund_settled(
+                    refund.order_id,
+                    refund.amount_fen,
+                    full=refund.out_refund_no == full_refund_no(refund.out_trade_no),
+                )
+    elif status in FINAL_FAILURES:
+        moved = db.session.execute(
+            sa.update(Refund)
+            .where(Refund.id == refund.id, Refund.status == RefundStatus.processing)
+            .values(status=RefundStatus.failed, finished_at=utcnow())
+        ).rowcount
+        if moved:
+            # ABNORMAL: the payer's card refused it (WeChat Pay keeps the money for a manual
+            # refund); CLOSED: it never happened. Either way staff must act: the order stays as is.
+            log.error("refund %s ended %s at the provider", refund.out_refund_no, status)
+            if refund.order_id is not None:
+                orders.release_refund(refund.order_id, refund.amount_fen, status)
+    db.session.commit()
+    db.session.refresh(refund)
+    return refund.status
+
+
+def notified(
+    merchant: Merchant,
+    *,
+    out_refund_no: str,
+    status: str,
+    provider_refund_id: str,
+    amount: int,
+    raw: dict[str, Any],
+) -> bool:
+    """A verified refund notification. False: it does not match our refund (recorded, not applied)."""
+    from payments.services import _record
+
+    refund = db.session.scalar(
+        sa.select(Refund).where(
+            Refund.out_refund_no == out_refund_no, Refund.account_id == merchant.account_id
+        )
+    )
+    if refund is None or amount != refund.amount_fen:
+        if amount > 0 and provider_refund_id:
+            _record(
+                merchant.account_id,
+                refund.order_id if refund else None,
+                TxnKind.refund,
+                provider_refund_id,
+                amount,
+                status,
+                raw,
+                anomaly="unknown_refund" if refund is None else "amount_mismatch",
+                provider_name=merchant.provider,
+            )
+            db.session.commit()
+        return refund is None  # an unknown refund is acknowledged (nothing to do); a mismatch is not
+    settle(refund, status, provider_refund_id, raw)
+    return True
+
+
+def sweep(limit: int = 100) -> dict[str, int]:
+    """Refunds still processing after a minute: ask the provider where they stand."""
+    from payments import services
+
+    counts: dict[str, int] = {}
+    stale = list(
+        db.session.scalars(
+            sa.select(Refund)
+            .where(Refund.status == RefundStatus.processing, Refund.created_at < utcnow() - SWEEP_AFTER)
+            .order_by(Refund.id)
+            .limit(limit)
+        )
+    )
+    for refund in stale:
+        try:
+            merchant = services.merchant_for(refund.account_id, refund.provider.value)
+            if merchant.provider is Provider.alipay:
+                outcome = ask(refund)  # Alipay's refund call is its own idempotent query
+            else:
+                try:
+                    answer = services.provider(merchant).refund_status(refund.out_refund_no)
+                except PaymentProviderError as exc:
+                    if (exc.detail or {}).get("code") not in ("RESOURCE_NOT_EXISTS", "ORDER_NOT_EXIST"):
+                        raise
+                    outcome = ask(refund)  # the request never reached the provider: ask now
+                else:
+                    outcome = settle(refund, answer["status"], str(answer.get("refund_id") or ""), answer)
+            key = outcome.value if outcome else "gone"
+            counts[key] = counts.get(key, 0) + 1
+        except Exception:  # noqa: BLE001 - one refund's trouble must not stop the others
+            db.session.rollback()
+            log.exception("refund sweep: %s", refund.out_refund_no)
+            counts["error"] = counts.get("error", 0) + 1
+    return counts
+
+
+def of_order(order_id: int) -> list[Refund]:
+    return list(db.session.scalars(sa.select(Refund).where(Refund.order_id == order_id).order_by(Refund.id)))

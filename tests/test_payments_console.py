@@ -1,0 +1,122 @@
+"""The payments console: partial refunds on the order page, reconciliation reports with their CSV,
+fund pools with top-ups — each behind FINANCE/REFUND, each change audited, other accounts 404."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+from flask import Flask
+
+from accounts.models import AuditLog
+from accounts.subscribers import touch
+from payments import services as payments
+from payments.models import FundPool, Refund
+from payments.reconciliation import CHINA
+from store import catalogue, jobs, orders
+from store import services as store_services
+from store.models import Order
+from tests import helpers
+from wechat_service.extensions import db
+
+OPENID = "oCONSOLEPAY001"
+
+
+def _fulfilled(app: Flask, create_account: Any, simulator: str) -> tuple[Any, Order]:
+    account, _, _ = create_account("plain")
+    merchant = helpers.register_merchant(simulator, account.id, refund_status="PROCESSING")
+    product = catalogue.add_product(
+        account_id=account.id, code="c30", name="30 元话费", kind="topup", price_fen=2990, face_value_fen=3000
+    )
+    sub = touch(account.id, OPENID, None)
+    store_services.bind_phone(account.id, sub.id, "13800139205", method="sms")
+    order = orders.create_order(account.id, sub.id, product.id, "console-pay-0001", "wechatpay_v3")
+    payments.prepay(order, OPENID, "30 元话费")
+    db.session.commit()
+    note = requests.post(
+        f"{simulator}/_sim/wechatpay/pay",
+        json={"out_trade_no": order.out_trade_no, "deliver": False},
+        timeout=10,
+    ).json()
+    resp = app.test_client().post(
+        f"/payments/wechatpay/v3/{merchant['merchant'].id}/notify",
+        headers=note["headers"],
+        data=note["body"].encode(),
+    )
+    assert resp.status_code == 204
+    db.session.expire_all()
+    jobs.fulfil(db.session.get(Order, order.id).fulfilment_id)
+    db.session.expire_all()
+    return account, db.session.get(Order, order.id)
+
+
+def test_partial_refund_from_the_order_page(
+    app: Flask, create_account: Any, simulator: str, create_staff: Any
+) -> None:
+    account, order = _fulfilled(app, create_account, simulator)
+    url = f"/console/accounts/{account.id}/orders/{order.id}"
+    support = create_staff("support", account_id=account.id)
+    assert support.form(url, {"reason": "goodwill", "amount": "5.00"}).status_code in (302, 403)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Refund)) == 0
+    manager = create_staff("account_manager", account_id=account.id)
+    manager.form(url, {"reason": "goodwill", "amount": "5.5a"})  # not an amount: refused
+    manager.form(url, {"reason": "goodwill", "amount": "30.00"})  # more than was paid: refused
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Refund)) == 0
+    manager.form(url, {"reason": "late top-up", "amount": "5.50"})
+    refund = db.session.scalars(sa.select(Refund)).one()
+    assert refund.amount_fen == 550 and refund.out_refund_no.startswith("RP")
+    page = manager.get(url).get_data(as_text=True)
+    assert "late top-up" in page and "5.50" in page and "24.40" in page  # what is left to refund
+    entry = db.session.scalars(sa.select(AuditLog).where(AuditLog.action == "order.refund")).one()
+    assert entry.after["amount_fen"] == 550 and entry.before["refunded_fen"] == 0
+    manager.form(url, {"reason": "the rest"})  # empty amount: everything left
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).refunded_fen == 2990
+    assert sorted(r.amount_fen for r in db.session.scalars(sa.select(Refund))) == [550, 2440]
+
+
+def test_reconciliation_pages_and_csv(
+    app: Flask, create_account: Any, simulator: str, create_staff: Any
+) -> None:
+    account, order = _fulfilled(app, create_account, simulator)
+    other, _, _ = create_account("plain")
+    manager = create_staff("account_manager", account_id=account.id)
+    base = f"/console/accounts/{account.id}/reconciliation"
+    today = datetime.now(CHINA).date().isoformat()
+    assert manager.get(f"/console/accounts/{other.id}/reconciliation").status_code == 404
+    manager.form(base, {"bill_date": "yesterday"})  # refused: not a date
+    manager.form(base, {"bill_date": today})
+    page = manager.get(base).get_data(as_text=True)
+    assert today in page and "matched" in page
+    run_id = db.session.execute(sa.text("SELECT id FROM reconciliation_runs")).scalar_one()
+    csv_resp = manager.get(f"{base}/{run_id}.csv")
+    assert csv_resp.status_code == 200 and csv_resp.mimetype == "text/csv"
+    assert csv_resp.get_data(as_text=True).lstrip("\ufeff").splitlines() == [
+        "bill_date,provider,kind,txn_kind,provider_txn_id,out_trade_no,ledger_fen,statement_fen"
+    ]
+    assert "Every line matches" in manager.get(f"{base}/{run_id}").get_data(as_text=True)
+    analyst = create_staff("analyst", account_id=account.id)
+    assert analyst.get(base).status_code == 403
+    assert db.session.scalars(sa.select(AuditLog.action).where(AuditLog.action == "reconciliation.run")).all()
+
+
+def test_fund_pool_pages(app: Flask, create_account: Any, create_staff: Any) -> None:
+    account, _, _ = create_account("plain")
+    manager = create_staff("account_manager", account_id=account.id)
+    base = f"/console/accounts/{account.id}/fund-pools"
+    manager.form(base, {"name": "礼包预算", "warning": "100", "critical": "200"})  # critical above warning
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(FundPool)) == 0
+    manager.form(base, {"name": "礼包预算", "warning": "100.00", "critical": "20"})
+    pool = db.session.scalars(sa.select(FundPool)).one()
+    assert (pool.warning_fen, pool.critical_fen) == (10000, 2000)
+    manager.form(f"{base}/{pool.id}", {"amount": "150.25", "ref": "TRANSFER-1", "note": "Q4 budget"})
+    manager.form(f"{base}/{pool.id}", {"amount": "150.25", "ref": "TRANSFER-1"})  # the same transfer again
+    db.session.expire_all()
+    assert db.session.get(FundPool, pool.id).balance_fen == 15025
+    page = manager.get(f"{base}/{pool.id}").get_data(as_text=True)
+    assert "150.25" in page and "TRANSFER-1" in page and ">ok<" in page
+    actions = db.session.scalars(sa.select(AuditLog.action).where(AuditLog.action.like("fund_pool.%"))).all()
+    assert sorted(actions) == ["fund_pool.create", "fund_pool.top_up", "fund_pool.top_up"]
+    assert create_staff("support", account_id=account.id).get(base).status_code == 403

@@ -1,0 +1,180 @@
+"""Daily reconciliation against statements the simulator writes in each provider's own format,
+with discrepancies injected on the provider's side: each one is found, and nothing else is."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from flask import Flask
+
+from accounts.subscribers import touch
+from payments import reconciliation, refunds
+from payments import services as payments
+from payments.models import ReconciliationRun, ReconItemKind, ReconStatus
+from payments.reconciliation import CHINA, parse_alipay, parse_wechat
+from store import catalogue, jobs, orders
+from store import services as store_services
+from store.models import Order
+from tests import helpers
+from wechat_service.extensions import db
+
+OPENID = "oRECON00000001"
+
+
+def _today() -> Any:
+    return datetime.now(CHINA).date()
+
+
+def _shop(create_account: Any, simulator: str, provider: str) -> dict[str, Any]:
+    account, fields, _ = create_account("plain")
+    if provider == "wechatpay_v3":
+        merchant = helpers.register_merchant(simulator, account.id)
+        key = merchant["mchid"]
+    elif provider == "wechatpay_v2":
+        merchant = helpers.register_wechatpay_v2(simulator, account.id)
+        key = merchant["mchid"]
+    else:
+        merchant = helpers.register_alipay(simulator, account.id)
+        merchant["merchant"], key = merchant["alipay_merchant"], merchant["alipay_app_id"]
+    product = catalogue.add_product(
+        account_id=account.id, code="rc", name="10 元话费", kind="topup", price_fen=990, face_value_fen=1000
+    )
+    sub = touch(account.id, OPENID, None)
+    store_services.bind_phone(account.id, sub.id, "13800139203", method="sms")
+    db.session.commit()
+    return {"account": account, "product": product, "sub": sub, "provider": provider, "key": key, **merchant}
+
+
+def _pay(app: Flask, shop: dict[str, Any], simulator: str, n: int, notify: bool = True) -> Order:
+    order = orders.create_order(
+        shop["account"].id, shop["sub"].id, shop["product"].id, f"recon-{n:08d}", shop["provider"]
+    )
+    pay = payments.prepay(order, OPENID, "10 元话费")
+    db.session.commit()
+    if shop["provider"] == "alipay":
+        requests.get(pay["url"], timeout=10).raise_for_status()  # the buyer opens the wap pay page
+    client, merchant_id = app.test_client(), shop["merchant"].id
+    if shop["provider"] == "wechatpay_v3":
+        note = requests.post(
+            f"{simulator}/_sim/wechatpay/pay",
+            json={"out_trade_no": order.out_trade_no, "deliver": False},
+            timeout=10,
+        ).json()
+        if notify:
+            resp = client.post(
+                f"/payments/wechatpay/v3/{merchant_id}/notify",
+                headers=note["headers"],
+                data=note["body"].encode(),
+            )
+            assert resp.status_code == 204
+    elif shop["provider"] == "wechatpay_v2":
+        body = requests.post(
+            f"{simulator}/_sim/wechatpay/v2/pay",
+            json={"out_trade_no": order.out_trade_no, "deliver": False},
+            timeout=10,
+        ).json()["body"]
+        if notify:
+            assert (
+                client.post(f"/payments/wechatpay/v2/{merchant_id}/notify", data=body.encode()).status_code
+                == 200
+            )
+    else:
+        form = requests.post(
+            f"{simulator}/_sim/alipay/pay",
+            json={"out_trade_no": order.out_trade_no, "deliver": False},
+            timeout=10,
+        ).json()["form"]
+        if notify:
+            assert (
+                client.post(f"/payments/alipay/{merchant_id}/notify", data=form).get_data(as_text=True)
+                == "success"
+            )
+    db.session.expire_all()
+    return db.session.get(Order, order.id)
+
+
+def _faults(simulator: str, shop: dict[str, Any], **faults: Any) -> None:
+    requests.post(
+        f"{simulator}/_sim/statement-faults", json={"merchant": shop["key"], **faults}, timeout=5
+    ).raise_for_status()
+
+
+@pytest.mark.parametrize("provider", ["wechatpay_v3", "wechatpay_v2", "alipay"])
+def test_a_clean_day_matches_every_line(
+    app: Flask, create_account: Any, simulator: str, provider: str
+) -> None:
+    shop = _shop(create_account, simulator, provider)
+    paid = [_pay(app, shop, simulator, i) for i in range(3)]
+    jobs.fulfil(paid[0].fulfilment_id)
+    refunded = db.session.get(Order, paid[0].id)
+    refunds.partial(refunded, 300, "goodwill", staff_user_id=None)  # type: ignore[arg-type]
+    if provider == "wechatpay_v2":  # v2 says "accepted"; the query finishes it
+        db.session.execute(sa.text("UPDATE refunds SET created_at = created_at - interval '5 minutes'"))
+        db.session.commit()
+        refunds.sweep()
+    run = reconciliation.reconcile(shop["merchant"].id, _today())
+    assert run.status is ReconStatus.matched, reconciliation.items_of(run.id)
+    assert (run.statement_rows, run.ledger_rows, run.matched) == (4, 4, 4)
+    assert run.statement_net_fen == run.ledger_net_fen == 3 * 990 - 300
+
+
+@pytest.mark.parametrize("provider", ["wechatpay_v3", "wechatpay_v2", "alipay"])
+def test_injected_discrepancies_are_each_found(
+    app: Flask, create_account: Any, simulator: str, provider: str
+) -> None:
+    shop = _shop(create_account, simulator, provider)
+    matched = _pay(app, shop, simulator, 1)
+    dropped = _pay(app, shop, simulator, 2)
+    altered = _pay(app, shop, simulator, 3)
+    lost = _pay(app, shop, simulator, 4, notify=False)  # paid at the provider, never told to us
+    _faults(simulator, shop, drop=[dropped.out_trade_no], amount={altered.out_trade_no: 980})
+    run = reconciliation.reconcile(shop["merchant"].id, _today())
+    assert run.status is ReconStatus.discrepancies
+    found = {(i.kind, i.out_trade_no, i.ledger_fen, i.statement_fen) for i in reconciliation.items_of(run.id)}
+    assert found == {
+        (ReconItemKind.missing_in_statement, dropped.out_trade_no, 990, None),
+        (ReconItemKind.amount_mismatch, altered.out_trade_no, 990, 980),
+        (ReconItemKind.missing_in_ledger, lost.out_trade_no, None, 990),
+    }
+    assert matched.out_trade_no not in {f[1] for f in found}
+    text = reconciliation.items_csv(run)
+    assert text.splitlines()[0].startswith("bill_date,provider,kind") and len(text.splitlines()) == 4
+    # Re-running the day replaces its report instead of adding a second one.
+    reconciliation.reconcile(shop["merchant"].id, _today())
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(ReconciliationRun)) == 1
+
+
+def test_a_day_without_a_statement_and_an_unreadable_one(
+    app: Flask, create_account: Any, simulator: str
+) -> None:
+    shop = _shop(create_account, simulator, "wechatpay_v3")
+    run = reconciliation.reconcile(shop["merchant"].id, _today())
+    assert run.status is ReconStatus.matched and run.statement_rows == 0
+    with pytest.raises(ValueError):
+        parse_wechat("<html>maintenance</html>")
+    with pytest.raises(ValueError):
+        parse_alipay("#nothing\n")
+
+
+def test_the_statement_formats_parse_exactly() -> None:
+    wechat = (
+        "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,"
+        "货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,"
+        "商户数据包,手续费,费率,订单金额,申请退款金额,费率备注\r\n"
+        "`2026-11-21 10:00:00,`wx1,`1900000109,`0,`,`4200001,`WX1,`o1,`JSAPI,`SUCCESS,"
+        "`OTHERS,`CNY,`19.99,`0.00,"
+        "`0,`0,`0.00,`0.00,`,`,`t,`,`0.12,`0.60%,`19.99,`0.00,`\r\n"
+        "`2026-11-21 11:00:00,`wx1,`1900000109,`0,`,`4200001,`WX1,`o1,`JSAPI,`REFUND,"
+        "`OTHERS,`CNY,`0.00,`0.00,"
+        "`5000001,`RF1,`0.10,`0.00,`ORIGINAL,`SUCCESS,`t,`,`0.00,`0.60%,`19.99,`0.10,`\r\n"
+        "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额\r\n"
+        "`2,`19.99,`0.10,`0.00,`0.12,`19.99,`0.10\r\n"
+    )
+    assert [(ln.kind.value, ln.txn_id, ln.amount_fen) for ln in parse_wechat(wechat)] == [
+        ("payment", "4200001", 1999),
+        ("refund", "5000001", 10),
+    ]
