@@ -1,8 +1,9 @@
-"""WeChat Pay v3 notification throughput against a baseline measured in the same run.
+"""Payment notification throughput (WeChat Pay v3 and v2, Alipay) against a baseline measured in
+the same run.
 
 Starts gunicorn (same settings) for the service and for a bare Flask view that commits one row
-insert. Drives with wrk:
-  * distinct orders: one signed, encrypted TRANSACTION.SUCCESS notification per order;
+insert. Drives with wrk, for each provider:
+  * distinct orders: one signed (v3: and encrypted) notification per order;
   * a duplicate storm: one order's notification sent over and over.
 Prints req/s, ratios, and the effects counted in the database (exactly one payment row and one
 fulfilment per order).
@@ -56,7 +57,7 @@ end
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--orders", type=int, default=3000)
+    parser.add_argument("--orders", type=int, default=1500, help="orders per provider")
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
     opts = parser.parse_args()
@@ -77,6 +78,7 @@ def main() -> None:
         "WECHAT_SERVICE_MASTER_KEY": Fernet.generate_key().decode(),
         "WECHAT_SERVICE_INSTANCE_PATH": str(tmp / "instance"),
         "WECHAT_SERVICE_WECHATPAY_API_BASE": f"http://127.0.0.1:{sim_port}/wechatpay",
+        "WECHAT_SERVICE_ALIPAY_GATEWAY": f"http://127.0.0.1:{sim_port}/alipay/gateway.do",
         "WECHAT_SERVICE_PUBLIC_BASE_URL": f"http://127.0.0.1:{svc_port}",
     }
     os.environ.update(env)
@@ -93,23 +95,29 @@ def main() -> None:
     }
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/_sim/health", sim)
-        merchant_id, trade_nos = _setup(f"http://127.0.0.1:{sim_port}", opts.orders)
+        sim_base = f"http://127.0.0.1:{sim_port}"
+        setup = _setup(sim_base, opts.orders)
         for name, port in (("service", svc_port), ("baseline", base_port)):
             wait_http(f"http://127.0.0.1:{port}/", servers[name])
         lua = tmp / "notify.lua"
         lua.write_text(LUA)
-        path = f"/payments/wechatpay/v3/{merchant_id}/notify"
-        distinct, storm, base = tmp / "distinct.txt", tmp / "storm.txt", tmp / "base.txt"
-        notes = [_note(f"http://127.0.0.1:{sim_port}", no) for no in trade_nos]
-        _write(distinct, path, notes)
-        _write(storm, path, [notes[0]] * 200)
-        _write(base, "/commit-one", notes[:200])
+        base = tmp / "base.txt"
+        files: dict[str, Path] = {}
+        for provider, (merchant_id, trade_nos) in setup.items():
+            path = NOTIFY_PATHS[provider].format(merchant_id)
+            notes = [NOTES[provider](sim_base, no) for no in trade_nos]
+            files[f"{provider}:distinct"], files[f"{provider}:storm"] = (
+                tmp / f"{provider}-d.txt",
+                tmp / f"{provider}-s.txt",
+            )
+            _write(files[f"{provider}:distinct"], path, notes)
+            _write(files[f"{provider}:storm"], path, [notes[0]] * 200)
+            if provider == "v3":
+                _write(base, "/commit-one", notes[:200])
         wrk(f"http://127.0.0.1:{base_port}", lua, base, 2, 16)  # warm
-        figures = {
-            "baseline": wrk(f"http://127.0.0.1:{base_port}", lua, base, opts.seconds, 16),
-            "distinct": wrk(f"http://127.0.0.1:{svc_port}", lua, distinct, opts.seconds, 16),
-            "storm": wrk(f"http://127.0.0.1:{svc_port}", lua, storm, opts.seconds, 16),
-        }
+        figures = {"baseline": wrk(f"http://127.0.0.1:{base_port}", lua, base, opts.seconds, 16)}
+        for key, reqs in files.items():
+            figures[key] = wrk(f"http://127.0.0.1:{svc_port}", lua, reqs, opts.seconds, 16)
         with psycopg.connect(db_url) as conn:
             payments = conn.execute("select count(*) from payment_transactions").fetchone()[0]
             distinct_orders = conn.execute(
@@ -127,19 +135,27 @@ def main() -> None:
         f"{os.cpu_count()} cores shared"
     )
     print(f"{'target':<46}{'req/s':>9}{'vs baseline':>13}")
-    for key, label in (
-        ("baseline", "bare view: one committed insert"),
-        ("distinct", "v3 notifications, distinct orders"),
-        ("storm", "v3 notifications, one order's duplicates"),
-    ):
+    labels = {"baseline": "bare view: one committed insert"}
+    for provider in NOTIFY_PATHS:
+        labels[f"{provider}:distinct"] = f"{provider} notifications, distinct orders"
+        labels[f"{provider}:storm"] = f"{provider} notifications, one order's duplicates"
+    for key, label in labels.items():
         print(f"{label:<46}{figures[key]:>9.0f}{figures[key] / figures['baseline']:>13.2f}")
     print(
         f"effects: {payments} payment rows for {distinct_orders} orders, {fulfilments} fulfilments, "
-        f"{paid} orders paid (of {opts.orders} notified at most once each plus the storm)"
+        f"{paid} orders paid (of {3 * opts.orders} notified at most once each plus the storms)"
     )
 
 
-def _setup(sim_base: str, n: int) -> tuple[int, list[str]]:
+NOTIFY_PATHS = {
+    "v3": "/payments/wechatpay/v3/{}/notify",
+    "v2": "/payments/wechatpay/v2/{}/notify",
+    "alipay": "/payments/alipay/{}/notify",
+}
+PROVIDERS = {"v3": "wechatpay_v3", "v2": "wechatpay_v2", "alipay": "alipay"}
+
+
+def _setup(sim_base: str, n: int) -> dict[str, tuple[int, list[str]]]:
     from flask_migrate import upgrade
 
     from accounts import services
@@ -147,7 +163,7 @@ def _setup(sim_base: str, n: int) -> tuple[int, list[str]]:
     from payments import services as payments
     from store import catalogue, orders
     from store import services as store_services
-    from tests.helpers import account_fields, register_merchant
+    from tests.helpers import account_fields, register_alipay, register_merchant, register_wechatpay_v2
     from wechat_service.app import create_app
     from wechat_service.extensions import db
 
@@ -159,23 +175,33 @@ def _setup(sim_base: str, n: int) -> tuple[int, list[str]]:
         metadata.create_all(db.engine)
         fields = account_fields("plain", kind="mini_program")
         account = services.add_account(**fields)
-        merchant = register_merchant(sim_base, account.id)["merchant"]
+        merchants = {
+            "v3": register_merchant(sim_base, account.id)["merchant"],
+            "v2": register_wechatpay_v2(sim_base, account.id, sign_type="HMAC-SHA256")["merchant"],
+            "alipay": register_alipay(sim_base, account.id)["alipay_merchant"],
+        }
         product = catalogue.add_product(
             account_id=account.id, code="v", name="voucher", kind="voucher", price_fen=990
         )
         sub = touch(account.id, "oBENCHPAY", None)
         store_services.bind_phone(account.id, sub.id, "13800142000", method="sms")
         db.session.commit()
-        trade_nos = []
-        for i in range(n):
-            order = orders.create_order(account.id, sub.id, product.id, f"bench-key-{i:06d}", "wechatpay_v3")
-            payments.prepay(order, "oBENCHPAY", "voucher")
-            db.session.commit()
-            trade_nos.append(order.out_trade_no)
-        merchant_id = merchant.id
+        out = {}
+        for key, merchant in merchants.items():
+            trade_nos = []
+            for i in range(n):
+                order = orders.create_order(
+                    account.id, sub.id, product.id, f"bench-{key}-{i:06d}", PROVIDERS[key]
+                )
+                pay = payments.prepay(order, "oBENCHPAY", "voucher")
+                db.session.commit()
+                if key == "alipay":
+                    requests.get(pay["url"], timeout=10)  # the buyer opens the wap pay page
+                trade_nos.append(order.out_trade_no)
+            out[key] = (merchant.id, trade_nos)
         db.engine.dispose()
     redis.Redis.from_url(REDIS).flushdb()
-    return merchant_id, trade_nos
+    return out
 
 
 def _note(sim_base: str, out_trade_no: str) -> tuple[dict[str, str], str]:
@@ -183,6 +209,25 @@ def _note(sim_base: str, out_trade_no: str) -> tuple[dict[str, str], str]:
         f"{sim_base}/_sim/wechatpay/pay", json={"out_trade_no": out_trade_no, "deliver": False}, timeout=10
     ).json()
     return note["headers"], note["body"]
+
+
+def _note_v2(sim_base: str, out_trade_no: str) -> tuple[dict[str, str], str]:
+    body = requests.post(
+        f"{sim_base}/_sim/wechatpay/v2/pay", json={"out_trade_no": out_trade_no, "deliver": False}, timeout=10
+    ).json()["body"]
+    return {"Content-Type": "text/xml"}, body
+
+
+def _note_alipay(sim_base: str, out_trade_no: str) -> tuple[dict[str, str], str]:
+    from urllib.parse import urlencode
+
+    form = requests.post(
+        f"{sim_base}/_sim/alipay/pay", json={"out_trade_no": out_trade_no, "deliver": False}, timeout=10
+    ).json()["form"]
+    return {"Content-Type": "application/x-www-form-urlencoded"}, urlencode(form)
+
+
+NOTES = {"v3": _note, "v2": _note_v2, "alipay": _note_alipay}
 
 
 def _write(path: Path, url_path: str, notes: list[tuple[dict[str, str], str]]) -> None:

@@ -274,8 +274,16 @@ def _apply_payment(
         )  # fmt: skip
         db.session.commit()
         return False
-    # A second notification of the same payment (TRADE_FINISHED after TRADE_SUCCESS, a resend)
-    # has the same provider id: the unique key makes it a no-op.
+    if (
+        order is not None
+        and order.status is not OrderStatus.pending_payment
+        and _recorded(merchant.provider, txn_id)
+    ):
+        # A copy of a notification already applied (WeChat Pay sends several, Alipay sends
+        # TRADE_FINISHED after TRADE_SUCCESS): one read, nothing to write.
+        return True
+    # A second notification of the same payment has the same provider id: the unique key makes
+    # it a no-op even when two copies race past the check above.
     new = _record(
         merchant.account_id, order.id if order else None, TxnKind.payment, txn_id, amount, status, raw,
         anomaly=None if order else "unknown_order", provider_name=merchant.provider,
@@ -293,6 +301,19 @@ def _apply_payment(
             orders.refund(order, "paid after the order closed")
     db.session.commit()
     return True
+
+
+def _recorded(provider_name: Provider, txn_id: str) -> bool:
+    return (
+        db.session.scalar(
+            sa.select(PaymentTransaction.id).where(
+                PaymentTransaction.provider == provider_name,
+                PaymentTransaction.kind == TxnKind.payment,
+                PaymentTransaction.provider_txn_id == txn_id,
+            )
+        )
+        is not None
+    )
 
 
 def _merchant(merchant_id: int, kind: Provider) -> Merchant | None:

@@ -30,8 +30,10 @@ def upsert(
         return []
     dialect = db.session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(model).values(list(rows))
     table = model.__table__
+    # Core on the table (not the ORM's bulk path), and one row as a plain VALUES: both keep the
+    # compiled statement in SQLAlchemy's cache instead of compiling it on every call.
+    stmt = insert(table).values(rows[0] if len(rows) == 1 else list(rows))
     set_ = {c: stmt.excluded[c] for c in update}
     set_.update({c: sa.func.coalesce(table.c[c], stmt.excluded[c]) for c in keep_existing})
     # custom: column -> f(existing columns, excluded columns), for conditional updates.
