@@ -194,11 +194,17 @@ def _build_provider(merchant: Merchant, cfg: Any) -> Any:
     )
 
 
-def prepay(order: Any, openid: str, description: str, client_ip: str = "127.0.0.1") -> dict[str, Any]:
-    """What the client needs to pay: JSAPI parameters (WeChat Pay), or the wap pay URL (Alipay)."""
+def prepay(
+    order: Any, openid: str, description: str, client_ip: str = "127.0.0.1", return_url: str | None = None
+) -> dict[str, Any]:
+    """What the client needs to pay: JSAPI parameters (WeChat Pay), or the wap pay URL (Alipay,
+    which sends the browser to ``return_url`` afterwards)."""
     if order.provider == Provider.alipay.value:
         url = provider(merchant_for(order.account_id, "alipay")).wap_pay_url(
-            out_trade_no=order.out_trade_no, amount_fen=order.amount_fen, subject=description
+            out_trade_no=order.out_trade_no,
+            amount_fen=order.amount_fen,
+            subject=description,
+            return_url=return_url,
         )
         return {"provider": "alipay", "url": url}
     client = provider(merchant_for(order.account_id, order.provider))

@@ -276,6 +276,11 @@ def _csrf_error(exc: CSRFError) -> ResponseReturnValue:
     return _message_page(400, "页面已过期，请返回刷新后再试")
 
 
+def http_error_page(status: int) -> ResponseReturnValue:
+    """An HTTP error (unknown page, wrong method…) on an /h5 path, as a page in Chinese."""
+    return _message_page(status, BY_STATUS.get(status, "操作未能完成，请稍后再试"))
+
+
 def _message_page(status: int, message: str) -> ResponseReturnValue:
     appid = (request.view_args or {}).get("appid")
     titles = {**BY_STATUS, 409: "无法完成", 410: "链接已失效"}
@@ -433,8 +438,14 @@ def _alipay_signer() -> URLSafeTimedSerializer:
 
 
 def _alipay_url(order: Order, item: Product) -> str:
+    """Alipay's cashier, sending the browser back to our (session-less, signed) result page."""
+    token = _alipay_signer().dumps({"o": order.id, "a": order.account_id})
+    appid = (request.view_args or {})["appid"]
+    back = current_app.config["PUBLIC_BASE_URL"] + url_for(
+        ".alipay_done", appid=appid, order_id=order.id, t=token
+    )
     try:
-        return payments.prepay(order, "", item.name)["url"]
+        return payments.prepay(order, "", item.name, return_url=back)["url"]
     except NotFoundError:
         raise ServiceError("该公众号暂未开通支付宝支付", code="payment_unavailable", status=409) from None
 
@@ -483,6 +494,29 @@ def alipay_redirect(appid: str, order_id: int) -> ResponseReturnValue:
             account, "alipay_in_wechat.html", order=order, product=item, link=_alipay_link(account, order)
         )
     return redirect(_alipay_url(order, item), 302)
+
+
+@bp.get("/<appid>/orders/<int:order_id>/alipay/done")
+def alipay_done(appid: str, order_id: int) -> ResponseReturnValue:
+    """Where Alipay sends the system browser back: the order's state, and the way back to WeChat.
+    A notification may not have arrived yet, so a pending order is asked about once."""
+    account = _account(appid)
+    try:
+        claim = _alipay_signer().loads(request.args.get("t", ""), max_age=ALIPAY_LINK_TTL)
+    except BadSignature:
+        claim = None
+    if claim != {"o": order_id, "a": account.id}:
+        raise ServiceError("链接无效或已过期，请回到微信查看订单", code="link_expired", status=410)
+    order = orders.order_for(account.id, order_id)
+    if order.status is OrderStatus.pending_payment:
+        try:
+            payments.reconcile_pending(order)
+            db.session.commit()
+        except Exception:  # noqa: BLE001 - the notification or the sweep will settle it
+            db.session.rollback()
+        db.session.refresh(order)
+    label = STATUS_LABELS.get(order.status.value, order.status.value)
+    return _message_page(200, f"订单{order.out_trade_no}：{label}。请返回微信，在「我的订单」查看办理结果。")
 
 
 @bp.get("/<appid>/orders/<int:order_id>")

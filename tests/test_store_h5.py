@@ -260,6 +260,9 @@ def test_every_page_renders(app: Flask, shop: dict[str, Any], simulator: str) ->
     assert h5.get(f"/h5/{appid}/orders/99999999999").status_code == 404
     missing = h5.get(f"/h5/{appid}/no/such/page")
     assert missing.status_code == 404 and "返回商城" in missing.get_data(as_text=True)
+    wrong_method = h5.client.put(f"/h5/{appid}/orders")  # an HTML page in Chinese, not JSON
+    assert wrong_method.status_code == 405 and wrong_method.mimetype == "text/html"
+    assert "暂时无法完成" in wrong_method.get_data(as_text=True)
 
 
 def test_inquiry_without_a_phone_asks_to_bind(app: Flask, shop: dict[str, Any], simulator: str) -> None:
@@ -429,6 +432,20 @@ def test_alipay_in_wechat_explains_and_the_browser_goes_to_alipay(
     outside.login("oALIPAY000000001", f"/h5/{appid}/orders")
     direct = outside.get(pay_path)
     assert direct.status_code == 302 and direct.headers["Location"].startswith(gateway)
+    # Afterwards Alipay sends the browser back to our signed result page (no session needed),
+    # which asks Alipay once when the notification has not arrived yet.
+    back = query["return_url"][0]
+    assert back.startswith(f"http://service.test/h5/{appid}/orders/") and "/alipay/done?t=" in back
+    requests.post(
+        f"{simulator}/_sim/alipay/pay",
+        json={"out_trade_no": json.loads(query["biz_content"][0])["out_trade_no"], "deliver": False},
+        timeout=10,
+    ).raise_for_status()
+    done = browser.get(back[len("http://service.test") :])
+    assert done.status_code == 200 and "请返回微信" in done.get_data(as_text=True)
+    assert "待支付" not in done.get_data(as_text=True)  # paid: found by the query
+    forged = browser.get(back[len("http://service.test") :][:-3] + "xyz")
+    assert forged.status_code == 410
 
 
 def test_pages_refuse_other_accounts_and_subscribers_orders(

@@ -59,11 +59,15 @@ def error_body(code: str, message: str, fields: dict[str, Any] | None = None) ->
 
 
 def _wants_page() -> bool:
-    """Console pages get an HTML error page (or the sign-in page); everything else gets JSON."""
-    return request.path.startswith("/console")
+    """Console and H5 store pages get an HTML error page (or the sign-in page); the rest JSON."""
+    return request.path.startswith(("/console", "/h5/"))
 
 
 def _page(status: int, title: str, message: str):  # type: ignore[no-untyped-def]
+    if request.path.startswith("/h5/"):  # the subscriber's own store page, in Chinese
+        from store.views import http_error_page
+
+        return http_error_page(status)
     if status == 401:
         return redirect(url_for("console.login", next=request.full_path))
     return render_template("error.html", status=status, title=title, message=message), status

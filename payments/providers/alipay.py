@@ -82,8 +82,15 @@ class AlipayProvider:
         self.gateway, self.timeout, self.http = gateway, timeout, requests.Session()
 
     def wap_pay_url(
-        self, *, out_trade_no: str, amount_fen: int, subject: str, expire_minutes: int = 30
+        self,
+        *,
+        out_trade_no: str,
+        amount_fen: int,
+        subject: str,
+        expire_minutes: int = 30,
+        return_url: str | None = None,
     ) -> str:
+        """The wap pay page; ``return_url`` is where the browser goes afterwards (paid or not)."""
         model = AlipayTradeWapPayModel()
         model.out_trade_no, model.total_amount, model.subject = (
             out_trade_no,
@@ -93,6 +100,9 @@ class AlipayProvider:
         model.product_code, model.timeout_express = "QUICK_WAP_WAY", f"{expire_minutes}m"
         req = AlipayTradeWapPayRequest(biz_model=model)
         req.notify_url = self.notify_url
+        if return_url:
+            req.return_url = return_url
+            model.quit_url = return_url  # the buyer leaves the cashier without paying
         return self.client.page_execute(req, http_method="GET")
 
     def _execute(self, req: Any) -> dict[str, Any]:
