@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import current_app, redirect, request, session, url_for
+from flask import Blueprint, current_app, flash, redirect, request, session, url_for
 from werkzeug.exceptions import Unauthorized
 
+from accounts import access as acl
 from accounts.access import Access, access_for
 from accounts.models import StaffUser
+from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 
 IDLE_TIMEOUT = 30 * 60
@@ -114,3 +116,27 @@ def paginate(query: Any, page: int | None = None, per_page: int = 25) -> Page:
     total = db.session.scalar(sa.select(sa.func.count()).select_from(query.order_by(None).subquery())) or 0
     items = list(db.session.scalars(query.limit(per_page).offset((page - 1) * per_page)))
     return Page(items, page, per_page, total)
+
+
+def console_blueprint(name: str, import_name: str) -> Blueprint:
+    """A blueprint of console pages under /console: any page about an account the user cannot see
+    is a 404 before the view runs, whatever the view does next (one rule for every domain)."""
+    bp = Blueprint(name, import_name, url_prefix="/console", template_folder="templates")
+
+    @bp.before_request
+    def _hide_other_accounts() -> None:
+        check_url_ids()
+        account_id = (request.view_args or {}).get("account_id")
+        if account_id is not None and load_user() is not None:
+            acl.account_for(current_access(), account_id, acl.VIEW)
+
+    return bp
+
+
+def form_failed(exc: ServiceError) -> dict[str, list[str]]:
+    """A refused form: roll back, flash the message, return the field errors for the template."""
+    db.session.rollback()
+    flash(exc.message, "error")
+    return {
+        k: [str(m) for m in v] if isinstance(v, list) else [str(v)] for k, v in (exc.fields or {}).items()
+    }

@@ -9,16 +9,17 @@ import io
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
+from flask import abort, flash, redirect, render_template, request, send_file, url_for
 from flask.typing import ResponseReturnValue
 
 from accounts import access as acl
 from accounts import masking, menus, operations, qrcodes, replies, services, staff, subscribers
 from accounts.console import (
-    check_url_ids,
     client_ip,
+    console_blueprint,
     current_access,
     current_user,
+    form_failed,
     load_user,
     login_required,
     paginate,
@@ -30,22 +31,8 @@ from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 from wechat_service.gateway import token_health
 
-bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates")
-
-
-@bp.before_request
-def _hide_other_accounts() -> None:
-    """Any page about an account the user cannot see is a 404, whatever the page does next."""
-    check_url_ids()
-    account_id = (request.view_args or {}).get("account_id")
-    if account_id is not None and load_user() is not None:
-        acl.account_for(current_access(), account_id, acl.VIEW)
-
-
-def _fail(exc: ServiceError) -> dict[str, list[str]]:
-    db.session.rollback()
-    flash(exc.message, "error")
-    return {k: [str(m) for m in v] if isinstance(v, list) else [str(v)] for k, v in exc.fields.items()}
+bp = console_blueprint("console", __name__)
+_fail = form_failed
 
 
 # -- sign in -----------------------------------------------------------------------------------

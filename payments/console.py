@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask import Response, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from accounts import access as acl
-from accounts.console import check_url_ids, client_ip, current_access, load_user, login_required
+from accounts.console import client_ip, console_blueprint, current_access, form_failed, login_required
 from payments import funds, operations, reconciliation
 from payments.reconciliation import CHINA
 from store.console_forms import fen_to_yuan, yuan_to_fen
@@ -20,21 +20,8 @@ from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 
-bp = Blueprint("payments_console", __name__, url_prefix="/console", template_folder="templates")
-
-
-@bp.before_request
-def _hide_other_accounts() -> None:
-    check_url_ids()
-    account_id = (request.view_args or {}).get("account_id")
-    if account_id is not None and load_user() is not None:
-        acl.account_for(current_access(), account_id, acl.VIEW)
-
-
-def _fail(exc: ServiceError) -> dict[str, list[str]]:
-    db.session.rollback()
-    flash(exc.message, "error")
-    return dict(exc.fields or {})
+bp = console_blueprint("payments_console", __name__)
+_fail = form_failed
 
 
 @bp.route("/accounts/<int:account_id>/reconciliation", methods=["GET", "POST"])

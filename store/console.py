@@ -11,12 +11,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Response, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 
 from accounts import access as acl
-from accounts.console import check_url_ids, client_ip, current_access, load_user, login_required, paginate
+from accounts.console import client_ip, console_blueprint, current_access, login_required, paginate
 from store import catalogue, coupons, operations, redemption
 from store.console_forms import (
     PRODUCT_FORM_NAMES,
@@ -32,16 +32,7 @@ from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 
-bp = Blueprint("store_console", __name__, url_prefix="/console", template_folder="templates")
-
-
-@bp.before_request
-def _hide_other_accounts() -> None:
-    """As on the account pages: an account the user cannot see is a 404 before anything is parsed."""
-    check_url_ids()
-    account_id = (request.view_args or {}).get("account_id")
-    if account_id is not None and load_user() is not None:
-        acl.account_for(current_access(), account_id, acl.VIEW)
+bp = console_blueprint("store_console", __name__)
 
 
 def _fail(exc: ServiceError, names: dict[str, str] | None = None) -> dict[str, list[str]]:
