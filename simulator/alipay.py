@@ -15,13 +15,13 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
-import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from simulator import bills
+from simulator.fanout import copies_of, post_copies
 
 bp = Blueprint("sim_alipay", __name__, url_prefix="/alipay")
 admin = Blueprint("sim_alipay_admin", __name__, url_prefix="/_sim/alipay")
@@ -283,27 +283,13 @@ def pay() -> ResponseReturnValue:
     form.update(data.get("tamper") or {})
     if data.get("deliver") is False:
         return jsonify({"form": form})
-    copies = max(1, min(int(data.get("copies", 1)), 100))
-    results: list[str] = []
-
-    def post() -> None:
-        try:
-            results.append(
-                requests.post(
-                    trade["notify_url"],
-                    data=urlencode(form),
-                    timeout=10,
-                    headers={"Content-Type": "application/x-www-form-urlencoded"},
-                ).text
-            )
-        except requests.RequestException:
-            results.append("")
-
-    threads = [threading.Thread(target=post) for _ in range(copies)]
-    for t in threads:
-        t.start()
-        if not data.get("concurrent"):
-            t.join()
-    for t in threads:
-        t.join()
+    results = post_copies(
+        trade["notify_url"],
+        urlencode(form),
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        copies_of(data),
+        bool(data.get("concurrent")),
+        read=lambda r: r.text,
+        unreachable="",
+    )
     return jsonify({"trade_no": trade["trade_no"], "answers": results})

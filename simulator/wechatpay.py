@@ -24,6 +24,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from simulator import bills
+from simulator.fanout import copies_of, post_copies
 
 bp = Blueprint("sim_wechatpay", __name__, url_prefix="/wechatpay")
 admin = Blueprint("sim_wechatpay_admin", __name__, url_prefix="/_sim/wechatpay")
@@ -440,25 +441,9 @@ def pay() -> ResponseReturnValue:
     headers, body = notification(merchant, transaction)
     if data.get("deliver") is False:
         return jsonify({"headers": headers, "body": body})
-    copies = max(1, min(int(data.get("copies", 1)), 100))
-
-    def post() -> int:
-        try:
-            return requests.post(
-                order["notify_url"], data=body.encode(), headers=headers, timeout=10
-            ).status_code
-        except requests.RequestException:
-            return 0
-
-    if data.get("concurrent"):
-        results: list[int] = []
-        threads = [threading.Thread(target=lambda: results.append(post())) for _ in range(copies)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    else:
-        results = [post() for _ in range(copies)]
+    results = post_copies(
+        order["notify_url"], body.encode(), headers, copies_of(data), bool(data.get("concurrent"))
+    )
     with st.lock:
         st.notifications.append({"out_trade_no": order["out_trade_no"], "statuses": results})
     return jsonify({"transaction_id": order["transaction_id"], "statuses": results})

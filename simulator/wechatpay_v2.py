@@ -23,6 +23,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from simulator import bills
+from simulator.fanout import copies_of, post_copies
 
 bp = Blueprint("sim_wechatpay_v2", __name__, url_prefix="/wechatpay")
 admin = Blueprint("sim_wechatpay_v2_admin", __name__, url_prefix="/_sim/wechatpay/v2")
@@ -427,26 +428,13 @@ def pay() -> ResponseReturnValue:
     )
     if data.get("deliver") is False:
         return jsonify({"body": body, "transaction_id": order["transaction_id"]})
-    copies = max(1, min(int(data.get("copies", 1)), 100))
-    statuses: list[int] = []
-
-    def post() -> None:
-        try:
-            statuses.append(
-                requests.post(
-                    order["notify_url"], data=body.encode(), headers={"Content-Type": "text/xml"}, timeout=10
-                ).status_code
-            )
-        except requests.RequestException:
-            statuses.append(0)
-
-    threads = [threading.Thread(target=post) for _ in range(copies)]
-    for t in threads:
-        t.start()
-        if not data.get("concurrent"):
-            t.join()
-    for t in threads:
-        t.join()
+    statuses = post_copies(
+        order["notify_url"],
+        body.encode(),
+        {"Content-Type": "text/xml"},
+        copies_of(data),
+        bool(data.get("concurrent")),
+    )
     return jsonify({"transaction_id": order["transaction_id"], "statuses": statuses})
 
 
