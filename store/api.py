@@ -3,8 +3,11 @@ from POST /api/mp/<appid>/session (header ``Authorization: Bearer <token>``)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from typing import Any
+
+from flask import jsonify, request
 from flask.typing import ResponseReturnValue
+from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields, validate
 
 from store import services
@@ -12,7 +15,13 @@ from store.models import InquiryKind
 from wechat_service import mp
 from wechat_service.extensions import db
 
-bp = Blueprint("store_mp", __name__, url_prefix="/api/mp")
+bp = Blueprint(
+    "store_mp",
+    __name__,
+    url_prefix="/api/mp",
+    description="The store for mini-programs: phone binding, inquiry, catalogue, orders, redeem, points",
+)
+MP_AUTH = [{"mpSession": []}]  # Authorization: Bearer <token from POST /api/mp/<appid>/session>
 
 
 class PhoneSmsSchema(Schema):
@@ -35,17 +44,19 @@ def _session(appid: str) -> mp.MpSession:
 
 
 @bp.post("/<appid>/phone/sms")
-def phone_sms(appid: str) -> ResponseReturnValue:
+@bp.arguments(PhoneSmsSchema, error_status_code=400)
+@bp.doc(security=MP_AUTH)
+def phone_sms(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     session = _session(appid)
-    data = PhoneSmsSchema().load(request.get_json(silent=True) or {})
     result = services.start_binding(session.account_id, session.subscriber_id, data["phone"])
     return jsonify(result), 202
 
 
 @bp.post("/<appid>/phone/verify")
-def phone_verify(appid: str) -> ResponseReturnValue:
+@bp.arguments(PhoneVerifySchema, error_status_code=400)
+@bp.doc(security=MP_AUTH)
+def phone_verify(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     session = _session(appid)
-    data = PhoneVerifySchema().load(request.get_json(silent=True) or {})
     binding = services.confirm_binding(session.account_id, session.subscriber_id, data["code"])
     db.session.commit()
     return jsonify({"phone": binding.phone, "bound_at": binding.bound_at.isoformat()}), 201
@@ -59,10 +70,11 @@ class PhoneWechatSchema(Schema):
 
 
 @bp.post("/<appid>/phone/wechat")
-def phone_wechat(appid: str) -> ResponseReturnValue:
+@bp.arguments(PhoneWechatSchema, error_status_code=400)
+@bp.doc(security=MP_AUTH)
+def phone_wechat(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     """The getPhoneNumber button's code: WeChat tells us the verified number, no SMS round."""
     session = _session(appid)
-    data = PhoneWechatSchema().load(request.get_json(silent=True) or {})
     binding = services.bind_phone_from_wechat(session.account_id, session.subscriber_id, data["code"])
     db.session.commit()
     # The subscriber's own number, in clear to them only (as after the SMS path).
@@ -70,6 +82,7 @@ def phone_wechat(appid: str) -> ResponseReturnValue:
 
 
 @bp.get("/<appid>/phone")
+@bp.doc(security=MP_AUTH)
 def phone(appid: str) -> ResponseReturnValue:
     session = _session(appid)
     binding = services.binding_of(session.account_id, session.subscriber_id)
@@ -83,6 +96,7 @@ def phone(appid: str) -> ResponseReturnValue:
 
 
 @bp.get("/<appid>/inquiry/<any(balance, data, bill, points):kind>")
+@bp.doc(security=MP_AUTH)
 def inquiry(appid: str, kind: str) -> ResponseReturnValue:
     session = _session(appid)
     result = services.inquire(session.account_id, session.subscriber_id, InquiryKind(kind), "mp")
@@ -101,11 +115,12 @@ class RedeemSchema(Schema):
 
 
 @bp.post("/<appid>/redeem")
-def redeem(appid: str) -> ResponseReturnValue:
+@bp.arguments(RedeemSchema, error_status_code=400)
+@bp.doc(security=MP_AUTH)
+def redeem(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     from store import redemption
 
     session = _session(appid)
-    data = RedeemSchema().load(request.get_json(silent=True) or {})
     result = redemption.redeem(session.account_id, session.subscriber_id, data["code"], "mp")
     db.session.commit()
     return jsonify(result), 202
@@ -142,6 +157,7 @@ def _order_view(order: object) -> dict[str, object]:
 
 
 @bp.get("/<appid>/products")
+@bp.doc(security=MP_AUTH)
 def products(appid: str) -> ResponseReturnValue:
     from store import catalogue
 
@@ -166,14 +182,15 @@ def products(appid: str) -> ResponseReturnValue:
 
 
 @bp.post("/<appid>/orders")
-def create_order(appid: str) -> ResponseReturnValue:
+@bp.arguments(OrderCreateSchema, error_status_code=400)
+@bp.doc(security=MP_AUTH)
+def create_order(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     """Create (idempotently, by client_key) and get the parameters for wx.requestPayment."""
     from accounts.subscribers import subscriber_by_id
     from payments import services as payments
     from store import orders
 
     session = _session(appid)
-    data = OrderCreateSchema().load(request.get_json(silent=True) or {})
     order = orders.create_order(
         session.account_id,
         session.subscriber_id,
@@ -195,6 +212,7 @@ def create_order(appid: str) -> ResponseReturnValue:
 
 
 @bp.get("/<appid>/orders/<int:order_id>")
+@bp.doc(security=MP_AUTH)
 def get_order(appid: str, order_id: int) -> ResponseReturnValue:
     from store import orders
 
@@ -216,11 +234,12 @@ class PointsExchangeSchema(Schema):
 
 
 @bp.post("/<appid>/points/exchange")
-def points_exchange(appid: str) -> ResponseReturnValue:
+@bp.arguments(PointsExchangeSchema, error_status_code=400)
+@bp.doc(security=MP_AUTH)
+def points_exchange(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     from store import points
 
     session = _session(appid)
-    data = PointsExchangeSchema().load(request.get_json(silent=True) or {})
     hold = points.exchange(session.account_id, session.subscriber_id, data["product_id"], data["client_key"])
     db.session.commit()
     return jsonify({"id": hold.id, "points": hold.points, "status": hold.status.value}), 202

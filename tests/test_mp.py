@@ -204,3 +204,23 @@ def test_session_key_is_encrypted_at_rest(client: Any, simulator: str, mini_prog
     ).scalar_one()
     assert session.session_key not in raw and raw.startswith("gAAAAA")
     assert session.session_key not in resp.get_data(as_text=True)  # it never leaves the server
+
+
+def test_openapi_document_lists_the_mini_program_api(app: Flask) -> None:
+    doc = app.test_client().get("/api/v1/openapi.json").get_json()
+    order = doc["paths"]["/api/mp/{appid}/orders"]["post"]
+    body = order["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert body.endswith("/OrderCreate") and order["security"] == [{"mpSession": []}]
+    assert doc["components"]["securitySchemes"]["mpSession"] == {"type": "http", "scheme": "bearer"}
+    for path in ("/api/mp/{appid}/session", "/api/mp/{appid}/phone/wechat", "/api/mp/{appid}/redeem"):
+        assert path in doc["paths"], path
+    required = doc["components"]["schemas"]["OrderCreate"]["required"]
+    assert sorted(required) == ["client_key", "product_id"]
+
+
+def test_mini_program_api_refuses_bad_input_in_our_error_shape(app: Flask, create_account: Any) -> None:
+    account, fields, _ = create_account("plain", kind="mini_program")
+    resp = app.test_client().post(f"/api/mp/{fields['appid']}/session", json={"code": 5, "extra": 1})
+    body = resp.get_json()["error"]
+    assert resp.status_code == 400 and body["code"] == "invalid_input"
+    assert set(body["fields"]) == {"code", "extra"}

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from typing import Any
+
+from flask import jsonify, request
 from flask.typing import ResponseReturnValue
+from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields
 
 from wechat_service import mp
 from wechat_service.extensions import db
 
-bp = Blueprint("mp_api", __name__, url_prefix="/api/mp")
+bp = Blueprint("mp_api", __name__, url_prefix="/api/mp", description="Mini-program sessions (wx.login)")
 
 
 class SessionCreateSchema(Schema):
@@ -20,14 +23,16 @@ class SessionCreateSchema(Schema):
 
 
 @bp.post("/<appid>/session")
-def create_session(appid: str) -> ResponseReturnValue:
-    data = SessionCreateSchema().load(request.get_json(silent=True) or {})
+@bp.arguments(SessionCreateSchema, error_status_code=400)
+def create_session(data: dict[str, Any], appid: str) -> ResponseReturnValue:
+    """Exchange a wx.login code for a session token (send it as ``Authorization: Bearer …``)."""
     result = mp.login(appid, data["code"])
     db.session.commit()
     return jsonify(result), 201
 
 
 @bp.get("/<appid>/me")
+@bp.doc(security=[{"mpSession": []}])
 def me(appid: str) -> ResponseReturnValue:
     auth = request.headers.get("Authorization", "")
     token = auth[7:] if auth.startswith("Bearer ") else ""

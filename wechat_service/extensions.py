@@ -44,7 +44,8 @@ class JsonApi(Api):
         fields = data.get("messages", {})
         if isinstance(fields, dict) and len(fields) == 1 and next(iter(fields)) in ("json", "query", "form"):
             fields = next(iter(fields.values()))  # webargs nests by location; one location is the common case
-        code = "invalid_input" if error.code == 422 else (error.name or "error").lower().replace(" ", "_")
+        invalid = error.code == 422 or (error.code == 400 and bool(fields))  # a schema refused the input
+        code = "invalid_input" if invalid else (error.name or "error").lower().replace(" ", "_")
         body = {"error": {"code": code, "message": error.description or error.name, "fields": fields}}
         resp = jsonify(body)
         resp.status_code = error.code or 500
