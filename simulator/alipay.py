@@ -21,7 +21,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from simulator import bills
-from simulator.fanout import copies_of, post_copies
+from simulator.fanout import ALIPAY_RETRIES, copies_of, post_copies, retry_later
 
 bp = Blueprint("sim_alipay", __name__, url_prefix="/alipay")
 admin = Blueprint("sim_alipay_admin", __name__, url_prefix="/_sim/alipay")
@@ -292,4 +292,11 @@ def pay() -> ResponseReturnValue:
         read=lambda r: r.text,
         unreachable="",
     )
+    retries: list[Any] = []
+    if data.get("retries") and "success" not in results:
+        # Anything but exactly `success` is resent: 4 m, 10 m, 10 m, 1 h, 2 h, 6 h, 15 h.
+        retry_later(
+            trade["notify_url"], urlencode(form), {"Content-Type": "application/x-www-form-urlencoded"},
+            ALIPAY_RETRIES, float(data.get("retry_factor", 1.0)), lambda r: r.text == "success", retries,
+        )  # fmt: skip
     return jsonify({"trade_no": trade["trade_no"], "answers": results})

@@ -24,7 +24,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from simulator import bills
-from simulator.fanout import copies_of, post_copies
+from simulator.fanout import WECHATPAY_RETRIES, copies_of, post_copies, retry_later
 
 bp = Blueprint("sim_wechatpay", __name__, url_prefix="/wechatpay")
 admin = Blueprint("sim_wechatpay_admin", __name__, url_prefix="/_sim/wechatpay")
@@ -444,9 +444,23 @@ def pay() -> ResponseReturnValue:
     results = post_copies(
         order["notify_url"], body.encode(), headers, copies_of(data), bool(data.get("concurrent"))
     )
+    record = {"out_trade_no": order["out_trade_no"], "statuses": results, "retries": []}
     with st.lock:
-        st.notifications.append({"out_trade_no": order["out_trade_no"], "statuses": results})
+        st.notifications.append(record)
+    if data.get("retries") and not any(200 <= code < 300 for code in results):
+        # Not acknowledged: WeChat Pay tries again on its schedule (compressed by retry_factor).
+        retry_later(
+            order["notify_url"], body.encode(), headers, WECHATPAY_RETRIES,
+            float(data.get("retry_factor", 1.0)), lambda r: 200 <= r.status_code < 300, record["retries"],
+        )  # fmt: skip
     return jsonify({"transaction_id": order["transaction_id"], "statuses": results})
+
+
+@admin.get("/notifications")
+def notifications() -> ResponseReturnValue:
+    """What was posted for each paid order: the first copies' answers and every retry's."""
+    with state().lock:
+        return jsonify([dict(n) for n in state().notifications])
 
 
 @admin.post("/refunds/<out_refund_no>/finish")

@@ -23,7 +23,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from simulator import bills
-from simulator.fanout import copies_of, post_copies
+from simulator.fanout import WECHATPAY_RETRIES, copies_of, post_copies, retry_later
 
 bp = Blueprint("sim_wechatpay_v2", __name__, url_prefix="/wechatpay")
 admin = Blueprint("sim_wechatpay_v2_admin", __name__, url_prefix="/_sim/wechatpay/v2")
@@ -435,6 +435,12 @@ def pay() -> ResponseReturnValue:
         copies_of(data),
         bool(data.get("concurrent")),
     )
+    if data.get("retries") and not any(code == 200 for code in statuses):
+        # v2 reads the XML answer; a non-200 or an unreachable server is tried again later.
+        retry_later(
+            order["notify_url"], body.encode(), {"Content-Type": "text/xml"}, WECHATPAY_RETRIES,
+            float(data.get("retry_factor", 1.0)), lambda r: r.status_code == 200 and "SUCCESS" in r.text, [],
+        )  # fmt: skip
     return jsonify({"transaction_id": order["transaction_id"], "statuses": statuses})
 
 
