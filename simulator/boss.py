@@ -52,7 +52,8 @@ class BossState:
     lines: dict[str, Line] = field(default_factory=dict)
     codes: dict[str, dict[str, Any]] = field(default_factory=dict)  # phone -> {code, expires, attempts}
     sent: list[dict[str, Any]] = field(default_factory=list)
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)  # idempotency key -> {body_hash, result}
+    # "<client app id>:<idempotency key>" -> {body_hash, result}: each client has its own keys
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
     nonces: dict[str, float] = field(default_factory=dict)
     faults: list[dict[str, Any]] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
@@ -134,15 +135,15 @@ def call(operation: str) -> ResponseReturnValue:
         # Checked, carried out and recorded under one lock: concurrent copies of a write see one
         # another, and a failure is remembered like a success.
         with st.lock:
-            previous = st.done.get(key)
+            previous = st.done.get(f"{app_id}:{key}")
             if previous:
                 if previous["body_hash"] != body_hash:
                     return _error("IDEMPOTENCY_MISMATCH", "key used for another request", 409, secret)
                 if previous["status"] == "failed":
                     return _answer(previous["http"], previous["payload"], secret)
                 return _answer(200, {"ok": True, "data": {**previous["result"], "replayed": True}}, secret)
-            status, payload = _operate(st, operation, body, key)
-            st.done[key] = {
+            status, payload = _operate(st, operation, body, key, app_id)
+            st.done[f"{app_id}:{key}"] = {
                 "body_hash": body_hash,
                 "status": "ok" if status == 200 else "failed",
                 "result": payload.get("data") or {},
@@ -151,14 +152,14 @@ def call(operation: str) -> ResponseReturnValue:
                 "error": (payload.get("error") or {}).get("code"),
             }
     else:
-        status, payload = _operate(st, operation, body, key)
+        status, payload = _operate(st, operation, body, key, app_id)
     if fault and fault["kind"] == "timeout_after_accept":
         time.sleep(fault.get("ms", 15000) / 1000)  # done, but the answer comes too late
     return _answer(status, payload, secret)
 
 
 def _operate(
-    st: BossState, operation: str, body: dict[str, Any], key: str | None
+    st: BossState, operation: str, body: dict[str, Any], key: str | None, app_id: str
 ) -> tuple[int, dict[str, Any]]:
     def ok(data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 200, {"ok": True, "data": data}
@@ -167,7 +168,7 @@ def _operate(
         return status, {"ok": False, "error": {"code": code, "message": message, "retryable": status >= 500}}
 
     if operation == "requests/query":
-        record = st.done.get(str(body.get("idempotency_key", "")))
+        record = st.done.get(f"{app_id}:{body.get('idempotency_key', '')}")
         if record is None:
             return ok({"status": "unknown"})
         if record["status"] == "failed":

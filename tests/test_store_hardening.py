@@ -118,3 +118,26 @@ def test_a_fulfilment_finished_but_never_settled_is_settled_by_the_sweep(
     jobs.sweep_fulfilments()
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.fulfilled
+
+
+def test_idempotency_keys_belong_to_their_client(app: Flask, simulator: str) -> None:
+    """Two deployments sharing one BOSS number their keys alike (redeem-1-1…): the contract scopes a
+    key to the calling client, so the second one's top-up is carried out, not replayed."""
+    import secrets
+
+    from store.boss import HttpBoss
+
+    other_id, other_secret = f"staging-{secrets.token_hex(4)}", secrets.token_hex(16)
+    requests.post(
+        f"{simulator}/_sim/boss/clients", json={"app_id": other_id, "secret": other_secret}, timeout=5
+    ).raise_for_status()
+    ours = HttpBoss(f"{simulator}/boss", "wechat-service-test", helpers.BOSS_SECRET)
+    theirs = HttpBoss(f"{simulator}/boss", other_id, other_secret)
+    phone, key = "13800139207", f"redeem-{secrets.token_hex(4)}-1"
+    before = requests.get(f"{simulator}/_sim/boss/lines/{phone}", timeout=5).json()["balance_fen"]
+    assert not ours.topup(phone, 500, key).get("replayed")
+    assert not theirs.topup(phone, 500, key).get("replayed")  # another client: carried out
+    assert ours.topup(phone, 500, key).get("replayed")  # the same client again: replayed
+    assert theirs.query_request(key)["status"] == "succeeded"
+    after = requests.get(f"{simulator}/_sim/boss/lines/{phone}", timeout=5).json()["balance_fen"]
+    assert after == before + 1000
