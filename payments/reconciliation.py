@@ -17,7 +17,6 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -35,6 +34,7 @@ from payments.models import (
 from payments.providers.wechatpay_v3 import PaymentProviderError
 from wechat_service.errors import InvalidInputError
 from wechat_service.extensions import db
+from wechat_service.money import fen_of
 
 log = logging.getLogger(__name__)
 CHINA = ZoneInfo("Asia/Shanghai")  # statements are cut at midnight Beijing time
@@ -51,14 +51,7 @@ class Line:
 
 
 def _fen(value: str) -> int:
-    try:
-        amount = Decimal(value.strip().lstrip("`") or "0")
-    except InvalidOperation:
-        raise ValueError(f"amount {value!r} is not a number") from None
-    fen = amount * 100
-    if fen != fen.to_integral_value():
-        raise ValueError(f"amount {value!r} is not a whole number of fen")
-    return int(fen)
+    return fen_of(value.strip().lstrip("`") or "0")
 
 
 def parse_wechat(text: str) -> list[Line]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,6 +15,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_l
 
 from store.models import CouponKind, ProductKind
 from store.redemption import MAX_BATCH
+from wechat_service.money import fen_of, yuan
 
 # Whole yuan with at most two decimals: no signs, exponents, NaN or thousands separators. Seven
 # digits keep the largest amount (9,999,999.99 yuan) inside a 32-bit fen column.
@@ -28,12 +28,12 @@ def yuan_to_fen(text: str) -> int:
     text = (text or "").strip()
     if not YUAN_RE.match(text):
         raise ValueError(text)
-    return int(Decimal(text) * 100)
+    return fen_of(text)
 
 
 def fen_to_yuan(fen: int | None) -> str:
     """1990 → '19.90' (for refilling a form; integer arithmetic, no float)."""
-    return "" if fen is None else f"{fen // 100}.{fen % 100:02d}"
+    return "" if fen is None else yuan(fen)
 
 
 class Yuan(fields.Field):

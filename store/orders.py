@@ -18,6 +18,7 @@ from store.services import binding_of
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db, enqueue_after_commit
+from wechat_service.money import yuan
 
 ALLOWED = {
     OrderStatus.pending_payment: {OrderStatus.paid, OrderStatus.closed},
@@ -223,14 +224,14 @@ def settle(fulfilment_id: int) -> str | None:
     product = db.session.get(Product, order.product_id)
     if job.status is FulfilmentStatus.succeeded:
         if transition(order.id, OrderStatus.fulfilling, OrderStatus.fulfilled, finished_at=utcnow()):
-            return f"订单 {order.out_trade_no} 已完成：{product.name}，实付 {order.amount_fen / 100:.2f} 元。"
+            return f"订单 {order.out_trade_no} 已完成：{product.name}，实付 {yuan(order.amount_fen)} 元。"
         return None
     if job.status is FulfilmentStatus.failed and transition(
         order.id, OrderStatus.fulfilling, OrderStatus.fulfilment_failed, {"error": job.error}
     ):
         release_stock(order)
         refund(order, "fulfilment failed")
-        amount = f"{order.amount_fen / 100:.2f}"
+        amount = yuan(order.amount_fen)
         return f"订单 {order.out_trade_no} 未能办理（{product.name}），{amount} 元已原路退回。"
     return None
 

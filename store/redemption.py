@@ -26,6 +26,7 @@ from store.services import ThrottledError, binding_of, mask_phone
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db, enqueue_after_commit, get_redis
+from wechat_service.money import yuan
 from wechat_service.secrets import open_secret, seal_secret
 
 ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read aloud and typed on a phone
@@ -178,7 +179,9 @@ def settle(fulfilment_id: int) -> str | None:
     product = db.session.get(Product, job.product_id)
     if job.status is FulfilmentStatus.succeeded:
         what = (
-            f"{product.face_value_fen // 100} 元话费" if product.kind is ProductKind.topup else product.name
+            f"{yuan(product.face_value_fen, short=True)} 元话费"
+            if product.kind is ProductKind.topup
+            else product.name
         )
         return f"兑换成功：{what}已充入 {mask_phone(job.phone)}。"
     if job.status is FulfilmentStatus.failed:

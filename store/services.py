@@ -30,6 +30,7 @@ from store.models import (
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db, get_redis
+from wechat_service.money import yuan
 
 CACHE_TTL = 60
 PENDING_TTL = 300
@@ -265,21 +266,17 @@ def _cache_key(account_id: int, subscriber_id: int, kind: InquiryKind) -> str:
     return f"inq:{account_id}:{subscriber_id}:{kind.value}"
 
 
-def _yuan(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
-
-
 def format_answer(kind: InquiryKind, data: dict[str, Any], phone: str) -> str:
     who = mask_phone(phone)
     if kind is InquiryKind.balance:
-        return f"{who} 当前话费余额 {_yuan(int(data['balance_fen']))} 元。"
+        return f"{who} 当前话费余额 {yuan(int(data['balance_fen']))} 元。"
     if kind is InquiryKind.data:
         return (
             f"{who} 套餐「{data.get('package', '')}」剩余流量 {int(data['remaining_mb']) / 1024:.2f} GB"
             f"（已用 {int(data['used_mb']) / 1024:.2f} GB / 共 {int(data['total_mb']) / 1024:.2f} GB）。"
         )
     if kind is InquiryKind.bill:
-        return f"{who} {data['month']} 月账单 {_yuan(int(data['amount_fen']))} 元。"
+        return f"{who} {data['month']} 月账单 {yuan(int(data['amount_fen']))} 元。"
     return f"{who} 当前积分 {int(data['points'])} 分。"
 
 

@@ -54,6 +54,7 @@ from wechat_service.errors import (
     error_body,
 )
 from wechat_service.extensions import db, get_redis
+from wechat_service.money import yuan
 
 bp = Blueprint("store_h5", __name__, url_prefix="/h5", template_folder="templates")
 
@@ -107,12 +108,6 @@ class H5User:
     @property
     def account_id(self) -> int:
         return self.account.id
-
-
-def yuan(fen: int | None) -> str:
-    """Integer fen as yuan with two decimals (no floats)."""
-    fen = int(fen or 0)
-    return f"{'-' if fen < 0 else ''}{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
 
 @bp.context_processor

@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import zipfile
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import requests
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from payments.providers.wechatpay_v3 import NotificationError, PaymentProviderError
+from wechat_service.money import fen_of, yuan
 
 PAID_STATES = ("TRADE_SUCCESS", "TRADE_FINISHED")
 
@@ -42,17 +42,16 @@ PAID_STATES = ("TRADE_SUCCESS", "TRADE_FINISHED")
 def yuan_to_fen(value: str) -> int:
     """Alipay's amounts are yuan strings: exact, two decimals at most, or refused."""
     try:
-        amount = Decimal(value)
-    except (InvalidOperation, TypeError):
-        raise NotificationError(f"amount {value!r} is not a number") from None
-    fen = amount * 100
-    if fen != fen.to_integral_value() or fen <= 0:
-        raise NotificationError(f"amount {value!r} is not a whole number of fen")
-    return int(fen)
+        fen = fen_of(value)
+    except ValueError as exc:
+        raise NotificationError(str(exc)) from None
+    if fen <= 0:
+        raise NotificationError(f"amount {value!r} is not positive")
+    return fen
 
 
 def fen_to_yuan(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
+    return yuan(fen)
 
 
 class AlipayProvider:
