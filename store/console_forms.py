@@ -138,7 +138,7 @@ class CouponCreateForm(ConsoleForm):
             if data["value"] <= 0:
                 raise ValidationError("more than 0", "value")
         else:
-            if not raw.isdigit() or not 1 <= int(raw) <= 99:
+            if not re.fullmatch(r"[0-9]{1,2}", raw) or not 1 <= int(raw) <= 99:  # not str.isdigit: "²"
                 raise ValidationError("a whole percent from 1 to 99", "value")
             data["value"] = int(raw)
         if (

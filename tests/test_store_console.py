@@ -490,6 +490,7 @@ def test_coupon_creation_converts_and_records(shop: dict[str, Any]) -> None:
         ({"kind": "percent", "value": "150"}, "value"),
         ({"kind": "percent", "value": "0"}, "value"),
         ({"kind": "percent", "value": "12.5"}, "value"),
+        ({"kind": "percent", "value": "²"}, "value"),  # str.isdigit says yes, int() says no
         ({"value": "abc"}, "value"),
         ({"value": "0"}, "value"),
         ({"value": "1.999"}, "value"),

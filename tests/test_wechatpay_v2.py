@@ -141,6 +141,8 @@ def test_forged_tampered_and_malformed_notifications_change_nothing(
     assert _notify(app, shop, wrong_amount).status_code == 400
     assert _notify(app, shop, b"<!DOCTYPE xml [<!ENTITY x 'y'>]><xml>&x;</xml>").status_code == 401
     assert _notify(app, shop, b"not xml").status_code == 401
+    non_ascii = body.replace("<sign><![CDATA[", "<sign><![CDATA[签名")  # 401, not a 500
+    assert non_ascii != body and _notify(app, shop, non_ascii).status_code == 401
     assert app.test_client().post("/payments/wechatpay/v2/999999/notify", data=body).status_code == 404
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.pending_payment

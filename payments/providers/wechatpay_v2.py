@@ -43,10 +43,10 @@ def sign(params: dict[str, Any], api_key: str, sign_type: str = "MD5") -> str:
 
 def signature_valid(params: dict[str, Any], api_key: str) -> bool:
     """True when ``sign`` is the MD5 or the HMAC-SHA256 signature of the other fields."""
-    given = str(params.get("sign") or "")
+    given = str(params.get("sign") or "").encode()  # bytes: compare_digest refuses non-ASCII str
     if not given:
         return False
-    return any(hmac.compare_digest(given, sign(params, api_key, kind)) for kind in SIGN_TYPES)
+    return any(hmac.compare_digest(given, sign(params, api_key, kind).encode()) for kind in SIGN_TYPES)
 
 
 def decrypt_req_info(req_info: str, api_key: str) -> dict[str, str]:
