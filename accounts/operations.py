@@ -267,13 +267,9 @@ def refund_order(
             f"only a fulfilled order is refunded by hand (this one is {order.status.value})"
         )
     before = {"status": order.status.value, "refunded_fen": order.refunded_fen}
-    if amount_fen is None or amount_fen == order.amount_fen - order.refunded_fen:
-        orders.refund(order, reason.strip())
-        amount = order.amount_fen - before["refunded_fen"]
-    else:
-        refund = refunds.partial(order, amount_fen, reason.strip(), access.user_id)
-        amount = refund.amount_fen
-    db.session.refresh(order)
+    full = amount_fen is None or amount_fen == order.amount_fen - order.refunded_fen
+    # Audited in the transaction that reserves the amount, i.e. before the provider hears of it:
+    # whatever happens to the provider call, the refund is on record with who asked for it.
     staff.audit(
         access.user_id,
         "order.refund",
@@ -281,11 +277,15 @@ def refund_order(
         target=f"order {order.out_trade_no}",
         before=before,
         after={
-            "status": order.status.value,
             "reason": reason.strip()[:200],
-            "amount_fen": amount,
-            "refunded_fen": order.refunded_fen,
+            "amount_fen": order.amount_fen - order.refunded_fen if full else amount_fen,
+            "full": full,
         },
         ip=ip,
     )
+    if full:
+        orders.refund(order, reason.strip())
+    else:
+        refunds.partial(order, int(amount_fen or 0), reason.strip(), access.user_id)
+    db.session.refresh(order)
     return order

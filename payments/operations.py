@@ -10,6 +10,7 @@ from accounts import staff
 from accounts.access import Access
 from payments import funds, reconciliation
 from payments.models import FundPool, Merchant, ReconciliationRun
+from wechat_service.errors import ConflictError
 
 
 def reconcile(access: Access, account_id: int, bill_date: date, ip: str) -> list[ReconciliationRun]:
@@ -59,6 +60,8 @@ def top_up(
     if not ref.strip():
         raise acl.InvalidInputError("name the transfer (its reference)", fields={"ref": ["required"]})
     pool = funds.top_up(pool.id, amount_fen, ref.strip(), note.strip() or None)
+    if pool.balance_fen == before:  # the same transfer entered twice: nothing to add or audit
+        raise ConflictError("this transfer is already recorded; nothing was added")
     staff.audit(
         access.user_id,
         "fund_pool.top_up",

@@ -67,6 +67,10 @@ def request(
             "that is more than what is left to refund on this order", fields={"amount": ["too large"]}
         )
     refund = _by_number(out_refund_no)
+    if not inserted and (refund.amount_fen, refund.requested_by) != (amount_fen, requested_by):
+        # Someone else took this number a moment ago for another refund: never answer with theirs.
+        db.session.rollback()
+        raise ConflictError("another refund of this order was just asked for; reload the page")
     db.session.commit()  # reserved and on record before the provider hears of it
     ask(refund)
     return refund

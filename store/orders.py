@@ -252,7 +252,11 @@ def complete_refund(order: Order, reason: str) -> bool:
     from payments import refunds
 
     db.session.refresh(order)
-    if refunds.refund_full(order, reason) is None and order.status is OrderStatus.refunding:
+    if (
+        refunds.refund_full(order, reason) is None
+        and order.status is OrderStatus.refunding
+        and all(r.status.value == "success" for r in refunds.of_order(order.id))
+    ):
         refund_settled(order.id, 0, full=True)  # partial refunds already returned everything
         db.session.commit()
     db.session.refresh(order)

@@ -16,7 +16,7 @@ from payments.models import AlertLevel, FundPool, FundPoolEntry, PoolEntryKind
 from store import catalogue, fulfilment, redemption
 from store import services as store_services
 from store.models import Fulfilment, FulfilmentStatus
-from wechat_service.errors import InvalidInputError
+from wechat_service.errors import ConflictError, InvalidInputError
 from wechat_service.extensions import db, get_queue
 
 STAFF_OPENID = "oFUNDSTAFF0001"
@@ -72,6 +72,8 @@ def test_draws_stop_at_zero_and_thresholds_alert_once(
     pool_id = pool_setup["pool"].id
     funds.top_up(pool_id, 10000, ref="transfer-0001", note="partner transfer")
     funds.top_up(pool_id, 10000, ref="transfer-0001")  # the same transfer recorded twice: once
+    with pytest.raises(ConflictError):  # another transfer under a reused reference: refused, not dropped
+        funds.top_up(pool_id, 50000, ref="transfer-0001")
     db.session.commit()
     assert db.session.get(FundPool, pool_id).balance_fen == 10000
     assert db.session.get(FundPool, pool_id).alert_level == AlertLevel.ok

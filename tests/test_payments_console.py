@@ -113,10 +113,49 @@ def test_fund_pool_pages(app: Flask, create_account: Any, create_staff: Any) -> 
     assert (pool.warning_fen, pool.critical_fen) == (10000, 2000)
     manager.form(f"{base}/{pool.id}", {"amount": "150.25", "ref": "TRANSFER-1", "note": "Q4 budget"})
     manager.form(f"{base}/{pool.id}", {"amount": "150.25", "ref": "TRANSFER-1"})  # the same transfer again
+    manager.form(f"{base}/{pool.id}", {"amount": "500", "ref": "TRANSFER-1"})  # another one, reused ref
     db.session.expire_all()
     assert db.session.get(FundPool, pool.id).balance_fen == 15025
     page = manager.get(f"{base}/{pool.id}").get_data(as_text=True)
     assert "150.25" in page and "TRANSFER-1" in page and ">ok<" in page
     actions = db.session.scalars(sa.select(AuditLog.action).where(AuditLog.action.like("fund_pool.%"))).all()
-    assert sorted(actions) == ["fund_pool.create", "fund_pool.top_up", "fund_pool.top_up"]
+    assert sorted(actions) == ["fund_pool.create", "fund_pool.top_up"]  # only what changed the balance
+    assert "already recorded" in page and "give this transfer its own" in page  # flashed
     assert create_staff("support", account_id=account.id).get(base).status_code == 403
+
+
+def test_a_refund_asked_while_wechat_pay_is_unreachable_is_audited_and_finished_later(
+    app: Flask, create_account: Any, simulator: str, create_staff: Any, monkeypatch: Any
+) -> None:
+    from datetime import timedelta
+
+    from payments import refunds
+    from payments.models import RefundStatus
+    from wechat_service.dbtypes import utcnow
+
+    account, order = _fulfilled(app, create_account, simulator)
+    manager = create_staff("account_manager", account_id=account.id)
+    monkeypatch.setitem(app.config, "WECHATPAY_API_BASE", f"http://127.0.0.1:{helpers.free_port()}/wechatpay")
+    resp = manager.form(
+        f"/console/accounts/{account.id}/orders/{order.id}", {"reason": "late", "amount": "3"}
+    )
+    assert resp.status_code == 302  # not a 500: the refund is on record, the provider is asked later
+    refund = db.session.scalars(sa.select(Refund)).one()
+    assert refund.status is RefundStatus.processing and refund.attempts == 1
+    entry = db.session.scalars(sa.select(AuditLog).where(AuditLog.action == "order.refund")).one()
+    from accounts.models import StaffUser
+
+    assert entry.after["amount_fen"] == 300
+    assert db.session.get(StaffUser, entry.user_id).username == manager.username
+    monkeypatch.undo()
+    db.session.execute(sa.update(Refund).values(created_at=utcnow() - timedelta(minutes=5)))
+    db.session.commit()
+    assert refunds.sweep() == {"processing": 1}  # it never reached WeChat Pay: asked now
+    requests.post(
+        f"{simulator}/_sim/wechatpay/refunds/{refund.out_refund_no}/finish",
+        json={"status": "SUCCESS"},
+        timeout=5,
+    )
+    assert refunds.sweep() == {"success": 1}
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).refunded_fen == 300

@@ -156,3 +156,35 @@ def test_payment_for_an_unknown_order_is_recorded_and_sent_back(
     assert row.amount_fen == 4990 and refund.amount_fen == 4990 and refund.out_trade_no == "WXGHOST000000001"
     assert _notify(app, shop, note["headers"], note["body"]).status_code == 204  # a resend: no second refund
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Refund)) == 1
+
+
+def test_a_refund_number_taken_meanwhile_is_a_conflict_not_someone_elses_refund(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    from wechat_service.errors import ConflictError
+
+    order = _fulfilled_order(app, shop, simulator)
+    first = refunds.partial(order, 1000, "goodwill", staff_user_id=None)  # type: ignore[arg-type]
+    # A second staff member computed the same number before the first one's row existed.
+    with pytest.raises(ConflictError):
+        refunds.request(order, 2000, "late", out_refund_no=first.out_refund_no)
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).refunded_fen == 1000
+
+
+def test_the_order_is_refunded_only_when_every_refund_has_succeeded(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    order = _fulfilled_order(app, shop, simulator)
+    partial = refunds.partial(order, 4990, "everything, by hand", staff_user_id=None)  # type: ignore[arg-type]
+    db.session.refresh(order)
+    orders.refund(order, "cancel")  # nothing left to ask for: the partial refund is still processing
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.refunding
+    note = _finish(simulator, partial)
+    assert _notify(app, shop, note["headers"], note["body"]).status_code == 204
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.refunding  # noted; the sweep finishes
+    assert jobs.sweep_orders().get("refunded") == 1
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.refunded

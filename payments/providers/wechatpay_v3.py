@@ -14,6 +14,7 @@ import secrets
 import time
 from typing import Any
 
+import requests
 from wechatpayv3 import WeChatPay, WeChatPayType
 
 NOTIFY_WINDOW = 300
@@ -61,6 +62,18 @@ class WeChatPayV3:
             timeout=timeout,
         )
         self.client._core._gate_way = api_base.rstrip("/")  # hard-coded in the SDK  # noqa: SLF001
+        # The SDK lets requests' connection errors and timeouts escape as they are: make them ours,
+        # so callers (refunds, queries, prepay) handle one error type.
+        core = self.client._core  # noqa: SLF001
+        send = core.request
+
+        def request(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return send(*args, **kwargs)
+            except requests.RequestException as exc:
+                raise PaymentProviderError(f"WeChat Pay unreachable: {type(exc).__name__}") from None
+
+        core.request = request
 
     @staticmethod
     def _result(code: int, message: Any) -> dict[str, Any]:
