@@ -38,7 +38,7 @@ from wechat_service.money import fen_of
 
 log = logging.getLogger(__name__)
 CHINA = ZoneInfo("Asia/Shanghai")  # statements are cut at midnight Beijing time
-BOUNDARY = timedelta(minutes=10)  # a line recorded this close to midnight may sit in the next day
+PUBLISHED = time(10, 30)  # providers publish yesterday's statement by 10:00 Beijing time
 REFUSED = ("amount_mismatch",)  # notifications we refused: no money moved on our word
 
 
@@ -48,6 +48,7 @@ class Line:
     txn_id: str
     out_trade_no: str
     amount_fen: int
+    appid: str = ""  # WeChat's 公众账号ID: one merchant number may serve several accounts
 
 
 def _fen(value: str) -> int:
@@ -69,12 +70,18 @@ def parse_wechat(text: str) -> list[Line]:
         cell = {name: row[i].lstrip("`") for name, i in col.items() if i < len(row)}
         if cell.get("交易状态") == "REFUND":
             lines.append(
-                Line(TxnKind.refund, cell["微信退款单号"], cell["商户订单号"], _fen(cell["退款金额"]))
-            )
+                Line(
+                    TxnKind.refund, cell["微信退款单号"], cell["商户订单号"], _fen(cell["退款金额"]),
+                    cell.get("公众账号ID", ""),
+                )
+            )  # fmt: skip
         elif cell.get("交易状态") == "SUCCESS":
             lines.append(
-                Line(TxnKind.payment, cell["微信订单号"], cell["商户订单号"], _fen(cell["应结订单金额"]))
-            )
+                Line(
+                    TxnKind.payment, cell["微信订单号"], cell["商户订单号"], _fen(cell["应结订单金额"]),
+                    cell.get("公众账号ID", ""),
+                )
+            )  # fmt: skip
     return lines
 
 
@@ -99,7 +106,8 @@ def parse_alipay(text: str) -> list[Line]:
     return lines
 
 
-def statement(merchant: Merchant, bill_date: date) -> list[Line]:
+def statement(merchant: Merchant, bill_date: date) -> list[Line] | None:
+    """The day's lines for this merchant; None when the provider has no statement for the day."""
     from payments.services import provider
 
     client = provider(merchant)
@@ -107,9 +115,12 @@ def statement(merchant: Merchant, bill_date: date) -> list[Line]:
         bill_date.strftime("%Y%m%d") if merchant.provider is Provider.wechatpay_v2 else bill_date.isoformat()
     )
     text = client.statement(day)
-    if not text:  # no statement: nothing moved that day
-        return []
-    return parse_alipay(text) if merchant.provider is Provider.alipay else parse_wechat(text)
+    if not text:
+        return None
+    if merchant.provider is Provider.alipay:
+        return parse_alipay(text)  # an Alipay bill is one app's own
+    # A WeChat Pay statement covers the merchant number, which may serve several appids.
+    return [ln for ln in parse_wechat(text) if ln.appid in ("", merchant.appid)]
 
 
 def day_window(bill_date: date) -> tuple[datetime, datetime]:
@@ -117,19 +128,61 @@ def day_window(bill_date: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+def provider_time(row: PaymentTransaction) -> datetime:
+    """When the provider moved the money, from its own record (a payment at 23:59:58 that we
+    recorded at 00:00:03 belongs to the earlier day's statement); else when we recorded it."""
+    raw = row.raw if isinstance(row.raw, dict) else {}
+    for key in ("success_time", "gmt_refund_pay", "gmt_payment", "time_end"):
+        value = raw.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            if key == "time_end":  # v2: yyyyMMddHHmmss, Beijing time
+                return datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=CHINA).astimezone(UTC)
+            parsed = datetime.fromisoformat(value)  # v3: RFC 3339; v2 refunds, Alipay: Beijing time
+        except ValueError:
+            continue
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=CHINA)).astimezone(UTC)
+    return row.created_at
+
+
+def _ours(merchant: Merchant) -> sa.Select[tuple[PaymentTransaction]]:
+    return sa.select(PaymentTransaction).where(
+        PaymentTransaction.account_id == merchant.account_id,
+        PaymentTransaction.provider == merchant.provider,
+        sa.or_(PaymentTransaction.anomaly.is_(None), PaymentTransaction.anomaly.not_in(REFUSED)),
+    )
+
+
 def _ledger(
     merchant: Merchant, start: datetime, end: datetime
 ) -> dict[tuple[TxnKind, str], PaymentTransaction]:
+    """Our rows whose money moved (by the provider's clock) within [start, end). Rows are
+    recorded within a day of moving, except refunds finished by a late sweep: a wide net."""
     rows = db.session.scalars(
-        sa.select(PaymentTransaction).where(
-            PaymentTransaction.account_id == merchant.account_id,
-            PaymentTransaction.provider == merchant.provider,
-            PaymentTransaction.created_at >= start,
-            PaymentTransaction.created_at < end,
-            sa.or_(PaymentTransaction.anomaly.is_(None), PaymentTransaction.anomaly.not_in(REFUSED)),
+        _ours(merchant).where(
+            PaymentTransaction.created_at >= start - timedelta(days=1),
+            PaymentTransaction.created_at < end + timedelta(days=3),
         )
     )
-    return {(r.kind, r.provider_txn_id): r for r in rows}
+    return {(r.kind, r.provider_txn_id): r for r in rows if start <= provider_time(r) < end}
+
+
+def _recorded_anytime(
+    merchant: Merchant, keys: list[tuple[TxnKind, str]]
+) -> dict[tuple[TxnKind, str], PaymentTransaction]:
+    found: dict[tuple[TxnKind, str], PaymentTransaction] = {}
+    for kind in (TxnKind.payment, TxnKind.refund):
+        ids = [txn for k, txn in keys if k is kind]
+        for chunk in range(0, len(ids), 500):
+            rows = db.session.scalars(
+                _ours(merchant).where(
+                    PaymentTransaction.kind == kind,
+                    PaymentTransaction.provider_txn_id.in_(ids[chunk : chunk + 500]),
+                )
+            )
+            found.update({(r.kind, r.provider_txn_id): r for r in rows})
+    return found
 
 
 def reconcile(merchant_id: int, bill_date: date) -> ReconciliationRun:
@@ -160,11 +213,17 @@ def reconcile(merchant_id: int, bill_date: date) -> ReconciliationRun:
         return run
     start, end = day_window(bill_date)
     ours = _ledger(merchant, start, end)
-    nearby = _ledger(merchant, start - BOUNDARY, end + BOUNDARY)
+    if lines is None:
+        if ours:  # money moved that day, yet no statement: not published yet — try again later
+            run.error = "the provider has no statement for this day yet"
+            db.session.commit()
+            return run
+        lines = []
     theirs = {(ln.kind, ln.txn_id): ln for ln in lines}
+    elsewhere = _recorded_anytime(merchant, [k for k in theirs if k not in ours])
     items: list[ReconciliationItem] = []
     for key, line in theirs.items():
-        mine = ours.get(key) or nearby.get(key)
+        mine = ours.get(key) or elsewhere.get(key)
         if mine is None:
             items.append(
                 _item(
@@ -241,11 +300,29 @@ def _net(lines: Iterable[Line]) -> int:
     return sum(ln.amount_fen if ln.kind is TxnKind.payment else -ln.amount_fen for ln in lines)
 
 
-def reconcile_day(bill_date: date | None = None) -> dict[str, int]:
-    """Cron: every merchant, for yesterday (China time) unless told otherwise."""
-    day = bill_date or (datetime.now(CHINA).date() - timedelta(days=1))
+def reconcile_day(bill_date: date | None = None, now: datetime | None = None) -> dict[str, int]:
+    """Cron (hourly, whatever the host's timezone): once yesterday's statements are published
+    (10:30 Beijing time), every merchant without a finished run for yesterday; or, given a day,
+    every merchant for that day."""
     counts: dict[str, int] = {}
+    if bill_date is None:
+        local = (now or datetime.now(UTC)).astimezone(CHINA)
+        if local.time() < PUBLISHED:
+            return counts
+        bill_date = local.date() - timedelta(days=1)
+        done = set(
+            db.session.scalars(
+                sa.select(ReconciliationRun.merchant_id).where(
+                    ReconciliationRun.bill_date == bill_date, ReconciliationRun.status != ReconStatus.failed
+                )
+            )
+        )
+    else:
+        done = set()
+    day = bill_date
     for merchant_id in db.session.scalars(sa.select(Merchant.id).order_by(Merchant.id)).all():
+        if merchant_id in done:
+            continue
         try:
             status = reconcile(merchant_id, day).status.value
         except Exception:  # noqa: BLE001 - one merchant's trouble must not stop the others

@@ -178,3 +178,61 @@ def test_the_statement_formats_parse_exactly() -> None:
         ("payment", "4200001", 1999),
         ("refund", "5000001", 10),
     ]
+
+
+def test_a_payment_recorded_after_midnight_belongs_to_the_day_it_was_paid(
+    app: Flask, create_account: Any, simulator: str
+) -> None:
+    from datetime import UTC, date, timedelta
+
+    from payments.models import PaymentTransaction, Provider, TxnKind
+    from payments.reconciliation import _ledger, day_window, provider_time
+
+    shop = _shop(create_account, simulator, "wechatpay_v3")
+    d = date(2026, 3, 9)
+    start, end = day_window(d)
+    rows = {
+        # v3: RFC 3339 success_time 23:59:58 Beijing, recorded five seconds later (the next day)
+        "v3": ({"success_time": "2026-03-09T23:59:58+08:00"}, end + timedelta(seconds=5)),
+        # v2: time_end in Beijing wall-clock
+        "v2": ({"time_end": "20260309235959"}, end + timedelta(seconds=9)),
+        # a refund finished by the sweep two days later
+        "late": ({"success_time": "2026-03-09T12:00:00+08:00"}, end + timedelta(days=2)),
+        # nothing from the provider: when we recorded it
+        "plain": ({}, start + timedelta(hours=1)),
+    }
+    for name, (raw, created) in rows.items():
+        db.session.add(
+            PaymentTransaction(
+                account_id=shop["account"].id, provider=Provider.wechatpay_v3, kind=TxnKind.payment,
+                provider_txn_id=name, amount_fen=1, status="SUCCESS", raw=raw, created_at=created,
+            )
+        )  # fmt: skip
+    db.session.flush()
+    assert {k[1] for k in _ledger(shop["merchant"], start, end)} == {"v3", "v2", "late", "plain"}
+    assert not _ledger(shop["merchant"], end, end + timedelta(days=1))
+    row = db.session.scalars(
+        sa.select(PaymentTransaction).where(PaymentTransaction.provider_txn_id == "v2")
+    ).one()
+    assert provider_time(row) == datetime(2026, 3, 9, 15, 59, 59, tzinfo=UTC)
+
+
+def test_no_statement_while_money_moved_is_a_failed_run_retried_hourly(
+    app: Flask, create_account: Any, simulator: str
+) -> None:
+    from datetime import UTC, timedelta
+
+    shop = _shop(create_account, simulator, "wechatpay_v3")
+    paid = _pay(app, shop, simulator, 1)
+    _faults(simulator, shop, drop=[paid.out_trade_no])  # the statement is not there yet
+    run = reconciliation.reconcile(shop["merchant"].id, _today())
+    assert run.status is ReconStatus.failed and "no statement" in run.error
+    # The hourly cron does nothing before 10:30 Beijing time, then yesterday's unfinished merchants.
+    early = datetime.now(CHINA).replace(hour=9, minute=0).astimezone(UTC)
+    assert reconciliation.reconcile_day(now=early) == {}
+    tomorrow_noon = (datetime.now(CHINA) + timedelta(days=1)).replace(hour=12).astimezone(UTC)
+    clean = _shop(create_account, simulator, "wechatpay_v2")
+    _pay(app, clean, simulator, 2)
+    assert reconciliation.reconcile(clean["merchant"].id, _today()).status is ReconStatus.matched
+    # Tomorrow: the unpublished one is tried again, the finished one is left alone.
+    assert reconciliation.reconcile_day(now=tomorrow_noon) == {"failed": 1}
