@@ -147,8 +147,15 @@ def ask(refund: Refund | None) -> RefundStatus | None:
                 refund_fen=refund.amount_fen,
                 reason=refund.reason,
             )
-            # Alipay refunds synchronously; its answer carries no refund id of its own.
-            status, provider_id = "SUCCESS", f"{raw.get('trade_no', '')}-{refund.out_refund_no}"[:64]
+            # Alipay refunds synchronously, but only fund_change=Y says this call moved the money; a
+            # repeat (our earlier answer was lost) says N, and then the refund query decides.
+            if raw.get("fund_change") == "Y":
+                status = "SUCCESS"
+            else:
+                raw = client.refund_status(refund.out_trade_no, refund.out_refund_no)
+                status = raw["status"]
+            # Its answer carries no refund id of its own: the trade and our request number name it.
+            provider_id = f"{raw.get('trade_no', '')}-{refund.out_refund_no}"[:64]
         else:
             raw = client.refund(
                 out_trade_no=refund.out_trade_no,

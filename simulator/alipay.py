@@ -111,6 +111,20 @@ def gateway() -> ResponseReturnValue:
             content_type="text/html; charset=utf-8",
         )
     trade = state().trades.get(key)
+    if method == "alipay.trade.fastpay.refund.query":
+        request_no = str(biz.get("out_request_no") or "")
+        refunds = (trade or {}).get("refunds") or {}
+        if request_no not in refunds:  # Alipay answers success with no refund_status: not refunded
+            return _answer(method, {"code": "10000", "msg": "Success", "out_trade_no": key[1]})
+        return _answer(
+            method,
+            {
+                "code": "10000", "msg": "Success", "trade_no": trade["trade_no"], "out_trade_no": key[1],
+                "out_request_no": request_no, "refund_amount": str(refunds[request_no]),
+                "total_amount": trade["total_amount"], "refund_status": "REFUND_SUCCESS",
+                "gmt_refund_pay": trade["refund_times"][request_no][:19].replace("T", " "),
+            },
+        )  # fmt: skip
     if method == "alipay.trade.query":
         if trade is None:
             return _answer(
@@ -135,7 +149,8 @@ def gateway() -> ResponseReturnValue:
                 )
             refunds = trade.setdefault("refunds", {})
             request_no = str(biz.get("out_request_no") or "")
-            if request_no not in refunds:  # the same request number is the same refund
+            repeated = request_no in refunds  # the same request number is the same refund
+            if not repeated:
                 amount = Decimal(str(biz.get("refund_amount")))
                 if sum(refunds.values(), Decimal(0)) + amount > Decimal(trade["total_amount"]):
                     return _answer(
@@ -159,7 +174,9 @@ def gateway() -> ResponseReturnValue:
                 "trade_no": trade["trade_no"],
                 "out_trade_no": key[1],
                 "refund_fee": str(total),
-                "fund_change": "Y",
+                # As Alipay does: only the call that moved the money says Y; a repeat says N.
+                "fund_change": "N" if repeated else "Y",
+                "gmt_refund_pay": trade["refund_times"][request_no][:19].replace("T", " "),
             },
         )
     return _answer(

@@ -145,3 +145,34 @@ def test_alipay_refund_on_failed_fulfilment(app: Flask, shop: dict[str, Any], si
     assert jobs.fulfil(db.session.get(Order, order.id).fulfilment_id) == "failed"
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.refunded
+
+
+def test_alipay_refund_whose_first_answer_was_lost_is_confirmed_by_the_refund_query(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    """Alipay says fund_change=Y only to the call that moved the money; asked again it says N,
+    and only the refund query (REFUND_SUCCESS) may then mark the refund done."""
+    from payments import refunds
+    from payments import services as payments
+    from payments.models import Refund, RefundStatus
+
+    order, url = _order(shop)
+    requests.get(url, timeout=10)
+    assert _notify(app, shop, _form(simulator, order)) == "success"
+    db.session.expire_all()
+    assert jobs.fulfil(db.session.get(Order, order.id).fulfilment_id) == "succeeded"
+    order = db.session.get(Order, order.id)
+    client = payments.provider(shop["alipay_merchant"])
+    number = f"RP{order.out_trade_no[2:]}01"
+    # Our first call reached Alipay and moved the money; its answer never came back to us.
+    assert (
+        client.refund(out_trade_no=order.out_trade_no, out_request_no=number, refund_fen=500, reason="x")[
+            "fund_change"
+        ]
+        == "Y"
+    )
+    assert client.refund_status(order.out_trade_no, "RPNEVERASKED01")["status"] == "PROCESSING"
+    refund = refunds.partial(order, 500, "x", staff_user_id=None)  # type: ignore[arg-type]
+    assert refund.out_refund_no == number
+    db.session.expire_all()
+    assert db.session.get(Refund, refund.id).status is RefundStatus.success

@@ -20,11 +20,15 @@ from alipay.aop.api.DefaultAlipayClient import DefaultAlipayClient
 from alipay.aop.api.domain.AlipayDataDataserviceBillDownloadurlQueryModel import (
     AlipayDataDataserviceBillDownloadurlQueryModel,
 )
+from alipay.aop.api.domain.AlipayTradeFastpayRefundQueryModel import AlipayTradeFastpayRefundQueryModel
 from alipay.aop.api.domain.AlipayTradeQueryModel import AlipayTradeQueryModel
 from alipay.aop.api.domain.AlipayTradeRefundModel import AlipayTradeRefundModel
 from alipay.aop.api.domain.AlipayTradeWapPayModel import AlipayTradeWapPayModel
 from alipay.aop.api.request.AlipayDataDataserviceBillDownloadurlQueryRequest import (
     AlipayDataDataserviceBillDownloadurlQueryRequest,
+)
+from alipay.aop.api.request.AlipayTradeFastpayRefundQueryRequest import (
+    AlipayTradeFastpayRefundQueryRequest,
 )
 from alipay.aop.api.request.AlipayTradeQueryRequest import AlipayTradeQueryRequest
 from alipay.aop.api.request.AlipayTradeRefundRequest import AlipayTradeRefundRequest
@@ -173,6 +177,14 @@ class AlipayProvider:
                 return archive.read(name).decode("gbk")
         except (requests.RequestException, zipfile.BadZipFile, StopIteration, UnicodeDecodeError) as exc:
             raise PaymentProviderError(f"Alipay bill unreadable: {type(exc).__name__}") from None
+
+    def refund_status(self, out_trade_no: str, out_request_no: str) -> dict[str, Any]:
+        """{"status": SUCCESS | PROCESSING, ...}: Alipay names a refund done only by REFUND_SUCCESS."""
+        model = AlipayTradeFastpayRefundQueryModel()
+        model.out_trade_no, model.out_request_no = out_trade_no, out_request_no
+        result = self._execute(AlipayTradeFastpayRefundQueryRequest(biz_model=model))
+        done = result.get("refund_status") == "REFUND_SUCCESS"
+        return {"status": "SUCCESS" if done else "PROCESSING", "refund_id": result.get("trade_no"), **result}
 
     def parse_notification(self, form: dict[str, str]) -> dict[str, str]:
         if form.get("sign_type") != "RSA2":
