@@ -207,8 +207,12 @@ def prepay(
             return_url=return_url,
         )
         return {"provider": "alipay", "url": url}
+    from store.orders import PAY_TIMEOUT
+
     client = provider(merchant_for(order.account_id, order.provider))
-    extra = {"client_ip": client_ip} if order.provider == Provider.wechatpay_v2.value else {}
+    extra: dict[str, Any] = {"expires_at": order.created_at + PAY_TIMEOUT}
+    if order.provider == Provider.wechatpay_v2.value:
+        extra.update(client_ip=client_ip, starts_at=order.created_at)
     params = client.jsapi(
         out_trade_no=order.out_trade_no,
         amount_fen=order.amount_fen,

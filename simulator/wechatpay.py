@@ -117,8 +117,17 @@ def jsapi() -> ResponseReturnValue:
     key = (merchant["mchid"], str(data.get("out_trade_no")))
     with state().lock:
         existing = state().orders.get(key)
-        if existing and existing["amount"] != total:
-            return fail(400, "INVALID_REQUEST", "out_trade_no used with another amount")
+        # As WeChat Pay: the same order number again is answered only if the request is the same.
+        same = (
+            total,
+            data.get("description"),
+            data.get("time_expire"),
+            (data.get("payer") or {}).get("openid"),
+        )
+        if existing and existing["request"] != same:
+            return fail(
+                400, "INVALID_REQUEST", "201 商户订单号重复: the same out_trade_no with other parameters"
+            )
         if existing and existing["trade_state"] != "NOTPAY":
             return fail(
                 400, "ORDERPAID" if existing["trade_state"] == "SUCCESS" else "ORDER_CLOSED", "not payable"
@@ -132,6 +141,7 @@ def jsapi() -> ResponseReturnValue:
             "notify_url": data.get("notify_url"),
             "trade_state": "NOTPAY",
             "prepay_id": "wx" + secrets.token_hex(16),
+            "request": same,
         }
         state().orders[key] = order
     return signed(200, {"prepay_id": order["prepay_id"]})

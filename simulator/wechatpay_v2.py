@@ -107,7 +107,8 @@ def unifiedorder() -> ResponseReturnValue:
     key = (merchant["mchid"], data.get("out_trade_no", ""))
     with state().lock:
         order = state().orders.get(key)
-        if order is not None and order["total_fee"] != total:
+        same = (total, data.get("body"), data.get("time_expire"), data.get("openid"))
+        if order is not None and order["request"] != same:
             return business_error(merchant, "INVALID_REQUEST", "商户订单号重复", sign_type)
         if order is not None and order["trade_state"] == "SUCCESS":
             return business_error(merchant, "ORDERPAID", "该订单已支付", sign_type)
@@ -123,6 +124,7 @@ def unifiedorder() -> ResponseReturnValue:
             "sign_type": sign_type,
             "trade_state": "NOTPAY",
             "prepay_id": "wx" + secrets.token_hex(16),
+            "request": same,
         }
         state().orders[key] = order
     return reply(

@@ -272,3 +272,18 @@ def test_staff_refund_a_fulfilled_order_by_hand(
     assert entry.after["amount_fen"] == 2990 and entry.after["reason"] == "customer complaint"
     page = manager.get(f"/console/accounts/{shop['account'].id}/orders/{order.id}").get_data(as_text=True)
     assert "refunded" in page and "payment" in page and "refund" in page
+
+
+def test_a_second_prepay_of_the_same_order_is_the_same_request(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    """The pay page reloaded after its cached parameters expired: WeChat Pay refuses the same order
+    number with other parameters, so the expiry comes from the order, not from the clock."""
+    import time
+
+    from payments import services as payments
+
+    order, first = _order(shop)
+    time.sleep(1.1)  # a later second: a clock-based expiry would differ now
+    again = payments.prepay(order, "oPAY0000000001", "30 元话费")
+    assert again["prepay_id"] == first["prepay_id"]

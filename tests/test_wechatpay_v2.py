@@ -245,3 +245,14 @@ def test_req_info_decrypts_with_md5_of_the_api_key() -> None:
     enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305
     blob = base64.b64encode(enc.update(padder.update(plain) + padder.finalize()) + enc.finalize()).decode()
     assert decrypt_req_info(blob, api_key) == {"out_refund_no": "R1", "refund_fee": "5"}
+
+
+def test_a_second_v2_prepay_of_the_same_order_is_the_same_request(shop: dict[str, Any]) -> None:
+    import time
+
+    from payments import services as payments
+
+    order, first = _order(shop)
+    time.sleep(1.1)
+    again = payments.prepay(order, OPENID, "20 元话费", client_ip="10.0.0.8")
+    assert again["prepay_id"] == first["prepay_id"]

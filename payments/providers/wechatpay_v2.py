@@ -122,10 +122,12 @@ class WeChatPayV2:
         amount_fen: int,
         openid: str,
         description: str,
+        expires_at: datetime,
+        starts_at: datetime,
         client_ip: str = "127.0.0.1",
-        expire_seconds: int = 1800,
     ) -> dict[str, Any]:
-        now = datetime.now(UTC) + CHINA  # v2 times are Beijing wall-clock yyyyMMddHHmmss
+        # Beijing wall-clock yyyyMMddHHmmss, fixed by the order: a repeated prepay is the same request.
+        start, end = starts_at.astimezone(UTC) + CHINA, expires_at.astimezone(UTC) + CHINA
         result = self._post(
             "pay/unifiedorder",
             {
@@ -136,8 +138,8 @@ class WeChatPayV2:
                 "notify_url": self.notify_url,
                 "trade_type": "JSAPI",
                 "openid": openid,
-                "time_start": now.strftime("%Y%m%d%H%M%S"),
-                "time_expire": (now + timedelta(seconds=expire_seconds)).strftime("%Y%m%d%H%M%S"),
+                "time_start": start.strftime("%Y%m%d%H%M%S"),
+                "time_expire": end.strftime("%Y%m%d%H%M%S"),
             },
         )
         prepay_id = result["prepay_id"]

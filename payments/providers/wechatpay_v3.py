@@ -12,12 +12,14 @@ import hashlib
 import json
 import secrets
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import requests
 from wechatpayv3 import WeChatPay, WeChatPayType
 
 NOTIFY_WINDOW = 300
+CHINA = timezone(timedelta(hours=8))
 
 
 class PaymentProviderError(Exception):
@@ -87,12 +89,12 @@ class WeChatPayV3:
         return body
 
     def jsapi(
-        self, *, out_trade_no: str, amount_fen: int, openid: str, description: str, expire_seconds: int = 1800
+        self, *, out_trade_no: str, amount_fen: int, openid: str, description: str, expires_at: datetime
     ) -> dict[str, Any]:
         """Prepay, then the parameters the H5 page or mini-program passes to wx.requestPayment."""
-        expire = time.strftime(
-            "%Y-%m-%dT%H:%M:%S+08:00", time.gmtime(time.time() + 8 * 3600 + expire_seconds)
-        )
+        # Fixed by the order, not by now: a second prepay of the same order (the page reloaded,
+        # a cache lost) sends the very same request, which WeChat Pay answers with the same prepay_id.
+        expire = expires_at.astimezone(CHINA).isoformat(timespec="seconds")
         code, message = self.client.pay(
             description=description[:127],
             out_trade_no=out_trade_no,
