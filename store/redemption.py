@@ -35,18 +35,27 @@ MAX_BATCH = 100_000
 FAILURES_PER_HOUR = 10
 
 
-def _key() -> bytes:
-    return hashlib.sha256(
-        ("redeem-code:" + str(current_app.config["MASTER_KEY"]).split(",")[0]).encode()
-    ).digest()
+def _keys() -> list[bytes]:
+    """One hashing key per configured master key, newest first. Codes cannot be re-hashed after
+    a rotation (their clear text is never kept), so a code is looked up under every key."""
+    return [
+        hashlib.sha256(("redeem-code:" + master.strip()).encode()).digest()
+        for master in str(current_app.config["MASTER_KEY"]).split(",")
+        if master.strip()
+    ]
 
 
 def normalise(code: str) -> str:
     return re.sub(r"[\s-]", "", code or "").upper()
 
 
-def code_hash(code: str) -> str:
-    return hmac.new(_key(), normalise(code).encode(), hashlib.sha256).hexdigest()
+def code_hash(code: str, key: bytes | None = None) -> str:
+    """The hash new codes are stored under (the newest master key's)."""
+    return hmac.new(key or _keys()[0], normalise(code).encode(), hashlib.sha256).hexdigest()
+
+
+def code_hashes(code: str) -> list[str]:
+    return [code_hash(code, key) for key in _keys()]
 
 
 def new_code() -> str:
@@ -124,7 +133,7 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
     claimed = db.session.execute(
         sa.update(RedeemCode)
         .where(
-            RedeemCode.code_hash == code_hash(code),
+            RedeemCode.code_hash.in_(code_hashes(code)),
             RedeemCode.account_id == account_id,
             RedeemCode.status == CodeStatus.unused,
             RedeemCode.batch_id.in_(valid_batches),

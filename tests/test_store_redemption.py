@@ -182,3 +182,23 @@ def test_org_unit_products_are_shared_below(app: Flask, create_account: Any) -> 
     assert ids == [own.id, shared.id]
     with pytest.raises(InvalidInputError):
         catalogue.add_product(account_id=account.id, code="bad", name="x", kind="topup", price_fen=0)
+
+
+def test_codes_still_redeem_after_the_master_key_is_rotated(
+    shop: dict[str, Any], app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rotation puts a new master key first; codes hashed under the old one cannot be re-hashed
+    (their clear text is gone), so they are looked up under every configured key."""
+    from cryptography.fernet import Fernet
+
+    store_services.bind_phone(shop["account"].id, shop["sub"].id, "13800139208", method="sms")
+    _, old_codes = redemption.create_batch(shop["account"].id, shop["product"].id, name="old", count=2)
+    db.session.commit()
+    rotated = f"{Fernet.generate_key().decode()},{app.config['MASTER_KEY']}"
+    monkeypatch.setitem(app.config, "MASTER_KEY", rotated)
+    assert redemption.redeem(shop["account"].id, shop["sub"].id, old_codes[0], "api")["fulfilment_id"]
+    _, new_codes = redemption.create_batch(shop["account"].id, shop["product"].id, name="new", count=1)
+    stored = db.session.scalars(sa.select(RedeemCode.code_hash).where(RedeemCode.status == "unused")).all()
+    assert redemption.code_hash(new_codes[0]) in stored  # new codes under the new key
+    assert redemption.code_hash(old_codes[1]) not in stored  # the old one under the old key…
+    assert redemption.redeem(shop["account"].id, shop["sub"].id, old_codes[1], "api")  # …still redeems
