@@ -142,9 +142,11 @@ def start_binding(account_id: int, subscriber_id: int, phone: str) -> dict[str, 
         result = boss().send_sms(phone, "bind")
     except BossError as exc:
         raise _boss_problem(exc) from None
-    conn.set(
-        _pending_key(account_id, subscriber_id), json.dumps({"phone": phone, "attempts": 0}), ex=PENDING_TTL
-    )
+    key = _pending_key(account_id, subscriber_id)
+    with conn.pipeline() as pipe:  # a new code: a new count of attempts
+        pipe.set(key, json.dumps({"phone": phone}), ex=PENDING_TTL)
+        pipe.set(f"{key}:attempts", 0, ex=PENDING_TTL)
+        pipe.execute()
     return {"phone": mask_phone(phone), "expires_in": int(result.get("expires_in", PENDING_TTL))}
 
 
@@ -161,11 +163,13 @@ def confirm_binding(account_id: int, subscriber_id: int, code: str) -> PhoneBind
             "没有待验证的手机号，请先发送「绑定 手机号」", fields={"code": ["no pending"]}
         )
     pending = json.loads(raw)
-    pending["attempts"] += 1
-    if pending["attempts"] > VERIFY_ATTEMPTS:
-        conn.delete(key)
+    # INCR, not read-modify-write: parallel guesses each take their own attempt.
+    attempts = conn.incr(f"{key}:attempts")
+    if attempts == 1:
+        conn.expire(f"{key}:attempts", PENDING_TTL)
+    if attempts > VERIFY_ATTEMPTS:
+        conn.delete(key)  # the counter stays (until its TTL): deleting it would restart the count
         raise ThrottledError("验证码错误次数过多，请重新获取")
-    conn.set(key, json.dumps(pending), keepttl=True)
     try:
         boss().verify_sms(pending["phone"], code.strip())
     except BossError as exc:

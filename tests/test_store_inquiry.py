@@ -243,3 +243,39 @@ def test_resends_do_not_repeat_side_effects(app: Flask, create_account: Any, sim
     # One send counted, and one SMS at the BOSS: a second would have been refused (one a minute).
     counters = list(app.extensions["redis"].scan_iter("bind:sends:*"))
     assert len(counters) == 1 and app.extensions["redis"].get(counters[0]) == b"1"
+
+
+def test_parallel_code_guesses_cannot_exceed_the_attempt_limit(app: Flask, create_account: Any) -> None:
+    """Twenty wrong codes at once: five reach the BOSS, the others are throttled (the counter is
+    an atomic INCR, not a read-modify-write that parallel requests all read as zero)."""
+    import threading
+
+    from accounts.subscribers import touch
+    from store.services import VERIFY_ATTEMPTS, ThrottledError, confirm_binding, start_binding
+    from wechat_service.errors import ServiceError
+
+    account, _, _ = create_account("plain")
+    sub = touch(account.id, "oGUESS00000001", None)
+    db.session.commit()
+    start_binding(account.id, sub.id, "13800139209")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def guess(i: int) -> None:
+        with app.app_context():
+            barrier.wait()
+            try:
+                confirm_binding(account.id, sub.id, f"{i:06d}")
+                outcomes.append("bound")
+            except ThrottledError:
+                outcomes.append("throttled")
+            except ServiceError as exc:  # the BOSS said wrong, or the pending code is already gone
+                outcomes.append("gone" if exc.fields.get("code") == ["no pending"] else "wrong")
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("wrong") + outcomes.count("bound") <= VERIFY_ATTEMPTS
+    assert outcomes.count("throttled") >= 1 and "bound" not in outcomes
