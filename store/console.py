@@ -285,6 +285,7 @@ def batch_void(account_id: int, batch_id: int) -> ResponseReturnValue:
     try:
         voided = operations.void_batch(current_access(), account_id, batch_id, client_ip())
         db.session.commit()
+        redemption.drop_export(batch_id)  # only once the void is committed
     except ServiceError as exc:
         if exc.status in (403, 404):
             raise

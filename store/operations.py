@@ -112,14 +112,18 @@ def export_batch(access: Access, account_id: int, batch_id: int, ip: str) -> tup
     caller's commit fails). Its audit entry is also how the batch page knows who took the codes."""
     account = acl.account_for(access, account_id, acl.STORE)
     batch, text, sealed = redemption.take_export(account.id, batch_id)
-    staff.audit(
-        access.user_id,
-        "redeem_batch.export",
-        account_id=account.id,
-        target=f"batch {batch.id}",
-        after={"count": batch.count},
-        ip=ip,
-    )
+    try:
+        staff.audit(
+            access.user_id,
+            "redeem_batch.export",
+            account_id=account.id,
+            target=f"batch {batch.id}",
+            after={"count": batch.count},
+            ip=ip,
+        )
+    except Exception:
+        redemption.restore_export(batch.id, sealed)
+        raise
     return batch, text, sealed
 
 

@@ -288,10 +288,16 @@ def take_export(account_id: int, batch_id: int) -> tuple[RedeemBatch, str, str]:
             code="already_exported",
             status=410,
         )
-    payload = json.loads(open_secret(sealed.decode()))
-    if payload["batch_id"] != batch.id or payload["count"] != batch.count:
-        raise ServiceError("the stored export does not match this batch", code="export_mismatch", status=409)
-    return batch, export_csv(batch, payload["codes"]), sealed.decode()
+    try:
+        payload = json.loads(open_secret(sealed.decode()))
+        if payload["batch_id"] != batch.id or payload["count"] != batch.count:
+            raise ServiceError(
+                "the stored export does not match this batch", code="export_mismatch", status=409
+            )
+        return batch, export_csv(batch, payload["codes"]), sealed.decode()
+    except Exception:
+        restore_export(batch.id, sealed.decode())  # taken but not handed out: keep it for a retry
+        raise
 
 
 def restore_export(batch_id: int, sealed: str) -> None:
@@ -314,5 +320,4 @@ def void_batch(account_id: int, batch_id: int) -> int:
         raise ConflictError("this batch has ended and has no unused codes left")
     batch.valid_until = min(batch.valid_until, now)
     db.session.flush()
-    drop_export(batch.id)
-    return voided
+    return voided  # the caller drops the pending export once this commits (drop_export)

@@ -202,3 +202,20 @@ def test_codes_still_redeem_after_the_master_key_is_rotated(
     assert redemption.code_hash(new_codes[0]) in stored  # new codes under the new key
     assert redemption.code_hash(old_codes[1]) not in stored  # the old one under the old key…
     assert redemption.redeem(shop["account"].id, shop["sub"].id, old_codes[1], "api")  # …still redeems
+
+
+def test_an_export_that_cannot_be_handed_out_is_kept_for_a_retry(shop: dict[str, Any]) -> None:
+    from wechat_service.errors import ServiceError
+    from wechat_service.extensions import get_redis
+
+    first, _ = redemption.create_batch(shop["account"].id, shop["product"].id, name="a", count=2)
+    second, codes = redemption.create_batch(shop["account"].id, shop["product"].id, name="b", count=3)
+    redemption.stash_export(second, codes)
+    # The first batch's slot holds the second's export (a stale or crossed value): refused, and kept.
+    get_redis().set(redemption._export_key(first.id), get_redis().get(redemption._export_key(second.id)))
+    with pytest.raises(ServiceError) as exc:
+        redemption.take_export(shop["account"].id, first.id)
+    assert exc.value.code == "export_mismatch"
+    assert redemption.export_expires_in(first.id) is not None
+    _, text, _ = redemption.take_export(shop["account"].id, second.id)
+    assert codes[0] in text and redemption.export_expires_in(second.id) is None
