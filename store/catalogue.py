@@ -223,3 +223,20 @@ def set_product_enabled(account_id: int, product_id: int, enabled: bool) -> Prod
     product.enabled = enabled
     db.session.flush()
     return product
+
+
+def set_fund_pool(account_id: int, product_id: int, pool_id: int | None) -> Product:
+    """Have the product's fulfilments drawn from a fund pool (None: paid as usual). The pool must be
+    the account's own (checked by the caller, payments/operations.py)."""
+    product = own_product(account_id, product_id)
+    product.fund_pool_id = pool_id
+    db.session.flush()
+    return product
+
+
+def funded_by(account_id: int, pool_id: int) -> list[Product]:
+    return list(
+        db.session.scalars(
+            sa.select(Product).where(Product.account_id == account_id, Product.fund_pool_id == pool_id)
+        )
+    )

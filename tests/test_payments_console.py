@@ -159,3 +159,39 @@ def test_a_refund_asked_while_wechat_pay_is_unreachable_is_audited_and_finished_
     assert refunds.sweep() == {"success": 1}
     db.session.expire_all()
     assert db.session.get(Order, order.id).refunded_fen == 300
+
+
+def test_fund_a_product_from_a_pool_page(app: Flask, create_account: Any, create_staff: Any) -> None:
+    account, _, _ = create_account("plain")
+    other, _, _ = create_account("plain")
+    gift = catalogue.add_product(
+        account_id=account.id,
+        code="gift1g",
+        name="1GB",
+        kind="data_package",
+        price_fen=600,
+        package_code="D1",
+    )
+    foreign = catalogue.add_product(
+        account_id=other.id, code="gift2g", name="2GB", kind="data_package", price_fen=900, package_code="D2"
+    )
+    from payments import funds
+
+    pool = funds.create_pool(account.id, name="合作方", warning_fen=0, critical_fen=0)
+    db.session.commit()
+    manager = create_staff("account_manager", account_id=account.id)
+    url = f"/console/accounts/{account.id}/fund-pools/{pool.id}/products"
+    manager.form(url, {"product_id": str(foreign.id), "funded": "1"})  # another account's: refused
+    manager.form(url, {"product_id": str(gift.id), "funded": "1"})
+    db.session.expire_all()
+    assert db.session.get(type(gift), gift.id).fund_pool_id == pool.id
+    assert db.session.get(type(foreign), foreign.id).fund_pool_id is None
+    page = manager.get(f"/console/accounts/{account.id}/fund-pools/{pool.id}").get_data(as_text=True)
+    assert "gift1g" in page and "gift2g" not in page
+    manager.form(url, {"product_id": str(gift.id), "funded": "0"})
+    db.session.expire_all()
+    assert db.session.get(type(gift), gift.id).fund_pool_id is None
+    actions = db.session.scalars(
+        sa.select(AuditLog.action).where(AuditLog.action.like("fund_pool.%fund%"))
+    ).all()
+    assert sorted(actions) == ["fund_pool.fund_product", "fund_pool.unfund_product"]
