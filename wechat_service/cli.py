@@ -169,7 +169,9 @@ def token(appid: str, refresh: bool) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    for command in (web, worker, cron, secrets_cli, token):
+    from metrics.cli import metrics_cli
+
+    for command in (web, worker, cron, secrets_cli, token, metrics_cli):
         app.cli.add_command(command)
 
 

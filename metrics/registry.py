@@ -1,0 +1,586 @@
+"""The metric registry: every metric defined once — key, unit, description, how it aggregates
+over a period, and where it comes from.
+
+A *sourced* metric's source is a small function that, given a :class:`Bucket` (some accounts,
+a UTC time range and how to turn a timestamp into the account's local day), returns a SELECT of
+``(account_id, day, dim, value)`` rows read from one append-only ledger. A *derived* metric is a
+linear combination of other metrics on the same day; ``cumulative_followers`` is the running sum
+of ``net_follows``; a *manual* metric is entered in the console.
+
+Adding a metric = one ``@sourced(...)`` function here (and a test against a hand-computed fixture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.sql import ColumnElement, FromClause
+
+from accounts.models import EventKind, SubscriberEvent
+from payments.models import PaymentTransaction, TxnKind
+from store.models import (
+    CouponUse,
+    Fulfilment,
+    Inquiry,
+    InquiryOutcome,
+    Order,
+    OrderEvent,
+    PhoneBinding,
+    PointsHold,
+)
+from templates_msg.models import Campaign, Delivery, DeliveryStatus, ReportStatus
+
+SUM, LAST, AVG = "sum", "last", "avg"  # over a period: total; value at its end; mean per day
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Accounts of one timezone and a UTC range [start, end) in which the local day of a
+    timestamp is ``timestamp + offset`` (constant UTC offset), or always ``day`` (a day on which
+    the offset changes, e.g. daylight saving)."""
+
+    account_ids: tuple[int, ...]
+    start: datetime
+    end: datetime
+    offset: int | None
+    day: date | None
+    dialect: str
+
+    def day_of(self, col: Any) -> ColumnElement[Any]:
+        if self.day is not None:  # inlined: a bound parameter cannot be grouped by on PostgreSQL
+            fixed = sa.literal_column(f"'{self.day.isoformat()}'", sa.String)
+            return sa.cast(fixed, sa.Date) if self.dialect == "postgresql" else fixed
+        if self.dialect == "postgresql":
+            return sa.cast(
+                sa.func.timezone("UTC", col) + sa.literal(timedelta(seconds=self.offset or 0), sa.Interval),
+                sa.Date,
+            )
+        return sa.func.date(col, f"{self.offset or 0:+d} seconds")
+
+    def grouped(
+        self,
+        account_col: Any,
+        time_col: Any,
+        value: ColumnElement[Any],
+        *filters: ColumnElement[bool],
+        dim: ColumnElement[Any] | None = None,
+        select_from: FromClause | None = None,
+    ) -> sa.Select[Any]:
+        """``value`` per account, local day (and ``dim``) over rows of this bucket."""
+        day = self.day_of(time_col).label("day")
+        dim_col = (sa.cast(dim, sa.String) if dim is not None else sa.literal("", sa.String)).label("dim")
+        query = sa.select(account_col.label("account_id"), day, dim_col, value.label("value"))
+        if select_from is not None:
+            query = query.select_from(select_from)
+        return query.where(
+            account_col.in_(self.account_ids), time_col >= self.start, time_col < self.end, *filters
+        ).group_by(account_col, day, dim_col)
+
+
+Source = Callable[[Bucket], sa.Select[Any]]
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    unit: str  # subscribers, events, fen, orders, score, …
+    description: str
+    agg: str = SUM
+    ledger: str = ""  # the table it reads, for the record
+    source: Source | None = None
+    derived: dict[str, int] = field(default_factory=dict)  # {metric: coefficient}
+    dims: bool = False  # has per-dimension rows besides the total
+    manual: bool = False
+
+    @property
+    def money(self) -> bool:
+        return self.unit == "fen"
+
+
+REGISTRY: dict[str, Metric] = {}
+
+
+def _add(metric: Metric) -> Metric:
+    if metric.key in REGISTRY:
+        raise ValueError(f"metric {metric.key} defined twice")
+    REGISTRY[metric.key] = metric
+    return metric
+
+
+def sourced(
+    key: str, unit: str, description: str, *, agg: str = SUM, ledger: str, dims: bool = False
+) -> Callable[[Source], Source]:
+    def register(fn: Source) -> Source:
+        _add(Metric(key, unit, description, agg=agg, ledger=ledger, source=fn, dims=dims))
+        return fn
+
+    return register
+
+
+def derived(key: str, unit: str, description: str, combination: dict[str, int]) -> None:
+    _add(Metric(key, unit, description, derived=combination))
+
+
+def manual(key: str, unit: str, description: str, agg: str = AVG) -> None:
+    _add(Metric(key, unit, description, agg=agg, manual=True))
+
+
+COUNT = sa.func.count()
+E = SubscriberEvent
+
+
+def _events(b: Bucket, *filters: ColumnElement[bool], dim: Any = None) -> sa.Select[Any]:
+    return b.grouped(E.account_id, E.occurred_at, COUNT, *filters, dim=dim)
+
+
+# -- the subscriber ledger (bucketed by WeChat's CreateTime, so a late callback lands in its day) --
+
+
+@sourced(
+    "follows",
+    "subscribers",
+    "Follow events (plain and through a QR code, re-follows included).",
+    ledger="subscriber_events",
+)
+def _follows(b: Bucket) -> sa.Select[Any]:
+    return _events(b, E.kind == EventKind.follow)
+
+
+@sourced("unfollows", "subscribers", "Unfollow events.", ledger="subscriber_events")
+def _unfollows(b: Bucket) -> sa.Select[Any]:
+    return _events(b, E.kind == EventKind.unfollow)
+
+
+@sourced(
+    "re_follows",
+    "subscribers",
+    "Follows by a subscriber who had followed this account before (any earlier follow event).",
+    ledger="subscriber_events",
+)
+def _re_follows(b: Bucket) -> sa.Select[Any]:
+    earlier = sa.orm.aliased(SubscriberEvent)
+    before = (
+        sa.select(earlier.id)
+        .where(
+            earlier.subscriber_id == E.subscriber_id,
+            earlier.kind == EventKind.follow,
+            sa.or_(
+                earlier.occurred_at < E.occurred_at,
+                sa.and_(earlier.occurred_at == E.occurred_at, earlier.id < E.id),
+            ),
+        )
+        .exists()
+    )
+    return _events(b, E.kind == EventKind.follow, before)
+
+
+@sourced("qr_follows", "subscribers", "Follows through a channel QR code.", ledger="subscriber_events")
+def _qr_follows(b: Bucket) -> sa.Select[Any]:
+    return _events(b, E.kind == EventKind.follow, E.channel_id.is_not(None))
+
+
+@sourced(
+    "follows_by_channel",
+    "subscribers",
+    "Follows per channel QR code (dimension: channel id).",
+    ledger="subscriber_events",
+    dims=True,
+)
+def _follows_by_channel(b: Bucket) -> sa.Select[Any]:
+    return _events(b, E.kind == EventKind.follow, E.channel_id.is_not(None), dim=E.channel_id)
+
+
+@sourced("scans", "events", "QR-code scans by subscribers already following.", ledger="subscriber_events")
+def _scans(b: Bucket) -> sa.Select[Any]:
+    return _events(b, E.kind == EventKind.scan)
+
+
+@sourced(
+    "menu_clicks", "events", "Menu clicks and menu links opened (CLICK and VIEW).", ledger="subscriber_events"
+)
+def _menu_clicks(b: Bucket) -> sa.Select[Any]:
+    return _events(b, E.kind.in_([EventKind.click, EventKind.view]))
+
+
+@sourced("messages", "messages", "Messages subscribers sent (text, image, …).", ledger="subscriber_events")
+def _messages(b: Bucket) -> sa.Select[Any]:
+    return _events(b, E.kind == EventKind.message)
+
+
+@sourced(
+    "active_subscribers",
+    "subscribers",
+    "Distinct subscribers with any interaction that day (follow, scan, click, view, message, "
+    "location; not unfollow). Over a period: the mean per day.",
+    agg=AVG,
+    ledger="subscriber_events",
+)
+def _active(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(
+        E.account_id, E.occurred_at, sa.func.count(sa.distinct(E.subscriber_id)), E.kind != EventKind.unfollow
+    )
+
+
+derived("net_follows", "subscribers", "Follows − unfollows.", {"follows": 1, "unfollows": -1})
+derived(
+    "new_followers",
+    "subscribers",
+    "First-time follows: follows − re-follows.",
+    {"follows": 1, "re_follows": -1},
+)
+_add(
+    Metric(
+        "cumulative_followers",
+        "subscribers",
+        "Followers at the end of the day: the running sum of net follows in the ledger (followers "
+        "imported by a follower sync have no follow event and are not counted; the datacube "
+        "reconciliation shows the gap).",
+        agg=LAST,
+        ledger="subscriber_events",
+    )
+)
+
+
+# -- the store ledgers --------------------------------------------------------------------------
+
+Q = Inquiry
+
+
+@sourced(
+    "inquiries", "inquiries", "Balance/data/bill/points inquiries, every one counted.", ledger="inquiries"
+)
+def _inquiries(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(Q.account_id, Q.at, COUNT)
+
+
+@sourced(
+    "inquiries_answered",
+    "inquiries",
+    "Inquiries answered at once (fresh or from the cache).",
+    ledger="inquiries",
+)
+def _inquiries_answered(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(
+        Q.account_id, Q.at, COUNT, Q.outcome.in_([InquiryOutcome.answered, InquiryOutcome.cached])
+    )
+
+
+@sourced(
+    "inquiries_deferred",
+    "inquiries",
+    "Inquiries answered later (the BOSS was slower than the budget).",
+    ledger="inquiries",
+)
+def _inquiries_deferred(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(Q.account_id, Q.at, COUNT, Q.outcome == InquiryOutcome.deferred)
+
+
+@sourced("inquiries_failed", "inquiries", "Inquiries that failed.", ledger="inquiries")
+def _inquiries_failed(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(Q.account_id, Q.at, COUNT, Q.outcome == InquiryOutcome.failed)
+
+
+@sourced(
+    "inquiries_by_kind",
+    "inquiries",
+    "Inquiries per kind (dimension: balance, data, bill, points).",
+    ledger="inquiries",
+    dims=True,
+)
+def _inquiries_by_kind(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(Q.account_id, Q.at, COUNT, dim=Q.kind)
+
+
+@sourced(
+    "phones_bound",
+    "subscribers",
+    "Phone numbers bound (by SMS code or WeChat's phone button).",
+    ledger="phone_bindings",
+)
+def _phones_bound(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(PhoneBinding.account_id, PhoneBinding.bound_at, COUNT)
+
+
+@sourced("orders_created", "orders", "Orders placed (paid or not).", ledger="orders")
+def _orders_created(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(Order.account_id, Order.created_at, COUNT)
+
+
+_ORDER_HISTORY = sa.join(OrderEvent, Order, OrderEvent.order_id == Order.id)
+
+
+def _order_transitions(b: Bucket, status: str) -> sa.Select[Any]:
+    return b.grouped(
+        Order.account_id, OrderEvent.at, COUNT, OrderEvent.to_status == status, select_from=_ORDER_HISTORY
+    )
+
+
+@sourced("orders_paid", "orders", "Orders that became paid (order history).", ledger="order_events")
+def _orders_paid(b: Bucket) -> sa.Select[Any]:
+    return _order_transitions(b, "paid")
+
+
+@sourced("orders_fulfilled", "orders", "Orders carried out by the BOSS.", ledger="order_events")
+def _orders_fulfilled(b: Bucket) -> sa.Select[Any]:
+    return _order_transitions(b, "fulfilled")
+
+
+@sourced("orders_refunded", "orders", "Orders refunded in full.", ledger="order_events")
+def _orders_refunded(b: Bucket) -> sa.Select[Any]:
+    return _order_transitions(b, "refunded")
+
+
+T = PaymentTransaction
+# Money for an unknown order or of a wrong amount is an anomaly (sent back, or refused): not revenue.
+_PAYMENT = sa.and_(T.kind == TxnKind.payment, T.anomaly.is_(None), T.order_id.is_not(None))
+_REFUND = sa.and_(
+    T.kind == TxnKind.refund, T.anomaly.is_(None), T.order_id.is_not(None), T.status == "SUCCESS"
+)
+
+
+@sourced(
+    "paid_transactions",
+    "transactions",
+    "Payments the providers confirmed (anomalies excluded).",
+    ledger="payment_transactions",
+)
+def _paid_transactions(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(T.account_id, T.created_at, COUNT, _PAYMENT)
+
+
+@sourced(
+    "gmv_fen",
+    "fen",
+    "Gross merchandise value: money paid, on the day the payment was recorded.",
+    ledger="payment_transactions",
+)
+def _gmv(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(T.account_id, T.created_at, sa.func.sum(T.amount_fen), _PAYMENT)
+
+
+@sourced(
+    "refunds",
+    "transactions",
+    "Refunds the providers carried out, on the day of the refund (not of the sale).",
+    ledger="payment_transactions",
+)
+def _refunds(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(T.account_id, T.created_at, COUNT, _REFUND)
+
+
+@sourced("refunds_fen", "fen", "Money refunded, on the day of the refund.", ledger="payment_transactions")
+def _refunds_fen(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(T.account_id, T.created_at, sa.func.sum(T.amount_fen), _REFUND)
+
+
+derived(
+    "net_revenue_fen",
+    "fen",
+    "GMV − refunds (a month with refunds of earlier sales can be negative).",
+    {"gmv_fen": 1, "refunds_fen": -1},
+)
+
+
+@sourced(
+    "redemptions",
+    "codes",
+    "Redeem codes redeemed (each attempt; a code given back after a failed "
+    "fulfilment and redeemed again counts again).",
+    ledger="fulfilments",
+)
+def _redemptions(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(Fulfilment.account_id, Fulfilment.created_at, COUNT, Fulfilment.source == "redemption")
+
+
+_COUPON_ORDERS = sa.join(CouponUse, Order, CouponUse.order_id == Order.id)
+
+
+@sourced("coupon_uses", "coupons", "Coupons applied to orders.", ledger="coupon_uses")
+def _coupon_uses(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(Order.account_id, CouponUse.created_at, COUNT, select_from=_COUPON_ORDERS)
+
+
+@sourced("coupon_discount_fen", "fen", "Discount granted by coupons.", ledger="coupon_uses")
+def _coupon_discount(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(
+        Order.account_id,
+        CouponUse.created_at,
+        sa.func.sum(CouponUse.discount_fen),
+        select_from=_COUPON_ORDERS,
+    )
+
+
+@sourced("points_exchanges", "exchanges", "Products exchanged for points.", ledger="points_holds")
+def _points_exchanges(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(PointsHold.account_id, PointsHold.created_at, COUNT)
+
+
+@sourced("points_spent", "points", "Points debited for exchanges.", ledger="points_holds")
+def _points_spent(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(PointsHold.account_id, PointsHold.created_at, sa.func.sum(PointsHold.points))
+
+
+manual("support_quality", "score", "On-site support quality score (0–100), entered in the console.")
+
+
+# -- campaigns (templates_msg) ---------------------------------------------------------------------
+# A delivery row changes as it goes (sent, reported, clicked): each metric buckets by the time of
+# its own step, and the refresh re-reads deliveries touched lately (RECENT below), not by id.
+
+M = Delivery
+_CAMPAIGN = sa.and_(M.kind == "campaign", M.control.is_(False))
+
+
+@sourced(
+    "campaign_sends", "messages", "Campaign template messages WeChat accepted (a msgid).", ledger="deliveries"
+)
+def _campaign_sends(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(M.account_id, M.sent_at, COUNT, _CAMPAIGN, M.sent_at.is_not(None))
+
+
+@sourced(
+    "campaign_deliveries",
+    "messages",
+    "Campaign messages WeChat reported delivered (TEMPLATESENDJOBFINISH success), on the report's day.",
+    ledger="deliveries",
+)
+def _campaign_deliveries(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(M.account_id, M.reported_at, COUNT, _CAMPAIGN, M.report == ReportStatus.delivered)
+
+
+@sourced(
+    "campaign_clicks",
+    "subscribers",
+    "Recipients who clicked a campaign link (first click).",
+    ledger="deliveries",
+)
+def _campaign_clicks(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(M.account_id, M.first_clicked_at, COUNT, _CAMPAIGN, M.first_clicked_at.is_not(None))
+
+
+@sourced(
+    "transactional_messages",
+    "messages",
+    "Transactional messages sent (order paid/fulfilled/refunded, fund alerts).",
+    ledger="deliveries",
+)
+def _transactional(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(M.account_id, M.sent_at, COUNT, M.kind != "campaign", M.sent_at.is_not(None))
+
+
+def _attributed_orders(b: Bucket) -> Any:
+    """Paid orders placed within a campaign's attribution window after the recipient's click (or,
+    without one, the delivery) — as the campaign results count them; an order attributed to two
+    campaigns counts once here."""
+    anchor = sa.func.coalesce(M.first_clicked_at, M.sent_at)
+    if b.dialect == "postgresql":
+        until = anchor + sa.func.make_interval(0, 0, 0, Campaign.attribution_days)
+    else:
+        until = sa.func.datetime(anchor, sa.func.printf("+%d days", Campaign.attribution_days))
+    attributed = (
+        sa.select(M.id)
+        .join(Campaign, Campaign.id == M.campaign_id)
+        .where(
+            _CAMPAIGN,
+            M.status == DeliveryStatus.sent,
+            M.subscriber_id == Order.subscriber_id,
+            M.account_id == Order.account_id,
+            Order.created_at >= anchor,
+            Order.created_at < until,
+        )
+        .exists()
+    )
+    return sa.and_(attributed, Order.status.in_(["paid", "fulfilling", "fulfilled"]))
+
+
+@sourced(
+    "campaign_conversions",
+    "orders",
+    "Paid orders attributed to a campaign (within its window after a click or delivery).",
+    ledger="orders",
+)
+def _campaign_conversions(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(Order.account_id, Order.created_at, COUNT, _attributed_orders(b))
+
+
+@sourced("campaign_revenue_fen", "fen", "Amount of the orders attributed to campaigns.", ledger="orders")
+def _campaign_revenue(b: Bucket) -> sa.Select[Any]:
+    return b.grouped(Order.account_id, Order.created_at, sa.func.sum(Order.amount_fen), _attributed_orders(b))
+
+
+# -- feeds: how the incremental refresh finds new ledger rows -------------------------------------
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A ledger read by id: rows with ``id`` above the watermark are new; ``changed`` is when the
+    row was written (for the safety lag), ``business`` the time metrics bucket it by."""
+
+    name: str
+    id_col: Any
+    changed: Any
+    business: Any
+    account_col: Any
+    select_from: Any = None
+
+
+FEEDS: tuple[Feed, ...] = (
+    Feed("subscriber_events", E.id, E.recorded_at, E.occurred_at, E.account_id),
+    Feed("inquiries", Q.id, Q.at, Q.at, Q.account_id),
+    Feed(
+        "phone_bindings",
+        PhoneBinding.id,
+        PhoneBinding.bound_at,
+        PhoneBinding.bound_at,
+        PhoneBinding.account_id,
+    ),
+    Feed("orders", Order.id, Order.created_at, Order.created_at, Order.account_id),
+    Feed("order_events", OrderEvent.id, OrderEvent.at, OrderEvent.at, Order.account_id, _ORDER_HISTORY),
+    Feed("payment_transactions", T.id, T.created_at, T.created_at, T.account_id),
+    Feed("fulfilments", Fulfilment.id, Fulfilment.created_at, Fulfilment.created_at, Fulfilment.account_id),
+    Feed(
+        "coupon_uses",
+        CouponUse.id,
+        CouponUse.created_at,
+        CouponUse.created_at,
+        Order.account_id,
+        _COUPON_ORDERS,
+    ),
+    Feed("points_holds", PointsHold.id, PointsHold.created_at, PointsHold.created_at, PointsHold.account_id),
+)
+
+
+# Rows that change after they are written: the refresh recomputes the days of those whose step
+# times (any of them) fall within its look-back, whatever their ids.
+RECENT: tuple[tuple[Any, tuple[Any, ...]], ...] = (
+    (M.account_id, (M.sent_at, M.reported_at, M.first_clicked_at)),
+)
+
+
+def get(key: str) -> Metric:
+    return REGISTRY[key]
+
+
+def stored_keys() -> list[str]:
+    """Metrics with rows in metric_daily."""
+    return [k for k, m in REGISTRY.items() if not m.manual]
+
+
+def as_dicts() -> list[dict[str, Any]]:
+    return [
+        {
+            "key": m.key,
+            "unit": m.unit,
+            "description": m.description,
+            "aggregation": m.agg,
+            "kind": "manual" if m.manual else "derived" if m.derived else "sourced",
+            "ledger": m.ledger,
+            "derived_from": dict(m.derived),
+            "has_dimensions": m.dims,
+        }
+        for m in REGISTRY.values()
+    ]

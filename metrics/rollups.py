@@ -1,0 +1,252 @@
+"""Daily rollups per account per local day, written from the ledgers — incrementally every ten
+minutes (new ledger rows since the watermarks mark their account's days dirty; those days are
+recomputed whole) or for any range by `wechat-service metrics rebuild`. Both call the same
+:func:`recompute`, so they give identical rows; recomputing a day twice changes nothing."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from accounts.models import Account
+from metrics.models import MetricDaily, MetricWatermark
+from metrics.registry import FEEDS, RECENT, REGISTRY, Bucket
+from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import upsert
+from wechat_service.extensions import db, get_redis
+
+log = logging.getLogger(__name__)
+
+# Rows written less than LAG ago are read again by the next refresh: a transaction that took a
+# lower id but committed later than a higher one (up to LAG) is still seen. Recomputing is idempotent.
+LAG = timedelta(minutes=10)
+LOCK_KEY = "wechat_service:metrics:rollups"
+CUMULATIVE = "cumulative_followers"
+
+
+def zone(name: str | None) -> ZoneInfo:
+    return ZoneInfo(name or "Asia/Shanghai")
+
+
+def local_day(ts: datetime, tz: str | None) -> date:
+    return ts.astimezone(zone(tz)).date()
+
+
+def today_in(tz: str | None, now: datetime | None = None) -> date:
+    return local_day(now or utcnow(), tz)
+
+
+def day_start(day: date, tz: str | None) -> datetime:
+    return datetime.combine(day, time(), tzinfo=zone(tz)).astimezone(UTC)
+
+
+def segments(tz: str, d0: date, d1: date) -> list[tuple[datetime, datetime, int | None, date | None]]:
+    """[d0, d1] cut into UTC ranges of constant UTC offset (local day = utc + offset), and single
+    days on which the offset changes (their local day is fixed)."""
+    out: list[tuple[datetime, datetime, int | None, date | None]] = []
+    tzinfo = zone(tz)
+    day = d0
+    while day <= d1:
+        start, end = day_start(day, tz), day_start(day + timedelta(days=1), tz)
+        off_start = start.astimezone(tzinfo).utcoffset()
+        off_end = (end - timedelta(microseconds=1)).astimezone(tzinfo).utcoffset()
+        if off_start != off_end:
+            out.append((start, end, None, day))
+        else:
+            seconds = int(off_start.total_seconds()) if off_start is not None else 0
+            if out and out[-1][2] == seconds and out[-1][1] == start:
+                out[-1] = (out[-1][0], end, seconds, None)
+            else:
+                out.append((start, end, seconds, None))
+        day += timedelta(days=1)
+    return out
+
+
+def _timezones(account_ids: Iterable[int] | None) -> dict[int, str]:
+    query = sa.select(Account.id, Account.timezone)
+    if account_ids is not None:
+        query = query.where(Account.id.in_(list(account_ids)))
+    return {aid: tz or "Asia/Shanghai" for aid, tz in db.session.execute(query)}
+
+
+@contextmanager
+def rollup_lock(wait: float = 0) -> Any:
+    """One writer of rollups at a time across processes (the cron job, a rebuild)."""
+    lock = get_redis().lock(LOCK_KEY, timeout=3600, blocking_timeout=wait or None, blocking=wait > 0)
+    if not lock.acquire():
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            lock.release()
+        except Exception:  # noqa: BLE001 - expired under a very long rebuild: nothing to give back
+            log.warning("rollup lock had expired before release")
+
+
+def recompute(account_ids: Sequence[int] | None, d0: date, d1: date) -> int:
+    """Rewrite every stored metric of these accounts (None: all) for local days [d0, d1] from the
+    ledgers, then the running totals from d0 on. Returns the rows now stored for the range;
+    the caller commits."""
+    tzs = _timezones(account_ids)
+    if not tzs or d1 < d0:
+        return 0
+    ids = sorted(tzs)
+    dialect = db.session.get_bind().dialect.name
+    sourced = [m for m in REGISTRY.values() if m.source is not None]
+    derived = [m for m in REGISTRY.values() if m.derived]
+    D = MetricDaily
+    cols = ["account_id", "metric", "day", "dim", "value"]
+    db.session.execute(
+        sa.delete(D).where(
+            D.account_id.in_(ids), D.day >= d0, D.day <= d1, D.metric.in_([m.key for m in sourced + derived])
+        )
+    )
+    by_tz: dict[str, list[int]] = defaultdict(list)
+    for aid, tz in tzs.items():
+        by_tz[tz].append(aid)
+    for tz, tz_ids in by_tz.items():
+        for start, end, offset, fixed in segments(tz, d0, d1):
+            bucket = Bucket(tuple(tz_ids), start, end, offset, fixed, dialect)
+            for metric in sourced:
+                assert metric.source is not None
+                sub = metric.source(bucket).subquery()
+                rows = sa.select(
+                    sub.c.account_id, sa.literal(metric.key, sa.String), sub.c.day, sub.c.dim, sub.c.value
+                )
+                db.session.execute(sa.insert(D).from_select(cols, rows))
+    for metric in derived:
+        combo = sa.case(*((D.metric == key, D.value * coef) for key, coef in metric.derived.items()), else_=0)
+        total = sa.func.sum(combo)
+        rows = (
+            sa.select(
+                D.account_id, sa.literal(metric.key, sa.String), D.day, sa.literal("", sa.String), total
+            )
+            .where(D.account_id.in_(ids), D.day >= d0, D.day <= d1, D.dim == "")
+            .where(D.metric.in_(list(metric.derived)))
+            .group_by(D.account_id, D.day)
+            .having(total != 0)
+        )
+        db.session.execute(sa.insert(D).from_select(cols, rows))
+    _running_totals(ids, d0)
+    # Drivers disagree on rowcount for INSERT … SELECT (psycopg says -1): count what is stored.
+    return (
+        db.session.scalar(sa.select(sa.func.count()).where(D.account_id.in_(ids), D.day >= d0, D.day <= d1))
+        or 0
+    )
+
+
+def _running_totals(ids: list[int], d0: date) -> int:
+    """cumulative_followers from d0 on = its last value before d0 + the running sum of net follows;
+    one row on every day net follows changed it (readers carry the last value forward)."""
+    D = MetricDaily
+    db.session.execute(sa.delete(D).where(D.account_id.in_(ids), D.metric == CUMULATIVE, D.day >= d0))
+    n, c = sa.orm.aliased(MetricDaily), sa.orm.aliased(MetricDaily)
+    base = (
+        sa.select(c.value)
+        .where(c.account_id == n.account_id, c.metric == CUMULATIVE, c.dim == "", c.day < d0)
+        .order_by(c.day.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    running = sa.func.sum(n.value).over(partition_by=n.account_id, order_by=n.day, rows=(None, 0))
+    rows = sa.select(
+        n.account_id,
+        sa.literal(CUMULATIVE, sa.String),
+        n.day,
+        sa.literal("", sa.String),
+        sa.func.coalesce(base, 0) + running,
+    ).where(n.account_id.in_(ids), n.metric == "net_follows", n.dim == "", n.day >= d0)
+    return (
+        db.session.execute(
+            sa.insert(D).from_select(["account_id", "metric", "day", "dim", "value"], rows)
+        ).rowcount
+        or 0
+    )
+
+
+def _watermarks() -> dict[str, int]:
+    return dict(db.session.execute(sa.select(MetricWatermark.feed, MetricWatermark.last_id)).all())
+
+
+def refresh(now: datetime | None = None) -> dict[str, Any]:
+    """The incremental refresh: ledger rows above each watermark mark (account, local day range)
+    dirty; those ranges are recomputed whole; the watermarks move to the newest row older than
+    LAG. The caller commits (rollups and watermarks in one transaction)."""
+    now = now or utcnow()
+    marks = _watermarks()
+    tzs = _timezones(None)
+    dirty: dict[int, tuple[date, date]] = {}
+    new_marks: dict[str, int] = {}
+    rows_seen = 0
+    for feed in FEEDS:
+        last = marks.get(feed.name, 0)
+        query = sa.select(
+            feed.account_col, sa.func.min(feed.business), sa.func.max(feed.business), sa.func.count()
+        )
+        if feed.select_from is not None:
+            query = query.select_from(feed.select_from)
+        for aid, lo, hi, count in db.session.execute(
+            query.where(feed.id_col > last).group_by(feed.account_col)
+        ):
+            if aid not in tzs or lo is None:
+                continue
+            rows_seen += count
+            d_lo, d_hi = local_day(_aware(lo), tzs[aid]), local_day(_aware(hi), tzs[aid])
+            if aid in dirty:
+                d_lo, d_hi = min(d_lo, dirty[aid][0]), max(d_hi, dirty[aid][1])
+            dirty[aid] = (d_lo, d_hi)
+        settled = sa.select(sa.func.max(feed.id_col))
+        if feed.select_from is not None:
+            settled = settled.select_from(feed.select_from)
+        mark = db.session.scalar(settled.where(feed.id_col > last, feed.changed < now - LAG))
+        if mark is not None:
+            new_marks[feed.name] = int(mark)
+    since = now - 2 * LAG  # overlapping look-backs: a step written during the last run is seen
+    for account_col, times in RECENT:
+        for step in times:
+            for aid, lo, hi in db.session.execute(
+                sa.select(account_col, sa.func.min(step), sa.func.max(step))
+                .where(step >= since, step <= now)
+                .group_by(account_col)
+            ):
+                if aid not in tzs or lo is None:
+                    continue
+                d_lo, d_hi = local_day(_aware(lo), tzs[aid]), local_day(_aware(hi), tzs[aid])
+                if aid in dirty:
+                    d_lo, d_hi = min(d_lo, dirty[aid][0]), max(d_hi, dirty[aid][1])
+                dirty[aid] = (d_lo, d_hi)
+    ranges: dict[tuple[date, date], list[int]] = defaultdict(list)
+    for aid, span in dirty.items():
+        ranges[span].append(aid)
+    written = 0
+    for (d0, d1), ids in sorted(ranges.items()):
+        written += recompute(ids, d0, d1)
+    if new_marks:
+        upsert(
+            MetricWatermark,
+            [{"feed": f, "last_id": m, "updated_at": now} for f, m in new_marks.items()],
+            conflict=["feed"],
+            update=["last_id", "updated_at"],
+        )
+    return {"ledger_rows": rows_seen, "accounts": len(dirty), "ranges": len(ranges), "rollup_rows": written}
+
+
+def rebuild(d0: date, d1: date, account_ids: Sequence[int] | None = None) -> int:
+    """Recompute [d0, d1] (local days) for every account; the caller commits."""
+    return recompute(account_ids, d0, d1)
+
+
+def _aware(ts: datetime) -> datetime:
+    # Aggregates bypass the UTC column type on SQLite (naive strings come back).
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
