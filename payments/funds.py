@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from payments.models import AlertLevel, FundPool, FundPoolEntry, PoolEntryKind
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
-from wechat_service.errors import InvalidInputError, NotFoundError
+from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
 from wechat_service.extensions import db, enqueue_after_commit
+from wechat_service.money import yuan
 
 log = logging.getLogger(__name__)
 OPENID_MAX = 64
@@ -134,6 +135,19 @@ def top_up(pool_id: int, amount_fen: int, ref: str, note: str | None = None) -> 
     if _entry(pool_id, PoolEntryKind.top_up, amount_fen, ref, note):
         balance = _move(pool_id, amount_fen, PoolEntryKind.top_up, ref)
         _settle_level(pool_id, balance)
+    else:
+        earlier = db.session.scalar(
+            sa.select(FundPoolEntry.amount_fen).where(
+                FundPoolEntry.pool_id == pool_id,
+                FundPoolEntry.kind == PoolEntryKind.top_up,
+                FundPoolEntry.ref == ref[:64],
+            )
+        )
+        if earlier != amount_fen:  # another transfer under a reused reference: never drop it silently
+            raise ConflictError(
+                f"reference {ref!r} was recorded for {yuan(earlier)} 元: give this transfer its own",
+                fields={"ref": ["already used"]},
+            )
     pool = db.session.get(FundPool, pool_id)
     db.session.refresh(pool)
     return pool
@@ -228,30 +242,31 @@ def alert_message(pool: FundPool, level: str, balance_fen: int) -> dict[str, Any
     return {
         "first": {"value": f"资金池「{pool.name}」余额{'告急' if level == 'critical' else '不足'}"},
         "keyword1": {"value": pool.name},
-        "keyword2": {"value": f"{balance_fen // 100}.{balance_fen % 100:02d} 元"},
+        "keyword2": {"value": f"{yuan(balance_fen)} 元"},
         "keyword3": {"value": utcnow().strftime("%Y-%m-%d %H:%M UTC")},
-        "remark": {
-            "value": f"阈值：预警 {pool.warning_fen / 100:.2f} 元，告急 {pool.critical_fen / 100:.2f} 元"
-        },
+        "remark": {"value": f"阈值：预警 {yuan(pool.warning_fen)} 元，告急 {yuan(pool.critical_fen)} 元"},
     }
 
 
 def send_alert(pool_id: int, level: str, balance_fen: int) -> dict[str, int]:
-    """Tell each of the pool's staff (a WeChat template message); returns sent/failed counts."""
-    from accounts.services import api_client
+    """Tell each of the pool's staff (a template message through the campaign engine's
+    transactional sender: once per alert and openid, sharing the account's daily budget)."""
+    from templates_msg import transactional
 
     pool = db.session.get(FundPool, pool_id)
     if pool is None or not pool.alert_template_id:
         return {"sent": 0, "failed": 0}
-    client = api_client(pool.account_id)
     counts = {"sent": 0, "failed": 0}
+    data = alert_message(pool, level, balance_fen)
     for openid in pool.alert_openids:
+        key = f"fund-alert-{pool.id}-{level}-{balance_fen}-{openid}"
         try:
-            client.message.send_template(
-                openid, pool.alert_template_id, alert_message(pool, level, balance_fen)
+            outcome = transactional.send_now(
+                pool.account_id, openid, pool.alert_template_id, data, key, notice="fund_alert"
             )
-            counts["sent"] += 1
         except Exception as exc:  # noqa: BLE001 - one recipient's failure must not stop the others
+            db.session.rollback()
             log.error("fund alert to %s failed: %s", openid[:6], type(exc).__name__)
-            counts["failed"] += 1
+            outcome = "failed"
+        counts["sent" if outcome in ("sent", "duplicate") else "failed"] += 1
     return counts

@@ -101,10 +101,14 @@ def drive(appid: str) -> ResponseReturnValue:
                     "qr_scene_str": data.get("scene") or "",
                 }
             )
-            account.follow_log.append({"at": now, "openid": openid, "kind": "follow"})
+            at = int(fields.get("CreateTime") or now)  # drive's create_time backdates it
+            account.follow_log.append(
+                {"at": at, "openid": openid, "kind": "follow", "scene": data.get("scene")}
+            )
         elif action == "unfollow":
             account.followers.pop(openid, None)
-            account.follow_log.append({"at": now, "openid": openid, "kind": "unfollow"})
+            at = int(fields.get("CreateTime") or now)
+            account.follow_log.append({"at": at, "openid": openid, "kind": "unfollow"})
     target = target_of(account)
     xml = message_xml(target, openid, fields)
     results = []
@@ -168,6 +172,7 @@ def seed_followers(appid: str) -> ResponseReturnValue:
             account.tags.setdefault(tag, {"name": f"tag{tag}"})
         for i in range(count):
             openid = f"{prefix}{i:08d}"
+            account.follow_log.append({"at": int(time.time()) - 86400 - i, "openid": openid, "kind": "seed"})
             account.followers[openid] = {
                 "subscribe_time": int(time.time()) - 86400 - i,
                 "unionid": f"u{prefix}{i:08d}" if data.get("with_unionid", True) else None,
@@ -242,3 +247,81 @@ def read_account(appid: str) -> ResponseReturnValue:
                 "tags": account.tags,
             }
         )
+
+
+# -- template/subscribe messaging: quotas, faults, report mix (see simulator/wechat.py) ----------
+
+
+@bp.put("/accounts/<appid>/messaging")
+def set_messaging(appid: str) -> ResponseReturnValue:
+    """Settings of template sends: minute_quota, daily_quota, busy_rate, timeout_after_accept,
+    timeout_ms, latency_ms, reports (on|off), report_delay_ms, report_mix, record."""
+    from simulator.wechat import MESSAGING_DEFAULTS, messaging
+
+    _account(appid)
+    data = _json()
+    unknown = set(data) - set(MESSAGING_DEFAULTS) - {"reset_counters"}
+    if unknown:
+        abort(400, f"unknown settings: {sorted(unknown)}")
+    cfg = messaging(appid)
+    with state().lock:
+        for key, value in data.items():
+            if key in MESSAGING_DEFAULTS:
+                cfg[key] = value
+        if data.get("reset_counters"):
+            cfg["minute"], cfg["day"] = [0, 0], ["", 0]
+    return jsonify({k: cfg[k] for k in MESSAGING_DEFAULTS})
+
+
+@bp.get("/accounts/<appid>/messaging")
+def read_messaging(appid: str) -> ResponseReturnValue:
+    from simulator.wechat import MESSAGING_DEFAULTS, messaging
+
+    _account(appid)
+    cfg = messaging(appid)
+    with state().lock:
+        return jsonify(
+            {
+                **{k: cfg[k] for k in MESSAGING_DEFAULTS},
+                "accepted": cfg["accepted"],
+                "sent_today": cfg["day"][1],
+                "reports_sent": dict(cfg["reports_sent"]),
+                "subscribe_messages": list(cfg["subscribe_messages"]),
+                "authorisations": dict(cfg["authorisations"]),
+            }
+        )
+
+
+@bp.post("/accounts/<appid>/subscribe-popup")
+def subscribe_popup(appid: str) -> ResponseReturnValue:
+    """The mini-program user answers the subscribe popup: one more one-time authorisation per
+    accepted template; the event goes to the callback URL as XML (one <List> per template)."""
+    from xml.sax.saxutils import escape
+
+    from simulator.wechat import messaging
+
+    account = _account(appid)
+    data = _json()
+    openid = data.get("openid") or "o" + secrets.token_urlsafe(20)
+    status = data.get("status", "accept")
+    template_ids = [str(t) for t in data.get("template_ids") or []]
+    cfg = messaging(appid)
+    with state().lock:
+        for tid in template_ids:
+            if status == "accept":
+                key = f"{openid}|{tid}"
+                cfg["authorisations"][key] = cfg["authorisations"].get(key, 0) + 1
+    items = "".join(
+        f"<List><TemplateId><![CDATA[{escape(t)}]]></TemplateId>"
+        f"<SubscribeStatusString><![CDATA[{escape(status)}]]></SubscribeStatusString>"
+        "<PopupScene>0</PopupScene></List>"
+        for t in template_ids
+    )
+    xml = (
+        f"<xml><ToUserName><![CDATA[{account.original_id}]]></ToUserName>"
+        f"<FromUserName><![CDATA[{openid}]]></FromUserName><CreateTime>{int(time.time())}</CreateTime>"
+        "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe_msg_popup_event]]></Event>"
+        f"<SubscribeMsgPopupEvent>{items}</SubscribeMsgPopupEvent></xml>"
+    )
+    delivery = deliver(target_of(account), xml, openid)
+    return jsonify({"openid": openid, **delivery.as_dict()})

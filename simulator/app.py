@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from simulator import admin, alipay, bills, boss, oauth, wechat, wechatpay, wechatpay_v2
+from simulator import admin, alipay, bills, boss, datacube, oauth, wechat, wechatpay, wechatpay_v2
 from simulator.state import SimState
 
 
@@ -13,6 +13,7 @@ def create_app() -> Flask:
     app = Flask("simulator")
     app.extensions["sim_state"] = SimState()
     app.register_blueprint(wechat.bp)
+    app.register_blueprint(datacube.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(boss.bp)
     app.register_blueprint(boss.admin)

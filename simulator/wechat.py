@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import threading
 import time
@@ -285,6 +286,73 @@ def templates() -> ResponseReturnValue:
     return jsonify({"template_list": account.templates})
 
 
+# -- template and subscribe messages: quotas, injected failures, delivery-report mix -------------
+# Per-account settings live beside SimAccount (admin: PUT /_sim/accounts/<appid>/messaging).
+MESSAGING_DEFAULTS: dict[str, Any] = {
+    "minute_quota": 0,  # sends per minute before 45011 (0: unlimited)
+    "daily_quota": 0,  # sends per day before 45009 (0: unlimited)
+    "busy_rate": 0.0,  # share of sends answered -1
+    "timeout_after_accept": 0,  # next N accepted sends answer only after timeout_ms
+    "timeout_ms": 3000,
+    "latency_ms": 0,  # every send is slowed this much
+    "reports": "on",  # on: TEMPLATESENDJOBFINISH posted back; off: not (a benchmark posts its own)
+    "report_delay_ms": 0,
+    "report_mix": {"success": 1},  # status → weight
+    "record": True,  # keep each message for GET /_sim/accounts/<appid>; off for huge benchmarks
+}
+
+
+def messaging(appid: str) -> dict[str, Any]:
+    st = state()
+    with st.lock:
+        store = current_app.extensions.setdefault("sim_messaging", {})
+        if appid not in store:
+            store[appid] = {
+                **MESSAGING_DEFAULTS,
+                "report_mix": dict(MESSAGING_DEFAULTS["report_mix"]),
+                "minute": [0, 0],  # [minute number, sends in it]
+                "day": ["", 0],  # [date, sends on it]
+                "accepted": 0,
+                "reports_sent": {},
+                "authorisations": {},  # (openid, template_id) → remaining
+                "subscribe_messages": [],
+            }
+        return store[appid]
+
+
+def _quota(cfg: dict[str, Any]) -> ResponseReturnValue | None:
+    """Count the send against the account's minute and day; the errcode when over (under the lock)."""
+    now = time.time()
+    minute, day = int(now // 60), time.strftime("%Y%m%d", time.gmtime(now + 8 * 3600))
+    if cfg["minute"][0] != minute:
+        cfg["minute"] = [minute, 0]
+    if cfg["day"][0] != day:
+        cfg["day"] = [day, 0]
+    if cfg["daily_quota"] and cfg["day"][1] >= cfg["daily_quota"]:
+        return err(45009, "reach max api daily quota limit")
+    if cfg["minute_quota"] and cfg["minute"][1] >= cfg["minute_quota"]:
+        return err(45011, "api minute-quota reach limit")
+    if cfg["busy_rate"] and random.random() < cfg["busy_rate"]:
+        return err(-1, "system error")
+    cfg["minute"][1] += 1
+    cfg["day"][1] += 1
+    return None
+
+
+def _report_status(cfg: dict[str, Any]) -> str:
+    mix = cfg["report_mix"] or {"success": 1}
+    return random.choices(list(mix), weights=[float(w) for w in mix.values()])[0]
+
+
+def _after_accept(cfg: dict[str, Any]) -> None:
+    with state().lock:
+        slow = cfg["timeout_after_accept"] > 0
+        if slow:
+            cfg["timeout_after_accept"] -= 1
+    if slow:
+        time.sleep(cfg["timeout_ms"] / 1000)  # accepted and recorded, answered too late
+
+
 @bp.post("/cgi-bin/message/template/send")
 def template_send() -> ResponseReturnValue:
     account, fail = authed()
@@ -292,22 +360,63 @@ def template_send() -> ResponseReturnValue:
         return fail
     data = body()
     touser = data.get("touser", "")
+    cfg = messaging(account.appid)
+    if cfg["latency_ms"]:
+        time.sleep(cfg["latency_ms"] / 1000)
     if not any(t["template_id"] == data.get("template_id") for t in account.templates):
         return err(40037, "invalid template_id")
     if touser not in account.followers:
         return err(43004, "require subscribe")
     st = state()
-    msgid = st.msgid()
     with st.lock:
-        account.template_messages.append({"at": time.time(), "msgid": msgid, **data})
+        over = _quota(cfg)
+        if over is not None:
+            return over
+        msgid = st.msgid()
+        cfg["accepted"] += 1
+        if cfg["record"]:
+            account.template_messages.append({"at": time.time(), "msgid": msgid, **data})
+        status = _report_status(cfg)
+        cfg["reports_sent"][status] = cfg["reports_sent"].get(status, 0) + 1
+    _after_accept(cfg)
     # WeChat reports delivery later, as a TEMPLATESENDJOBFINISH callback.
     from simulator.admin import target_of
     from simulator.driver import deliver, event_fields, message_xml
 
     target = target_of(account)
-    if target.callback_url:
-        xml = message_xml(target, touser, event_fields("template_finish", {"msgid": msgid}, msgid))
-        threading.Thread(target=deliver, args=(target, xml, touser), daemon=True).start()
+    if target.callback_url and cfg["reports"] == "on":
+        fields = event_fields("template_finish", {"msgid": msgid, "status": status}, msgid)
+        xml = message_xml(target, touser, fields)
+
+        def later() -> None:
+            time.sleep(cfg["report_delay_ms"] / 1000)
+            deliver(target, xml, touser)
+
+        threading.Thread(target=later, daemon=True).start()
+    return jsonify({"errcode": 0, "errmsg": "ok", "msgid": msgid})
+
+
+@bp.post("/cgi-bin/message/subscribe/send")
+def subscribe_send() -> ResponseReturnValue:
+    """A mini-program subscribe message: needs one of the user's one-time authorisations (43101)."""
+    account, fail = authed()
+    if fail:
+        return fail
+    data = body()
+    cfg = messaging(account.appid)
+    key = f"{data.get('touser', '')}|{data.get('template_id', '')}"
+    st = state()
+    with st.lock:
+        if cfg["authorisations"].get(key, 0) <= 0:
+            return err(43101, "user refuse to accept the msg")
+        over = _quota(cfg)
+        if over is not None:
+            return over
+        cfg["authorisations"][key] -= 1
+        msgid = st.msgid()
+        cfg["accepted"] += 1
+        cfg["subscribe_messages"].append({"at": time.time(), "msgid": msgid, **data})
+    _after_accept(cfg)
     return jsonify({"errcode": 0, "errmsg": "ok", "msgid": msgid})
 
 

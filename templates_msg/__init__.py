@@ -1,1 +1,1 @@
-"""templates_msg: arrives with its own issue (see DESIGN.md); empty until then."""
+"""Template-message campaigns: templates, segments, dispatch, delivery reports, clicks, attribution."""

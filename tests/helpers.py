@@ -228,3 +228,61 @@ def register_wechatpay_v2(
         account_id, mchid=mchid, api_key=api_key, sign_type=sign_type
     )
     return {"merchant": merchant, "mchid": mchid, "api_key": api_key}
+
+
+# -- campaigns (templates_msg) ---------------------------------------------------------------------
+
+CAMPAIGN_TEMPLATE = {
+    "template_id": "TPL_PROMO",
+    "title": "流量包优惠通知",
+    "content": "{{first.DATA}}\n套餐名称：{{keyword1.DATA}}\n优惠价格：{{keyword2.DATA}}\n{{remark.DATA}}",
+    "example": "",
+}
+
+
+def seed_campaign_account(sim_base: str, account_id: int, appid: str, count: int, prefix: str) -> list[int]:
+    """``count`` following subscribers in the database and the simulator, and the promo template
+    synced; returns the subscribers' ids. (Call inside an app context; commits.)"""
+    from datetime import UTC, datetime, timedelta
+
+    from accounts.models import Subscriber
+    from templates_msg import services
+    from wechat_service.dbutil import upsert
+    from wechat_service.extensions import db
+
+    requests.post(
+        f"{sim_base}/_sim/accounts/{appid}/templates", json={"templates": [CAMPAIGN_TEMPLATE]}, timeout=10
+    ).raise_for_status()
+    requests.post(
+        f"{sim_base}/_sim/accounts/{appid}/followers", json={"count": count, "prefix": prefix}, timeout=60
+    ).raise_for_status()
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "account_id": account_id,
+            "openid": f"{prefix}{i:08d}",
+            "following": True,
+            "first_followed_at": now - timedelta(days=30 + i % 100),
+            "last_interaction_at": now - timedelta(days=i % 60),
+            "created_at": now,
+        }
+        for i in range(count)
+    ]
+    for start in range(0, len(rows), 5000):
+        upsert(Subscriber, rows[start : start + 5000], conflict=["account_id", "openid"])
+    services.sync_templates(account_id)
+    db.session.commit()
+    return list(
+        db.session.scalars(
+            __import__("sqlalchemy")
+            .select(Subscriber.id)
+            .where(Subscriber.account_id == account_id)
+            .order_by(Subscriber.id)
+        )
+    )
+
+
+def set_messaging(sim_base: str, appid: str, **settings: Any) -> dict[str, Any]:
+    resp = requests.put(f"{sim_base}/_sim/accounts/{appid}/messaging", json=settings, timeout=10)
+    resp.raise_for_status()
+    return resp.json()

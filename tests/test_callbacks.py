@@ -290,14 +290,15 @@ def test_one_accounts_keys_never_accept_another_accounts_callbacks(client: Any, 
 
 def test_unhandled_types_are_stored_for_later_handlers(client: Any, create_account: Any) -> None:
     account, _, target = create_account("plain")
-    xml = message_xml(
-        target, "oT", event_fields("template_finish", {"msgid": 99887766, "status": "failed:user block"}, 0)
-    )
+    # A WeChat store-location review result: no domain handles it (yet), so it is kept, once.
+    fields = {"CreateTime": 1_790_000_000, "MsgType": "event", "Event": "poi_check_notify",
+              "UniqId": "poi-1", "PoiId": "9988", "Result": "succ", "Msg": ""}  # fmt: skip
+    xml = message_xml(target, "oT", fields)
     assert post(client, target, xml).get_data(as_text=True) == "success"
     assert post(client, target, xml).get_data(as_text=True) == "success"
     row = db.session.scalar(sa.select(CallbackInbox).where(CallbackInbox.account_id == account.id))
-    assert row.state.value == "stored" and row.dedup_key == "job:99887766"
-    assert row.payload["Status"] == "failed:user block"
+    assert row.state.value == "stored" and row.event == "poi_check_notify"
+    assert row.payload["PoiId"] == "9988"
     assert counts() == (1, 0, 0)
 
 

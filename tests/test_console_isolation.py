@@ -87,6 +87,36 @@ def account_x(create_account: Any) -> dict[str, Any]:
         status=ReconStatus.failed, error="XSECRETerror",
     )  # fmt: skip
     db.session.add(run)
+    from datetime import date
+
+    from accounts.models import OrgUnit
+    from metrics import contracts as metric_contracts
+
+    unit = OrgUnit(code="xsecret-unit", name="XSECRETunit", kind="city")
+    db.session.add(unit)
+    db.session.flush()
+    account.org_unit_id = unit.id
+    contract = metric_contracts.create_contract(
+        None,
+        {"customer": "XSECRETcustomer", "name": "XSECRETcontract", "org_unit_id": unit.id,
+         "starts_on": date(2026, 1, 1), "ends_on": date(2026, 12, 31), "price_fen": 100_000,
+         "fixed_share": "0.6", "formula": "linear"},
+    )  # fmt: skip
+    period = metric_contracts.periods_of(contract.id)[0]
+    metric_contracts.add_target(None, contract, {"metric": "follows", "account_id": account.id,
+                                                 "starts_on": period.starts_on, "ends_on": period.ends_on,
+                                                 "target_value": 77777})  # fmt: skip
+    from templates_msg import services as campaigns
+    from templates_msg.models import MessageTemplate
+
+    db.session.add(
+        MessageTemplate(account_id=account.id, template_id="XSECRETtpl", title="XSECRETtitle",
+                        content="{{first.DATA}}", fields=[{"name": "first", "label": "first"}])
+    )  # fmt: skip
+    db.session.flush()
+    campaign = campaigns.create_campaign(
+        None, [account.id], "XSECRETtpl", {"name": "XSECRETcampaign", "data": {"first": "hi"}, "rate": 0}
+    )
     owner = staff.create_user("xowner", "x owner password 1")
     grant = staff.add_grant(owner, "account_manager", account_id=account.id)
     db.session.commit()
@@ -111,7 +141,12 @@ def account_x(create_account: Any) -> dict[str, Any]:
         "XSECRETCOUPON",
         "XSECRETcouponname",
         "XSECRETpool",
+        "XSECRETcampaign",
+        "XSECRETtitle",
         "XSECRETerror",
+        "XSECRETunit",
+        "XSECRETcustomer",
+        "XSECRETcontract",
         *batch_codes,
     ]
     return {
@@ -121,6 +156,7 @@ def account_x(create_account: Any) -> dict[str, Any]:
             "batch_id": batch.id,
             "coupon_id": coupon.id,
             "pool_id": pool.id,
+            "campaign_id": campaign.id,
             "run_id": run.id,
             "account_id": account.id,
             "subscriber_id": sub.id,
@@ -129,6 +165,9 @@ def account_x(create_account: Any) -> dict[str, Any]:
             "user_id": owner.id,
             "grant_id": grant.id,
             "action": "disable",
+            "unit_id": unit.id,
+            "contract_id": contract.id,
+            "period_id": period.id,
         },
         "markers": markers,
         "account_id": account.id,
@@ -148,7 +187,12 @@ def _console_rules(app: Flask) -> list[Any]:
 def _url(rule: Any, values: dict[str, Any]) -> str:
     missing = rule.arguments - set(values)
     assert not missing, f"no test value for {missing} in {rule.rule}: add one to account_x"
-    built = rule.build({a: values[a] for a in rule.arguments}, append_unknown=False)
+    given = {a: values[a] for a in rule.arguments}
+    for arg, converter in rule._converters.items():  # noqa: SLF001 - werkzeug keeps them there
+        choices = getattr(converter, "items", None)  # <any(a, b):arg>: the first choice if ours is not one
+        if choices and given[arg] not in choices:
+            given[arg] = sorted(choices)[0]
+    built = rule.build(given, append_unknown=False)
     assert built is not None, rule.rule
     return built[1]
 

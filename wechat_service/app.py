@@ -43,9 +43,12 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     # Models and callback handlers of every domain: importing registers them.
     import accounts.handlers  # noqa: F401
     import accounts.models  # noqa: F401
+    import metrics.models  # noqa: F401
     import payments.models  # noqa: F401
     import store.handlers  # noqa: F401
     import store.models  # noqa: F401
+    import templates_msg.handlers  # noqa: F401
+    import templates_msg.models  # noqa: F401
     import wechat_service.models  # noqa: F401
 
     # Blueprints, explicitly.
@@ -57,7 +60,6 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from wechat_service.cli import register_commands
 
     app.register_blueprint(views.bp)
-    app.register_blueprint(api.bp)
     app.register_blueprint(console_views.bp)
     from payments import console as payments_console
     from payments import views as payment_views
@@ -65,11 +67,18 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from store import console as store_console
     from store import views as store_views
 
-    app.register_blueprint(store_api.bp)
     app.register_blueprint(store_views.bp)  # H5 store pages: CSRF stays on for their forms
     app.register_blueprint(store_console.bp)
     app.register_blueprint(payment_views.bp)
     app.register_blueprint(payments_console.bp)
+    from metrics import console as metrics_console
+
+    app.register_blueprint(metrics_console.bp)
+    from templates_msg import tracking as campaign_tracking
+    from templates_msg import views as campaign_views
+
+    app.register_blueprint(campaign_views.bp)
+    app.register_blueprint(campaign_tracking.bp)  # /t/<token>: a GET redirect, no form
     # Provider-facing and token-authenticated endpoints carry no browser session: no CSRF token.
     csrf.init_app(app)
     csrf.exempt(views.bp)
@@ -86,6 +95,16 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     # answers in our error shape, replaces the generic one registered just above.
     openapi = JsonApi(app)
     openapi.register_blueprint(console_api.blp)
+    # The mini-program API, authenticated by its session token rather than the console's cookie.
+    openapi.spec.components.security_scheme("mpSession", {"type": "http", "scheme": "bearer"})
+    openapi.register_blueprint(api.bp)
+    openapi.register_blueprint(store_api.bp)
+    from metrics import api as metrics_api
+
+    openapi.register_blueprint(metrics_api.blp)
+    from templates_msg import api as campaign_api
+
+    openapi.register_blueprint(campaign_api.blp)
     app.extensions["openapi"] = openapi
     app.cli.add_command(account_cli)
     app.cli.add_command(orgunit_cli)

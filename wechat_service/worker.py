@@ -70,8 +70,10 @@ LEASE_SECONDS = 30
 
 def periodic_jobs(scheduler: CronScheduler) -> None:
     """Every periodic job, declared once."""
+    from metrics import jobs as metrics_jobs
     from payments import jobs as payment_jobs
     from store import jobs as store_jobs
+    from templates_msg import jobs as campaign_jobs
     from wechat_service import jobs
 
     scheduler.register(jobs.requeue_stale_inbox, "high", interval=60, job_timeout=120)
@@ -79,14 +81,25 @@ def periodic_jobs(scheduler: CronScheduler) -> None:
     scheduler.register(store_jobs.sweep_fulfilments, "default", interval=300, job_timeout=120)
     scheduler.register(store_jobs.sweep_orders, "default", interval=60, job_timeout=120)
     scheduler.register(payment_jobs.sweep_refunds, "default", interval=120, job_timeout=300)
-    # Statements for a day are published by 10:00 Beijing time (02:00 UTC); start after that.
-    scheduler.register(payment_jobs.reconcile_day, "low", cron="30 3 * * *", job_timeout=3600)
+    # Campaigns: start due ones, recover rows of dead send jobs, resume paused accounts.
+    scheduler.register(campaign_jobs.tick_campaigns, "default", interval=15, job_timeout=300)
+    # Hourly: it starts once yesterday's statements are published (10:30 Beijing time) and
+    # retries merchants whose statement was not there yet; a finished day is not run again.
+    scheduler.register(payment_jobs.reconcile_day, "low", cron="15 * * * *", job_timeout=3600)
+    scheduler.register(metrics_jobs.refresh_rollups, "default", interval=600, job_timeout=600)
+    # WeChat's datacube has yesterday's figures by Beijing morning; 04:00 UTC (the cron process
+    # runs on UTC) is noon there.
+    scheduler.register(metrics_jobs.reconcile_datacube, "low", cron="0 4 * * *", job_timeout=3600)
 
 
 def run_cron(app: Flask, tick: float = 5.0, max_ticks: int | None = None) -> None:
     """RQ's cron scheduler behind a Redis lease: one active per deployment, the others stand by."""
     conn: Redis = app.extensions["redis"]
     name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    # RQ matches cron fields against the process's local time: make it UTC, so a schedule means
+    # the same on a host set to Asia/Shanghai as on one set to UTC.
+    os.environ["TZ"] = "UTC"
+    time.tzset()
     scheduler = CronScheduler(connection=conn, name=name)
     periodic_jobs(scheduler)
     leading = False

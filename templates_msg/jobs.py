@@ -1,0 +1,44 @@
+"""RQ jobs of the campaign engine: thin wrappers over the services, ids in."""
+
+from __future__ import annotations
+
+from rq import Retry
+
+from templates_msg import dispatch, transactional
+from wechat_service.extensions import db
+
+# A transient failure of a transactional send (-1 after the gateway's own retries, a refused
+# connection): RQ retries with backoff, on the worker's scheduler.
+TX_RETRY = Retry(max=3, interval=[5, 30, 120])
+
+
+def start_campaign(campaign_id: int) -> bool:
+    return dispatch.start(campaign_id)
+
+
+def plan_campaign(campaign_id: int) -> int:
+    return dispatch.plan(campaign_id)
+
+
+def send_batch(campaign_id: int, account_id: int, batch_no: int) -> dict[str, int]:
+    try:
+        return dispatch.send_batch(campaign_id, account_id, batch_no)
+    finally:
+        db.session.remove()
+
+
+def kick_campaign(campaign_id: int) -> int:
+    return dispatch.kick(campaign_id)
+
+
+def tick_campaigns() -> dict[str, int]:
+    """Cron: see dispatch.tick."""
+    return dispatch.tick()
+
+
+def send_transactional(delivery_id: int) -> str:
+    return transactional.send(delivery_id)
+
+
+def notify_order(order_id: int, status: str) -> str | None:
+    return transactional.notify_order(order_id, status)

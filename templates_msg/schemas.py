@@ -1,0 +1,162 @@
+"""marshmallow schemas of the campaign API: load schemas strict, dump schemas separate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from accounts.schemas import StrictSchema
+
+
+class TemplateSchema(Schema):
+    id = fields.Integer()
+    account_id = fields.Integer()
+    template_id = fields.String()
+    kind = fields.String()
+    title = fields.String()
+    content = fields.String()
+    example = fields.String()
+    fields_ = fields.List(fields.Dict(), data_key="fields", attribute="fields")
+    synced_at = fields.DateTime()
+
+
+class SegmentSchema(StrictSchema):
+    tag_ids = fields.List(fields.Integer())
+    followed_after = fields.Date()
+    followed_before = fields.Date()
+    active_within_days = fields.Integer(validate=validate.Range(min=1, max=3650))
+    inactive_for_days = fields.Integer(validate=validate.Range(min=1, max=3650))
+    channel_ids = fields.List(fields.Integer())
+    bound_phone = fields.Boolean(allow_none=True)
+    bought_product_ids = fields.List(fields.Integer())
+    not_bought_product_ids = fields.List(fields.Integer())
+    bought_within_days = fields.Integer(validate=validate.Range(min=1, max=3650))
+    frequency_cap_days = fields.Integer(validate=validate.Range(min=1, max=365))
+
+
+def _segment_out(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items() if v is not None}
+
+
+class CampaignFieldsSchema(StrictSchema):
+    name = fields.String(validate=validate.Length(min=1, max=128))
+    data = fields.Dict(keys=fields.String(), values=fields.String())
+    link_url = fields.Url(allow_none=True, schemes={"http", "https"})
+    mp_appid = fields.String(allow_none=True, validate=validate.Length(max=32))
+    mp_page = fields.String(allow_none=True, validate=validate.Length(max=512))
+    segment = fields.Nested(SegmentSchema)
+    dedup_unionid = fields.Boolean()
+    sample_pct = fields.Integer(validate=validate.Range(min=1, max=100))
+    control_pct = fields.Integer(validate=validate.Range(min=0, max=50))
+    scheduled_at = fields.AwareDateTime(allow_none=True)
+    quiet_start = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=23))
+    quiet_end = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=23))
+    rate = fields.Integer(validate=validate.Range(min=0, max=10_000))
+    error_threshold = fields.Float(validate=validate.Range(min=0.01, max=1))
+    attribution_days = fields.Integer(validate=validate.Range(min=1, max=90))
+
+    @validates_schema
+    def _quiet(self, data: dict[str, Any], **_: Any) -> None:
+        if ("quiet_start" in data) != ("quiet_end" in data):
+            raise ValidationError("give both ends of the quiet hours", "quiet_end")
+
+
+class CampaignCreateSchema(CampaignFieldsSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    account_ids = fields.List(fields.Integer(), validate=validate.Length(min=1, max=500))
+    org_unit = fields.String(load_default=None)
+    template_id = fields.String(required=True)
+
+    @validates_schema
+    def _targets(self, data: dict[str, Any], **_: Any) -> None:
+        if not data.get("account_ids") and not data.get("org_unit"):
+            raise ValidationError("give account_ids or an org_unit", "account_ids")
+
+
+class CampaignUpdateSchema(CampaignFieldsSchema):
+    version = fields.Integer(required=True)
+
+
+class ReasonSchema(StrictSchema):
+    reason = fields.String(load_default="", validate=validate.Length(max=500))
+
+
+class AudienceQuerySchema(StrictSchema):
+    account_ids = fields.List(fields.Integer(), required=True, validate=validate.Length(min=1, max=500))
+    segment = fields.Nested(SegmentSchema, load_default=dict)
+    sample_pct = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
+    control_pct = fields.Integer(load_default=0, validate=validate.Range(min=0, max=50))
+
+
+class AudienceSchema(Schema):
+    matching = fields.Integer()
+    sampled = fields.Integer()
+    control = fields.Integer()
+    recipients = fields.Integer()
+
+
+class CampaignSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    kind = fields.String()
+    state = fields.String()
+    state_reason = fields.String(allow_none=True)
+    template_title = fields.String()
+    data = fields.Dict()
+    link_url = fields.String(allow_none=True)
+    mp_appid = fields.String(allow_none=True)
+    mp_page = fields.String(allow_none=True)
+    segment = fields.Dict()
+    dedup_unionid = fields.Boolean()
+    sample_pct = fields.Integer()
+    control_pct = fields.Integer()
+    scheduled_at = fields.DateTime(allow_none=True)
+    quiet_start = fields.Integer(allow_none=True)
+    quiet_end = fields.Integer(allow_none=True)
+    rate = fields.Integer()
+    error_threshold = fields.Float()
+    attribution_days = fields.Integer()
+    created_by = fields.Integer(allow_none=True)
+    approved_by = fields.Integer(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    version = fields.Integer()
+    account_ids = fields.List(fields.Integer())
+
+
+class StatsSchema(Schema):
+    class Meta:
+        unknown = "include"
+
+    campaign_id = fields.Integer()
+    state = fields.String(allow_none=True)
+    audience = fields.Integer()
+    control = fields.Integer()
+    pending = fields.Integer()
+    sending = fields.Integer()
+    sent = fields.Integer()
+    failed = fields.Integer()
+    skipped = fields.Integer()
+    unknown = fields.Integer()
+    delivered = fields.Integer()
+    user_block = fields.Integer()
+    system_failed = fields.Integer()
+    report_other = fields.Integer()
+    failed_by_reason = fields.List(fields.Dict())
+    clicks = fields.Integer()
+    ctr = fields.Float()
+    conversions = fields.Integer()
+    revenue_fen = fields.Integer()
+    conversion_rate = fields.Float()
+    control_conversions = fields.Integer(allow_none=True)
+    control_conversion_rate = fields.Float(allow_none=True)
+    uplift = fields.Float(allow_none=True)
+    sends_per_second = fields.Float()
+    eta_seconds = fields.Integer(allow_none=True)
+    left = fields.Integer()
+    accounts = fields.List(fields.Dict())
+
+
+class PreviewSchema(Schema):
+    text = fields.String()

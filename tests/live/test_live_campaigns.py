@@ -1,0 +1,280 @@
+"""Campaigns on the live stack: real RQ worker processes, the simulator over HTTP, exactly once
+under a SIGKILLed worker, duplicate jobs, pause/resume races, a Redis restart; the rate with four
+workers; 45009 and the resume after it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import redis
+import requests
+import sqlalchemy as sa
+
+from accounts import services as account_services
+from templates_msg import dispatch, services
+from templates_msg.models import Campaign, CampaignAccount, CampaignState, Delivery
+from tests import helpers
+from tests.live.conftest import Live
+from wechat_service.dbtypes import utcnow
+from wechat_service.extensions import db
+
+S = CampaignState
+
+
+def _setup(live: Live, count: int, rate: int, batch_size: int = 100) -> tuple[int, str]:
+    """An account with ``count`` followers, a campaign approved and sending, planned here into
+    batches of ``batch_size`` whose send jobs go to the live workers."""
+    fields, _ = live.create_account("plain")
+    appid = fields["appid"]
+    helpers.set_messaging(live.sim, appid, reports="off")
+
+    def make() -> int:
+        account = account_services.account_by_appid(appid)
+        helpers.seed_campaign_account(live.sim, account.id, appid, count, "oL" + appid[-6:])
+        campaign = services.create_campaign(
+            None, [account.id], "TPL_PROMO", {"name": "live", "data": {"first": "hi"}, "rate": rate}
+        )
+        services.transition(campaign.id, S.draft, S.pending_approval)
+        services.transition(campaign.id, S.pending_approval, S.scheduled)
+        services.transition(campaign.id, S.scheduled, S.sending, started_at=utcnow())
+        db.session.commit()
+        live.app.config["CAMPAIGN_BATCH_SIZE"] = batch_size
+        dispatch.plan(campaign.id)
+        return campaign.id
+
+    return live.in_app(make), appid
+
+
+def _sent_openids(live: Live, appid: str) -> list[str]:
+    return [m["touser"] for m in live.sim_state(appid)["template_messages"]]
+
+
+def _statuses(live: Live, cid: int) -> dict[str, int]:
+    def q() -> dict[str, int]:
+        rows = db.session.execute(
+            sa.select(Delivery.status, sa.func.count())
+            .where(Delivery.campaign_id == cid)
+            .group_by(Delivery.status)
+        )
+        return {s.value: n for s, n in rows}
+
+    return live.in_app(q)
+
+
+def _state(live: Live, cid: int) -> CampaignState:
+    return live.scalar(sa.select(Campaign.state).where(Campaign.id == cid))
+
+
+def _tick_until_done(live: Live, cid: int, timeout: float = 120) -> None:
+    """The cron job's work (recover, resume, re-queue), run here until the campaign completes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _state(live, cid) is S.completed:
+            return
+        live.in_app(lambda: dispatch.recover(older_than=0) and None)
+        live.in_app(lambda: dispatch.kick(cid))
+        time.sleep(1)
+    raise AssertionError(f"campaign not completed: {_statuses(live, cid)}")
+
+
+def _exactly_once(live: Live, cid: int, appid: str, count: int) -> dict[str, int]:
+    sent = _sent_openids(live, appid)
+    dupes = [o for o, n in Counter(sent).items() if n > 1]
+    assert dupes == [], f"sent twice: {dupes[:5]}"
+    statuses = _statuses(live, cid)
+    assert sum(statuses.values()) == count and statuses.get("pending", 0) == 0
+    # Every row is accounted for; unknown ones may or may not have reached WeChat.
+    assert statuses["sent"] <= len(sent) <= statuses["sent"] + statuses.get("unknown", 0)
+    return statuses
+
+
+def test_sigkilled_worker_mid_batch_loses_and_duplicates_nothing(live: Live) -> None:
+    cid, appid = _setup(live, 600, rate=60)
+    helpers.stop(live.procs["worker"])  # only our two workers, so we know whom we kill
+    a = live.start("w1", "worker")
+    live.start("w2", "worker")
+    live.wait_for(lambda: len(_sent_openids(live, appid)) >= 100, 60, "sending to start")
+    os.kill(a.pid, signal.SIGKILL)
+    # Its work horse, too (RQ forks one per job): a SIGKILL leaves no chance to clean up.
+    subprocess.run(["pkill", "-9", "-P", str(a.pid)], check=False)
+    live.start("w3", "worker")
+    _tick_until_done(live, cid)
+    statuses = _exactly_once(live, cid, appid, 600)
+    assert statuses["sent"] >= 600 - dispatch.CHUNK
+
+
+def test_duplicate_jobs_and_pause_resume_race(live: Live) -> None:
+    from rq import Queue
+
+    from templates_msg import jobs
+
+    cid, appid = _setup(live, 400, rate=80, batch_size=400)
+    live.start("w1", "worker")
+    live.start("w2", "worker")
+    queue = Queue("default", connection=redis.Redis.from_url(live.env["REDIS_URL"]))
+    for _ in range(3):  # the same batch queued three more times, run by three workers at once
+        queue.enqueue(jobs.send_batch, cid, live.in_app(lambda: services.account_ids_of(cid)[0]), 0)
+    live.wait_for(lambda: len(_sent_openids(live, appid)) >= 80, 60, "sending to start")
+    live.in_app(lambda: (services.pause(cid, None), db.session.commit()))
+    time.sleep(1.0)  # within a chunk every job sees the pause
+    frozen = len(_sent_openids(live, appid))
+    time.sleep(1.5)
+    assert len(_sent_openids(live, appid)) == frozen < 400
+    live.in_app(lambda: (services.resume(cid, None), db.session.commit()))
+    live.in_app(lambda: (services.pause(cid, None), db.session.commit()))  # and again, racing
+    live.in_app(lambda: (services.resume(cid, None), db.session.commit()))
+    _tick_until_done(live, cid)
+    assert _exactly_once(live, cid, appid, 400)["sent"] == 400
+
+
+def test_rate_holds_with_four_workers(live: Live) -> None:
+    rate = 40
+    cid, appid = _setup(live, 400, rate=rate, batch_size=100)
+    for i in range(3):
+        live.start(f"w{i}", "worker")  # four with the stack's own
+    _tick_until_done(live, cid)
+    times = sorted(m["at"] for m in live.sim_state(appid)["template_messages"])
+    assert len(times) == 400
+    elapsed = times[-1] - times[0]
+    assert (400 - rate) / elapsed <= rate * 1.1, f"{400 / elapsed:.1f}/s over {elapsed:.1f}s"
+    peak = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
+    assert peak <= 2 * rate + 2  # a one-second burst, then the rate
+
+
+def test_45009_pauses_then_resumes_by_itself(live: Live) -> None:
+    cid, appid = _setup(live, 300, rate=0)
+    helpers.set_messaging(live.sim, appid, daily_quota=120, reset_counters=True)
+    live.wait_for(
+        lambda: live.scalar(
+            sa.select(CampaignAccount.pause_reason).where(CampaignAccount.campaign_id == cid)
+        ),
+        60,
+        "the 45009 pause",
+    )
+    time.sleep(1)
+    assert _statuses(live, cid) == {"sent": 120, "pending": 180} and _state(live, cid) is S.sending
+    # Midnight in the account's timezone: WeChat's quota resets and the pause ends.
+    helpers.set_messaging(live.sim, appid, daily_quota=0, reset_counters=True)
+
+    def midnight() -> None:
+        db.session.execute(
+            sa.update(CampaignAccount)
+            .where(CampaignAccount.campaign_id == cid)
+            .values(paused_until=utcnow() - timedelta(seconds=1))
+        )
+        db.session.commit()
+
+    live.in_app(midnight)
+    live.in_app(dispatch.tick)  # the cron job
+    live.wait_for(lambda: _state(live, cid) is S.completed, 60, "completion")
+    assert _exactly_once(live, cid, appid, 300)["sent"] == 300
+
+
+def test_private_redis_restart_mid_campaign(live: Live, tmp_path: Any) -> None:
+    from wechat_service.app import create_app
+
+    port = helpers.free_port()
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with redis.Redis(port=port) as probe:
+                    probe.ping()
+                return proc
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    server = start_redis()
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {**live.env, "REDIS_URL": url}
+    private = Live(
+        live.base, live.sim, env, create_app({**_app_overrides(live), "REDIS_URL": url}), live.logs
+    )
+    try:
+        cid, appid = _setup(private, 500, rate=100)
+        live.procs["w-private"] = private.start("w-private", "worker")
+        private.wait_for(lambda: len(_sent_openids(private, appid)) >= 100, 60, "sending")
+        server.kill()
+        server.wait()
+        server = start_redis()  # empty: queues, marks and leases are gone
+        live.procs["w-private2"] = private.start("w-private2", "worker")
+        _tick_until_done(private, cid)
+        statuses = _exactly_once(private, cid, appid, 500)
+        assert statuses["sent"] >= 500 - 2 * dispatch.CHUNK
+    finally:
+        server.kill()
+        server.wait()
+        from wechat_service.extensions import db
+
+        with private.app.app_context():  # the private app's pool would otherwise leak connections
+            for engine in db.engines.values():
+                engine.dispose()
+        private.app.extensions["redis"].close()
+
+
+def _app_overrides(live: Live) -> dict[str, Any]:
+    env = live.env
+    return {
+        "DATABASE_URL": env["DATABASE_URL"],
+        "SECRET_KEY": env["WECHAT_SERVICE_SECRET_KEY"],
+        "MASTER_KEY": env["WECHAT_SERVICE_MASTER_KEY"],
+        "WECHAT_API_BASE": env["WECHAT_SERVICE_WECHAT_API_BASE"],
+        "PUBLIC_BASE_URL": env["WECHAT_SERVICE_PUBLIC_BASE_URL"],
+        "INSTANCE_PATH": env["WECHAT_SERVICE_INSTANCE_PATH"],
+    }
+
+
+def test_reports_come_back_through_the_callback_endpoint(live: Live) -> None:
+    fields, _ = live.create_account("safe")
+    appid = fields["appid"]
+    mix = {"success": 2, "failed:user block": 1, "failed: system failed": 1, "failed:freq limit": 1}
+    helpers.set_messaging(live.sim, appid, report_mix=mix)
+
+    def make() -> int:
+        account = account_services.account_by_appid(appid)
+        helpers.seed_campaign_account(live.sim, account.id, appid, 200, "oR" + appid[-6:])
+        campaign = services.create_campaign(
+            None, [account.id], "TPL_PROMO", {"name": "r", "data": {"first": "hi"}, "rate": 0}
+        )
+        services.transition(campaign.id, S.draft, S.pending_approval)
+        services.transition(campaign.id, S.pending_approval, S.scheduled)
+        db.session.commit()
+        dispatch.start(campaign.id)
+        return campaign.id
+
+    cid = live.in_app(make)
+    _tick_until_done(live, cid)
+
+    def reported() -> int:
+        live.in_app(lambda: (dispatch.tick(), None))
+        return (
+            live.scalar(
+                sa.select(sa.func.count()).where(Delivery.campaign_id == cid, Delivery.report.is_not(None))
+            )
+            == 200
+        )
+
+    live.wait_for(reported, 60, "every report")
+    got = dict(
+        live.in_app(
+            lambda: db.session.execute(
+                sa.select(Delivery.report_raw, sa.func.count())
+                .where(Delivery.campaign_id == cid)
+                .group_by(Delivery.report_raw)
+            ).all()
+        )
+    )
+    sent_mix = requests.get(f"{live.sim}/_sim/accounts/{appid}/messaging", timeout=5).json()["reports_sent"]
+    assert got == sent_mix
