@@ -273,9 +273,22 @@ def _apply_payment(
     from store import orders
     from store.models import Order, OrderStatus
 
-    order = db.session.scalar(
-        sa.select(Order).where(Order.out_trade_no == out_trade_no, Order.account_id == merchant.account_id)
+    seen = (
+        sa.select(PaymentTransaction.id)
+        .where(
+            PaymentTransaction.provider == merchant.provider,
+            PaymentTransaction.kind == TxnKind.payment,
+            PaymentTransaction.provider_txn_id == txn_id,
+        )
+        .exists()
     )
+    # The order and whether this payment is already on record, in one round trip.
+    found = db.session.execute(
+        sa.select(Order, seen).where(
+            Order.out_trade_no == out_trade_no, Order.account_id == merchant.account_id
+        )
+    ).first()
+    order, recorded = (found[0], bool(found[1])) if found else (None, False)
     if order is not None and amount != order.amount_fen:
         # Tampered or wrong: record it for the operator, change nothing, and say FAIL.
         _record(
@@ -284,11 +297,7 @@ def _apply_payment(
         )  # fmt: skip
         db.session.commit()
         return False
-    if (
-        order is not None
-        and order.status is not OrderStatus.pending_payment
-        and _recorded(merchant.provider, txn_id)
-    ):
+    if order is not None and order.status is not OrderStatus.pending_payment and recorded:
         # A copy of a notification already applied (WeChat Pay sends several, Alipay sends
         # TRADE_FINISHED after TRADE_SUCCESS): one read, nothing to write.
         return True
@@ -311,19 +320,6 @@ def _apply_payment(
             orders.refund(order, "paid after the order closed")
     db.session.commit()
     return True
-
-
-def _recorded(provider_name: Provider, txn_id: str) -> bool:
-    return (
-        db.session.scalar(
-            sa.select(PaymentTransaction.id).where(
-                PaymentTransaction.provider == provider_name,
-                PaymentTransaction.kind == TxnKind.payment,
-                PaymentTransaction.provider_txn_id == txn_id,
-            )
-        )
-        is not None
-    )
 
 
 def _merchant(merchant_id: int, kind: Provider) -> Merchant | None:
