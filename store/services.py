@@ -232,6 +232,12 @@ def bind_phone_from_wechat(account_id: int, subscriber_id: int, code: str) -> Ph
         phone = normalise_phone(str(info.get("purePhoneNumber") or ""))
     except ValueError:
         raise InvalidInputError("请使用中国大陆手机号", fields={"code": ["not a mainland number"]}) from None
+    # WeChat vouches that the number is the user's, not that it is this operator's: ask the BOSS
+    # (a read), as the SMS path does, so no one binds a line we cannot serve.
+    try:
+        boss().balance(phone, timeout=current_app.config.get("INQUIRY_TIMEOUT", 1.5))
+    except BossError as exc:
+        raise _boss_problem(exc) from None
     return bind_phone(account_id, subscriber_id, phone, method="mp")
 
 

@@ -112,6 +112,15 @@ def test_a_watermark_of_another_app_is_refused(
     assert bindings() == []
 
 
+def test_a_number_the_operator_does_not_serve_is_not_bound(
+    client: Any, simulator: str, signed_in: dict[str, Any]
+) -> None:
+    """WeChat vouches for the number, not for the operator: the BOSS is asked, as on the SMS path."""
+    resp = bind(client, signed_in, phone_code(simulator, signed_in["appid"], "13800000000"))  # BOSS: unknown
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "boss_unknown_number"
+    assert bindings() == []
+
+
 def test_a_failure_keeps_the_earlier_binding(client: Any, simulator: str, signed_in: dict[str, Any]) -> None:
     assert (
         bind(client, signed_in, phone_code(simulator, signed_in["appid"], "13800138559")).status_code == 201
