@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -69,12 +70,21 @@ def on_template_report(ctx: CallbackContext) -> Reply | None:
     return None
 
 
+def _choices(ctx: CallbackContext, group: str) -> list[tuple[str, str]]:
+    """(template id, status) for every template of a popup or change event (several <List>s)."""
+    raw = ctx.message.get(f"{group}:items")
+    items = json.loads(raw) if raw else [ctx.message]
+    return [
+        (str(i.get("TemplateId") or ""), str(i.get("SubscribeStatusString") or "").lower()) for i in items
+    ]
+
+
 @router.register("event", "subscribe_msg_popup_event", priority=50)
 def on_subscribe_popup(ctx: CallbackContext) -> Reply | None:
     """The mini-program's subscribe popup: each ``accept`` is one more one-time authorisation."""
-    template_id = ctx.message.get("TemplateId") or ""
-    status = (ctx.message.get("SubscribeStatusString") or "").lower()
-    if template_id and status == "accept":
+    for template_id, status in _choices(ctx, "SubscribeMsgPopupEvent"):
+        if not template_id or status != "accept":
+            continue
         upsert(
             SubscribeAuthorization,
             [
@@ -98,13 +108,15 @@ def on_subscribe_popup(ctx: CallbackContext) -> Reply | None:
 @router.register("event", "subscribe_msg_change_event", priority=50)
 def on_subscribe_change(ctx: CallbackContext) -> Reply | None:
     """The user turned a template off in settings: what was authorised is void."""
-    if (ctx.message.get("SubscribeStatusString") or "").lower() == "reject":
+    for template_id, status in _choices(ctx, "SubscribeMsgChangeEvent"):
+        if status != "reject":
+            continue
         db.session.execute(
             sa.update(SubscribeAuthorization)
             .where(
                 SubscribeAuthorization.account_id == ctx.account.id,
                 SubscribeAuthorization.openid == ctx.openid,
-                SubscribeAuthorization.template_id == (ctx.message.get("TemplateId") or ""),
+                SubscribeAuthorization.template_id == template_id,
             )
             .values(remaining=0, updated_at=utcnow())
             .execution_options(synchronize_session=False)

@@ -469,3 +469,23 @@ def test_subscribe_messages_spend_one_time_authorisations(
     }
     assert got == {"oMP1": "sent", "oMP2": "skipped"}
     assert reports.authorisations(account.id, "oMP1") == {"SUB1": 0}
+
+
+def test_a_popup_with_several_templates_authorises_each_accepted_one(app: Flask, create_account: Any) -> None:
+    """WeChat sends one <List> per template in the popup: every accepted one counts, not the first."""
+    account, fields, target = create_account("plain", kind="mini_program")
+    lists = "".join(
+        f"<List><TemplateId><![CDATA[{tid}]]></TemplateId><SubscribeStatusString><![CDATA[{status}]]>"
+        "</SubscribeStatusString><PopupScene>0</PopupScene></List>"
+        for tid, status in (("SUB1", "accept"), ("SUB2", "accept"), ("SUB3", "reject"))
+    )
+    xml = (
+        f"<xml><ToUserName><![CDATA[{target.original_id}]]></ToUserName><FromUserName><![CDATA[oMPX]]>"
+        f"</FromUserName><CreateTime>{int(datetime.now().timestamp())}</CreateTime><MsgType><![CDATA[event]]>"
+        "</MsgType><Event><![CDATA[subscribe_msg_popup_event]]></Event>"
+        f"<SubscribeMsgPopupEvent>{lists}</SubscribeMsgPopupEvent></xml>"
+    )
+    args, body = signed_request(target, xml)
+    resp = app.test_client().post(f"/wechat/{fields['appid']}/callback", query_string=args, data=body)
+    assert resp.status_code == 200
+    assert reports.authorisations(account.id, "oMPX") == {"SUB1": 1, "SUB2": 1}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -64,6 +65,11 @@ def parse_xml(body: bytes) -> dict[str, str]:
             for sub in child.iter():
                 if sub is not child and not len(sub):
                     out.setdefault(sub.tag, (sub.text or "").strip())
+            # Repeated groups (a subscribe popup's several <List>s): every one, as JSON, since the
+            # flat fields above keep only the first.
+            items = [{g.tag: (g.text or "").strip() for g in item} for item in child if len(item)]
+            if items:
+                out[f"{child.tag}:items"] = json.dumps(items, ensure_ascii=False)
         else:
             out[child.tag] = child.text or ""
     return out
