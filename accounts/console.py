@@ -118,10 +118,11 @@ def paginate(query: Any, page: int | None = None, per_page: int = 25) -> Page:
     return Page(items, page, per_page, total)
 
 
-def console_blueprint(name: str, import_name: str) -> Blueprint:
-    """A blueprint of console pages under /console: any page about an account the user cannot see
-    is a 404 before the view runs, whatever the view does next (one rule for every domain)."""
-    bp = Blueprint(name, import_name, url_prefix="/console", template_folder="templates")
+def console_blueprint(name: str, import_name: str, url_prefix: str = "/console") -> Blueprint:
+    """A blueprint of console pages: any page about an account the user cannot see is a 404
+    before the view runs, whatever the view does next (one rule for every domain; a domain adds
+    its own checks for its own ids with another ``before_request``)."""
+    bp = Blueprint(name, import_name, url_prefix=url_prefix, template_folder="templates")
 
     @bp.before_request
     def _hide_other_accounts() -> None:

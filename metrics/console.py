@@ -12,28 +12,20 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Response, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from accounts import access as acl
-from accounts.console import check_url_ids, client_ip, current_access, load_user, login_required
+from accounts.console import client_ip, console_blueprint, current_access, login_required
 from metrics import charts, contracts, datacube, exports, queries, reports
 from metrics.registry import REGISTRY
 from metrics.rollups import today_in
 from wechat_service.errors import ForbiddenError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db
 
-bp = Blueprint("metrics_console", __name__, url_prefix="/console/metrics", template_folder="templates")
+bp = console_blueprint("metrics_console", __name__, "/console/metrics")
 
 Table = tuple[list[str], list[list[Any]]]
-
-
-@bp.before_request
-def _hide_other_accounts() -> None:
-    check_url_ids()
-    account_id = (request.view_args or {}).get("account_id")
-    if account_id is not None and load_user() is not None:
-        acl.account_for(current_access(), account_id, acl.VIEW)
 
 
 def _admin() -> None:

@@ -52,6 +52,7 @@ from wechat_service.errors import (
     NotFoundError,
     ServiceError,
     error_body,
+    register_error_page,
 )
 from wechat_service.extensions import db, get_redis
 from wechat_service.money import yuan
@@ -274,6 +275,10 @@ def _csrf_error(exc: CSRFError) -> ResponseReturnValue:
 def http_error_page(status: int) -> ResponseReturnValue:
     """An HTTP error (unknown page, wrong method…) on an /h5 path, as a page in Chinese."""
     return _message_page(status, BY_STATUS.get(status, "操作未能完成，请稍后再试"))
+
+
+# Unknown /h5 URLs and wrong methods never reach this blueprint's handlers: the app's do the work.
+register_error_page("/h5/", http_error_page)
 
 
 def _message_page(status: int, message: str) -> ResponseReturnValue:

@@ -9,12 +9,12 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 
 from accounts import access as acl
-from accounts.console import check_url_ids, client_ip, current_access, load_user, login_required, paginate
+from accounts.console import client_ip, console_blueprint, current_access, load_user, login_required, paginate
 from accounts.models import Account
 from templates_msg import operations, reports, services
 from templates_msg.models import CampaignState
@@ -22,19 +22,15 @@ from templates_msg.schemas import CampaignCreateSchema, _segment_out
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 
-bp = Blueprint("campaigns_console", __name__, url_prefix="/console", template_folder="templates")
+bp = console_blueprint("campaigns_console", __name__)
 
 
 @bp.before_request
-def _hide_other_accounts() -> None:
-    check_url_ids()
-    args = request.view_args or {}
-    if load_user() is None:
-        return
-    if args.get("account_id") is not None:
-        acl.account_for(current_access(), args["account_id"], acl.VIEW)
-    if args.get("campaign_id") is not None:
-        operations.campaign_for(current_access(), args["campaign_id"], acl.VIEW)
+def _hide_other_campaigns() -> None:
+    """A campaign of accounts the user cannot see is a 404 too (the factory checks account ids)."""
+    campaign_id = (request.view_args or {}).get("campaign_id")
+    if campaign_id is not None and load_user() is not None:
+        operations.campaign_for(current_access(), campaign_id, acl.VIEW)
 
 
 @bp.route("/accounts/<int:account_id>/templates", methods=["GET", "POST"])

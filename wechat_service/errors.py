@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, current_app, jsonify, redirect, render_template, request, url_for
@@ -58,16 +59,24 @@ def error_body(code: str, message: str, fields: dict[str, Any] | None = None) ->
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
+# Other page families (prefix → renderer of an HTTP status) register here, so the shell does not
+# import the domains that own them: e.g. the H5 store answers in Chinese on its own template.
+ERROR_PAGES: dict[str, Callable[[int], Any]] = {}
+
+
+def register_error_page(prefix: str, render: Callable[[int], Any]) -> None:
+    ERROR_PAGES[prefix] = render
+
+
 def _wants_page() -> bool:
-    """Console and H5 store pages get an HTML error page (or the sign-in page); the rest JSON."""
-    return request.path.startswith(("/console", "/h5/"))
+    """Console pages (and registered page families) get an HTML error page; the rest JSON."""
+    return request.path.startswith(("/console", *ERROR_PAGES))
 
 
 def _page(status: int, title: str, message: str):  # type: ignore[no-untyped-def]
-    if request.path.startswith("/h5/"):  # the subscriber's own store page, in Chinese
-        from store.views import http_error_page
-
-        return http_error_page(status)
+    for prefix, render in ERROR_PAGES.items():
+        if request.path.startswith(prefix):
+            return render(status)
     if status == 401:
         return redirect(url_for("console.login", next=request.full_path))
     return render_template("error.html", status=status, title=title, message=message), status
