@@ -67,6 +67,9 @@ def transition(
                 at=utcnow(),
             )
         )
+        from templates_msg import transactional
+
+        transactional.order_changed(order_id, target.value)  # the subscriber's notice, after commit
     return moved
 
 

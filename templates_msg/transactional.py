@@ -13,6 +13,7 @@ from templates_msg.models import Delivery, DeliveryStatus, TemplateKind, Transac
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
 from wechat_service.extensions import db, enqueue_after_commit, get_redis
+from wechat_service.money import yuan
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,14 @@ def send_now(
     return send(delivery_id)
 
 
+def order_changed(order_id: int, status: str) -> None:
+    """The store moved an order: paid, fulfilled and refunded get a notice, queued after commit."""
+    if status in ORDER_NOTICES:
+        from templates_msg import jobs
+
+        enqueue_after_commit("high", jobs.notify_order, order_id, status)
+
+
 def notify_order(order_id: int, status: str) -> str | None:
     """An order notice, if the account configured a template for it."""
     from accounts.models import Subscriber
@@ -146,7 +155,7 @@ def notify_order(order_id: int, status: str) -> str | None:
     product = db.session.get(Product, order.product_id)
     variables = {
         "out_trade_no": order.out_trade_no,
-        "amount": f"{order.amount_fen / 100:.2f}",
+        "amount": yuan(order.amount_fen),
         "product": product.name if product else "",
     }
     data = {k: str(v).format_map(_Default(variables)) for k, v in (config.data or {}).items()}

@@ -1,0 +1,74 @@
+"""Order notices: the store asks for them on its own transitions (paid, fulfilled, refunded), they
+go out through the transactional sender after commit, once per order and notice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+from flask import Flask
+
+from accounts.subscribers import touch
+from payments import services as payments
+from store import catalogue, jobs, orders
+from store import services as store_services
+from store.models import Order
+from templates_msg import jobs as campaign_jobs
+from templates_msg import transactional
+from tests import helpers
+from wechat_service.extensions import db, get_queue
+
+OPENID = "oNOTE000000001"
+
+
+def test_paid_and_fulfilled_orders_notify_the_subscriber_once(
+    app: Flask, create_account: Any, simulator: str
+) -> None:
+    account, fields, _ = create_account("plain")
+    appid = fields["appid"]
+    requests.post(
+        f"{simulator}/_sim/accounts/{appid}/templates",
+        json={"templates": [{"template_id": "TPL_PAID", "title": "支付成功", "content": "{{first.DATA}}"}]},
+        timeout=5,
+    ).raise_for_status()
+    requests.post(  # the subscriber follows at WeChat: oNOTE000000000, oNOTE000000001
+        f"{simulator}/_sim/accounts/{appid}/followers", json={"count": 2, "prefix": "oNOTE0"}, timeout=5
+    ).raise_for_status()
+    merchant = helpers.register_merchant(simulator, account.id)["merchant"]
+    transactional.set_template(
+        account.id, "order_paid", "TPL_PAID", {"first": "订单 {out_trade_no} 已支付 {amount} 元（{product}）"}
+    )
+    product = catalogue.add_product(
+        account_id=account.id, code="n30", name="30 元话费", kind="topup", price_fen=2990, face_value_fen=3000
+    )
+    sub = touch(account.id, OPENID, None)
+    store_services.bind_phone(account.id, sub.id, "13800139210", method="sms")
+    order = orders.create_order(account.id, sub.id, product.id, "notice-key-0001", "wechatpay_v3")
+    payments.prepay(order, OPENID, product.name)
+    db.session.commit()
+    get_queue("high").empty()
+    note = requests.post(
+        f"{simulator}/_sim/wechatpay/pay",
+        json={"out_trade_no": order.out_trade_no, "deliver": False},
+        timeout=10,
+    ).json()
+    for _ in range(2):  # a resent notification asks for no second notice
+        resp = app.test_client().post(
+            f"/payments/wechatpay/v3/{merchant.id}/notify",
+            headers=note["headers"],
+            data=note["body"].encode(),
+        )
+        assert resp.status_code == 204
+    queued = [j.args for j in get_queue("high").jobs if j.func_name.endswith("notify_order")]
+    assert queued == [(order.id, "paid")]
+    assert campaign_jobs.notify_order(order.id, "paid") == "sent"
+    assert campaign_jobs.notify_order(order.id, "paid") == "duplicate"  # a rerun job: once per key
+    sent = requests.get(f"{simulator}/_sim/accounts/{appid}", timeout=5).json()["template_messages"]
+    paid = [m for m in sent if m["template_id"] == "TPL_PAID"]
+    assert len(paid) == 1 and paid[0]["touser"] == OPENID
+    assert paid[0]["data"]["first"]["value"] == f"订单 {order.out_trade_no} 已支付 29.90 元（30 元话费）"
+    db.session.expire_all()
+    assert jobs.fulfil(db.session.get(Order, order.id).fulfilment_id) == "succeeded"
+    queued = [j.args for j in get_queue("high").jobs if j.func_name.endswith("notify_order")]
+    assert (order.id, "fulfilled") in queued  # asked for; no template configured, so nothing is sent
+    assert campaign_jobs.notify_order(order.id, "fulfilled") is None
