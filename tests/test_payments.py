@@ -287,3 +287,20 @@ def test_a_second_prepay_of_the_same_order_is_the_same_request(
     time.sleep(1.1)  # a later second: a clock-based expiry would differ now
     again = payments.prepay(order, "oPAY0000000001", "30 元话费")
     assert again["prepay_id"] == first["prepay_id"]
+
+
+def test_a_broken_platform_key_answers_fail_not_500(app: Flask, shop: dict[str, Any], simulator: str) -> None:
+    """A configuration problem is logged and answered with WeChat Pay's failure reply, so it sends
+    the notification again once the operator fixed the key; the order stays unpaid meanwhile."""
+    order, _ = _order(shop)
+    headers, body = _notification(simulator, order)
+    shop["merchant"].platform_public_key = "-----BEGIN PUBLIC KEY-----\nbroken\n-----END PUBLIC KEY-----"
+    db.session.commit()
+    resp = _notify(app, shop, headers, body)
+    assert resp.status_code == 503 and resp.get_json() == {
+        "code": "FAIL",
+        "message": "merchant configuration problem",
+    }
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 0

@@ -256,3 +256,16 @@ def test_a_second_v2_prepay_of_the_same_order_is_the_same_request(shop: dict[str
     time.sleep(1.1)
     again = payments.prepay(order, OPENID, "20 元话费", client_ip="10.0.0.8")
     assert again["prepay_id"] == first["prepay_id"]
+
+
+def test_a_broken_configuration_answers_fail_not_500(app: Flask, create_account: Any, simulator: str) -> None:
+    shop = _shop(create_account, simulator, "MD5")
+    order, _ = _order(shop)
+    body = _paid(simulator, order)
+    shop["merchant"].sign_type = "SHA1"  # a row no form can write, say from an old import
+    db.session.commit()
+    resp = _notify(app, shop, body)
+    assert resp.status_code == 503
+    assert "<return_code><![CDATA[FAIL]]></return_code>" in resp.get_data(as_text=True)
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
