@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from flask import Flask
 
 from accounts.subscribers import touch
-from payments.models import PaymentTransaction
+from payments.models import PaymentTransaction, Refund
 from store import catalogue, jobs, orders
 from store import services as store_services
 from store.models import Fulfilment, Order, OrderStatus
@@ -121,10 +121,11 @@ def test_forged_notifications_change_nothing(
     order, _ = _order(shop)
     headers, body = _notification(simulator, order)
     if forgery == "body":
+        signed_body = body
         body = body.replace('"summary":"支付成功"', '"summary":"x"').replace(
             '"summary": "支付成功"', '"summary": "x"'
         )
-        assert "x" in body
+        assert body != signed_body  # the signed text really changed
     elif forgery == "signature":
         headers["Wechatpay-Signature"] = base64.b64encode(b"\x00" * 256).decode()
     elif forgery == "serial":
@@ -271,7 +272,14 @@ def test_staff_refund_a_fulfilled_order_by_hand(
     entry = db.session.scalars(sa.select(AuditLog).where(AuditLog.action == "order.refund")).one()
     assert entry.after["amount_fen"] == 2990 and entry.after["reason"] == "customer complaint"
     page = manager.get(f"/console/accounts/{shop['account'].id}/orders/{order.id}").get_data(as_text=True)
-    assert "refunded" in page and "payment" in page and "refund" in page
+    refund = db.session.scalars(sa.select(Refund).where(Refund.order_id == order.id)).one()
+    txns = db.session.scalars(
+        sa.select(PaymentTransaction).where(PaymentTransaction.order_id == order.id)
+    ).all()
+    assert sorted(t.kind.value for t in txns) == ["payment", "refund"]
+    # The page lists this refund and both provider transactions, by their numbers.
+    assert f"<code>{refund.out_refund_no}</code>" in page
+    assert all(f"<code>{t.provider_txn_id}</code>" in page for t in txns)
 
 
 def test_a_second_prepay_of_the_same_order_is_the_same_request(

@@ -4,6 +4,7 @@ JSAPI prepay, notifications applied once, refunds finished by the encrypted refu
 from __future__ import annotations
 
 import hashlib
+import hmac
 from datetime import timedelta
 from typing import Any
 
@@ -35,9 +36,16 @@ def test_signature_matches_the_official_example() -> None:
         "body": "test",
         "nonce_str": "ibuaiVcKdpRxkhJA",
     }
-    assert sign(params, "192006250b4c09247ec02edce69f6a2d") == "9A0A8659F005D6984697E2CA0A9CF3B7"
-    hmac_sig = sign(params, "192006250b4c09247ec02edce69f6a2d", "HMAC-SHA256")
-    assert len(hmac_sig) == 64 and hmac_sig.isupper()
+    key = "192006250b4c09247ec02edce69f6a2d"
+    # The string WeChat Pay's example signs: sorted k=v pairs, then &key=.
+    text = (
+        "appid=wxd930ea5d5a258f4f&body=test&device_info=1000&mch_id=10000100"
+        f"&nonce_str=ibuaiVcKdpRxkhJA&key={key}"
+    )
+    assert hashlib.md5(text.encode()).hexdigest().upper() == "9A0A8659F005D6984697E2CA0A9CF3B7"  # noqa: S324
+    assert sign(params, key) == "9A0A8659F005D6984697E2CA0A9CF3B7"  # the published value
+    hmac_sig = sign(params, key, "HMAC-SHA256")
+    assert hmac_sig == hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest().upper()
     for signature in ("9A0A8659F005D6984697E2CA0A9CF3B7", hmac_sig):
         assert signature_valid({**params, "sign": signature}, "192006250b4c09247ec02edce69f6a2d")
         assert not signature_valid(
