@@ -494,13 +494,18 @@ def reconcile_pending(order: Any) -> str:
 
 
 def close_at_provider(order: Any) -> bool:
-    """Close an unpaid order at WeChat Pay first, so it cannot be paid after we close it."""
+    """Close an unpaid order at WeChat Pay first, so it cannot be paid after we close it. False:
+    it must not close — WeChat Pay answered ORDERPAID (paid since we last asked, its notification
+    not here yet), so it is queried now and marked paid."""
     if order.provider == Provider.alipay.value:
         return True  # an Alipay trade expires on its own (timeout_express); a late payment is refunded
     try:
         provider(merchant_for(order.account_id, order.provider)).close(order.out_trade_no)
     except PaymentProviderError as exc:
         if (exc.detail or {}).get("code") == "ORDERPAID":
+            state = reconcile_pending(order)
+            if state != "paid":  # paid per the close, not per the query: leave it open, ask again later
+                log.warning("order %s: close says ORDERPAID, query says %s", order.out_trade_no, state)
             return False
         if (exc.detail or {}).get("code") not in ("ORDER_NOT_EXIST", "ORDERCLOSED"):
             raise

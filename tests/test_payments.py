@@ -312,3 +312,22 @@ def test_a_broken_platform_key_answers_fail_not_500(app: Flask, shop: dict[str, 
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
     assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 0
+
+
+def test_closing_an_order_wechat_pay_reports_paid_marks_it_paid(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    """Paid between our last query and the close: WeChat Pay answers ORDERPAID to the close. The
+    order must not close; it is queried and marked paid (its notification may come later)."""
+    from payments import services as payments
+
+    order, _ = _order(shop)
+    _notification(simulator, order)  # paid at WeChat Pay; the notification is not here yet
+    assert payments.close_at_provider(order) is False
+    db.session.commit()
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1
+    headers, body = _notification(simulator, order)  # the late notification: no second effect
+    assert _notify(app, shop, headers, body).status_code == 204
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1

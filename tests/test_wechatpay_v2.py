@@ -277,3 +277,17 @@ def test_a_broken_configuration_answers_fail_not_500(app: Flask, create_account:
     assert "<return_code><![CDATA[FAIL]]></return_code>" in resp.get_data(as_text=True)
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
+
+
+def test_closing_an_order_wechat_pay_reports_paid_marks_it_paid(
+    app: Flask, create_account: Any, simulator: str
+) -> None:
+    from payments import services as payments
+
+    shop = _shop(create_account, simulator, "HMAC-SHA256")
+    order, _ = _order(shop)
+    _paid(simulator, order)  # paid at WeChat Pay; the notification is not here yet
+    assert payments.close_at_provider(order) is False  # closeorder answered ORDERPAID
+    db.session.commit()
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
