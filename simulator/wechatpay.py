@@ -311,9 +311,13 @@ def tradebill() -> ResponseReturnValue:
     if not text:
         return fail(400, "NO_STATEMENT_EXIST", "no statement for that day")
     raw = text.encode("utf-8")
+    served = raw
+    if merchant["mchid"] in bills.faults().corrupt:  # damaged in transit: one digit changed
+        at = next(i for i, b in enumerate(raw) if b in b"123456789")
+        served = raw[:at] + (b"0" if raw[at] != ord("0") else b"1") + raw[at + 1 :]
     token = secrets.token_urlsafe(16)
     with state().lock:
-        state().bills[token] = gzip.compress(raw)
+        state().bills[token] = gzip.compress(served)
     return signed(
         200,
         {
