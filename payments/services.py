@@ -16,14 +16,29 @@ import sqlalchemy as sa
 from flask import current_app
 
 from payments.models import Merchant, PaymentTransaction, Provider, TxnKind
-from payments.providers.alipay import PAID_STATES, AlipayProvider, yuan_to_fen
+from payments.providers.alipay import (
+    PAID_STATES,
+    AlipayProvider,
+    private_key_pem,
+    public_key_pem,
+    yuan_to_fen,
+)
 from payments.providers.wechatpay_v2 import WeChatPayV2
 from payments.providers.wechatpay_v3 import NotificationError, PaymentProviderError, WeChatPayV3
 from wechat_service.dbtypes import utcnow
-from wechat_service.errors import InvalidInputError, NotFoundError
+from wechat_service.errors import InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db
 
 log = logging.getLogger(__name__)
+
+
+class MerchantConfigError(ServiceError):
+    """A merchant's stored configuration cannot be used (a key that does not load, say): an
+    operator has to fix it; notifications meanwhile get the provider's failure reply (so the
+    provider retries), never a 500."""
+
+    code = "merchant_misconfigured"
+    status = 503
 
 
 def add_merchant(
@@ -65,6 +80,17 @@ def add_merchant(
 def add_alipay_merchant(
     account_id: int, *, app_id: str, seller_id: str, app_private_key: str, alipay_public_key: str
 ) -> Merchant:
+    problems: dict[str, list[str]] = {}
+    try:  # Alipay's console shows bare base64; the SDK and OpenSSL want PEM: store PEM
+        alipay_public_key = public_key_pem(alipay_public_key)
+    except ValueError:
+        problems["alipay_public_key"] = ["not an RSA public key (PEM or base64)"]
+    try:
+        app_private_key = private_key_pem(app_private_key)
+    except ValueError:
+        problems["app_private_key"] = ["not an RSA private key (PEM or base64)"]
+    if problems:
+        raise InvalidInputError("the Alipay keys are not valid", fields=problems)
     merchant = db.session.scalar(
         sa.select(Merchant).where(Merchant.account_id == account_id, Merchant.provider == Provider.alipay)
     )
@@ -151,7 +177,13 @@ def provider(merchant: Merchant) -> Any:
     cached = _providers.get(merchant.id)
     if cached and cached[0] == fingerprint:
         return cached[1]
-    client = _build_provider(merchant, cfg)
+    try:
+        client = _build_provider(merchant, cfg)
+    except Exception as exc:  # noqa: BLE001 - whatever the SDK or OpenSSL raise on a stored configuration
+        # The type only: a key parser's message could quote the secret.
+        raise MerchantConfigError(
+            f"the {merchant.provider.value} merchant {merchant.id} cannot be used ({type(exc).__name__})"
+        ) from None
     _providers[merchant.id] = (fingerprint, client)
     return client
 
@@ -462,13 +494,18 @@ def reconcile_pending(order: Any) -> str:
 
 
 def close_at_provider(order: Any) -> bool:
-    """Close an unpaid order at WeChat Pay first, so it cannot be paid after we close it."""
+    """Close an unpaid order at WeChat Pay first, so it cannot be paid after we close it. False:
+    it must not close — WeChat Pay answered ORDERPAID (paid since we last asked, its notification
+    not here yet), so it is queried now and marked paid."""
     if order.provider == Provider.alipay.value:
         return True  # an Alipay trade expires on its own (timeout_express); a late payment is refunded
     try:
         provider(merchant_for(order.account_id, order.provider)).close(order.out_trade_no)
     except PaymentProviderError as exc:
         if (exc.detail or {}).get("code") == "ORDERPAID":
+            state = reconcile_pending(order)
+            if state != "paid":  # paid per the close, not per the query: leave it open, ask again later
+                log.warning("order %s: close says ORDERPAID, query says %s", order.out_trade_no, state)
             return False
         if (exc.detail or {}).get("code") not in ("ORDER_NOT_EXIST", "ORDERCLOSED"):
             raise

@@ -1,13 +1,31 @@
-"""Provider-facing notification endpoints: they keep the provider's reply format."""
+"""Provider-facing notification endpoints: they keep the provider's reply format — also when the
+merchant's configuration is broken (logged; the failure reply makes the provider retry later)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from flask import Blueprint, Response, current_app, request
 
 from payments import services
+from wechat_service.extensions import db
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _configured(merchant_id: int, handle: Callable[[], T], failure: T) -> T:
+    """The handler's answer, or ``failure`` when the merchant's configuration cannot be used."""
+    try:
+        return handle()
+    except services.MerchantConfigError as exc:
+        db.session.rollback()
+        log.error("payment notification for merchant %s not processed: %s", merchant_id, exc.message)
+        return failure
+
 
 bp = Blueprint("payments", __name__, url_prefix="/payments")
 MAX_ID = 2**31 - 1
@@ -24,7 +42,12 @@ def wechatpay_v3(merchant_id: int) -> Response:
         return Response(
             json.dumps({"code": "FAIL", "message": "body too large"}), 413, content_type="application/json"
         )
-    status, payload = services.handle_wechatpay_v3(merchant_id, dict(request.headers), body)
+    headers = dict(request.headers)
+    status, payload = _configured(
+        merchant_id,
+        lambda: services.handle_wechatpay_v3(merchant_id, headers, body),
+        (503, {"code": "FAIL", "message": "merchant configuration problem"}),
+    )
     # WeChat Pay: 200/204 with no body means received; anything else (4xx/5xx + code) is retried.
     return Response(json.dumps(payload) if payload else b"", status, content_type="application/json")
 
@@ -35,7 +58,11 @@ def _v2(merchant_id: int, handler: Callable[[int, bytes], tuple[int, str]]) -> R
     body = request.get_data(cache=False)
     if len(body) > current_app.config["CALLBACK_MAX_BODY"]:
         return Response(services.v2_fail("body too large"), 413, content_type="text/xml")
-    status, xml = handler(merchant_id, body)
+    status, xml = _configured(
+        merchant_id,
+        lambda: handler(merchant_id, body),
+        (503, services.v2_fail("merchant configuration problem")),
+    )
     return Response(xml, status, content_type="text/xml")
 
 
@@ -57,4 +84,5 @@ def alipay(merchant_id: int) -> Response:
         return Response("failure", 413, content_type="text/plain")
     # Values form-decoded once, empty ones included: exactly what Alipay signed.
     form = {k: v for k, v in request.form.items(multi=False)}
-    return Response(services.handle_alipay(merchant_id, form), 200, content_type="text/plain")
+    answer = _configured(merchant_id, lambda: services.handle_alipay(merchant_id, form), "failure")
+    return Response(answer, 200, content_type="text/plain")

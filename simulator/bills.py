@@ -38,6 +38,7 @@ class Faults:
     lock: threading.Lock = field(default_factory=threading.Lock)
     drop: dict[str, set[str]] = field(default_factory=dict)
     amount: dict[str, dict[str, int]] = field(default_factory=dict)
+    corrupt: set[str] = field(default_factory=set)  # the file differs from its announced hash
 
 
 def faults() -> Faults:
@@ -46,7 +47,8 @@ def faults() -> Faults:
 
 @admin.post("/statement-faults")
 def statement_faults() -> ResponseReturnValue:
-    """{"merchant": mchid or app_id, "drop": [out_trade_no…], "amount": {out_trade_no: fen}}."""
+    """{"merchant": mchid or app_id, "drop": [out_trade_no…], "amount": {out_trade_no: fen},
+    "corrupt": true (WeChat Pay v3: the downloaded file no longer matches its hash_value)}."""
     data = request.get_json(silent=True) or {}
     merchant = str(data.get("merchant", ""))
     with faults().lock:
@@ -54,6 +56,8 @@ def statement_faults() -> ResponseReturnValue:
         faults().amount.setdefault(merchant, {}).update(
             {str(k): int(v) for k, v in (data.get("amount") or {}).items()}
         )
+        if data.get("corrupt"):
+            faults().corrupt.add(merchant)
     return jsonify({"ok": True})
 
 

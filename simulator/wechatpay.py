@@ -209,6 +209,8 @@ def refund() -> ResponseReturnValue:
         if amount.get("total") != order["amount"] or not 0 < int(amount.get("refund", 0)) <= order["amount"]:
             return fail(400, "PARAM_ERROR", "refund amount invalid")
         existing = state().refunds.get(str(data.get("out_refund_no")))
+        if existing is not None:
+            existing["asked"] += 1  # the same refund asked again: still one refund
         if existing is None:
             refunded = sum(
                 r["amount"] for r in state().refunds.values() if r["out_trade_no"] == order["out_trade_no"]
@@ -230,6 +232,7 @@ def refund() -> ResponseReturnValue:
                 "notify_url": data.get("notify_url"),
                 "created_at": datetime.now(UTC).isoformat(),
                 "success_time": datetime.now(UTC).isoformat() if status == "SUCCESS" else None,
+                "asked": 1,
             }
             state().refunds[existing["out_refund_no"]] = existing
             order["trade_state"] = "REFUND"
@@ -308,9 +311,13 @@ def tradebill() -> ResponseReturnValue:
     if not text:
         return fail(400, "NO_STATEMENT_EXIST", "no statement for that day")
     raw = text.encode("utf-8")
+    served = raw
+    if merchant["mchid"] in bills.faults().corrupt:  # damaged in transit: one digit changed
+        at = next(i for i, b in enumerate(raw) if b in b"123456789")
+        served = raw[:at] + (b"0" if raw[at] != ord("0") else b"1") + raw[at + 1 :]
     token = secrets.token_urlsafe(16)
     with state().lock:
-        state().bills[token] = gzip.compress(raw)
+        state().bills[token] = gzip.compress(served)
     return signed(
         200,
         {
@@ -471,6 +478,21 @@ def notifications() -> ResponseReturnValue:
     """What was posted for each paid order: the first copies' answers and every retry's."""
     with state().lock:
         return jsonify([dict(n) for n in state().notifications])
+
+
+@admin.get("/refunds")
+def refund_ledger() -> ResponseReturnValue:
+    """The refund ledger: every refund this WeChat Pay made (of one order with ``out_trade_no``),
+    each once, with how many times it was asked for."""
+    wanted = request.args.get("out_trade_no")
+    with state().lock:
+        return jsonify(
+            [
+                {k: r[k] for k in ("out_refund_no", "out_trade_no", "amount", "status", "asked")}
+                for r in state().refunds.values()
+                if wanted is None or r["out_trade_no"] == wanted
+            ]
+        )
 
 
 @admin.post("/refunds/<out_refund_no>/finish")

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from store import catalogue
 from store import fulfilment as fulfilments
-from store.models import Order, OrderEvent, OrderStatus, Product
+from store.models import Order, OrderEvent, OrderStatus, PhoneBinding, Product
 from store.services import binding_of
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
@@ -73,6 +73,66 @@ def transition(
     return moved
 
 
+def claim(account_id: int, subscriber_id: int, product: Product) -> PhoneBinding:
+    """The guards every way of getting a product passes — a paid order and a points exchange
+    alike — inside the caller's transaction, with the subscriber already locked
+    (``lock_subscriber``): on sale, a bound phone, the per-subscriber limit counted over both
+    orders and points exchanges still standing, and one unit of stock taken (given back by
+    ``give_back_stock`` when the purchase ends without the subscriber keeping it)."""
+    from store.models import HoldStatus, PointsHold
+
+    if not catalogue.on_sale(product):
+        raise ServiceError("this product is not on sale", code="not_on_sale", status=409)
+    binding = binding_of(account_id, subscriber_id)
+    if binding is None:
+        raise ServiceError("bind a phone number first", code="phone_required", status=409)
+    if product.per_subscriber_limit is not None:
+        ordered = (
+            sa.select(sa.func.count())
+            .select_from(Order)
+            .where(
+                Order.account_id == account_id,
+                Order.subscriber_id == subscriber_id,
+                Order.product_id == product.id,
+                Order.status.not_in([OrderStatus.closed, OrderStatus.refunded]),
+            )
+            .scalar_subquery()
+        )
+        exchanged = (
+            sa.select(sa.func.count())
+            .select_from(PointsHold)
+            .where(
+                PointsHold.account_id == account_id,
+                PointsHold.subscriber_id == subscriber_id,
+                PointsHold.product_id == product.id,
+                PointsHold.status != HoldStatus.released,
+            )
+            .scalar_subquery()
+        )
+        if db.session.scalar(sa.select(ordered + exchanged)) >= product.per_subscriber_limit:
+            raise ServiceError("purchase limit reached", code="limit_reached", status=409)
+    if product.stock is not None:
+        taken = db.session.execute(
+            sa.update(Product)
+            .where(Product.id == product.id, Product.stock > 0)
+            .values(stock=Product.stock - 1)
+            .execution_options(synchronize_session=False)
+        )
+        if taken.rowcount != 1:
+            raise ServiceError("sold out", code="sold_out", status=409)
+    return binding
+
+
+def give_back_stock(product_id: int) -> None:
+    """The unit ``claim`` took goes back (a product without stock counting is left alone)."""
+    db.session.execute(
+        sa.update(Product)
+        .where(Product.id == product_id, Product.stock.is_not(None))
+        .values(stock=Product.stock + 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def create_order(
     account_id: int,
     subscriber_id: int,
@@ -100,33 +160,7 @@ def create_order(
             raise ConflictError("this client_key was used for another product")
         return existing
     product = catalogue.product_for(account_id, product_id)
-    if not catalogue.on_sale(product):
-        raise ServiceError("this product is not on sale", code="not_on_sale", status=409)
-    binding = binding_of(account_id, subscriber_id)
-    if binding is None:
-        raise ServiceError("bind a phone number first", code="phone_required", status=409)
-    if product.per_subscriber_limit is not None:
-        bought = db.session.scalar(
-            sa.select(sa.func.count())
-            .select_from(Order)
-            .where(
-                Order.account_id == account_id,
-                Order.subscriber_id == subscriber_id,
-                Order.product_id == product.id,
-                Order.status.not_in([OrderStatus.closed, OrderStatus.refunded]),
-            )
-        )
-        if bought >= product.per_subscriber_limit:
-            raise ServiceError("purchase limit reached", code="limit_reached", status=409)
-    if product.stock is not None:
-        taken = db.session.execute(
-            sa.update(Product)
-            .where(Product.id == product.id, Product.stock > 0)
-            .values(stock=Product.stock - 1)
-            .execution_options(synchronize_session=False)
-        )
-        if taken.rowcount != 1:
-            raise ServiceError("sold out", code="sold_out", status=409)
+    binding = claim(account_id, subscriber_id, product)
     from store import coupons
 
     coupon, discount_fen = (
@@ -208,12 +242,7 @@ def release_stock(order: Order) -> None:
     from store import coupons
 
     coupons.release(order.id)
-    db.session.execute(
-        sa.update(Product)
-        .where(Product.id == order.product_id, Product.stock.is_not(None))
-        .values(stock=Product.stock + 1)
-        .execution_options(synchronize_session=False)
-    )
+    give_back_stock(order.product_id)
 
 
 def settle(fulfilment_id: int) -> str | None:

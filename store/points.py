@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from store import catalogue
+from accounts.subscribers import lock_subscriber
+from store import catalogue, orders
 from store import fulfilment as fulfilments
 from store.boss import BossError, BossUnavailableError, boss
 from store.models import HoldStatus, PointsHold
-from store.services import binding_of
 from wechat_service.dbtypes import utcnow
-from wechat_service.errors import InvalidInputError, ServiceError
+from wechat_service.errors import ConflictError, InvalidInputError, ServiceError
 from wechat_service.extensions import db, enqueue_after_commit
 
 
 def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: str) -> PointsHold:
+    """Idempotent on the client's key; the same guards as a paid order (``orders.claim``: stock,
+    per-subscriber limit, the subscriber serialised), then the debit at the BOSS."""
     if not client_key or not 8 <= len(client_key) <= 64:
         raise InvalidInputError("client_key: 8 to 64 characters", fields={"client_key": ["invalid"]})
+    # One subscriber's concurrent exchanges (and orders) queue here, so the limit check sees them.
+    lock_subscriber(subscriber_id)
     existing = db.session.scalar(
         sa.select(PointsHold).where(
             PointsHold.account_id == account_id,
@@ -28,13 +32,13 @@ def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: s
         )
     )
     if existing is not None:
+        if existing.product_id != product_id:
+            raise ConflictError("this client_key was used for another product")
         return existing
     product = catalogue.product_for(account_id, product_id)
-    if not product.points_price or not catalogue.on_sale(product):
+    if not product.points_price:
         raise ServiceError("this product cannot be exchanged for points", code="not_exchangeable", status=409)
-    binding = binding_of(account_id, subscriber_id)
-    if binding is None:
-        raise ServiceError("bind a phone number first", code="phone_required", status=409)
+    binding = orders.claim(account_id, subscriber_id, product)
     hold = PointsHold(
         account_id=account_id,
         subscriber_id=subscriber_id,
@@ -46,7 +50,9 @@ def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: s
         created_at=utcnow(),
     )
     db.session.add(hold)
-    db.session.commit()  # the hold exists before the BOSS is asked: a crash after the debit is traceable
+    # The hold (and the unit of stock it took) exists before the BOSS is asked: a crash after the
+    # debit is traceable, and the subscriber's lock is released for their next purchase.
+    db.session.commit()
     key = f"points-hold-{hold.id:08d}"
     try:
         boss().points_debit(binding.phone, hold.points, f"exchange {product.code}", key)
@@ -60,7 +66,7 @@ def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: s
                     "积分系统暂时不可用，请稍后再试", code="boss_unavailable", status=503
                 ) from None
         if not debited:
-            _move(hold.id, HoldStatus.released)  # nothing was taken
+            _release(hold)  # nothing was taken
             db.session.commit()
             if exc.code == "INSUFFICIENT_POINTS":
                 raise ServiceError("积分不足", code="insufficient_points", status=409) from None
@@ -97,9 +103,17 @@ def settle(fulfilment_id: int) -> str | None:
         boss().points_credit(
             hold.phone, hold.points, f"release {product.code}", f"points-release-{hold.id:08d}"
         )
-        if _move(hold.id, HoldStatus.released):
+        if _release(hold):
             return f"积分兑换未能完成，{hold.points} 积分已退回。"
     return None
+
+
+def _release(hold: PointsHold) -> bool:
+    """The exchange did not happen: the hold ends released and its unit of stock goes back."""
+    if not _move(hold.id, HoldStatus.released):
+        return False
+    orders.give_back_stock(hold.product_id)
+    return True
 
 
 def _move(hold_id: int, target: HoldStatus) -> bool:

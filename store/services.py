@@ -34,8 +34,21 @@ from wechat_service.money import yuan
 
 CACHE_TTL = 60
 PENDING_TTL = 300
-SENDS_PER_HOUR = 5
 VERIFY_ATTEMPTS = 5
+# Binding codes sent per hour, by who asks, to which number and from which account (an SMS costs
+# money and can be aimed at someone else's phone). Overridable: WECHAT_SERVICE_SMS_BIND_PER_…_HOUR.
+SMS_LIMITS = {"SUBSCRIBER": 5, "PHONE": 5, "ACCOUNT": 2000}
+# Every window is checked before any is counted, in one step: a refused send counts nowhere, and
+# parallel sends cannot both pass a limit with one left. The window starts with the first send.
+_SEND_QUOTA = """
+for i, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[i]) then return i end
+end
+for _, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 then redis.call('EXPIRE', key, 3600) end
+end
+return 0
+"""
 
 
 class ThrottledError(ServiceError):
@@ -132,12 +145,7 @@ def start_binding(account_id: int, subscriber_id: int, phone: str) -> dict[str, 
     except ValueError:
         raise InvalidInputError("请输入 11 位手机号", fields={"phone": ["invalid"]}) from None
     conn = get_redis()
-    sends = f"bind:sends:{account_id}:{subscriber_id}"
-    count = conn.incr(sends)
-    if count == 1:
-        conn.expire(sends, 3600)
-    if count > SENDS_PER_HOUR:
-        raise ThrottledError("验证码发送太频繁，请一小时后再试")
+    _take_sms_quota(conn, account_id, subscriber_id, phone)
     try:
         result = boss().send_sms(phone, "bind")
     except BossError as exc:
@@ -148,6 +156,27 @@ def start_binding(account_id: int, subscriber_id: int, phone: str) -> dict[str, 
         pipe.set(f"{key}:attempts", 0, ex=PENDING_TTL)
         pipe.execute()
     return {"phone": mask_phone(phone), "expires_in": int(result.get("expires_in", PENDING_TTL))}
+
+
+def _take_sms_quota(conn: Any, account_id: int, subscriber_id: int, phone: str) -> None:
+    """Count one binding SMS against the subscriber's, the number's and the account's hourly
+    limits, or refuse it (ThrottledError) with the limit it hit — counting nothing then."""
+    limits = {
+        name: int(current_app.config.get(f"SMS_BIND_PER_{name}_HOUR", default))
+        for name, default in SMS_LIMITS.items()
+    }
+    keys = [
+        f"bind:sends:{account_id}:{subscriber_id}",
+        f"bind:sends:phone:{phone_hash(phone)}",  # every account: the number's owner is one person
+        f"bind:sends:account:{account_id}",
+    ]
+    hit = conn.register_script(_SEND_QUOTA)(keys=keys, args=list(limits.values()))  # EVALSHA
+    if hit == 1:
+        raise ThrottledError("验证码发送太频繁，请一小时后再试")
+    if hit == 2:
+        raise ThrottledError("该手机号接收验证码太频繁，请一小时后再试", code="phone_sms_limited")
+    if hit == 3:
+        raise ThrottledError("验证码发送繁忙，请稍后再试", code="account_sms_limited")
 
 
 def has_pending_binding(account_id: int, subscriber_id: int) -> bool:

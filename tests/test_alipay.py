@@ -176,3 +176,71 @@ def test_alipay_refund_whose_first_answer_was_lost_is_confirmed_by_the_refund_qu
     assert refund.out_refund_no == number
     db.session.expire_all()
     assert db.session.get(Refund, refund.id).status is RefundStatus.success
+
+
+def _bare(pem: str) -> str:
+    """A key as Alipay's console shows it: the base64 body alone, on one line."""
+    return "".join(line for line in pem.strip().splitlines() if not line.startswith("-----"))
+
+
+def test_bare_base64_keys_are_accepted_on_save(app: Flask, shop: dict[str, Any], simulator: str) -> None:
+    from payments import services as payments
+
+    merchant = shop["alipay_merchant"]
+    public_pem, private_pem = merchant.platform_public_key, merchant.private_key
+    saved = payments.add_alipay_merchant(
+        shop["account"].id,
+        app_id=shop["alipay_app_id"],
+        seller_id=shop["seller_id"],
+        app_private_key=_bare(private_pem),
+        alipay_public_key=_bare(public_pem),
+    )
+    db.session.commit()
+    assert saved.platform_public_key.startswith("-----BEGIN PUBLIC KEY-----")  # stored as PEM
+    assert _bare(saved.platform_public_key) == _bare(public_pem)
+    order, url = _order(shop)
+    assert requests.get(url, timeout=10).status_code == 200  # our request still signs
+    assert _notify(app, shop, _form(simulator, order)) == "success"
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
+
+
+def test_an_existing_row_with_a_bare_key_is_normalised_on_use(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    merchant = shop["alipay_merchant"]
+    merchant.platform_public_key = _bare(merchant.platform_public_key)  # saved before the check
+    db.session.commit()
+    order, url = _order(shop)
+    requests.get(url, timeout=10)
+    assert _notify(app, shop, _form(simulator, order)) == "success"
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
+
+
+def test_a_key_that_is_not_one_is_refused_on_save(shop: dict[str, Any]) -> None:
+    from payments import services as payments
+    from wechat_service.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError) as exc:
+        payments.add_alipay_merchant(
+            shop["account"].id,
+            app_id=shop["alipay_app_id"],
+            seller_id=shop["seller_id"],
+            app_private_key=shop["alipay_merchant"].private_key,
+            alipay_public_key="MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA-not-a-key",
+        )
+    assert set(exc.value.fields) == {"alipay_public_key"}
+
+
+def test_a_broken_key_answers_failure_not_500(app: Flask, shop: dict[str, Any], simulator: str) -> None:
+    order, url = _order(shop)
+    requests.get(url, timeout=10)
+    form = _form(simulator, order)
+    shop["alipay_merchant"].platform_public_key = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtruncated"
+    db.session.commit()
+    resp = app.test_client().post(f"/payments/alipay/{shop['alipay_merchant'].id}/notify", data=form)
+    assert (resp.status_code, resp.get_data(as_text=True)) == (200, "failure")  # Alipay sends it again
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 0

@@ -196,3 +196,49 @@ def test_a_session_is_required(client: Any, simulator: str, signed_in: dict[str,
     resp = client.post(f"/api/mp/{signed_in['appid']}/phone/wechat", json={"code": code})
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "invalid_session"
     assert bindings() == []
+
+
+def _sms_sends(simulator: str) -> int:
+    calls = requests.get(f"{simulator}/_sim/boss/lines/13800138999", timeout=5).json()["calls"]
+    return int(calls.get("sms/send", 0))
+
+
+def _another(client: Any, simulator: str, who: dict[str, Any], openid: str) -> dict[str, Any]:
+    body = login(client, who["appid"], js_code(simulator, who["appid"], openid)).get_json()
+    return {**who, "headers": {"Authorization": f"Bearer {body['token']}"}}
+
+
+def _sms(client: Any, who: dict[str, Any], phone: str) -> Any:
+    return client.post(f"/api/mp/{who['appid']}/phone/sms", json={"phone": phone}, headers=who["headers"])
+
+
+def test_binding_codes_to_one_number_are_limited_per_hour(
+    app: Flask, client: Any, simulator: str, signed_in: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several subscribers (or accounts) cannot together text one number more than the hourly
+    limit: the limit is per number, refused before the BOSS is asked, and said clearly."""
+    monkeypatch.setitem(app.config, "SMS_BIND_PER_PHONE_HOUR", 1)
+    before = _sms_sends(simulator)
+    assert _sms(client, signed_in, "13800138661").status_code == 202
+    other = _another(client, simulator, signed_in, "oPHONE0002")
+    resp = _sms(client, other, "13800138661")
+    assert resp.status_code == 429
+    error = resp.get_json()["error"]
+    assert (error["code"], error["message"]) == (
+        "phone_sms_limited",
+        "该手机号接收验证码太频繁，请一小时后再试",
+    )
+    assert _sms_sends(simulator) == before + 1  # the BOSS never heard of the second one
+    assert _sms(client, other, "13800138662").status_code == 202  # another number: fine
+
+
+def test_binding_codes_of_one_account_are_limited_per_hour(
+    app: Flask, client: Any, simulator: str, signed_in: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(app.config, "SMS_BIND_PER_ACCOUNT_HOUR", 2)
+    before = _sms_sends(simulator)
+    subscribers = [signed_in] + [_another(client, simulator, signed_in, f"oPHONE00{i}") for i in (3, 4)]
+    statuses = [_sms(client, who, f"1380013867{i}").status_code for i, who in enumerate(subscribers)]
+    assert statuses == [202, 202, 429]
+    assert _sms(client, subscribers[2], "13800138679").get_json()["error"]["code"] == "account_sms_limited"
+    assert _sms_sends(simulator) == before + 2

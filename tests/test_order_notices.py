@@ -72,3 +72,71 @@ def test_paid_and_fulfilled_orders_notify_the_subscriber_once(
     queued = [j.args for j in get_queue("high").jobs if j.func_name.endswith("notify_order")]
     assert (order.id, "fulfilled") in queued  # asked for; no template configured, so nothing is sent
     assert campaign_jobs.notify_order(order.id, "fulfilled") is None
+
+
+def test_fulfilled_and_refunded_notices_arrive_once_each(
+    app: Flask, create_account: Any, simulator: str
+) -> None:
+    """Both notices end at WeChat: one template message per order and notice, however often the
+    queued jobs run."""
+    account, fields, _ = create_account("plain")
+    appid = fields["appid"]
+    requests.post(
+        f"{simulator}/_sim/accounts/{appid}/templates",
+        json={
+            "templates": [
+                {"template_id": "TPL_DONE", "title": "办理成功", "content": "{{first.DATA}}"},
+                {"template_id": "TPL_BACK", "title": "退款成功", "content": "{{first.DATA}}"},
+            ]
+        },
+        timeout=5,
+    ).raise_for_status()
+    requests.post(
+        f"{simulator}/_sim/accounts/{appid}/followers", json={"count": 3, "prefix": "oNOTE0"}, timeout=5
+    ).raise_for_status()
+    merchant = helpers.register_merchant(simulator, account.id)["merchant"]
+    transactional.set_template(account.id, "order_fulfilled", "TPL_DONE", {"first": "{out_trade_no} 已办理"})
+    transactional.set_template(
+        account.id, "order_refunded", "TPL_BACK", {"first": "{out_trade_no} 退 {amount} 元"}
+    )
+    product = catalogue.add_product(
+        account_id=account.id, code="n10", name="10 元话费", kind="topup", price_fen=990, face_value_fen=1000
+    )
+    done_sub, back_sub = touch(account.id, "oNOTE000000001", None), touch(account.id, "oNOTE000000002", None)
+    store_services.bind_phone(account.id, done_sub.id, "13800139211", method="sms")
+    store_services.bind_phone(account.id, back_sub.id, "13800000000", method="sms")  # the BOSS refuses it
+    made = []
+    for sub, openid in ((done_sub, "oNOTE000000001"), (back_sub, "oNOTE000000002")):
+        order = orders.create_order(account.id, sub.id, product.id, f"notice-{sub.id:08d}", "wechatpay_v3")
+        payments.prepay(order, openid, product.name)
+        db.session.commit()
+        note = requests.post(
+            f"{simulator}/_sim/wechatpay/pay",
+            json={"out_trade_no": order.out_trade_no, "deliver": False},
+            timeout=10,
+        ).json()
+        resp = app.test_client().post(
+            f"/payments/wechatpay/v3/{merchant.id}/notify",
+            headers=note["headers"],
+            data=note["body"].encode(),
+        )
+        assert resp.status_code == 204
+        made.append(order)
+    db.session.expire_all()
+    assert jobs.fulfil(db.session.get(Order, made[0].id).fulfilment_id) == "succeeded"
+    assert jobs.fulfil(db.session.get(Order, made[1].id).fulfilment_id) == "failed"
+    db.session.expire_all()
+    assert [db.session.get(Order, o.id).status.value for o in made] == ["fulfilled", "refunded"]
+    queued = [j.args for j in get_queue("high").jobs if j.func_name.endswith("notify_order")]
+    assert (made[0].id, "fulfilled") in queued and (made[1].id, "refunded") in queued
+    for args in queued * 2:  # each job run twice: still one message per notice
+        campaign_jobs.notify_order(*args)
+    sent = requests.get(f"{simulator}/_sim/accounts/{appid}", timeout=5).json()["template_messages"]
+    done = [m for m in sent if m["template_id"] == "TPL_DONE"]
+    back = [m for m in sent if m["template_id"] == "TPL_BACK"]
+    assert [(m["touser"], m["data"]["first"]["value"]) for m in done] == [
+        ("oNOTE000000001", f"{made[0].out_trade_no} 已办理")
+    ]
+    assert [(m["touser"], m["data"]["first"]["value"]) for m in back] == [
+        ("oNOTE000000002", f"{made[1].out_trade_no} 退 9.90 元")
+    ]

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from flask import Flask
 
 from accounts.subscribers import touch
-from payments.models import PaymentTransaction
+from payments.models import PaymentTransaction, Refund
 from store import catalogue, jobs, orders
 from store import services as store_services
 from store.models import Fulfilment, Order, OrderStatus
@@ -121,10 +121,11 @@ def test_forged_notifications_change_nothing(
     order, _ = _order(shop)
     headers, body = _notification(simulator, order)
     if forgery == "body":
+        signed_body = body
         body = body.replace('"summary":"支付成功"', '"summary":"x"').replace(
             '"summary": "支付成功"', '"summary": "x"'
         )
-        assert "x" in body
+        assert body != signed_body  # the signed text really changed
     elif forgery == "signature":
         headers["Wechatpay-Signature"] = base64.b64encode(b"\x00" * 256).decode()
     elif forgery == "serial":
@@ -271,7 +272,14 @@ def test_staff_refund_a_fulfilled_order_by_hand(
     entry = db.session.scalars(sa.select(AuditLog).where(AuditLog.action == "order.refund")).one()
     assert entry.after["amount_fen"] == 2990 and entry.after["reason"] == "customer complaint"
     page = manager.get(f"/console/accounts/{shop['account'].id}/orders/{order.id}").get_data(as_text=True)
-    assert "refunded" in page and "payment" in page and "refund" in page
+    refund = db.session.scalars(sa.select(Refund).where(Refund.order_id == order.id)).one()
+    txns = db.session.scalars(
+        sa.select(PaymentTransaction).where(PaymentTransaction.order_id == order.id)
+    ).all()
+    assert sorted(t.kind.value for t in txns) == ["payment", "refund"]
+    # The page lists this refund and both provider transactions, by their numbers.
+    assert f"<code>{refund.out_refund_no}</code>" in page
+    assert all(f"<code>{t.provider_txn_id}</code>" in page for t in txns)
 
 
 def test_a_second_prepay_of_the_same_order_is_the_same_request(
@@ -287,3 +295,39 @@ def test_a_second_prepay_of_the_same_order_is_the_same_request(
     time.sleep(1.1)  # a later second: a clock-based expiry would differ now
     again = payments.prepay(order, "oPAY0000000001", "30 元话费")
     assert again["prepay_id"] == first["prepay_id"]
+
+
+def test_a_broken_platform_key_answers_fail_not_500(app: Flask, shop: dict[str, Any], simulator: str) -> None:
+    """A configuration problem is logged and answered with WeChat Pay's failure reply, so it sends
+    the notification again once the operator fixed the key; the order stays unpaid meanwhile."""
+    order, _ = _order(shop)
+    headers, body = _notification(simulator, order)
+    shop["merchant"].platform_public_key = "-----BEGIN PUBLIC KEY-----\nbroken\n-----END PUBLIC KEY-----"
+    db.session.commit()
+    resp = _notify(app, shop, headers, body)
+    assert resp.status_code == 503 and resp.get_json() == {
+        "code": "FAIL",
+        "message": "merchant configuration problem",
+    }
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 0
+
+
+def test_closing_an_order_wechat_pay_reports_paid_marks_it_paid(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    """Paid between our last query and the close: WeChat Pay answers ORDERPAID to the close. The
+    order must not close; it is queried and marked paid (its notification may come later)."""
+    from payments import services as payments
+
+    order, _ = _order(shop)
+    _notification(simulator, order)  # paid at WeChat Pay; the notification is not here yet
+    assert payments.close_at_provider(order) is False
+    db.session.commit()
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1
+    headers, body = _notification(simulator, order)  # the late notification: no second effect
+    assert _notify(app, shop, headers, body).status_code == 204
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1

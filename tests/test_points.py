@@ -94,3 +94,97 @@ def test_failed_fulfilment_credits_the_points_back(shop: dict[str, Any], simulat
     assert _line(simulator, shop["phone"])["points"] == before + 1
     jobs.fulfil(hold.fulfilment_id)  # again: no second credit
     assert _line(simulator, shop["phone"])["points"] == before + 1
+
+
+def _exchangeable(shop: dict[str, Any], **fields: Any) -> Any:
+    product = catalogue.add_product(
+        account_id=shop["account"].id,
+        code=fields.pop("code"),
+        name="5 元话费",
+        kind="topup",
+        price_fen=500,
+        face_value_fen=500,
+        points_price=1,
+        **fields,
+    )
+    db.session.commit()
+    return product
+
+
+def test_exchange_takes_stock_like_an_order(shop: dict[str, Any]) -> None:
+    from store import orders
+    from store.models import Product
+
+    product = _exchangeable(shop, code="stock1", stock=1)
+    points.exchange(shop["account"].id, shop["sub"].id, product.id, "points-stock-0001")
+    db.session.commit()
+    assert db.session.scalar(sa.select(Product.stock).where(Product.id == product.id)) == 0
+    with pytest.raises(ServiceError) as exc:
+        points.exchange(shop["account"].id, shop["sub"].id, product.id, "points-stock-0002")
+    assert exc.value.code == "sold_out"
+    db.session.rollback()
+    with pytest.raises(ServiceError) as exc:  # and the paid path sees the same stock
+        orders.create_order(shop["account"].id, shop["sub"].id, product.id, "order-stock-03", "wechatpay_v3")
+    assert exc.value.code == "sold_out"
+
+
+def test_exchange_counts_towards_the_per_subscriber_limit(shop: dict[str, Any]) -> None:
+    from store import orders
+
+    product = _exchangeable(shop, code="limit1", per_subscriber_limit=1)
+    points.exchange(shop["account"].id, shop["sub"].id, product.id, "points-limit-0001")
+    db.session.commit()
+    with pytest.raises(ServiceError) as exc:
+        points.exchange(shop["account"].id, shop["sub"].id, product.id, "points-limit-0002")
+    assert exc.value.code == "limit_reached"
+    db.session.rollback()
+    with pytest.raises(ServiceError) as exc:  # one limit across orders and exchanges
+        orders.create_order(shop["account"].id, shop["sub"].id, product.id, "order-limit-03", "wechatpay_v3")
+    assert exc.value.code == "limit_reached"
+
+
+def test_refused_debit_gives_the_stock_back(shop: dict[str, Any]) -> None:
+    from store.models import Product
+
+    dear = catalogue.add_product(
+        account_id=shop["account"].id, code="dear1", name="dear", kind="voucher", price_fen=1,
+        points_price=shop["have"] + 1, stock=1, per_subscriber_limit=1,
+    )  # fmt: skip
+    db.session.commit()
+    with pytest.raises(ServiceError) as exc:
+        points.exchange(shop["account"].id, shop["sub"].id, dear.id, "points-dear-0001")
+    assert exc.value.code == "insufficient_points"
+    assert db.session.scalar(sa.select(Product.stock).where(Product.id == dear.id)) == 1
+    with pytest.raises(ServiceError) as exc:  # a released hold does not count towards the limit
+        points.exchange(shop["account"].id, shop["sub"].id, dear.id, "points-dear-0002")
+    assert exc.value.code == "insufficient_points"
+
+
+def test_failed_fulfilment_gives_the_stock_back(shop: dict[str, Any]) -> None:
+    from store.models import Fulfilment, FulfilmentStatus, Product
+
+    product = _exchangeable(shop, code="stockback", stock=1)
+    hold = points.exchange(shop["account"].id, shop["sub"].id, product.id, "points-back-0001")
+    db.session.commit()
+    db.session.execute(
+        sa.update(Fulfilment)
+        .where(Fulfilment.id == hold.fulfilment_id)
+        .values(status=FulfilmentStatus.failed, error="test: refused")
+    )
+    db.session.commit()
+    jobs.fulfil(hold.fulfilment_id)
+    db.session.expire_all()
+    assert db.session.get(PointsHold, hold.id).status is HoldStatus.released
+    assert db.session.scalar(sa.select(Product.stock).where(Product.id == product.id)) == 1
+    jobs.fulfil(hold.fulfilment_id)  # settled once: the stock is not given back twice
+    assert db.session.scalar(sa.select(Product.stock).where(Product.id == product.id)) == 1
+
+
+def test_client_key_of_another_product_is_refused(shop: dict[str, Any]) -> None:
+    from wechat_service.errors import ConflictError
+
+    points.exchange(shop["account"].id, shop["sub"].id, shop["cheap"].id, "points-key-0009")
+    db.session.commit()
+    other = _exchangeable(shop, code="other")
+    with pytest.raises(ConflictError):
+        points.exchange(shop["account"].id, shop["sub"].id, other.id, "points-key-0009")

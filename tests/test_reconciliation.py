@@ -236,3 +236,20 @@ def test_no_statement_while_money_moved_is_a_failed_run_retried_hourly(
     assert reconciliation.reconcile(clean["merchant"].id, _today()).status is ReconStatus.matched
     # Tomorrow: the unpublished one is tried again, the finished one is left alone.
     assert reconciliation.reconcile_day(now=tomorrow_noon) == {"failed": 1}
+
+
+def test_a_statement_that_does_not_match_its_hash_is_refused(
+    app: Flask, create_account: Any, simulator: str
+) -> None:
+    """WeChat Pay v3 announces the bill's SHA-1 (hash_value): a damaged download fails the run with
+    the reason, and nothing read from it is recorded."""
+    from payments.models import ReconciliationItem
+
+    shop = _shop(create_account, simulator, "wechatpay_v3")
+    _pay(app, shop, simulator, 1)
+    _faults(simulator, shop, corrupt=True)
+    run = reconciliation.reconcile(shop["merchant"].id, _today())
+    assert run.status is ReconStatus.failed
+    assert run.error == "statement does not match its announced SHA-1"
+    assert (run.statement_rows, run.matched) == (0, 0)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(ReconciliationItem)) == 0

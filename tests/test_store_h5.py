@@ -543,3 +543,18 @@ def test_order_states_are_labelled(app: Flask, shop: dict[str, Any], simulator: 
         "29.90",
         "1234.56",
     ]
+
+
+def test_binding_codes_to_one_number_are_limited_with_a_clear_message(
+    app: Flask, shop: dict[str, Any], simulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(app.config, "SMS_BIND_PER_PHONE_HOUR", 1)
+    appid, phone = shop["appid"], _phone()
+    for openid, expected in (("oSMSLIMIT0000001", 200), ("oSMSLIMIT0000002", 429)):
+        h5 = H5(app, simulator, appid)
+        h5.login(openid)
+        resp = h5.post(f"/h5/{appid}/phone/sms", {"phone": phone}, token_from=f"/h5/{appid}/phone")
+        assert resp.status_code == expected
+    body = resp.get_data(as_text=True)
+    assert '<p class="notice error" role="alert">该手机号接收验证码太频繁，请一小时后再试</p>' in body
+    assert "请输入正确的手机号" not in body  # the number is fine: it is only limited

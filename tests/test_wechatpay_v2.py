@@ -4,6 +4,7 @@ JSAPI prepay, notifications applied once, refunds finished by the encrypted refu
 from __future__ import annotations
 
 import hashlib
+import hmac
 from datetime import timedelta
 from typing import Any
 
@@ -35,9 +36,16 @@ def test_signature_matches_the_official_example() -> None:
         "body": "test",
         "nonce_str": "ibuaiVcKdpRxkhJA",
     }
-    assert sign(params, "192006250b4c09247ec02edce69f6a2d") == "9A0A8659F005D6984697E2CA0A9CF3B7"
-    hmac_sig = sign(params, "192006250b4c09247ec02edce69f6a2d", "HMAC-SHA256")
-    assert len(hmac_sig) == 64 and hmac_sig.isupper()
+    key = "192006250b4c09247ec02edce69f6a2d"
+    # The string WeChat Pay's example signs: sorted k=v pairs, then &key=.
+    text = (
+        "appid=wxd930ea5d5a258f4f&body=test&device_info=1000&mch_id=10000100"
+        f"&nonce_str=ibuaiVcKdpRxkhJA&key={key}"
+    )
+    assert hashlib.md5(text.encode()).hexdigest().upper() == "9A0A8659F005D6984697E2CA0A9CF3B7"  # noqa: S324
+    assert sign(params, key) == "9A0A8659F005D6984697E2CA0A9CF3B7"  # the published value
+    hmac_sig = sign(params, key, "HMAC-SHA256")
+    assert hmac_sig == hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest().upper()
     for signature in ("9A0A8659F005D6984697E2CA0A9CF3B7", hmac_sig):
         assert signature_valid({**params, "sign": signature}, "192006250b4c09247ec02edce69f6a2d")
         assert not signature_valid(
@@ -256,3 +264,30 @@ def test_a_second_v2_prepay_of_the_same_order_is_the_same_request(shop: dict[str
     time.sleep(1.1)
     again = payments.prepay(order, OPENID, "20 元话费", client_ip="10.0.0.8")
     assert again["prepay_id"] == first["prepay_id"]
+
+
+def test_a_broken_configuration_answers_fail_not_500(app: Flask, create_account: Any, simulator: str) -> None:
+    shop = _shop(create_account, simulator, "MD5")
+    order, _ = _order(shop)
+    body = _paid(simulator, order)
+    shop["merchant"].sign_type = "SHA1"  # a row no form can write, say from an old import
+    db.session.commit()
+    resp = _notify(app, shop, body)
+    assert resp.status_code == 503
+    assert "<return_code><![CDATA[FAIL]]></return_code>" in resp.get_data(as_text=True)
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
+
+
+def test_closing_an_order_wechat_pay_reports_paid_marks_it_paid(
+    app: Flask, create_account: Any, simulator: str
+) -> None:
+    from payments import services as payments
+
+    shop = _shop(create_account, simulator, "HMAC-SHA256")
+    order, _ = _order(shop)
+    _paid(simulator, order)  # paid at WeChat Pay; the notification is not here yet
+    assert payments.close_at_provider(order) is False  # closeorder answered ORDERPAID
+    db.session.commit()
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilling

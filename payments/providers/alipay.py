@@ -35,7 +35,7 @@ from alipay.aop.api.request.AlipayTradeRefundRequest import AlipayTradeRefundReq
 from alipay.aop.api.request.AlipayTradeWapPayRequest import AlipayTradeWapPayRequest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from payments.providers.wechatpay_v3 import NotificationError, PaymentProviderError
 from wechat_service.money import fen_of, yuan
@@ -58,6 +58,42 @@ def fen_to_yuan(fen: int) -> str:
     return yuan(fen)
 
 
+def _der(text: str) -> bytes:
+    return base64.b64decode("".join(text.split()), validate=True)
+
+
+def public_key_pem(text: str) -> str:
+    """Alipay's public key as PEM, given as PEM or as the bare base64 Alipay's console shows;
+    ValueError if it is neither (an RSA public key, that is)."""
+    text = (text or "").strip()
+    if text.startswith("-----BEGIN"):
+        key = serialization.load_pem_public_key(text.encode())
+    else:
+        key = serialization.load_der_public_key(_der(text))
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("not an RSA public key")
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def private_key_pem(text: str) -> str:
+    """The app private key as the PKCS#1 PEM the SDK requires, given as PEM (PKCS#1 or #8) or as
+    bare base64; ValueError if it is neither."""
+    text = (text or "").strip()
+    if text.startswith("-----BEGIN"):
+        key = serialization.load_pem_private_key(text.encode(), password=None)
+    else:
+        key = serialization.load_der_private_key(_der(text), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("not an RSA private key")
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+
+
 class AlipayProvider:
     provider = "alipay"
 
@@ -73,6 +109,11 @@ class AlipayProvider:
         timeout: int = 10,
     ) -> None:
         self.app_id, self.seller_id, self.notify_url = app_id, seller_id, notify_url
+        # Rows saved before keys were normalised on save may hold bare base64: normalise on use too.
+        alipay_public_key, app_private_key = (
+            public_key_pem(alipay_public_key),
+            private_key_pem(app_private_key),
+        )
         config = AlipayClientConfig()
         config.server_url = gateway  # never the SDK's sandbox_debug host
         config.app_id = app_id

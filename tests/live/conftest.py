@@ -132,7 +132,7 @@ def live_stack(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         }
     )
     stack = Live(base=f"http://127.0.0.1:{port}", sim=simulator, env=env, app=app, logs=logs)
-    web = stack.start("web", "web", "--port", str(port), "--workers", "2")
+    web = stack.start("web", "web", "--port", str(port), "--workers", "2", "--threads", "16")
     stack.start("worker", "worker")
     helpers.wait_http(f"{stack.base}/healthz", web)
     yield stack
