@@ -83,6 +83,11 @@ def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _describe(access: acl.Access, account: Any, health: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Secrets' last characters only for those who may manage the account's settings."""
+    return services.describe_account(account, health, secret_tails=access.can(acl.EDIT, account.id))
+
+
 def _page(items: list[Any], page: Any) -> dict[str, Any]:
     return {"items": items, "page": page.page, "per_page": page.per_page, "total": page.total}
 
@@ -107,8 +112,12 @@ def overview() -> ResponseReturnValue:
 @blp.arguments(PageQuerySchema, location="query")
 @signed_in
 def account_list(query: dict[str, Any]) -> ResponseReturnValue:
-    page = paginate(acl.scoped_accounts(current_access()), query["page"], query["per_page"])
-    return _page(AccountSchema(many=True).dump([services.describe_account(a) for a in page.items]), page)
+    access = current_access()
+    page = paginate(acl.scoped_accounts(access), query["page"], query["per_page"])
+    return _page(
+        AccountSchema(many=True).dump([_describe(access, a) for a in page.items]),
+        page,
+    )
 
 
 @blp.post("/accounts")
@@ -128,8 +137,9 @@ def account_create(data: dict[str, Any]) -> ResponseReturnValue:
 @blp.response(200, AccountSchema)
 @signed_in
 def account_get(account_id: int) -> ResponseReturnValue:
-    account = acl.account_for(current_access(), account_id, acl.VIEW)
-    return services.describe_account(account, token_health(account.appid))
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.VIEW)
+    return _describe(access, account, token_health(account.appid))
 
 
 @blp.patch("/accounts/<int:account_id>")
@@ -388,6 +398,16 @@ def grant_create(data: dict[str, Any], user_id: int) -> ResponseReturnValue:
 @signed_in
 def grant_delete(user_id: int, grant_id: int) -> ResponseReturnValue:
     operations.revoke(current_access(), user_id, grant_id, client_ip())
+    db.session.commit()
+    return ""
+
+
+@blp.post("/staff/<int:user_id>/sign-out-everywhere")
+@blp.response(204)
+@signed_in
+def staff_sign_out_everywhere(user_id: int) -> ResponseReturnValue:
+    """End every console session of the user (admins only)."""
+    operations.sign_out_everywhere(current_access(), user_id, client_ip())
     db.session.commit()
     return ""
 

@@ -14,6 +14,7 @@ from flask import Blueprint, current_app, flash, redirect, request, session, url
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
+from accounts import staff as staff_services
 from accounts.access import Access, access_for
 from accounts.models import StaffUser
 from wechat_service.errors import ServiceError
@@ -34,24 +35,31 @@ def check_url_ids() -> None:
 
 
 def client_ip() -> str:
-    # Behind a proxy, configure ProxyFix (werkzeug) so remote_addr is the client's.
+    # Behind proxies, WECHAT_SERVICE_TRUSTED_PROXIES (werkzeug's ProxyFix, set up in create_app)
+    # makes remote_addr the client's; with the default 0 no X-Forwarded-For is believed.
     return request.remote_addr or "unknown"
 
 
 def sign_in(user: StaffUser) -> None:
+    """A new session (renewed cookie and CSRF token) under the user's current generation."""
     session.clear()
     session.permanent = True
     session["uid"] = user.id
-    session["pwd_at"] = user.password_changed_at.timestamp() if user.password_changed_at else 0
+    session["gen"] = user.session_generation
     session["seen"] = time.time()
 
 
-def sign_out() -> None:
+def sign_out(user: StaffUser | None = None) -> None:
+    """End the session here and, when we know whose it is, on the server too: a copy of the
+    cookie kept from before is refused (every session of the user ends: one generation each)."""
+    if user is not None:
+        staff_services.end_sessions(user)
     session.clear()
 
 
 def load_user() -> StaffUser | None:
-    """The signed-in user, or None: signed out, idle too long, deactivated, or password changed."""
+    """The signed-in user, or None: signed out, idle too long, deactivated, or the session ended
+    on the server (logout, password change, sign out everywhere: the generation moved on)."""
     # Cached on the request (not on g: an app context may outlive one request).
     env = request.environ
     if "wechat_service.console_user" in env:
@@ -61,10 +69,7 @@ def load_user() -> StaffUser | None:
     idle = current_app.config.get("CONSOLE_IDLE_TIMEOUT", IDLE_TIMEOUT)
     if uid and time.time() - float(session.get("seen", 0)) <= idle:
         candidate = db.session.get(StaffUser, uid)
-        changed = (
-            candidate.password_changed_at.timestamp() if candidate and candidate.password_changed_at else 0
-        )
-        if candidate and candidate.is_active and abs(changed - float(session.get("pwd_at", 0))) < 1e-3:
+        if candidate and candidate.is_active and session.get("gen") == candidate.session_generation:
             user = candidate
             session["seen"] = time.time()
     if user is None and uid:

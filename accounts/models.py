@@ -265,6 +265,11 @@ class StaffUser(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Sessions carry the generation they were signed in under; bumping it (logout, password
+    # change, "sign out everywhere") ends every session issued before, whatever cookies survive.
+    session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The last TOTP time step accepted (unix time // 30): a code is good once, never replayed.
+    totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class Grant(db.Model):

@@ -249,6 +249,15 @@ def set_staff_active(access: Access, user_id: int, active: bool, ip: str) -> Sta
     return user
 
 
+def sign_out_everywhere(access: Access, user_id: int, ip: str) -> StaffUser:
+    """End every console session of a user (a lost laptop, a departing colleague)."""
+    acl.require(access, acl.STAFF)
+    user = staff.user_by_id(user_id)
+    staff.end_sessions(user)
+    staff.audit(access.user_id, "staff.sign_out_everywhere", target=user.username, ip=ip)
+    return user
+
+
 def refund_order(
     access: Access, account_id: int, order_id: int, reason: str, ip: str, amount_fen: int | None = None
 ) -> Any:

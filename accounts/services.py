@@ -269,8 +269,21 @@ def callback_url(account: Account) -> str:
     return f"{current_app.config['PUBLIC_BASE_URL']}/wechat/{account.appid}/callback"
 
 
-def describe_account(account: Account, token_health: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The account as the CLI and APIs show it: secrets masked, never in clear."""
+SECRET_SET = "set"  # noqa: S105 - a label, not a password
+
+
+def describe_account(
+    account: Account, token_health: dict[str, Any] | None = None, *, secret_tails: bool = True
+) -> dict[str, Any]:
+    """The account as the CLI and APIs show it: secrets masked, never in clear. With
+    ``secret_tails`` off (roles that may not manage the account's settings) not even their last
+    characters: only whether each is set ("set", or "" when not)."""
+
+    def shown(value: str | None) -> str:
+        if secret_tails:
+            return mask(value)
+        return SECRET_SET if value else ""
+
     out = {
         "id": account.id,
         "name": account.name,
@@ -282,10 +295,10 @@ def describe_account(account: Account, token_health: dict[str, Any] | None = Non
         "timezone": account.timezone,
         "org_unit": account.org_unit.code if account.org_unit else None,
         "org_path": org_path(account.org_unit),
-        "app_secret": mask(account.app_secret),
-        "token": mask(account.token),
-        "aes_key": mask(account.aes_key),
-        "previous_aes_key": mask(account.previous_aes_key),
+        "app_secret": shown(account.app_secret),
+        "token": shown(account.token),
+        "aes_key": shown(account.aes_key),
+        "previous_aes_key": shown(account.previous_aes_key),
         "aes_key_rotated_at": account.aes_key_rotated_at.isoformat() if account.aes_key_rotated_at else None,
         "callback_url": callback_url(account),
         "created_at": account.created_at.isoformat() if account.created_at else None,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import re
+import time
 from typing import Any
 
 import pyotp
@@ -93,31 +95,45 @@ def _throttle_keys(username: str, ip: str) -> tuple[str, str]:
 
 
 def authenticate(username: str, password: str, ip: str, totp_code: str | None = None) -> StaffUser:
-    """Check a login; failures count per user and per IP in Redis, shared by every web process."""
+    """Check a login; attempts count per user and per IP in Redis, shared by every web process.
+
+    The attempt is counted *before* the password is checked (one atomic MULTI of INCRs), so
+    parallel guesses cannot all pass a read-then-check gate: at most ``USER_FAILURES`` of them
+    ever reach the password. A correct password gives its count back."""
     username = (username or "").strip().lower()
     conn = get_redis()
     user_key, ip_key = _throttle_keys(username, ip)
-    user_fails, ip_fails = (int(v or 0) for v in conn.mget(user_key, ip_key))
-    if user_fails >= USER_FAILURES or ip_fails >= IP_FAILURES:
+    pipe = conn.pipeline()  # MULTI/EXEC: both counters move together
+    for key in (user_key, ip_key):
+        pipe.set(key, 0, ex=WINDOW, nx=True)  # the window starts at the first failure
+        pipe.incr(key)
+    _, user_count, _, ip_count = pipe.execute()
+    if user_count > USER_FAILURES or ip_count > IP_FAILURES:
         raise ThrottledError("too many failed logins; try again in 15 minutes")
     user = db.session.scalar(sa.select(StaffUser).where(StaffUser.username == username))
     # The same scrypt work whether the user exists or not: timing tells nothing.
     ok = check_password_hash(user.password_hash if user else _dummy_hash(), password or "")
     ok = bool(ok and user and user.is_active)
     if ok and user.totp_secret:
-        ok = bool(totp_code) and pyotp.TOTP(user.totp_secret).verify(totp_code, valid_window=1)
-        if not ok and not totp_code:
+        if not totp_code:
+            # The password was right: not a failure, the code is still to come.
+            _forgive(conn, user_key, ip_key)
             raise LoginError("enter the code from your authenticator app", code="totp_required")
+        ok = accept_totp(user, totp_code)
     if not ok:
-        pipe = conn.pipeline()
-        for key in (user_key, ip_key):
-            pipe.incr(key)
-            pipe.expire(key, WINDOW)
-        pipe.execute()
         raise LoginError("wrong username, password or code")
     conn.delete(user_key)
+    _forgive(conn, None, ip_key)
     user.last_login_at = utcnow()
     return user
+
+
+def _forgive(conn: Any, user_key: str | None, ip_key: str) -> None:
+    pipe = conn.pipeline()
+    if user_key:
+        pipe.decr(user_key)
+    pipe.decr(ip_key)
+    pipe.execute()
 
 
 _DUMMY: list[str] = []
@@ -135,6 +151,15 @@ def change_password(user: StaffUser, current: str, new: str) -> None:
     _check_password_strength(user.username, new)
     user.password_hash = hash_password(new)
     user.password_changed_at = utcnow()
+    end_sessions(user)
+
+
+def end_sessions(user: StaffUser) -> None:
+    """Every session signed in before now stops working at its next request (logout, password
+    change, an administrator's "sign out everywhere"). Atomic in SQL: two at once both count."""
+    user.session_generation = StaffUser.session_generation + 1  # type: ignore[assignment]
+    db.session.flush()
+    db.session.refresh(user, ["session_generation"])
 
 
 def start_totp() -> tuple[str, str]:
@@ -142,17 +167,74 @@ def start_totp() -> tuple[str, str]:
     return secret, pyotp.TOTP(secret).provisioning_uri(name="wechat-service", issuer_name="wechat-service")
 
 
-def enable_totp(user: StaffUser, secret: str, code: str) -> None:
+def _matching_step(secret: str, code: str) -> int | None:
+    """The time step (unix time // 30) whose code this is: now, or one step either side."""
+    totp = pyotp.TOTP(secret)
+    code = (code or "").strip()
+    now = int(time.time()) // totp.interval
+    for step in (now, now - 1, now + 1):
+        if hmac.compare_digest(totp.at(step * totp.interval), code):
+            return step
+    return None
+
+
+def accept_totp(user: StaffUser, code: str) -> bool:
+    """True once per code: the step is recorded with a conditional UPDATE, so a replay (or two
+    requests racing with one code) finds it taken, as does any older step."""
+    if not user.totp_secret:
+        return False
+    step = _matching_step(user.totp_secret, code)
+    if step is None:
+        return False
+    taken = db.session.execute(
+        sa.update(StaffUser)
+        .where(
+            StaffUser.id == user.id,
+            sa.or_(StaffUser.totp_last_step.is_(None), StaffUser.totp_last_step < step),
+        )
+        .values(totp_last_step=step)
+        .execution_options(synchronize_session=False)
+    )
+    return taken.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _check_password(user: StaffUser, password: str) -> None:
+    if not check_password_hash(user.password_hash, password or ""):
+        raise InvalidInputError("the password is wrong", fields={"password": ["wrong"]})
+
+
+def enable_totp(
+    user: StaffUser, secret: str, code: str, *, password: str = "", current_code: str = ""
+) -> None:
+    """Turn TOTP on, or replace the authenticator: always the password, and while one is set, a
+    code from it too — a borrowed session alone cannot swap the second factor."""
+    _check_password(user, password)
+    if user.totp_secret and not accept_totp(user, current_code):
+        raise InvalidInputError(
+            "enter a current code from the authenticator you use now", fields={"current_code": ["wrong"]}
+        )
     try:
         totp = pyotp.TOTP(secret)
         totp.now()
     except (ValueError, TypeError):  # not base32, or too short (pyotp wants >= 112 bits)
         raise InvalidInputError("start the set-up again", fields={"secret": ["invalid"]}) from None
-    if not totp.verify(code or "", valid_window=1):
+    step = _matching_step(secret, code)
+    if step is None:
         raise InvalidInputError(
             "that code does not match; check the clock of your phone", fields={"code": ["wrong"]}
         )
     user.totp_secret = secret
+    user.totp_last_step = step  # the code just typed cannot sign in afterwards
+
+
+def disable_totp(user: StaffUser, password: str, code: str) -> None:
+    _check_password(user, password)
+    if not user.totp_secret:
+        raise InvalidInputError("two-factor sign-in is not on", fields={"code": ["not set"]})
+    if not accept_totp(user, code):
+        raise InvalidInputError("enter a current code from your authenticator", fields={"code": ["wrong"]})
+    user.totp_secret = None
+    user.totp_last_step = None
 
 
 def set_active(user: StaffUser, active: bool) -> None:

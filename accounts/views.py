@@ -55,6 +55,12 @@ def login() -> ResponseReturnValue:
         except staff.LoginError as exc:
             need_code = exc.code == "totp_required"
             errors = _fail(exc)
+            if not need_code:
+                # Every password (or code) check that failed, with who was tried and from where.
+                name = (form.get("username") or "").strip().lower()[:64]
+                known = db.session.scalar(sa.select(StaffUser.id).where(StaffUser.username == name))
+                staff.audit(known, "login.failed", target=name, ip=client_ip())
+                db.session.commit()
             return render_template("accounts/login.html", errors=errors, need_code=need_code), 401
         staff.audit(user.id, "login", ip=client_ip())
         db.session.commit()
@@ -70,6 +76,7 @@ def logout() -> ResponseReturnValue:
     user = load_user()
     if user:
         staff.audit(user.id, "logout", ip=client_ip())
+        sign_out(user)  # ends the session on the server too, before the commit
         db.session.commit()
     sign_out()
     flash("Signed out.", "info")
@@ -104,9 +111,19 @@ def totp() -> ResponseReturnValue:
     errors: dict[str, list[str]] = {}
     secret = request.form.get("secret")
     if request.method == "POST":
+        form = request.form
         try:
-            staff.enable_totp(user, secret or "", request.form.get("code", ""))
-            staff.audit(user.id, "totp.enable", target=user.username, ip=client_ip())
+            replacing = bool(user.totp_secret)
+            staff.enable_totp(
+                user,
+                secret or "",
+                form.get("code", ""),
+                password=form.get("password", ""),
+                current_code=form.get("current_code", ""),
+            )
+            staff.audit(
+                user.id, "totp.replace" if replacing else "totp.enable", target=user.username, ip=client_ip()
+            )
             db.session.commit()
         except ServiceError as exc:
             errors = _fail(exc)
@@ -121,6 +138,27 @@ def totp() -> ResponseReturnValue:
     return render_template(
         "accounts/totp.html", secret=secret, uri=uri, errors=errors, enabled=bool(user.totp_secret)
     )
+
+
+@bp.post("/totp/disable")
+@login_required
+def totp_disable() -> ResponseReturnValue:
+    user = current_user()
+    try:
+        staff.disable_totp(user, request.form.get("password", ""), request.form.get("code", ""))
+        staff.audit(user.id, "totp.disable", target=user.username, ip=client_ip())
+        db.session.commit()
+    except ServiceError as exc:
+        errors = _fail(exc)
+        secret, _ = staff.start_totp()
+        import pyotp
+
+        uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name="wechat-service")
+        return render_template(
+            "accounts/totp.html", secret=secret, uri=uri, errors=errors, enabled=bool(user.totp_secret)
+        )
+    flash("Two-factor sign-in is off.", "success")
+    return redirect(url_for("console.overview"))
 
 
 # -- matrix --------------------------------------------------------------------------------------
@@ -207,7 +245,9 @@ def account_detail(account_id: int) -> ResponseReturnValue:
             return redirect(url_for("console.account_detail", account_id=account.id))
     return render_template(
         "accounts/account_form.html",
-        account=services.describe_account(account, token_health(account.appid)),
+        account=services.describe_account(
+            account, token_health(account.appid), secret_tails=access.can(acl.EDIT, account_id)
+        ),
         form=form,
         errors=errors,
         units=services.list_org_units(),
@@ -568,6 +608,8 @@ def staff_detail(user_id: int) -> ResponseReturnValue:
                 operations.revoke(access, user.id, int(grant_id), client_ip())
             elif action in ("activate", "deactivate"):
                 operations.set_staff_active(access, user.id, action == "activate", client_ip())
+            elif action == "sign_out_everywhere":
+                operations.sign_out_everywhere(access, user.id, client_ip())
             db.session.commit()
         except ServiceError as exc:
             errors = _fail(exc)

@@ -1,10 +1,11 @@
 """The H5 store: server-rendered pages for official-account subscribers inside WeChat's browser.
 
 Who the subscriber is comes from OAuth2 ``snsapi_base`` (silent: WeChat redirects back with a code
-that we exchange for the openid). The H5 session lives in Flask's signed session cookie, one entry
-per appid (``h5:<appid>`` → account id, subscriber id, when), so one browser can hold several
-accounts' stores at once. Forms are POST with the CSRF token. The work is done by the same
-services as the mini-program API (store/api.py); their errors render as a friendly page.
+that we exchange for the openid). The H5 session lives in its own signed cookie (``ws_h5``, path
+/h5/, apart from the console's: wechat_service/security.py), one entry per appid (``h5:<appid>``
+→ account id, subscriber id, when), so one browser can hold several accounts' stores at once.
+Forms are POST with the CSRF token. The work is done by the same services as the mini-program
+API (store/api.py); their errors render as a friendly page.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from accounts import services, staff
-from accounts.models import AuditLog, Subscriber
+from accounts.models import AuditLog, StaffUser, Subscriber
 from tests.console_helpers import PASSWORD, Staff, page_token
 from wechat_service.extensions import db
 
@@ -44,12 +44,20 @@ def test_sign_in_and_out(app: Flask, create_staff: Any) -> None:
     assert entries[-2:] == ["login", "logout"]
 
 
+def _signed_out(client: Any) -> bool:
+    resp = client.get("/console/")
+    return resp.status_code == 302 and "/console/login" in resp.headers["Location"]
+
+
 def test_wrong_password_and_throttling_per_user(app: Flask, create_staff: Any) -> None:
     staff.create_user("victim", PASSWORD)
     db.session.commit()
     client = app.test_client()
     for _ in range(staff.USER_FAILURES):
-        assert _login_post(client, "victim", "wrong password!!").status_code == 401
+        resp = _login_post(client, "victim", "wrong password!!")
+        assert resp.status_code == 401
+        assert "wrong username, password or code" in resp.get_data(as_text=True)
+        assert _signed_out(client)
     # Locked now, even with the right password; another user from another IP is unaffected.
     assert _login_post(client, "victim", PASSWORD).status_code == 429
     staff.create_user("other", PASSWORD)
@@ -71,15 +79,28 @@ def test_totp_second_factor(app: Flask, create_staff: Any) -> None:
     admin = create_staff(admin=True)
     page = admin.get("/console/totp").get_data(as_text=True)
     secret = page.split('name="secret" value="')[1].split('"')[0]
-    assert admin.form("/console/totp", {"secret": secret, "code": "000000"}).status_code == 200  # wrong code
+    wrong = admin.form("/console/totp", {"secret": secret, "code": "000000", "password": PASSWORD})
+    assert wrong.status_code == 200 and "that code does not match" in wrong.get_data(as_text=True)
+    db.session.expire_all()
+    assert not db.session.scalar(sa.select(StaffUser.totp_secret).where(StaffUser.username == admin.username))
+    totp = pyotp.TOTP(secret)
     assert (
-        admin.form("/console/totp", {"secret": secret, "code": pyotp.TOTP(secret).now()}).status_code == 302
+        admin.form("/console/totp", {"secret": secret, "code": totp.now(), "password": PASSWORD}).status_code
+        == 302
     )
     client = app.test_client()
     resp = _login_post(client, admin.username, PASSWORD)
-    assert resp.status_code == 401 and "authenticator" in resp.get_data(as_text=True)
-    assert _login_post(client, admin.username, PASSWORD, code="123456").status_code == 401
-    assert _login_post(client, admin.username, PASSWORD, code=pyotp.TOTP(secret).now()).status_code == 302
+    assert resp.status_code == 401 and "enter the code from your authenticator app" in resp.get_data(
+        as_text=True
+    )
+    assert _signed_out(client)
+    resp = _login_post(client, admin.username, PASSWORD, code="123456")
+    assert resp.status_code == 401 and "wrong username, password or code" in resp.get_data(as_text=True)
+    assert _signed_out(client)
+    # The code that switched TOTP on is spent; the next one (one step early) signs in.
+    next_code = totp.at(time.time() + 30)
+    assert _login_post(client, admin.username, PASSWORD, code=next_code).status_code == 302
+    assert not _signed_out(client)
 
 
 def test_idle_timeout_signs_out(app: Flask, create_staff: Any) -> None:

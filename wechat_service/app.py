@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, jsonify, request
+from werkzeug.exceptions import Unauthorized
 
 from wechat_service.config import load_config
 from wechat_service.errors import register_error_handlers
@@ -34,6 +35,16 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
     )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    if app.config["TRUSTED_PROXIES"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Exactly this many proxies append to X-Forwarded-For/-Proto; entries further left are
+        # the client's own claims and stay unbelieved (per-IP login throttling counts on it).
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+    from wechat_service import security
+
+    security.init_app(app)  # the H5 session's own cookie; CSP and other headers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     db.init_app(app)
@@ -106,6 +117,13 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     openapi.register_blueprint(campaign_api.blp)
     app.extensions["openapi"] = openapi
+
+    @app.before_request
+    def _openapi_needs_sign_in() -> None:
+        # The API's map is for staff: public only where configured (development by default).
+        if request.blueprint == "api-docs" and not app.config["OPENAPI_PUBLIC"] and load_user() is None:
+            raise Unauthorized("sign in to the console first")
+
     app.cli.add_command(account_cli)
     app.cli.add_command(orgunit_cli)
     app.cli.add_command(user_cli)

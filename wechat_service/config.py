@@ -43,6 +43,11 @@ DEFAULTS: dict[str, Any] = {
     "BOSS_WRITE_TIMEOUT": 10.0,
     "INQUIRY_TIMEOUT": 1.5,
     "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    # How many reverse proxies in front of the web process append to X-Forwarded-For/-Proto.
+    # 0 believes none of it: a client could otherwise pick its own IP (and dodge per-IP limits).
+    "TRUSTED_PROXIES": 0,
+    # OPENAPI_PUBLIC (the /api/v1/openapi.json document without signing in) defaults to on in
+    # development and off in production; see load_config.
 }
 
 _INT_KEYS = {
@@ -52,6 +57,7 @@ _INT_KEYS = {
     "WECHAT_BUSY_RETRIES",
     "TOKEN_EARLY_REFRESH",
     "MP_SESSION_TTL",
+    "TRUSTED_PROXIES",
 }
 _FLOAT_KEYS = {
     "CALLBACK_BUDGET",
@@ -87,6 +93,11 @@ def load_config(app: Flask, overrides: dict[str, Any] | None = None) -> None:
     env = app.config["ENV"]
     if env not in ("development", "production"):
         raise ConfigError(f"WECHAT_SERVICE_ENV must be development or production, not {env!r}")
+    if app.config["TRUSTED_PROXIES"] < 0:
+        raise ConfigError("WECHAT_SERVICE_TRUSTED_PROXIES must be 0 or more")
+    app.config["OPENAPI_PUBLIC"] = _flag(
+        "OPENAPI_PUBLIC", app.config.get("OPENAPI_PUBLIC", env == "development")
+    )
     if env == "production":
         missing = [name for name in ("SECRET_KEY", "MASTER_KEY") if not app.config.get(name)]
         missing += [name for name in ("DATABASE_URL", "REDIS_URL") if not app.config.get(name)]
@@ -127,6 +138,17 @@ def _coerce(config: dict[str, Any]) -> None:
         if value and not value.startswith(("http://", "https://")):
             raise ConfigError(f"WECHAT_SERVICE_{key} must be an http(s) URL, got {value!r}")
         config[key] = value
+
+
+def _flag(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"WECHAT_SERVICE_{key} must be true or false, got {value!r}")
 
 
 def _ensure_dev_secrets(app: Flask) -> None:

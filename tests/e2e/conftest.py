@@ -46,3 +46,12 @@ def shot() -> Any:
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
     return take
+
+
+def watch_csp(page: Any) -> list[str]:
+    """Chromium's reports of anything the Content-Security-Policy blocked on this page."""
+    blocked: list[str] = []
+    page.on(
+        "console", lambda msg: blocked.append(msg.text) if "Content Security Policy" in msg.text else None
+    )
+    return blocked

@@ -8,8 +8,10 @@ import re
 from typing import Any
 
 import requests
+from playwright.sync_api import expect
 
 from tests import helpers
+from tests.e2e.conftest import watch_csp as _watch_csp
 from tests.live.conftest import Live
 
 ADMIN_PASSWORD = "browser admin password 1"
@@ -30,6 +32,7 @@ def test_console_end_to_end(live: Live, browser: Any, shot: Any) -> None:
 
     context = browser.new_context(viewport={"width": 1366, "height": 900})
     page = context.new_page()
+    csp_errors = _watch_csp(page)
     _sign_in(page, live.base, "boss", ADMIN_PASSWORD)
     shot(page, "01-overview-empty")
 
@@ -98,6 +101,12 @@ def test_console_end_to_end(live: Live, browser: Any, shot: Any) -> None:
     page.goto(f"{live.base}/console/")
     assert "Guangdong Browser Test" in page.inner_text("main")
     shot(page, "08-overview")
+    # Pages with inline code (nonce'd) and styles: nothing blocked by the CSP.
+    page.goto(f"{live.base}/console/campaigns/new")
+    # The editor's script runs (it counts the audience once loaded).
+    expect(page.locator("#audience")).to_have_text("pick accounts")
+    page.goto(f"{live.base}/console/metrics")
+    assert csp_errors == [], csp_errors
     context.close()
 
     # Support: masked, on a tablet.

@@ -19,8 +19,10 @@ from typing import Any
 
 import requests
 import sqlalchemy as sa
+from playwright.sync_api import expect
 
 from tests import helpers
+from tests.e2e.conftest import watch_csp as _watch_csp
 from tests.live.conftest import Live
 
 WECHAT_UA = (
@@ -110,6 +112,7 @@ def test_h5_purchase_in_a_phone_browser(live: Live, browser: Any, shot: Any) -> 
     context.expose_function("__wechatClientPay", wechat_client_pays)
     context.add_init_script(BRIDGE)
     page = context.new_page()
+    csp_errors = _watch_csp(page)
 
     # Into the store: WeChat's authorize page sends the browser straight back with a code.
     page.goto(f"{live.base}/h5/{appid}/")
@@ -154,9 +157,8 @@ def test_h5_purchase_in_a_phone_browser(live: Live, browser: Any, shot: Any) -> 
 
     page.click("#pay-button")
     page.wait_for_url(re.compile(r".*/orders/\d+$"))
-    page.wait_for_function(
-        "document.getElementById('order-status').dataset.status === 'fulfilled'", timeout=60_000
-    )
+    # (A locator wait: a string predicate would be eval'd in the page, which its CSP forbids.)
+    expect(page.locator("#order-status")).to_have_attribute("data-status", "fulfilled", timeout=60_000)
     assert page.inner_text("#order-status") == "已完成"
     shot(page, "h5-06-result-fulfilled")
     assert payments == [200]
@@ -171,4 +173,5 @@ def test_h5_purchase_in_a_phone_browser(live: Live, browser: Any, shot: Any) -> 
     assert "已完成" in page.inner_text("main") and "¥24.90" in page.inner_text("main")
     shot(page, "h5-07-my-orders")
     assert live.scalar(sa.select(sa.func.count()).select_from(Order)) == 1
+    assert csp_errors == [], csp_errors  # wx.config, the pay button and the polling all ran
     context.close()
