@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from accounts import replies, services
-from accounts.models import Subscriber, SubscriberEvent
+from accounts.models import ReplyRule, Subscriber, SubscriberEvent
 from wechat_service.dbtypes import utcnow
+from wechat_service.errors import InvalidInputError
 from wechat_service.extensions import db
 
 
@@ -34,8 +35,20 @@ def test_account_managers_cannot_move_accounts_between_org_units(
 
 def test_a_catastrophic_regex_gives_up_instead_of_hanging(create_account: Any) -> None:
     account, _, _ = create_account("plain")
-    replies.add_rule(
-        account.id, name="evil", keywords=["^(a+)+$"], match_mode="regex", reply={"content": "x"}
+    with pytest.raises(InvalidInputError):  # refused when saved …
+        replies.add_rule(
+            account.id, name="evil", keywords=["^(a+)+$"], match_mode="regex", reply={"content": "x"}
+        )
+    # … and one saved before that check gives up when matched.
+    db.session.add(
+        ReplyRule(
+            account_id=account.id,
+            name="evil",
+            keywords=["^(a+)+$"],
+            match_mode="regex",
+            reply_type="text",
+            reply={"content": "x"},
+        )
     )
     replies.add_rule(account.id, name="fallback", kind="default", reply={"content": "default"})
     db.session.commit()

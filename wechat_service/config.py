@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "BOSS_READ_TIMEOUT": 3.0,
     "BOSS_WRITE_TIMEOUT": 10.0,
     "INQUIRY_TIMEOUT": 1.5,
+    # Seconds all of one account's regex auto-reply rules may take on one message, together.
+    "REPLY_REGEX_BUDGET": 0.08,
     "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
 }
 
@@ -59,6 +61,7 @@ _FLOAT_KEYS = {
     "BOSS_READ_TIMEOUT",
     "BOSS_WRITE_TIMEOUT",
     "INQUIRY_TIMEOUT",
+    "REPLY_REGEX_BUDGET",
 }
 _URL_KEYS = {
     "PUBLIC_BASE_URL",
