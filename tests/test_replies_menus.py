@@ -568,3 +568,19 @@ def test_bad_qrcode_requests(
     assert field in exc.value.fields
     assert sim_account(simulator, fields["appid"])["qrcodes"] == []
     assert db.session.scalar(sa.select(sa.func.count()).select_from(ChannelQRCode)) == 0
+
+
+def test_the_rule_list_marks_a_regex_rule_that_timed_out(create_staff: Any, create_account: Any) -> None:
+    account, _, _ = create_account("plain")
+    slow = _insert_rule(account.id, "slow", [r"(a+)+$"], "regex")
+    _insert_rule(account.id, "sound", [r"^hi$"], "regex")
+    services.bump_config(account.id)
+    db.session.commit()
+    manager = create_staff("account_manager", account_id=account.id)
+    page = manager.get(f"/console/accounts/{account.id}/replies").get_data(as_text=True)
+    assert "timed out: skipped" not in page
+    assert match(account.id, "a" * 1500 + "!") is None
+    page = manager.get(f"/console/accounts/{account.id}/replies").get_data(as_text=True)
+    assert page.count("timed out: skipped") == 1 and replies.slow_rule_ids(account.id) == {slow}
+    manager.form(f"/console/accounts/{account.id}/replies/{slow}/disable")
+    assert replies.slow_rule_ids(account.id) == set()  # changing the rule clears the note
