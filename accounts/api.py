@@ -254,13 +254,9 @@ def rule_action(account_id: int, rule_id: int, action: str) -> ResponseReturnVal
 @blp.response(200, TryResultSchema)
 @signed_in
 def rule_try(data: dict[str, Any], account_id: int) -> ResponseReturnValue:
-    account = acl.account_for(current_access(), account_id, acl.VIEW)
-    rule = replies.match_text(account.id, account.config_version, data["text"])
-    return {
-        "rule": rule.name if rule else None,
-        "reply_type": rule.reply.type if rule else None,
-        "reply": rule.reply.data if rule else None,
-    }
+    """What a subscriber sending this text would get, routed as a real callback (store keywords
+    included) without its effects; ``actions`` lists what the handlers would have done."""
+    return operations.try_message(current_access(), account_id, data["text"])
 
 
 @blp.get("/accounts/<int:account_id>/menu")

@@ -97,6 +97,10 @@ def on_text(ctx: CallbackContext) -> Reply | None:
     content = ctx.message.get("Content") or ""
     # A higher-priority handler (the store's inquiry, say) may have answered already.
     rule = None if ctx.reply else replies.match_text(ctx.account.id, ctx.account.config_version, content)
+    if rule:
+        ctx.notes["rule"] = rule.name
+    if ctx.dry_run:  # the console's tester: no subscriber, no ledger row
+        return rule.reply if rule else None
     subscribers.record_event(
         subscribers.for_callback(ctx),
         EventKind.message,

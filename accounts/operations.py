@@ -6,12 +6,14 @@ written once. Callers commit.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from accounts import access as acl
 from accounts import menus, qrcodes, replies, services, staff
 from accounts.access import Access
 from accounts.models import Account, AccountStatus, ReplyRule, StaffUser, Subscriber
+from wechat_service.errors import NotFoundError
 from wechat_service.extensions import db
 
 SETTING_FIELDS = ("name", "kind", "original_id", "message_mode", "timezone")
@@ -130,6 +132,40 @@ def add_rule(access: Access, account_id: int, fields: dict[str, Any], ip: str) -
         ip=ip,
     )
     return rule
+
+
+TESTER_OPENID = "console-tester"
+
+
+def try_message(access: Access, account_id: int, text: str) -> dict[str, Any]:
+    """What a subscriber typing ``text`` would get: the callback router in dry-run mode, so the
+    store's keywords (and every other registered handler) answer here as in chat, and nothing is
+    written, sent or queued."""
+    from wechat_service.callbacks import dry_run
+
+    account = acl.account_for(access, account_id, acl.VIEW)
+    info = services.callback_account_by_id(account.id)
+    if info is None:
+        raise NotFoundError(f"account {account_id} not found")
+    ctx = dry_run(
+        info,
+        {
+            "ToUserName": info.original_id or info.appid,
+            "FromUserName": TESTER_OPENID,
+            "CreateTime": str(int(time.time())),
+            "MsgType": "text",
+            "Content": text,
+        },
+    )
+    reply = ctx.reply
+    return {
+        "text": text,
+        "rule": ctx.notes.get("rule"),
+        "handled_by": ctx.replied_by,
+        "reply_type": reply.type if reply else None,
+        "reply": reply.data if reply else None,
+        "actions": list(ctx.actions),
+    }
 
 
 def rule_action(access: Access, account_id: int, rule_id: int, action: str, ip: str) -> str:

@@ -129,13 +129,15 @@ class RuleCreateSchema(StrictSchema):
 
 
 class TrySchema(StrictSchema):
-    text = fields.String(required=True)
+    text = fields.String(required=True, validate=validate.Length(max=2000))
 
 
 class TryResultSchema(Schema):
-    rule = fields.String(allow_none=True)
+    rule = fields.String(allow_none=True, metadata={"description": "the auto-reply rule that answers"})
+    handled_by = fields.String(allow_none=True, metadata={"description": "the handler whose reply is sent"})
     reply_type = fields.String(allow_none=True)
     reply = fields.Dict(allow_none=True)
+    actions = fields.List(fields.String(), metadata={"description": "what the real callback would also do"})
 
 
 class MenuSchema(Schema):

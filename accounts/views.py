@@ -390,16 +390,8 @@ def reply_list(account_id: int) -> ResponseReturnValue:
         else:
             flash(f"Rule {rule.name} added.", "success")
             return redirect(url_for("console.reply_list", account_id=account.id))
-    tried = None
     probe = request.args.get("try")
-    if probe is not None:
-        db.session.refresh(account)
-        rule = replies.match_text(account.id, account.config_version, probe)
-        tried = {
-            "text": probe,
-            "rule": rule.name if rule else None,
-            "reply": rule.reply.data if rule else None,
-        }
+    tried = operations.try_message(access, account.id, probe[:2000]) if probe is not None else None
     page = paginate(replies.rules_query(account.id), per_page=50)
     return render_template(
         "accounts/replies.html",
@@ -409,6 +401,7 @@ def reply_list(account_id: int) -> ResponseReturnValue:
         form=form,
         errors=errors,
         tried=tried,
+        slow=replies.slow_rule_ids(account.id),
         can_edit=access.can(acl.REPLIES, account.id),
     )
 

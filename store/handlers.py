@@ -21,8 +21,22 @@ REDEEM_KEYWORD = "兑换"
 MENU_KEYS = {f"INQUIRY_{kind.name.upper()}": kind for kind in InquiryKind}
 
 
+def _dry(ctx: CallbackContext, action: str, reply: str) -> Reply:
+    """The console's tester: say what would happen; the reply, which only the BOSS can word,
+    is described (its type is the real one's)."""
+    ctx.would(action)
+    return Reply("text", {"content": reply})
+
+
 def _inquire(ctx: CallbackContext, kind: InquiryKind, source: str) -> Reply | None:
     from flask import current_app
+
+    if ctx.dry_run:
+        return _dry(
+            ctx,
+            f"run the {kind.value} inquiry with the BOSS",
+            f"(the {kind.value} inquiry's answer from the BOSS, or a prompt to bind a phone first)",
+        )
 
     from store.jobs import answer_inquiry
 
@@ -50,6 +64,8 @@ def on_text(ctx: CallbackContext) -> Reply | None:
     kind = config.keywords.get(text.casefold())
     if kind:
         return _inquire(ctx, InquiryKind(kind), "chat")
+    if ctx.dry_run:
+        return _dry_text(ctx, config, text)
     try:
         if text.startswith(REDEEM_KEYWORD):
             from store import redemption
@@ -82,6 +98,16 @@ def on_text(ctx: CallbackContext) -> Reply | None:
             )
     except ServiceError as exc:
         return Reply("text", {"content": exc.message})
+    return None
+
+
+def _dry_text(ctx: CallbackContext, config: services.ChatConfig, text: str) -> Reply | None:
+    """``on_text`` in the tester: the same branches, described. A 6-digit code is not one here:
+    the tester is no subscriber, so it has no binding pending."""
+    if text.startswith(REDEEM_KEYWORD):
+        return _dry(ctx, "check the redeem code and start its top-up", "(the redeem code's outcome)")
+    if text.startswith(config.bind_keyword):
+        return _dry(ctx, "send an SMS code to the number through the BOSS", "(an SMS code sent, or why not)")
     return None
 
 

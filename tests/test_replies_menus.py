@@ -4,6 +4,7 @@ save and publish against the simulator) and channel QR codes."""
 from __future__ import annotations
 
 import copy
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from accounts import menus, qrcodes, replies, services
-from accounts.models import Account, ChannelQRCode, Menu, ReplyType
+from accounts.models import Account, ChannelQRCode, Menu, ReplyRule, ReplyType
 from tests import helpers
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
@@ -202,6 +203,96 @@ def test_rule_validation_errors(app: Flask, kwargs: dict[str, Any], field: str) 
         replies.add_rule(aid, **args)
     assert field in exc.value.fields
     assert replies.rule_count(aid) == 0
+
+
+SLOW_PATTERNS = [r"(a+)+$", r"(a|aa)+$", r"^(\w+\s?)*$", r"(\p{Han}+)+$", r"([a-z]+)*[0-9]", r"(.*a){12}"]
+
+
+@pytest.mark.parametrize("pattern", SLOW_PATTERNS)
+def test_a_pathological_regex_is_refused_when_saved(app: Flask, pattern: str) -> None:
+    aid = new_account()
+    with pytest.raises(InvalidInputError) as exc:
+        replies.add_rule(
+            aid, name="slow", keywords=["ok", pattern], match_mode="regex", reply={"content": "r"}
+        )
+    assert "keywords" in exc.value.fields and replies.rule_count(aid) == 0
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"(\d{3}){2}", r"^(?:查询)?(余额|话费)$", r"\p{Han}{2,4}", r"(?>a+)+b", r"^(ab){2,}$", r"流量|套餐"],
+)
+def test_sound_regexes_still_save(app: Flask, pattern: str) -> None:
+    aid = new_account()
+    replies.add_rule(aid, name="ok", keywords=[pattern], match_mode="regex", reply={"content": "r"})
+    assert replies.rule_count(aid) == 1
+
+
+def test_the_console_and_the_api_refuse_a_slow_regex_with_a_field_error(
+    create_staff: Any, create_account: Any
+) -> None:
+    account, _, _ = create_account("plain")
+    manager = create_staff("account_manager", account_id=account.id)
+    resp = manager.api(
+        "POST",
+        f"/api/v1/accounts/{account.id}/rules",
+        {"name": "slow", "keywords": [r"(a+)+$"], "match_mode": "regex", "reply": {"content": "r"}},
+    )
+    error = resp.get_json()["error"]
+    assert resp.status_code in (400, 422) and "nested quantifiers" in " ".join(error["fields"]["keywords"])
+    form = {"name": "slow", "kind": "keyword", "keywords": r"(a|aa)+$", "match_mode": "regex"}
+    page = manager.form(f"/console/accounts/{account.id}/replies", {**form, "content": "r"})
+    assert page.status_code == 200 and "catastrophic backtracking" in page.get_data(as_text=True)
+    assert replies.rule_count(account.id) == 0
+
+
+def _insert_rule(account_id: int, name: str, keywords: list[str], mode: str, **kw: Any) -> int:
+    """Straight into the table, as rules saved before the checks existed."""
+    rule = ReplyRule(
+        account_id=account_id,
+        name=name,
+        kind=kw.pop("kind", "keyword"),
+        keywords=keywords,
+        match_mode=mode,
+        priority=kw.pop("priority", 0),
+        reply_type="text",
+        reply={"content": name},
+        enabled=True,
+    )
+    db.session.add(rule)
+    db.session.flush()
+    return rule.id
+
+
+def test_slow_regex_rules_in_the_database_share_one_budget_per_message(app: Flask) -> None:
+    slow_account, other = new_account(), new_account()
+    slow_ids = {_insert_rule(slow_account, f"slow{i}", [r"(a+)+$"], "regex", priority=10) for i in range(40)}
+    _insert_rule(slow_account, "bang", ["!"], "contains")
+    _insert_rule(other, "hello", [r"^hello\b"], "regex")
+    _insert_rule(other, "other default", [], "exact", kind="default")
+    services.bump_config(slow_account)
+    services.bump_config(other)
+    db.session.flush()
+    text = "a" * 1500 + "!"
+
+    started = time.monotonic()
+    # 40 patterns at their own 50 ms each were two seconds; one budget for all of them is not.
+    assert match(slow_account, text) == "bang"  # the plain rule below them still answers
+    assert time.monotonic() - started < 1.0
+    recorded = replies.slow_rule_ids(slow_account)
+    assert recorded and recorded <= slow_ids  # the ones that timed out are noted for the console
+
+    started = time.monotonic()
+    for _ in range(3):
+        assert match(slow_account, text) == "bang"
+    assert time.monotonic() - started < 1.0
+
+    # Another account: its own rules, its own budget, nothing recorded against it.
+    started = time.monotonic()
+    assert match(other, "hello there") == "hello"
+    assert match(other, text) == "other default"
+    assert time.monotonic() - started < 0.5
+    assert replies.slow_rule_ids(other) == set()
 
 
 def test_text_limit_counts_bytes(app: Flask) -> None:
@@ -477,3 +568,19 @@ def test_bad_qrcode_requests(
     assert field in exc.value.fields
     assert sim_account(simulator, fields["appid"])["qrcodes"] == []
     assert db.session.scalar(sa.select(sa.func.count()).select_from(ChannelQRCode)) == 0
+
+
+def test_the_rule_list_marks_a_regex_rule_that_timed_out(create_staff: Any, create_account: Any) -> None:
+    account, _, _ = create_account("plain")
+    slow = _insert_rule(account.id, "slow", [r"(a+)+$"], "regex")
+    _insert_rule(account.id, "sound", [r"^hi$"], "regex")
+    services.bump_config(account.id)
+    db.session.commit()
+    manager = create_staff("account_manager", account_id=account.id)
+    page = manager.get(f"/console/accounts/{account.id}/replies").get_data(as_text=True)
+    assert "timed out: skipped" not in page
+    assert match(account.id, "a" * 1500 + "!") is None
+    page = manager.get(f"/console/accounts/{account.id}/replies").get_data(as_text=True)
+    assert page.count("timed out: skipped") == 1 and replies.slow_rule_ids(account.id) == {slow}
+    manager.form(f"/console/accounts/{account.id}/replies/{slow}/disable")
+    assert replies.slow_rule_ids(account.id) == set()  # changing the rule clears the note

@@ -288,19 +288,39 @@ class _Routed:
     deferred: bool
 
 
-def _route(account: AccountInfo, msg: dict[str, str]) -> _Routed:
+def _route(account: AccountInfo, msg: dict[str, str], dry_run: bool = False) -> _Routed:
     msg_type = msg["MsgType"].lower()
     event = (msg.get("Event") or "").lower() or None if msg_type == "event" else None
     handlers = router.handlers(msg_type, event)
     inline = [h for h in handlers if h.inline]
     deferred = any(not h.inline for h in handlers)
-    ctx = CallbackContext(account=account, message=msg, msg_type=msg_type, event=event)
+    ctx = CallbackContext(account=account, message=msg, msg_type=msg_type, event=event, dry_run=dry_run)
     for handler in inline:
         answer = handler.fn(ctx)
         if ctx.reply is None and answer is not None:
-            ctx.reply, ctx.replied_by = answer, f"{handler.fn.__module__}.{handler.fn.__name__}"
+            ctx.reply, ctx.replied_by = answer, _name(handler.fn)
+    if dry_run:
+        ctx.actions += [f"queue {_name(h.fn)}" for h in handlers if not h.inline]
     state = InboxState.queued if deferred else InboxState.processed if inline else InboxState.stored
     return _Routed(ctx, ctx.reply.render(account, ctx.openid) if ctx.reply else "", state, deferred)
+
+
+def _name(fn: Any) -> str:
+    return f"{fn.__module__}.{fn.__name__}"
+
+
+def dry_run(account: AccountInfo, msg: dict[str, str]) -> CallbackContext:
+    """What a callback carrying ``msg`` would answer, by the same router and handlers, without its
+    effects: handlers see ``ctx.dry_run`` and describe what they would do instead; no dedup key,
+    inbox row or job; and a savepoint rolled back afterwards undoes any row a handler wrote anyway.
+    ``ctx.reply`` / ``ctx.replied_by`` say who answers and with what; ``ctx.actions`` the rest."""
+    jobs = list(db.session.info.get("pending_jobs") or ())
+    savepoint = db.session.begin_nested()
+    try:
+        return _route(account, msg, dry_run=True).ctx
+    finally:
+        savepoint.rollback()
+        db.session.info["pending_jobs"] = jobs
 
 
 _INBOX_INSERT = CallbackInbox.__table__.insert().returning(CallbackInbox.__table__.c.id)

@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "BOSS_READ_TIMEOUT": 3.0,
     "BOSS_WRITE_TIMEOUT": 10.0,
     "INQUIRY_TIMEOUT": 1.5,
+    # Seconds all of one account's regex auto-reply rules may take on one message, together.
+    "REPLY_REGEX_BUDGET": 0.08,
     "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
     # How many reverse proxies in front of the web process append to X-Forwarded-For/-Proto.
     # 0 believes none of it: a client could otherwise pick its own IP (and dodge per-IP limits).
@@ -65,6 +67,7 @@ _FLOAT_KEYS = {
     "BOSS_READ_TIMEOUT",
     "BOSS_WRITE_TIMEOUT",
     "INQUIRY_TIMEOUT",
+    "REPLY_REGEX_BUDGET",
 }
 _URL_KEYS = {
     "PUBLIC_BASE_URL",

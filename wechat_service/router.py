@@ -68,7 +68,14 @@ class CallbackContext:
     reply: Reply | None = None  # the first reply a handler gave; later handlers see it
     replied_by: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # handlers share results (e.g. the subscriber)
+    # The console's "try a message": handlers decide the reply as usual but write nothing, call no
+    # outside system and queue no job; they say what they would have done with ``would``.
+    dry_run: bool = False
+    actions: list[str] = field(default_factory=list)
     _after_store: list[Callable[[int], None]] = field(default_factory=list)
+
+    def would(self, action: str) -> None:
+        self.actions.append(action)
 
     def on_stored(self, write: Callable[[int], None]) -> None:
         """Run ``write(inbox_id)`` once the inbox row exists, in the same transaction."""
