@@ -31,6 +31,7 @@ from metrics.rollups import today_in
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
 from wechat_service.extensions import db
+from wechat_service.money import yuan
 
 DEFAULT_TZ = "Asia/Shanghai"
 
@@ -322,6 +323,17 @@ def scope_name(target: Target | ManualValue, tree: Tree) -> str:
     return f"{unit.name} ({unit.kind.value})" if unit else f"unit {target.org_unit_id}"
 
 
+def shown(metric: str, value: Any) -> str:
+    """A figure for the fee derivation: money metrics (kept in fen) in 元, the rest as plain
+    numbers — never exponent notation, never fen next to 元."""
+    number = Decimal(str(value))
+    if metric in REGISTRY and REGISTRY[metric].money:
+        if number == number.to_integral_value():
+            return f"{yuan(int(number))} 元"
+        return f"{fees.plain(number / 100)} 元"
+    return fees.plain(number)
+
+
 def evaluate_target(target: Target, tree: Tree, now: Any = None) -> dict[str, Any]:
     """Attainment over the whole period, pacing (where the figure should be today for the target
     vs where it is) and a straight-line end-of-period forecast."""
@@ -346,8 +358,8 @@ def evaluate_target(target: Target, tree: Tree, now: Any = None) -> dict[str, An
         "org_unit_id": target.org_unit_id,
         "starts_on": d0.isoformat(),
         "ends_on": d1.isoformat(),
-        "target": str(goal.normalize()),
-        "weight": str(Decimal(target.weight).normalize()),
+        "target": fees.plain(goal),
+        "weight": fees.plain(target.weight),
         "actual": str(actual),
         "attainment": str(fees.ratio(actual / goal)),
         "elapsed": str(fees.ratio(fraction)),
@@ -380,7 +392,8 @@ def evaluate_period(contract: Contract, period: ContractPeriod, now: Any = None)
     attainment_lines = [
         {
             "item": f"{t['metric']} · {t['scope']} · {t['starts_on']}…{t['ends_on']}",
-            "formula": f"{t['actual']} / {t['target']} (weight {t['weight']})",
+            "formula": f"{shown(t['metric'], t['actual'])} / {shown(t['metric'], t['target'])} "
+            f"(weight {t['weight']})",
             "ratio": t["attainment"],
         }
         for t in targets
