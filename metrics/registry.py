@@ -32,7 +32,8 @@ from store.models import (
     PhoneBinding,
     PointsHold,
 )
-from templates_msg.models import Campaign, Delivery, DeliveryStatus, ReportStatus
+from templates_msg.models import Delivery, ReportStatus
+from templates_msg.reports import attributed
 
 SUM, LAST, AVG = "sum", "last", "avg"  # over a period: total; value at its end; mean per day
 
@@ -473,34 +474,16 @@ def _transactional(b: Bucket) -> sa.Select[Any]:
 
 
 def _attributed_orders(b: Bucket) -> Any:
-    """Paid orders placed within a campaign's attribution window after the recipient's click (or,
-    without one, the delivery) — as the campaign results count them; an order attributed to two
-    campaigns counts once here."""
-    anchor = sa.func.coalesce(M.first_clicked_at, M.sent_at)
-    if b.dialect == "postgresql":
-        until = anchor + sa.func.make_interval(0, 0, 0, Campaign.attribution_days)
-    else:
-        until = sa.func.datetime(anchor, sa.func.printf("+%d days", Campaign.attribution_days))
-    attributed = (
-        sa.select(M.id)
-        .join(Campaign, Campaign.id == M.campaign_id)
-        .where(
-            _CAMPAIGN,
-            M.status == DeliveryStatus.sent,
-            M.subscriber_id == Order.subscriber_id,
-            M.account_id == Order.account_id,
-            Order.created_at >= anchor,
-            Order.created_at < until,
-        )
-        .exists()
-    )
-    return sa.and_(attributed, Order.status.in_(["paid", "fulfilling", "fulfilled"]))
+    # The campaign results page counts with the very same predicate (one definition, one query).
+    return attributed(Order, b.dialect)
 
 
 @sourced(
     "campaign_conversions",
     "orders",
-    "Paid orders attributed to a campaign (within its window after a click or delivery).",
+    "Paid orders attributed to a campaign: placed by a recipient within the campaign's attribution "
+    "window after their first click (or, without a click, the send); on the day the order was "
+    "placed. An order attributed to two campaigns counts once here and once on each campaign's page.",
     ledger="orders",
 )
 def _campaign_conversions(b: Bucket) -> sa.Select[Any]:
