@@ -26,7 +26,7 @@ from metrics.models import (
     Target,
 )
 from metrics.queries import Tree, org_tree, period_values, unit_values
-from metrics.registry import REGISTRY, SUM
+from metrics.registry import DEFINITIONS, DEFINITIONS_VERSION, REGISTRY, SUM
 from metrics.rollups import today_in
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
@@ -414,6 +414,7 @@ def evaluate_period(contract: Contract, period: ContractPeriod, now: Any = None)
         "fee": fee,
         "forecast_weighted_attainment": str(forecast),
         "forecast_fee_fen": fees.period_fee(attainment=forecast, **common)["fee_fen"],
+        "definitions": DEFINITIONS_VERSION,
         "computed_at": utcnow().isoformat(),
     }
 
@@ -450,6 +451,11 @@ def period_report(contract: Contract, period: ContractPeriod, now: Any = None) -
         for a in adjustments
     ]
     report["total_due_fen"] = report["fee"]["fee_fen"] + sum(a.amount_fen for a in adjustments)
+    # Which metric definitions the figures used: frozen with a closed period (periods closed before
+    # definitions were versioned are version 1), the current ones for an open period.
+    version = (period.definitions or 1) if report["frozen"] else DEFINITIONS_VERSION
+    report["definitions"] = version
+    report["definitions_text"] = DEFINITIONS.get(version, "")
     return report
 
 
@@ -471,6 +477,7 @@ def close_period(
             status=PeriodStatus.closed,
             snapshot=snapshot,
             fee_fen=snapshot["fee"]["fee_fen"],
+            definitions=snapshot["definitions"],
             closed_at=utcnow(),
             closed_by=actor_id,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime
 from typing import Any
 
 from metrics import datacube, rollups
@@ -15,24 +15,28 @@ REROLL_DAYS = 7
 
 
 def refresh_rollups() -> dict[str, Any]:
-    """Cron, every 10 minutes: the incremental refresh (skipped while a rebuild holds the lock)."""
+    """Cron, every 10 minutes: the incremental refresh (skipped while a rebuild holds the lock;
+    the next run reads whatever this one did not). After an upgrade that changed the metric
+    definitions, the open periods are recomputed under the new ones first."""
     with rollups.rollup_lock() as held:
         if not held:
             return {"skipped": "another refresh or rebuild is running"}
+        since = rollups.apply_definitions()
         report = rollups.refresh()
+        if since is not None:
+            report["definitions_recomputed_from"] = since.isoformat()
         db.session.commit()
     log.info("metrics refresh: %s", report)
     return report
 
 
-def reconcile_datacube() -> dict[str, Any]:
-    """Cron, daily: recompute the last week whole (catches rows changed in place, such as a
-    re-bound phone, and a late follow that turns a later one into a re-follow), then compare
-    follows, unfollows and followers with WeChat's datacube."""
-    today = rollups.today_in("Asia/Shanghai")
+def reconcile_datacube(now: datetime | None = None) -> dict[str, Any]:
+    """Cron, daily: recompute the last week whole — each account up to its own local today —
+    (catches rows changed in place, such as a re-bound phone), then compare follows, unfollows and
+    followers with WeChat's datacube. Late rows that change other days are the refresh's job."""
     with rollups.rollup_lock(wait=600) as held:
         if held:
-            rollups.recompute(None, today - timedelta(days=REROLL_DAYS), today)
+            rollups.reroll(REROLL_DAYS, now)
             db.session.commit()
     report = datacube.reconcile_recent()
     log.info("datacube reconciliation: %s", report)
