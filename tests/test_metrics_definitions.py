@@ -206,3 +206,31 @@ def test_a_closed_period_keeps_its_figures_and_records_its_definitions(
     report_page = admin.get("/console/metrics/report?month=2026-02").get_data(as_text=True)
     assert f"Metric definitions v{DEFINITIONS_VERSION}:" in report_page
     assert REGISTRY["active_subscribers"].description in report_page.replace("&#39;", "'")
+
+
+def test_new_definitions_are_applied_once_from_the_first_open_period(ledger: Any) -> None:  # noqa: F811
+    from metrics.models import MetricDaily, MetricWatermark
+
+    a = ledger.account()
+    contracts.create_contract(
+        None,
+        {
+            "customer": "Operator",
+            "name": "Upgrade",
+            "starts_on": date(2025, 10, 1),
+            "ends_on": date(2026, 9, 30),
+            "price_fen": 1_000_000,
+            "fixed_share": "0.5",
+            "formula": "linear",
+        },
+    )
+    ledger.event(ledger.subscriber(a), "location", "2025-11-05T02:00:00")
+    # A figure rolled up under version 1 (location counted as activity), before the upgrade.
+    db.session.add(
+        MetricDaily(account_id=a.id, metric="active_subscribers", day=date(2025, 11, 5), dim="", value=1)
+    )
+    db.session.execute(sa.delete(MetricWatermark).where(MetricWatermark.feed == "definitions"))
+    now = datetime(2026, 3, 10, 4, tzinfo=UTC)
+    assert rollups.apply_definitions(now) == date(2025, 10, 1)  # the first open period's start
+    assert "active_subscribers" not in day_values(a.id, date(2025, 11, 5))
+    assert rollups.apply_definitions(now) is None  # once
