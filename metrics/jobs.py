@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -21,13 +22,28 @@ def refresh_rollups() -> dict[str, Any]:
     with rollups.rollup_lock() as held:
         if not held:
             return {"skipped": "another refresh or rebuild is running"}
-        since = rollups.apply_definitions()
+        applied = _apply_definitions()
         report = rollups.refresh()
-        if since is not None:
-            report["definitions_recomputed_from"] = since.isoformat()
+        if applied is not None:
+            report["definitions"] = applied
         db.session.commit()
     log.info("metrics refresh: %s", report)
     return report
+
+
+def _apply_definitions(budget: float = 300) -> dict[str, Any] | None:
+    """Steps of one account each, committed, for at most ``budget`` seconds (the next run goes on)."""
+    deadline = time.monotonic() + budget
+    applied = None
+    while time.monotonic() < deadline:
+        step = rollups.apply_definitions(accounts=1)
+        if step is None:
+            break
+        db.session.commit()  # step: one account's rollups under the new definitions
+        applied = {"from": step["from"].isoformat(), "done": step["done"]}
+        if step["done"]:
+            break
+    return applied
 
 
 def reconcile_datacube(now: datetime | None = None) -> dict[str, Any]:

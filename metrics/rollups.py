@@ -254,18 +254,31 @@ def refresh(now: datetime | None = None) -> dict[str, Any]:
     }
 
 
-DEFINITIONS_MARK = "definitions"
+DEFINITIONS_MARK = "definitions"  # the version the rollups were last recomputed under
+PROGRESS_MARK = "definitions_progress"  # the last account recomputed under the new version
 
 
-def apply_definitions(now: datetime | None = None) -> date | None:
-    """Once per new version of the metric definitions: recompute every account from the first
-    day of the earliest open contract period (at most a year back; else the previous month) to
-    today under the new definitions. Closed periods keep their frozen figures. Returns the first
-    day recomputed, or None when the rollups are already current. The caller commits."""
-    done = db.session.scalar(
-        sa.select(MetricWatermark.last_id).where(MetricWatermark.feed == DEFINITIONS_MARK)
+def _mark(feed: str) -> int | None:
+    return db.session.scalar(sa.select(MetricWatermark.last_id).where(MetricWatermark.feed == feed))
+
+
+def _set_mark(feed: str, value: int, now: datetime) -> None:
+    upsert(
+        MetricWatermark,
+        [{"feed": feed, "last_id": value, "updated_at": now}],
+        conflict=["feed"],
+        update=["last_id", "updated_at"],
     )
-    if done is not None and done >= DEFINITIONS_VERSION:
+
+
+def apply_definitions(now: datetime | None = None, accounts: int | None = None) -> dict[str, Any] | None:
+    """After an upgrade that changed the metric definitions: recompute every account from the
+    first day of the earliest open contract period (at most a year back; at least the previous
+    month) to today under the new ones — ``accounts`` accounts at a time (None: all), so a job
+    can commit in steps and resume. Closed periods keep their frozen figures. Returns None when
+    the rollups are current, else {"from": first day, "done": every account recomputed}. The
+    caller commits."""
+    if (_mark(DEFINITIONS_MARK) or 0) >= DEFINITIONS_VERSION:
         return None
     now = now or utcnow()
     today = today_in(None, now)
@@ -275,14 +288,16 @@ def apply_definitions(now: datetime | None = None) -> date | None:
     start = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
     if first_open is not None:
         start = max(min(first_open, start), today - timedelta(days=366))
-    recompute(None, start - timedelta(days=1), today + timedelta(days=1))  # every timezone's today
-    upsert(
-        MetricWatermark,
-        [{"feed": DEFINITIONS_MARK, "last_id": DEFINITIONS_VERSION, "updated_at": now}],
-        conflict=["feed"],
-        update=["last_id", "updated_at"],
-    )
-    return start
+    pending = sorted(a for a in _timezones(None) if a > (_mark(PROGRESS_MARK) or 0))
+    batch = pending if accounts is None else pending[:accounts]
+    if batch:  # a day either side: every timezone's local days
+        recompute(batch, start - timedelta(days=1), today + timedelta(days=1))
+        _set_mark(PROGRESS_MARK, batch[-1], now)
+    done = len(batch) == len(pending)
+    if done:
+        _set_mark(DEFINITIONS_MARK, DEFINITIONS_VERSION, now)
+        db.session.execute(sa.delete(MetricWatermark).where(MetricWatermark.feed == PROGRESS_MARK))
+    return {"from": start, "done": done}
 
 
 def reroll(days: int, now: datetime | None = None) -> int:

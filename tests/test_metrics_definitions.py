@@ -231,6 +231,17 @@ def test_new_definitions_are_applied_once_from_the_first_open_period(ledger: Any
     )
     db.session.execute(sa.delete(MetricWatermark).where(MetricWatermark.feed == "definitions"))
     now = datetime(2026, 3, 10, 4, tzinfo=UTC)
-    assert rollups.apply_definitions(now) == date(2025, 10, 1)  # the first open period's start
+    other = ledger.account()
+    ledger.event(ledger.subscriber(other), "message", "2025-12-01T02:00:00")
+    db.session.add(
+        MetricDaily(account_id=other.id, metric="messages", day=date(2025, 12, 1), dim="", value=7)
+    )
+    first = rollups.apply_definitions(now, accounts=1)
+    assert first is not None and first["from"] == date(2025, 10, 1)  # the first open period's start
+    steps = [first]
+    while not steps[-1]["done"]:  # one account at a time (the job commits each step)
+        steps.append(rollups.apply_definitions(now, accounts=1))
+    assert len(steps) >= 2
     assert "active_subscribers" not in day_values(a.id, date(2025, 11, 5))
+    assert day_values(other.id, date(2025, 12, 1))["messages"] == 1
     assert rollups.apply_definitions(now) is None  # once
