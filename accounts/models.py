@@ -141,7 +141,12 @@ class SubscriberEvent(db.Model):
     """The append-only subscriber ledger: rows are inserted, never updated or deleted."""
 
     __tablename__ = "subscriber_events"
-    __table_args__ = (sa.Index("ix_subscriber_events_account_occurred", "account_id", "occurred_at"),)
+    __table_args__ = (
+        sa.Index("ix_subscriber_events_account_occurred", "account_id", "occurred_at"),
+        # A subscriber's own history (is this follow a re-follow; which later follows a late one
+        # changes): metrics read it by subscriber.
+        sa.Index("ix_subscriber_events_subscriber_occurred", "subscriber_id", "occurred_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"))

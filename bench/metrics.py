@@ -107,16 +107,17 @@ def generate(conn: psycopg.Connection, sealed_secret: str) -> dict[str, int]:
         (
             "payments",
             """INSERT INTO payment_transactions (id, account_id, order_id, provider, kind, provider_txn_id,
-            amount_fen, status, raw, created_at)
-            SELECT id, account_id, id, 'wechatpay_v3', 'payment', 'P' || id, amount_fen, 'SUCCESS', '{}', paid_at
+            amount_fen, status, raw, created_at, moved_at)
+            SELECT id, account_id, id, 'wechatpay_v3', 'payment', 'P' || id, amount_fen, 'SUCCESS', '{}', paid_at,
+                   paid_at
             FROM orders""",
         ),
         (
             "refunds",
             f"""INSERT INTO payment_transactions (id, account_id, order_id, provider, kind, provider_txn_id,
-            amount_fen, status, raw, created_at)
+            amount_fen, status, raw, created_at, moved_at)
             SELECT {ORDERS} + id, account_id, id, 'wechatpay_v3', 'refund', 'R' || id, amount_fen / 2, 'SUCCESS',
-                   '{{}}', paid_at + interval '35 days'
+                   '{{}}', paid_at + interval '35 days', paid_at + interval '35 days'
             FROM orders WHERE id % {ORDERS // REFUNDS} = 0""",
         ),
     ]
@@ -217,8 +218,8 @@ def main() -> None:
             SELECT 1 + i % {ACCOUNTS}, 1 + i % {ACCOUNTS}, 'balance', 'chat', 'answered', now()
             FROM generate_series(1, 200) i""")
         conn.execute("""INSERT INTO payment_transactions (account_id, order_id, provider, kind, provider_txn_id,
-            amount_fen, status, raw, created_at)
-            SELECT account_id, id, 'wechatpay_v3', 'payment', 'N' || id, amount_fen, 'SUCCESS', '{}', now()
+            amount_fen, status, raw, created_at, moved_at)
+            SELECT account_id, id, 'wechatpay_v3', 'payment', 'N' || id, amount_fen, 'SUCCESS', '{}', now(), now()
             FROM orders WHERE id <= 100""")
         # Baseline: one committed single-row insert.
         t0 = time.perf_counter()

@@ -17,7 +17,7 @@ from flask.typing import ResponseReturnValue
 
 from accounts import access as acl
 from accounts.console import client_ip, console_blueprint, current_access, login_required
-from metrics import charts, contracts, datacube, exports, queries, reports
+from metrics import charts, contracts, datacube, exports, fees, queries, reports
 from metrics.registry import REGISTRY
 from metrics.rollups import today_in
 from wechat_service.errors import ForbiddenError, InvalidInputError, NotFoundError, ServiceError
@@ -26,6 +26,11 @@ from wechat_service.extensions import db
 bp = console_blueprint("metrics_console", __name__, "/console/metrics")
 
 Table = tuple[list[str], list[list[Any]]]
+
+
+@bp.context_processor
+def _numbers() -> dict[str, Any]:
+    return {"plain": fees.plain}  # Decimals without exponent notation (60, not 6E+1)
 
 
 def _admin() -> None:
@@ -459,8 +464,8 @@ def contract_detail(contract_id: int) -> ResponseReturnValue:
                     contracts.scope_name(t, tree),
                     t.starts_on.isoformat(),
                     t.ends_on.isoformat(),
-                    str(t.target_value),
-                    str(t.weight),
+                    fees.plain(t.target_value),
+                    fees.plain(t.weight),
                 ]
                 for t in targets
             ],

@@ -26,11 +26,12 @@ from metrics.models import (
     Target,
 )
 from metrics.queries import Tree, org_tree, period_values, unit_values
-from metrics.registry import REGISTRY, SUM
+from metrics.registry import DEFINITIONS, DEFINITIONS_VERSION, REGISTRY, SUM
 from metrics.rollups import today_in
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
 from wechat_service.extensions import db
+from wechat_service.money import yuan
 
 DEFAULT_TZ = "Asia/Shanghai"
 
@@ -322,6 +323,17 @@ def scope_name(target: Target | ManualValue, tree: Tree) -> str:
     return f"{unit.name} ({unit.kind.value})" if unit else f"unit {target.org_unit_id}"
 
 
+def shown(metric: str, value: Any) -> str:
+    """A figure for the fee derivation: money metrics (kept in fen) in 元, the rest as plain
+    numbers — never exponent notation, never fen next to 元."""
+    number = Decimal(str(value))
+    if metric in REGISTRY and REGISTRY[metric].money:
+        if number == number.to_integral_value():
+            return f"{yuan(int(number))} 元"
+        return f"{fees.plain(number / 100)} 元"
+    return fees.plain(number)
+
+
 def evaluate_target(target: Target, tree: Tree, now: Any = None) -> dict[str, Any]:
     """Attainment over the whole period, pacing (where the figure should be today for the target
     vs where it is) and a straight-line end-of-period forecast."""
@@ -346,8 +358,8 @@ def evaluate_target(target: Target, tree: Tree, now: Any = None) -> dict[str, An
         "org_unit_id": target.org_unit_id,
         "starts_on": d0.isoformat(),
         "ends_on": d1.isoformat(),
-        "target": str(goal.normalize()),
-        "weight": str(Decimal(target.weight).normalize()),
+        "target": fees.plain(goal),
+        "weight": fees.plain(target.weight),
         "actual": str(actual),
         "attainment": str(fees.ratio(actual / goal)),
         "elapsed": str(fees.ratio(fraction)),
@@ -380,7 +392,8 @@ def evaluate_period(contract: Contract, period: ContractPeriod, now: Any = None)
     attainment_lines = [
         {
             "item": f"{t['metric']} · {t['scope']} · {t['starts_on']}…{t['ends_on']}",
-            "formula": f"{t['actual']} / {t['target']} (weight {t['weight']})",
+            "formula": f"{shown(t['metric'], t['actual'])} / {shown(t['metric'], t['target'])} "
+            f"(weight {t['weight']})",
             "ratio": t["attainment"],
         }
         for t in targets
@@ -401,6 +414,7 @@ def evaluate_period(contract: Contract, period: ContractPeriod, now: Any = None)
         "fee": fee,
         "forecast_weighted_attainment": str(forecast),
         "forecast_fee_fen": fees.period_fee(attainment=forecast, **common)["fee_fen"],
+        "definitions": DEFINITIONS_VERSION,
         "computed_at": utcnow().isoformat(),
     }
 
@@ -437,6 +451,11 @@ def period_report(contract: Contract, period: ContractPeriod, now: Any = None) -
         for a in adjustments
     ]
     report["total_due_fen"] = report["fee"]["fee_fen"] + sum(a.amount_fen for a in adjustments)
+    # Which metric definitions the figures used: frozen with a closed period (periods closed before
+    # definitions were versioned are version 1), the current ones for an open period.
+    version = (period.definitions or 1) if report["frozen"] else DEFINITIONS_VERSION
+    report["definitions"] = version
+    report["definitions_text"] = DEFINITIONS.get(version, "")
     return report
 
 
@@ -458,6 +477,7 @@ def close_period(
             status=PeriodStatus.closed,
             snapshot=snapshot,
             fee_fen=snapshot["fee"]["fee_fen"],
+            definitions=snapshot["definitions"],
             closed_at=utcnow(),
             closed_by=actor_id,
         )

@@ -9,6 +9,7 @@ from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
 
 from wechat_service.errors import InvalidInputError
+from wechat_service.money import yuan
 
 RATIO = Decimal("0.0001")
 ONE = Decimal(1)
@@ -16,6 +17,13 @@ ONE = Decimal(1)
 
 def ratio(value: Decimal) -> Decimal:
     return value.quantize(RATIO, ROUND_HALF_UP)
+
+
+def plain(value: Decimal | int | str) -> str:
+    """A number as people write it: 60 → '60', 0.9250 → '0.925', never '6E+1' (Decimal's
+    ``normalize()`` and ``str()`` switch to exponent notation)."""
+    text = format(Decimal(value).normalize(), "f")
+    return "0" if text in ("-0", "") else text
 
 
 def fen(value: Decimal) -> int:
@@ -99,18 +107,27 @@ def period_fee(
     variable_max = split_fen(variable_total, periods)[seq - 1]
     share, why = payout(formula, params, attainment)
     variable = fen(Decimal(variable_max) * share)
+    # Every amount in the derivation is in 元 (the page's column), from integer fen.
     lines = [
         {"item": "contract price", "formula": "", "fen": price_fen},
-        {"item": "fixed part of the contract", "formula": f"{price_fen} × {fixed_share}", "fen": fixed_total},
+        {
+            "item": "fixed part of the contract",
+            "formula": f"{yuan(price_fen)} × {plain(fixed_share)}",
+            "fen": fixed_total,
+        },
         {
             "item": "variable part of the contract",
-            "formula": f"{price_fen} − {fixed_total}",
+            "formula": f"{yuan(price_fen)} − {yuan(fixed_total)}",
             "fen": variable_total,
         },
-        {"item": f"fixed instalment {seq}/{periods}", "formula": f"{fixed_total} / {periods}", "fen": fixed},
+        {
+            "item": f"fixed instalment {seq}/{periods}",
+            "formula": f"{yuan(fixed_total)} / {periods}",
+            "fen": fixed,
+        },
         {
             "item": f"variable at stake {seq}/{periods}",
-            "formula": f"{variable_total} / {periods}",
+            "formula": f"{yuan(variable_total)} / {periods}",
             "fen": variable_max,
         },
         {
@@ -119,8 +136,12 @@ def period_fee(
             "ratio": str(attainment),
         },
         {"item": "payout share", "formula": why, "ratio": str(share)},
-        {"item": "variable earned", "formula": f"{variable_max} × {share}", "fen": variable},
-        {"item": "fee for the period", "formula": f"{fixed} + {variable}", "fen": fixed + variable},
+        {"item": "variable earned", "formula": f"{yuan(variable_max)} × {share}", "fen": variable},
+        {
+            "item": "fee for the period",
+            "formula": f"{yuan(fixed)} + {yuan(variable)}",
+            "fen": fixed + variable,
+        },
     ]
     return {
         "fixed_fen": fixed,

@@ -33,8 +33,24 @@ class MetricDaily(db.Model):
     value: Mapped[int] = mapped_column(sa.BigInteger)
 
 
+class MetricActiveDay(db.Model):
+    """A subscriber who did something themselves on a local day: distinct active subscribers over
+    any period are counted from here (a sum of daily counts would count someone twice). Derived
+    from the ledger like metric_daily, and rewritten with it."""
+
+    __tablename__ = "metric_active_days"
+
+    account_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+
+
 class MetricWatermark(db.Model):
-    """How far the incremental refresh has read one ledger (by primary key)."""
+    """How far the incremental refresh has read one ledger (by primary key, or for deliveries by
+    their change sequence); the row ``definitions`` holds the definitions version the rollups were
+    last recomputed under."""
 
     __tablename__ = "metric_watermarks"
 
@@ -117,6 +133,9 @@ class ContractPeriod(db.Model):
     snapshot: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_by: Mapped[int | None] = mapped_column(sa.ForeignKey("staff_users.id", ondelete="SET NULL"))
+    # The metric definitions (metrics.registry.DEFINITIONS_VERSION) the frozen figures used; an open
+    # period shows the current ones.
+    definitions: Mapped[int | None]
 
 
 class Target(db.Model):

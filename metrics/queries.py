@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from accounts import access as acl
 from accounts.access import Access
 from accounts.models import Account, OrgUnit
-from metrics.models import ManualValue, MetricDaily
-from metrics.registry import AVG, LAST, REGISTRY, SUM
+from metrics.models import ManualValue, MetricActiveDay, MetricDaily
+from metrics.registry import AVG, DISTINCT, LAST, REGISTRY, SUM
 from wechat_service.extensions import db
 
 Number = int | Decimal
@@ -35,8 +35,10 @@ def period_values(
     account_ids: Sequence[int], keys: Iterable[str], d0: date, d1: date
 ) -> dict[int, dict[str, Number]]:
     """{account: {metric: value over [d0, d1]}}: totals for sum metrics, the mean per day for avg
-    metrics, the value at the end of the period for last metrics (carried forward), the latest
-    manual entry for the exact period for manual metrics. Missing figures are 0."""
+    metrics, distinct subscribers over the whole period for distinct metrics (active subscribers,
+    from metric_active_days), the value at the end of the period for last metrics (carried
+    forward), the latest manual entry for the exact period for manual metrics. Missing figures
+    are 0."""
     ids = list(account_ids)
     keys = list(keys)
     out: dict[int, dict[str, Number]] = {a: dict.fromkeys(keys, 0) for a in ids}
@@ -53,6 +55,18 @@ def period_values(
         for aid, key, total in rows:
             total = int(total or 0)
             out[aid][key] = _avg(total, days_in(d0, d1)) if REGISTRY[key].agg == AVG else total
+    if any(REGISTRY[k].agg == DISTINCT for k in keys):
+        A = MetricActiveDay
+        counted = dict(
+            db.session.execute(
+                sa.select(A.account_id, sa.func.count(sa.distinct(A.subscriber_id)))
+                .where(A.account_id.in_(ids), A.day >= d0, A.day <= d1)
+                .group_by(A.account_id)
+            ).all()
+        )
+        for key in (k for k in keys if REGISTRY[k].agg == DISTINCT):
+            for aid in ids:
+                out[aid][key] = int(counted.get(aid, 0))
     for key in (k for k in keys if REGISTRY[k].agg == LAST and not REGISTRY[k].manual):
         latest = (
             sa.select(D.account_id, sa.func.max(D.day).label("day"))

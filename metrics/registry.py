@@ -8,6 +8,9 @@ linear combination of other metrics on the same day; ``cumulative_followers`` is
 of ``net_follows``; a *manual* metric is entered in the console.
 
 Adding a metric = one ``@sourced(...)`` function here (and a test against a hand-computed fixture).
+
+Definitions are versioned (:data:`DEFINITIONS_VERSION`): a contract period records the version its
+figures used, and a closed period keeps its frozen figures when a definition changes.
 """
 
 from __future__ import annotations
@@ -32,9 +35,22 @@ from store.models import (
     PhoneBinding,
     PointsHold,
 )
-from templates_msg.models import Campaign, Delivery, DeliveryStatus, ReportStatus
+from templates_msg.models import Campaign, Delivery, ReportStatus
+from templates_msg.reports import attributed, plus_days
+from wechat_service.extensions import db
 
 SUM, LAST, AVG = "sum", "last", "avg"  # over a period: total; value at its end; mean per day
+DISTINCT = "distinct"  # over a period: distinct subscribers (metric_active_days), not a sum of days
+
+# What changed in each version of the definitions, for the reports that record which one they used.
+DEFINITIONS_VERSION = 2
+DEFINITIONS: dict[int, str] = {
+    1: "Money on the day we recorded it; redemptions per fulfilment attempt; active subscribers as "
+    "the mean of daily counts, location reports included.",
+    2: "Money on the provider's payment or refund time (account's timezone, as reconciliation); "
+    "a redemption once per code; active subscribers distinct over the period, by their own "
+    "actions only (location reports excluded).",
+}
 
 
 @dataclass(frozen=True)
@@ -211,17 +227,39 @@ def _messages(b: Bucket) -> sa.Select[Any]:
     return _events(b, E.kind == EventKind.message)
 
 
+# Things a subscriber does themselves. LOCATION is reported by the client on its own (every few
+# seconds while the chat is open, if allowed) and UNFOLLOW ends the relation: neither is activity.
+ACTIVE_KINDS = (EventKind.follow, EventKind.scan, EventKind.click, EventKind.view, EventKind.message)
+
+
+def active_days(b: Bucket) -> sa.Select[Any]:
+    """(account_id, day, subscriber_id) once per active subscriber per local day: what
+    metric_active_days keeps, so a period's distinct actives never double-count across days."""
+    day = b.day_of(E.occurred_at).label("day")
+    return (
+        sa.select(E.account_id, day, E.subscriber_id)
+        .where(
+            E.account_id.in_(b.account_ids),
+            E.occurred_at >= b.start,
+            E.occurred_at < b.end,
+            E.kind.in_(ACTIVE_KINDS),
+        )
+        .group_by(E.account_id, day, E.subscriber_id)
+    )
+
+
 @sourced(
     "active_subscribers",
     "subscribers",
-    "Distinct subscribers with any interaction that day (follow, scan, click, view, message, "
-    "location; not unfollow). Over a period: the mean per day.",
-    agg=AVG,
+    "Distinct subscribers who did something themselves (followed, scanned, clicked or opened a "
+    "menu, sent a message); automatic location reports and unfollows are not activity. Over a "
+    "period: distinct subscribers in the whole period (one who was active on 20 days counts once).",
+    agg=DISTINCT,
     ledger="subscriber_events",
 )
 def _active(b: Bucket) -> sa.Select[Any]:
     return b.grouped(
-        E.account_id, E.occurred_at, sa.func.count(sa.distinct(E.subscriber_id)), E.kind != EventKind.unfollow
+        E.account_id, E.occurred_at, sa.func.count(sa.distinct(E.subscriber_id)), E.kind.in_(ACTIVE_KINDS)
     )
 
 
@@ -342,58 +380,92 @@ _REFUND = sa.and_(
 )
 
 
+# Money counts when the provider moved it (its success_time / time_end / gmt_payment /
+# gmt_refund_pay, kept as moved_at), on the account's local day — the day the provider's statement
+# and our reconciliation put it on — not when we happened to record the notification.
+
+
 @sourced(
     "paid_transactions",
     "transactions",
-    "Payments the providers confirmed (anomalies excluded).",
+    "Payments the providers confirmed (anomalies excluded), on the day of the provider's payment "
+    "time in the account's timezone.",
     ledger="payment_transactions",
 )
 def _paid_transactions(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(T.account_id, T.created_at, COUNT, _PAYMENT)
+    return b.grouped(T.account_id, T.moved_at, COUNT, _PAYMENT)
 
 
 @sourced(
     "gmv_fen",
     "fen",
-    "Gross merchandise value: money paid, on the day the payment was recorded.",
+    "Gross merchandise value: money paid, on the day of the provider's payment time (as in its "
+    "statement and our reconciliation), in the account's timezone.",
     ledger="payment_transactions",
 )
 def _gmv(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(T.account_id, T.created_at, sa.func.sum(T.amount_fen), _PAYMENT)
+    return b.grouped(T.account_id, T.moved_at, sa.func.sum(T.amount_fen), _PAYMENT)
 
 
 @sourced(
     "refunds",
     "transactions",
-    "Refunds the providers carried out, on the day of the refund (not of the sale).",
+    "Refunds the providers carried out, on the day the refund succeeded (not the day of the sale).",
     ledger="payment_transactions",
 )
 def _refunds(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(T.account_id, T.created_at, COUNT, _REFUND)
+    return b.grouped(T.account_id, T.moved_at, COUNT, _REFUND)
 
 
-@sourced("refunds_fen", "fen", "Money refunded, on the day of the refund.", ledger="payment_transactions")
+@sourced(
+    "refunds_fen",
+    "fen",
+    "Money refunded, on the day the refund succeeded (not the day of the sale).",
+    ledger="payment_transactions",
+)
 def _refunds_fen(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(T.account_id, T.created_at, sa.func.sum(T.amount_fen), _REFUND)
+    return b.grouped(T.account_id, T.moved_at, sa.func.sum(T.amount_fen), _REFUND)
 
 
 derived(
     "net_revenue_fen",
     "fen",
-    "GMV − refunds (a month with refunds of earlier sales can be negative).",
+    "GMV − refunds. Refunds count on the day they succeeded, so a period in which earlier sales "
+    "were refunded can be negative.",
     {"gmv_fen": 1, "refunds_fen": -1},
 )
+
+
+F = Fulfilment
+_REDEMPTION = F.source == "redemption"
+
+
+def _earlier_attempt(row: Any) -> Any:
+    """An attempt of the same code before ``row`` (by time, then id)."""
+    earlier = sa.orm.aliased(Fulfilment)
+    return (
+        sa.select(earlier.id)
+        .where(
+            earlier.source == "redemption",
+            earlier.source_id == row.source_id,
+            sa.or_(
+                earlier.created_at < row.created_at,
+                sa.and_(earlier.created_at == row.created_at, earlier.id < row.id),
+            ),
+        )
+        .exists()
+    )
 
 
 @sourced(
     "redemptions",
     "codes",
-    "Redeem codes redeemed (each attempt; a code given back after a failed "
-    "fulfilment and redeemed again counts again).",
+    "Redeem codes redeemed: once per code, on the day it was first redeemed, however often its "
+    "fulfilment was retried (or the code given back after a failure and redeemed again).",
     ledger="fulfilments",
 )
 def _redemptions(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(Fulfilment.account_id, Fulfilment.created_at, COUNT, Fulfilment.source == "redemption")
+    return b.grouped(F.account_id, F.created_at, COUNT, _REDEMPTION, ~_earlier_attempt(F))
 
 
 _COUPON_ORDERS = sa.join(CouponUse, Order, CouponUse.order_id == Order.id)
@@ -429,7 +501,7 @@ manual("support_quality", "score", "On-site support quality score (0–100), ent
 
 # -- campaigns (templates_msg) ---------------------------------------------------------------------
 # A delivery row changes as it goes (sent, reported, clicked): each metric buckets by the time of
-# its own step, and the refresh re-reads deliveries touched lately (RECENT below), not by id.
+# its own step, and the refresh re-reads deliveries by their change sequence (FEEDS below).
 
 M = Delivery
 _CAMPAIGN = sa.and_(M.kind == "campaign", M.control.is_(False))
@@ -473,34 +545,16 @@ def _transactional(b: Bucket) -> sa.Select[Any]:
 
 
 def _attributed_orders(b: Bucket) -> Any:
-    """Paid orders placed within a campaign's attribution window after the recipient's click (or,
-    without one, the delivery) — as the campaign results count them; an order attributed to two
-    campaigns counts once here."""
-    anchor = sa.func.coalesce(M.first_clicked_at, M.sent_at)
-    if b.dialect == "postgresql":
-        until = anchor + sa.func.make_interval(0, 0, 0, Campaign.attribution_days)
-    else:
-        until = sa.func.datetime(anchor, sa.func.printf("+%d days", Campaign.attribution_days))
-    attributed = (
-        sa.select(M.id)
-        .join(Campaign, Campaign.id == M.campaign_id)
-        .where(
-            _CAMPAIGN,
-            M.status == DeliveryStatus.sent,
-            M.subscriber_id == Order.subscriber_id,
-            M.account_id == Order.account_id,
-            Order.created_at >= anchor,
-            Order.created_at < until,
-        )
-        .exists()
-    )
-    return sa.and_(attributed, Order.status.in_(["paid", "fulfilling", "fulfilled"]))
+    # The campaign results page counts with the very same predicate (one definition, one query).
+    return attributed(Order, b.dialect)
 
 
 @sourced(
     "campaign_conversions",
     "orders",
-    "Paid orders attributed to a campaign (within its window after a click or delivery).",
+    "Paid orders attributed to a campaign: placed by a recipient within the campaign's attribution "
+    "window after their first click (or, without a click, the send); on the day the order was "
+    "placed. An order attributed to two campaigns counts once here and once on each campaign's page.",
     ledger="orders",
 )
 def _campaign_conversions(b: Bucket) -> sa.Select[Any]:
@@ -512,53 +566,108 @@ def _campaign_revenue(b: Bucket) -> sa.Select[Any]:
     return b.grouped(Order.account_id, Order.created_at, sa.func.sum(Order.amount_fen), _attributed_orders(b))
 
 
-# -- feeds: how the incremental refresh finds new ledger rows -------------------------------------
+# -- feeds: how the incremental refresh finds new and changed rows --------------------------------
+#
+# A refresh recomputes every (account, local day) whose figures the rows it reads can change:
+# - the days of the rows' own business times (a ledger row can carry several, e.g. an order event
+#   moves orders_paid on its own day and the order's conversion on the day the order was placed);
+# - days of *other* rows that the new ones change ("reaches"), where a metric depends on more than
+#   one day: a follow makes the subscriber's later follows re-follows (re_follows, new_followers);
+#   a redemption attempt makes later attempts of the same code repeats (redemptions); a delivery
+#   sent or clicked attributes the recipient's orders within the window (campaign_conversions,
+#   campaign_revenue_fen);
+# - cumulative_followers is a running total: the recompute carries it from the first dirty day on;
+# - active subscribers over a period are distinct: metric_active_days keeps them per day, so a
+#   period's figure is read from there and no day depends on another.
+# There are no first-time-vs-repeat buyer metrics; one would need a reach like re-follows'.
+
+Reach = Callable[[Any], sa.Select[Any]]
 
 
 @dataclass(frozen=True)
 class Feed:
-    """A ledger read by id: rows with ``id`` above the watermark are new; ``changed`` is when the
-    row was written (for the safety lag), ``business`` the time metrics bucket it by."""
+    """A ledger read by a monotonic column: rows with ``id_col`` above the watermark are new (or,
+    for deliveries, changed); ``changed`` is when it was set (for the safety lag), ``business``
+    the times metrics bucket the row by, ``reaches`` selects ``(account_id, first, last)`` business
+    times of other rows the new ones (a WHERE clause) change."""
 
     name: str
     id_col: Any
     changed: Any
-    business: Any
+    business: tuple[Any, ...]
     account_col: Any
     select_from: Any = None
+    reaches: tuple[Reach, ...] = ()
 
 
+def _later_follows(new: Any) -> sa.Select[Any]:
+    later = sa.orm.aliased(SubscriberEvent)
+    return (
+        sa.select(later.account_id, sa.func.min(later.occurred_at), sa.func.max(later.occurred_at))
+        .select_from(E)
+        .join(later, sa.and_(later.subscriber_id == E.subscriber_id, later.kind == EventKind.follow))
+        .where(new, E.kind == EventKind.follow, later.occurred_at >= E.occurred_at, later.id != E.id)
+        .group_by(later.account_id)
+    )
+
+
+def _later_attempts(new: Any) -> sa.Select[Any]:
+    later = sa.orm.aliased(Fulfilment)
+    return (
+        sa.select(later.account_id, sa.func.min(later.created_at), sa.func.max(later.created_at))
+        .select_from(F)
+        .join(later, sa.and_(later.source == "redemption", later.source_id == F.source_id))
+        .where(new, _REDEMPTION, later.created_at >= F.created_at, later.id != F.id)
+        .group_by(later.account_id)
+    )
+
+
+def _attributable_orders(new: Any) -> sa.Select[Any]:
+    """Orders of the recipients of changed deliveries placed from the earlier of send and click to
+    the end of the window after the later: attributed before or after the change."""
+    dialect = db.session.get_bind().dialect.name
+    first = sa.case((M.first_clicked_at < M.sent_at, M.first_clicked_at), else_=M.sent_at)
+    last = sa.case((M.first_clicked_at > M.sent_at, M.first_clicked_at), else_=M.sent_at)
+    return (
+        sa.select(Order.account_id, sa.func.min(Order.created_at), sa.func.max(Order.created_at))
+        .select_from(M)
+        .join(Campaign, Campaign.id == M.campaign_id)
+        .join(Order, sa.and_(Order.subscriber_id == M.subscriber_id, Order.account_id == M.account_id))
+        .where(
+            new,
+            M.sent_at.is_not(None),
+            Order.created_at >= first,
+            Order.created_at < plus_days(last, Campaign.attribution_days, dialect),
+        )
+        .group_by(Order.account_id)
+    )
+
+
+PB, PH = PhoneBinding, PointsHold
 FEEDS: tuple[Feed, ...] = (
-    Feed("subscriber_events", E.id, E.recorded_at, E.occurred_at, E.account_id),
-    Feed("inquiries", Q.id, Q.at, Q.at, Q.account_id),
+    Feed("subscriber_events", E.id, E.recorded_at, (E.occurred_at,), E.account_id, reaches=(_later_follows,)),
+    Feed("inquiries", Q.id, Q.at, (Q.at,), Q.account_id),
+    Feed("phone_bindings", PB.id, PB.bound_at, (PB.bound_at,), PB.account_id),
+    Feed("orders", Order.id, Order.created_at, (Order.created_at,), Order.account_id),
+    # A status change moves orders_paid/… on its own day and a conversion on the order's day.
     Feed(
-        "phone_bindings",
-        PhoneBinding.id,
-        PhoneBinding.bound_at,
-        PhoneBinding.bound_at,
-        PhoneBinding.account_id,
+        "order_events", OrderEvent.id, OrderEvent.at, (OrderEvent.at, Order.created_at), Order.account_id,
+        _ORDER_HISTORY,
     ),
-    Feed("orders", Order.id, Order.created_at, Order.created_at, Order.account_id),
-    Feed("order_events", OrderEvent.id, OrderEvent.at, OrderEvent.at, Order.account_id, _ORDER_HISTORY),
-    Feed("payment_transactions", T.id, T.created_at, T.created_at, T.account_id),
-    Feed("fulfilments", Fulfilment.id, Fulfilment.created_at, Fulfilment.created_at, Fulfilment.account_id),
+    Feed("payment_transactions", T.id, T.created_at, (T.moved_at,), T.account_id),
+    Feed("fulfilments", F.id, F.created_at, (F.created_at,), F.account_id, reaches=(_later_attempts,)),
     Feed(
-        "coupon_uses",
-        CouponUse.id,
-        CouponUse.created_at,
-        CouponUse.created_at,
-        Order.account_id,
+        "coupon_uses", CouponUse.id, CouponUse.created_at, (CouponUse.created_at,), Order.account_id,
         _COUPON_ORDERS,
     ),
-    Feed("points_holds", PointsHold.id, PointsHold.created_at, PointsHold.created_at, PointsHold.account_id),
-)
-
-
-# Rows that change after they are written: the refresh recomputes the days of those whose step
-# times (any of them) fall within its look-back, whatever their ids.
-RECENT: tuple[tuple[Any, tuple[Any, ...]], ...] = (
-    (M.account_id, (M.sent_at, M.reported_at, M.first_clicked_at)),
-)
+    Feed("points_holds", PH.id, PH.created_at, (PH.created_at,), PH.account_id),
+    # Deliveries change after they are written (sent, reported, clicked): read by the change
+    # sequence the database stamps on every insert and update, so a late refresh misses nothing.
+    Feed(
+        "deliveries", M.change_seq, M.changed_at, (M.sent_at, M.reported_at, M.first_clicked_at),
+        M.account_id, reaches=(_attributable_orders,),
+    ),
+)  # fmt: skip
 
 
 def get(key: str) -> Metric:

@@ -11,7 +11,7 @@ from accounts.access import METRICS, Access
 from metrics import contracts, datacube, queries
 from metrics.models import Contract, PeriodStatus
 from metrics.queries import Tree
-from metrics.registry import REGISTRY
+from metrics.registry import DEFINITIONS, DEFINITIONS_VERSION, REGISTRY
 from metrics.rollups import today_in
 
 TODAY_KEYS = ["follows", "unfollows", "net_follows"]
@@ -173,7 +173,16 @@ def month_report(access: Access, month: str | None, now: Any = None) -> dict[str
     units = queries.visible_units(access, tree)
     per_unit = queries.unit_values(tree, units, REPORT_KEYS, m0, m1) if units else {}
     totals = {k: sum((per_account[a][k] for a in ids), start=0) for k in REPORT_KEYS}
+    notes = []
+    if totals["net_revenue_fen"] < 0:
+        notes.append(
+            "Net revenue is negative: refunds count on the day they succeeded, and this month's "
+            "refunds (of sales in earlier months too) exceed this month's payments."
+        )
     return {
+        "definitions": DEFINITIONS_VERSION,
+        "definitions_text": DEFINITIONS[DEFINITIONS_VERSION],
+        "notes": notes,
         "month": m0.strftime("%Y-%m"),
         "from": m0.isoformat(),
         "to": m1.isoformat(),

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from accounts.models import Account
-from metrics.models import MetricDaily, MetricWatermark
-from metrics.registry import FEEDS, RECENT, REGISTRY, Bucket
+from metrics.models import ContractPeriod, MetricActiveDay, MetricDaily, MetricWatermark, PeriodStatus
+from metrics.registry import DEFINITIONS_VERSION, FEEDS, REGISTRY, Bucket, active_days
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
 from wechat_service.extensions import db, get_redis
@@ -69,6 +69,10 @@ def segments(tz: str, d0: date, d1: date) -> list[tuple[datetime, datetime, int 
     return out
 
 
+def account_timezones() -> dict[int, str]:
+    return _timezones(None)
+
+
 def _timezones(account_ids: Iterable[int] | None) -> dict[int, str]:
     query = sa.select(Account.id, Account.timezone)
     if account_ids is not None:
@@ -110,12 +114,17 @@ def recompute(account_ids: Sequence[int] | None, d0: date, d1: date) -> int:
             D.account_id.in_(ids), D.day >= d0, D.day <= d1, D.metric.in_([m.key for m in sourced + derived])
         )
     )
+    A = MetricActiveDay
+    db.session.execute(sa.delete(A).where(A.account_id.in_(ids), A.day >= d0, A.day <= d1))
     by_tz: dict[str, list[int]] = defaultdict(list)
     for aid, tz in tzs.items():
         by_tz[tz].append(aid)
     for tz, tz_ids in by_tz.items():
         for start, end, offset, fixed in segments(tz, d0, d1):
             bucket = Bucket(tuple(tz_ids), start, end, offset, fixed, dialect)
+            db.session.execute(
+                sa.insert(A).from_select(["account_id", "day", "subscriber_id"], active_days(bucket))
+            )
             for metric in sourced:
                 assert metric.source is not None
                 sub = metric.source(bucket).subquery()
@@ -177,55 +186,55 @@ def _watermarks() -> dict[str, int]:
     return dict(db.session.execute(sa.select(MetricWatermark.feed, MetricWatermark.last_id)).all())
 
 
+class _Dirty:
+    """(account → first and last local day) to recompute."""
+
+    def __init__(self, tzs: dict[int, str]) -> None:
+        self.tzs = tzs
+        self.spans: dict[int, tuple[date, date]] = {}
+
+    def add(self, aid: int, lo: Any, hi: Any) -> None:
+        if aid not in self.tzs or lo is None:
+            return
+        tz = self.tzs[aid]
+        d_lo, d_hi = local_day(_aware(lo), tz), local_day(_aware(hi), tz)
+        if aid in self.spans:
+            d_lo, d_hi = min(d_lo, self.spans[aid][0]), max(d_hi, self.spans[aid][1])
+        self.spans[aid] = (d_lo, d_hi)
+
+
 def refresh(now: datetime | None = None) -> dict[str, Any]:
-    """The incremental refresh: ledger rows above each watermark mark (account, local day range)
-    dirty; those ranges are recomputed whole; the watermarks move to the newest row older than
-    LAG. The caller commits (rollups and watermarks in one transaction)."""
+    """The incremental refresh: ledger rows above each watermark (deliveries: above the last change
+    sequence read) mark dirty the local days they are bucketed on and the days of other rows whose
+    figures they change (see registry.FEEDS); those ranges are recomputed whole; the watermarks
+    move to the newest row older than LAG. However late it runs, nothing is skipped. The caller
+    commits (rollups and watermarks in one transaction)."""
     now = now or utcnow()
     marks = _watermarks()
     tzs = _timezones(None)
-    dirty: dict[int, tuple[date, date]] = {}
+    dirty = _Dirty(tzs)
     new_marks: dict[str, int] = {}
     rows_seen = 0
     for feed in FEEDS:
-        last = marks.get(feed.name, 0)
-        query = sa.select(
-            feed.account_col, sa.func.min(feed.business), sa.func.max(feed.business), sa.func.count()
-        )
-        if feed.select_from is not None:
-            query = query.select_from(feed.select_from)
-        for aid, lo, hi, count in db.session.execute(
-            query.where(feed.id_col > last).group_by(feed.account_col)
-        ):
-            if aid not in tzs or lo is None:
-                continue
-            rows_seen += count
-            d_lo, d_hi = local_day(_aware(lo), tzs[aid]), local_day(_aware(hi), tzs[aid])
-            if aid in dirty:
-                d_lo, d_hi = min(d_lo, dirty[aid][0]), max(d_hi, dirty[aid][1])
-            dirty[aid] = (d_lo, d_hi)
+        new = feed.id_col > marks.get(feed.name, 0)
+        for i, business in enumerate(feed.business):
+            query = sa.select(feed.account_col, sa.func.min(business), sa.func.max(business), sa.func.count())
+            if feed.select_from is not None:
+                query = query.select_from(feed.select_from)
+            for aid, lo, hi, count in db.session.execute(query.where(new).group_by(feed.account_col)):
+                rows_seen += count if i == 0 else 0
+                dirty.add(aid, lo, hi)
+        for reach in feed.reaches:
+            for aid, lo, hi in db.session.execute(reach(new)):
+                dirty.add(aid, lo, hi)
         settled = sa.select(sa.func.max(feed.id_col))
         if feed.select_from is not None:
             settled = settled.select_from(feed.select_from)
-        mark = db.session.scalar(settled.where(feed.id_col > last, feed.changed < now - LAG))
+        mark = db.session.scalar(settled.where(new, feed.changed < now - LAG))
         if mark is not None:
             new_marks[feed.name] = int(mark)
-    since = now - 2 * LAG  # overlapping look-backs: a step written during the last run is seen
-    for account_col, times in RECENT:
-        for step in times:
-            for aid, lo, hi in db.session.execute(
-                sa.select(account_col, sa.func.min(step), sa.func.max(step))
-                .where(step >= since, step <= now)
-                .group_by(account_col)
-            ):
-                if aid not in tzs or lo is None:
-                    continue
-                d_lo, d_hi = local_day(_aware(lo), tzs[aid]), local_day(_aware(hi), tzs[aid])
-                if aid in dirty:
-                    d_lo, d_hi = min(d_lo, dirty[aid][0]), max(d_hi, dirty[aid][1])
-                dirty[aid] = (d_lo, d_hi)
     ranges: dict[tuple[date, date], list[int]] = defaultdict(list)
-    for aid, span in dirty.items():
+    for aid, span in dirty.spans.items():
         ranges[span].append(aid)
     written = 0
     for (d0, d1), ids in sorted(ranges.items()):
@@ -237,7 +246,67 @@ def refresh(now: datetime | None = None) -> dict[str, Any]:
             conflict=["feed"],
             update=["last_id", "updated_at"],
         )
-    return {"ledger_rows": rows_seen, "accounts": len(dirty), "ranges": len(ranges), "rollup_rows": written}
+    return {
+        "ledger_rows": rows_seen,
+        "accounts": len(dirty.spans),
+        "ranges": len(ranges),
+        "rollup_rows": written,
+    }
+
+
+DEFINITIONS_MARK = "definitions"  # the version the rollups were last recomputed under
+PROGRESS_MARK = "definitions_progress"  # the last account recomputed under the new version
+
+
+def _mark(feed: str) -> int | None:
+    return db.session.scalar(sa.select(MetricWatermark.last_id).where(MetricWatermark.feed == feed))
+
+
+def _set_mark(feed: str, value: int, now: datetime) -> None:
+    upsert(
+        MetricWatermark,
+        [{"feed": feed, "last_id": value, "updated_at": now}],
+        conflict=["feed"],
+        update=["last_id", "updated_at"],
+    )
+
+
+def apply_definitions(now: datetime | None = None, accounts: int | None = None) -> dict[str, Any] | None:
+    """After an upgrade that changed the metric definitions: recompute every account from the
+    first day of the earliest open contract period (at most a year back; at least the previous
+    month) to today under the new ones — ``accounts`` accounts at a time (None: all), so a job
+    can commit in steps and resume. Closed periods keep their frozen figures. Returns None when
+    the rollups are current, else {"from": first day, "done": every account recomputed}. The
+    caller commits."""
+    if (_mark(DEFINITIONS_MARK) or 0) >= DEFINITIONS_VERSION:
+        return None
+    now = now or utcnow()
+    today = today_in(None, now)
+    first_open = db.session.scalar(
+        sa.select(sa.func.min(ContractPeriod.starts_on)).where(ContractPeriod.status == PeriodStatus.open)
+    )
+    start = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+    if first_open is not None:
+        start = max(min(first_open, start), today - timedelta(days=366))
+    pending = sorted(a for a in _timezones(None) if a > (_mark(PROGRESS_MARK) or 0))
+    batch = pending if accounts is None else pending[:accounts]
+    if batch:  # a day either side: every timezone's local days
+        recompute(batch, start - timedelta(days=1), today + timedelta(days=1))
+        _set_mark(PROGRESS_MARK, batch[-1], now)
+    done = len(batch) == len(pending)
+    if done:
+        _set_mark(DEFINITIONS_MARK, DEFINITIONS_VERSION, now)
+        db.session.execute(sa.delete(MetricWatermark).where(MetricWatermark.feed == PROGRESS_MARK))
+    return {"from": start, "done": done}
+
+
+def reroll(days: int, now: datetime | None = None) -> int:
+    """Recompute the last ``days`` days whole, each account up to its own local today (an account
+    east of Beijing is already on the next day). The caller commits."""
+    by_day: dict[date, list[int]] = defaultdict(list)
+    for aid, tz in _timezones(None).items():
+        by_day[today_in(tz, now)].append(aid)
+    return sum(recompute(ids, today - timedelta(days=days), today) for today, ids in sorted(by_day.items()))
 
 
 def rebuild(d0: date, d1: date, account_ids: Sequence[int] | None = None) -> int:

@@ -45,6 +45,15 @@ class TxnKind(enum.StrEnum):
     refund = "refund"
 
 
+def _moved_at(context: Any) -> datetime:
+    """Default of ``moved_at``: the provider's own time in the row's raw record (see
+    payments.reconciliation.provider_time_of), else when the row is written."""
+    from payments.reconciliation import provider_time_of
+
+    params = context.get_current_parameters()
+    return provider_time_of(params.get("raw"), params.get("created_at") or utcnow())
+
+
 class PaymentTransaction(db.Model):
     """The provider's record of money moving: one row per provider id; its raw payload kept."""
 
@@ -65,6 +74,9 @@ class PaymentTransaction(db.Model):
     anomaly: Mapped[str | None] = mapped_column(sa.String(64))  # e.g. paid_after_close: refunded
     raw: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the provider moved the money (its success_time / time_end / gmt_payment / gmt_refund_pay):
+    # the day money counts on in metrics, as in the provider's statement.
+    moved_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_moved_at)
 
 
 class RefundStatus(enum.StrEnum):

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -131,7 +132,12 @@ def day_window(bill_date: date) -> tuple[datetime, datetime]:
 def provider_time(row: PaymentTransaction) -> datetime:
     """When the provider moved the money, from its own record (a payment at 23:59:58 that we
     recorded at 00:00:03 belongs to the earlier day's statement); else when we recorded it."""
-    raw = row.raw if isinstance(row.raw, dict) else {}
+    return provider_time_of(row.raw, row.created_at)
+
+
+def provider_time_of(raw: Any, recorded: datetime) -> datetime:
+    """The provider's time in a raw record (also the default of PaymentTransaction.moved_at)."""
+    raw = raw if isinstance(raw, dict) else {}
     for key in ("success_time", "gmt_refund_pay", "gmt_payment", "time_end"):
         value = raw.get(key)
         if not isinstance(value, str) or not value:
@@ -143,7 +149,7 @@ def provider_time(row: PaymentTransaction) -> datetime:
         except ValueError:
             continue
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=CHINA)).astimezone(UTC)
-    return row.created_at
+    return recorded
 
 
 def _ours(merchant: Merchant) -> sa.Select[tuple[PaymentTransaction]]:

@@ -179,7 +179,10 @@ class Fulfilment(db.Model):
     """Carrying a product out on a line through the BOSS, exactly once (its idempotency key)."""
 
     __tablename__ = "fulfilments"
-    __table_args__ = (sa.Index("ix_fulfilments_status_created", "status", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_fulfilments_status_created", "status", "created_at"),
+        sa.Index("ix_fulfilments_source", "source", "source_id"),  # the attempts of one code
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)

@@ -308,10 +308,48 @@ def per_account(campaign_id: int) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def plus_days(ts: Any, days: Any, dialect: str) -> Any:
+    """``ts`` + ``days`` (a column or a number) as SQL, exact on both backends. SQLite keeps
+    timestamps as text 'YYYY-MM-DD HH:MM:SS.ffffff': its ``datetime()`` shifts the date and time and
+    the fraction is carried over, so the result compares as text with stored timestamps (adding a
+    Python timedelta to a column does not work there: it silently compares garbage)."""
+    if dialect == "postgresql":
+        return ts + sa.func.make_interval(0, 0, 0, days)
+    shifted = sa.func.datetime(ts, sa.func.printf("+%d days", days))
+    return shifted.op("||")(sa.func.coalesce(sa.func.substr(ts, 20), ""))
+
+
+def attributed(order: Any, dialect: str, campaign_id: int | None = None) -> Any:
+    """The one definition of a campaign conversion, used by the campaign results and the metrics
+    rollups alike: a paid order (``order``: the Order entity) placed by a recipient the campaign
+    reached, within the campaign's attribution window after the recipient's first click (or,
+    without a click, the send). With ``campaign_id``: attributed to that campaign; without: to any
+    campaign (an order attributed to two campaigns is one order of the matrix)."""
+    d = Delivery
+    anchor = sa.func.coalesce(d.first_clicked_at, d.sent_at)
+    reached = (
+        sa.select(d.id)
+        .join(Campaign, Campaign.id == d.campaign_id)
+        .where(
+            d.kind == "campaign",
+            d.control.is_(False),
+            d.status == DeliveryStatus.sent,
+            d.subscriber_id == order.subscriber_id,
+            d.account_id == order.account_id,
+            order.created_at >= anchor,
+            order.created_at < plus_days(anchor, Campaign.attribution_days, dialect),
+        )
+    )
+    if campaign_id is not None:
+        reached = reached.where(d.campaign_id == campaign_id)
+    return sa.and_(order.status.in_(_paid_statuses()), reached.exists())
+
+
 def attribution(campaign_id: int) -> dict[str, Any]:
-    """Orders by a recipient within the window after their click (or, without a click, their
-    delivery) count for the campaign; the control group's orders within the window after the
-    campaign started are the baseline. Conversions count recipients with at least one order."""
+    """Conversions are the paid orders :func:`attributed` to the campaign (the figure the metrics
+    dashboard sums, from the same predicate) and their amount; the conversion rate is the share of
+    recipients with at least one; the control group's orders within the window after the campaign
+    started are the baseline for the uplift."""
     from store.models import Order
 
     campaign = db.session.get(Campaign, campaign_id)
@@ -319,38 +357,39 @@ def attribution(campaign_id: int) -> dict[str, Any]:
         return {
             "conversions": 0,
             "revenue_fen": 0,
+            "converted_recipients": 0,
             "conversion_rate": 0.0,
             "control_conversion_rate": None,
             "uplift": None,
         }
     d = Delivery
-    window = timedelta(days=campaign.attribution_days)
-    anchor = sa.case(
-        (d.control.is_(True), campaign.started_at), else_=sa.func.coalesce(d.first_clicked_at, d.sent_at)
-    )
-    joined = (
-        sa.select(d.id.label("did"), d.control, Order.id.label("oid"), Order.amount_fen)
-        .join(
-            Order,
-            sa.and_(
-                Order.subscriber_id == d.subscriber_id,
-                Order.account_id == d.account_id,
-                Order.status.in_(_paid_statuses()),
-                Order.created_at >= anchor,
-                Order.created_at < anchor + window,
-            ),
-        )
-        .where(d.campaign_id == campaign_id, sa.or_(d.control.is_(True), d.status == DeliveryStatus.sent))
-        .subquery()
-    )
-    rows = db.session.execute(
+    dialect = db.session.get_bind().dialect.name
+    # Recipients are subscribers (one delivery each per campaign): the same predicate gives both.
+    conversions, revenue, converted = db.session.execute(
         sa.select(
-            joined.c.control,
-            sa.func.count(sa.distinct(joined.c.did)),
-            sa.func.coalesce(sa.func.sum(joined.c.amount_fen), 0),
-        ).group_by(joined.c.control)
-    ).all()
-    got = {bool(c): (int(n), int(rev)) for c, n, rev in rows}
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(Order.amount_fen), 0),
+            sa.func.count(sa.distinct(Order.subscriber_id)),
+        ).where(attributed(Order, dialect, campaign_id))
+    ).one()
+    window_end = campaign.started_at + timedelta(days=campaign.attribution_days)
+    control_converted = (
+        db.session.scalar(
+            sa.select(sa.func.count(sa.distinct(d.id)))
+            .join(
+                Order,
+                sa.and_(Order.subscriber_id == d.subscriber_id, Order.account_id == d.account_id),
+            )
+            .where(
+                d.campaign_id == campaign_id,
+                d.control.is_(True),
+                Order.status.in_(_paid_statuses()),
+                Order.created_at >= campaign.started_at,
+                Order.created_at < window_end,
+            )
+        )
+        or 0
+    )
     sent = (
         db.session.scalar(
             sa.select(sa.func.count()).where(
@@ -363,14 +402,14 @@ def attribution(campaign_id: int) -> dict[str, Any]:
         db.session.scalar(sa.select(sa.func.count()).where(d.campaign_id == campaign_id, d.control.is_(True)))
         or 0
     )
-    conv, revenue = got.get(False, (0, 0))
-    rate = conv / sent if sent else 0.0
-    control_rate = got.get(True, (0, 0))[0] / held if held else None
+    rate = converted / sent if sent else 0.0
+    control_rate = control_converted / held if held else None
     return {
-        "conversions": conv,
-        "revenue_fen": revenue,
+        "conversions": int(conversions),
+        "revenue_fen": int(revenue),
+        "converted_recipients": int(converted),
         "conversion_rate": round(rate, 4),
-        "control_conversions": got.get(True, (0, 0))[0] if held else None,
+        "control_conversions": control_converted if held else None,
         "control_conversion_rate": round(control_rate, 4) if control_rate is not None else None,
         "uplift": round(rate - control_rate, 4) if control_rate is not None else None,
     }

@@ -79,3 +79,49 @@ def test_refresh_sees_a_delivery_that_changed_after_it_was_written(
     db.session.flush()
     rollups.refresh(now=now + timedelta(minutes=10))
     assert day_values(account.id, date(2026, 5, 10)).get("campaign_sends") == 1
+
+
+def test_a_refresh_long_after_the_change_still_counts_it(
+    app: Any,
+    ledger: Any,  # noqa: F811 - the imported fixture
+) -> None:
+    """Changed deliveries are read by the change sequence the database stamps, not by a look-back:
+    a refresh that runs hours late (missed runs, a rebuild holding the lock) still sees them."""
+    import sqlalchemy as sa
+
+    from metrics.models import MetricDaily, MetricWatermark
+    from tests.test_metrics_rollups import rows
+    from wechat_service.dbtypes import utcnow
+
+    account = ledger.account()
+    sub = ledger.subscriber(account)
+    campaign = Campaign(name="late", attribution_days=7, created_at=ts("2026-05-01T00:00:00"))
+    db.session.add(campaign)
+    db.session.flush()
+    row = _delivery(sub, campaign, status=DeliveryStatus.pending)
+    real = utcnow()
+    rollups.refresh(now=real + timedelta(hours=1))  # settles: the watermark passes the pending row
+    mark = db.session.get(MetricWatermark, "deliveries")
+    db.session.refresh(row)
+    assert mark is not None and mark.last_id >= row.change_seq
+    # Sent, reported and clicked on 10 May; the order follows. Then no refresh for hours.
+    row.status, row.msgid, row.sent_at = DeliveryStatus.sent, 77, ts("2026-05-10T04:00:00")
+    row.report, row.reported_at = ReportStatus.delivered, ts("2026-05-10T04:00:05")
+    row.first_clicked_at, row.clicks = ts("2026-05-10T04:30:00"), 1
+    order = ledger.order(sub, 1990, "2026-05-11T01:00:00")
+    order.status = "paid"
+    db.session.flush()
+    db.session.refresh(row)
+    assert row.change_seq > mark.last_id  # every update draws a new, higher number
+    rollups.refresh(now=real + timedelta(hours=3))
+    may10 = day_values(account.id, date(2026, 5, 10))
+    assert (may10.get("campaign_sends"), may10.get("campaign_deliveries"), may10.get("campaign_clicks")) == (
+        1,
+        1,
+        1,
+    )
+    assert day_values(account.id, date(2026, 5, 11)).get("campaign_conversions") == 1
+    incremental = rows([account.id])
+    db.session.execute(sa.delete(MetricDaily))
+    rollups.rebuild(date(2026, 5, 1), date(2026, 5, 31), [account.id])
+    assert rows([account.id]) == incremental

@@ -264,3 +264,55 @@ def test_manual_figures_and_closing_through_the_console(
     assert period.status.value == "closed" and period.fee_fen == 180_000 + 96_000
     page = admin.get(f"/console/metrics/contracts/{contract_id}/periods/{period.id}").get_data(as_text=True)
     assert "frozen" in page and "2,760.00" in page
+
+
+def test_fee_pages_print_plain_numbers_and_every_derivation_amount_in_yuan(
+    app: Flask, create_account: Any, create_staff: Any
+) -> None:
+    import re
+
+    from metrics import contracts
+
+    account, _, _ = create_account("plain", name="Fee page account")
+    contract = contracts.create_contract(
+        None,
+        {
+            "customer": "Operator",
+            "name": "Plain numbers",
+            "starts_on": date(2025, 1, 1),
+            "ends_on": date(2025, 12, 31),
+            "price_fen": 120_000_000,
+            "fixed_share": "0.6",
+            "formula": "linear",
+        },
+    )
+    period = contracts.periods_of(contract.id)[0]
+    for metric, value, weight in (("follows", "60", "10"), ("gmv_fen", "500000", "1")):
+        contracts.add_target(
+            None,
+            contract,
+            {
+                "metric": metric,
+                "account_id": account.id,
+                "starts_on": date(2025, 1, 1),
+                "ends_on": date(2025, 3, 31),
+                "target_value": value,
+                "weight": weight,
+            },
+        )
+    db.session.commit()
+    admin = create_staff(admin=True)
+    contract_page = admin.get(f"/console/metrics/contracts/{contract.id}").get_data(as_text=True)
+    period_page = admin.get(f"/console/metrics/contracts/{contract.id}/periods/{period.id}").get_data(
+        as_text=True
+    )
+    for page in (contract_page, period_page):
+        assert "E+" not in page
+        assert re.search(r'<td class="num">60</td><td class="num">10</td>', page), "target 60, weight 10"
+    # The derivation: amounts in 元 (1,200,000.00 元 = 120,000,000 fen), never the fen figures.
+    assert "1200000.00 × 0.6" in period_page and "1200000.00 − 720000.00" in period_page
+    assert "180000.00 + " in period_page
+    for fen_figure in ("120000000", "72000000", "48000000", "18000000", "12000000", "500000 "):
+        assert fen_figure not in period_page, fen_figure
+    # A money target's line reads in 元 too: 5,000.00 元, not 500000.
+    assert "0.00 元 / 5000.00 元" in period_page

@@ -93,7 +93,15 @@ def ledger(app: Any) -> Any:
             db.session.flush()
             return order
 
-        def txn(self, order: Order, kind: str, amount: int, at: str, anomaly: str | None = None) -> None:
+        def txn(
+            self,
+            order: Order,
+            kind: str,
+            amount: int,
+            at: str,
+            anomaly: str | None = None,
+            raw: dict[str, Any] | None = None,
+        ) -> None:
             self.n += 1
             db.session.add(
                 PaymentTransaction(
@@ -104,7 +112,7 @@ def ledger(app: Any) -> Any:
                     provider_txn_id=f"X{self.n}",
                     amount_fen=amount,
                     status="SUCCESS",
-                    raw={},
+                    raw=raw or {},
                     anomaly=anomaly,
                     created_at=ts(at),
                 )
@@ -178,7 +186,7 @@ def test_subscriber_metrics_on_local_day_boundaries_refollows_and_late_events(le
         [a.id], ["follows", "cumulative_followers", "active_subscribers"], date(2026, 3, 1), date(2026, 3, 31)
     )[a.id]
     assert march["follows"] == 4 and march["cumulative_followers"] == 2
-    assert str(march["active_subscribers"]) == "0.13"  # (1 + 3) / 31 days
+    assert march["active_subscribers"] == 3  # distinct over the month: s1 (active on both days) once
     # Nothing new: the second refresh reads nothing and writes nothing.
     assert rollups.refresh(now=ts("2026-03-04T00:10:00"))["ledger_rows"] == 0
 
@@ -281,6 +289,29 @@ def test_incremental_refresh_equals_full_rebuild(ledger: Any) -> None:
     # And a rebuild of only the middle of the range changes nothing either.
     rollups.rebuild(date(2026, 3, 28), date(2026, 4, 2))
     assert rows([shanghai.id, berlin.id]) == incremental
+
+
+def test_a_late_follow_recomputes_the_later_days_whose_figures_it_changes(ledger: Any) -> None:
+    a = ledger.account()
+    s, other = ledger.subscriber(a), ledger.subscriber(a)
+    ledger.event(s, "follow", "2026-03-20T02:00:00")
+    ledger.event(other, "follow", "2026-03-20T03:00:00")
+    ledger.event(s, "message", "2026-03-25T03:00:00")
+    db.session.commit()
+    rollups.refresh(now=ts("2026-03-26T00:00:00"))
+    assert day_values(a.id, date(2026, 3, 20))["new_followers"] == 2
+    # A follow (and unfollow) of 10 March reaches us 16 days late: the follow of the 20th was a
+    # re-follow all along. The refresh reads only the late rows, yet must redo the 20th too.
+    ledger.event(s, "follow", "2026-03-10T02:00:00", recorded="2026-03-26T00:05:00")
+    ledger.event(s, "unfollow", "2026-03-11T02:00:00", recorded="2026-03-26T00:05:00")
+    db.session.commit()
+    assert rollups.refresh(now=ts("2026-03-26T00:30:00"))["ledger_rows"] == 2
+    on_20th = day_values(a.id, date(2026, 3, 20))
+    assert (on_20th["follows"], on_20th.get("re_follows"), on_20th["new_followers"]) == (2, 1, 1)
+    incremental = rows([a.id])
+    db.session.execute(sa.delete(MetricDaily))
+    rollups.rebuild(date(2026, 3, 1), date(2026, 3, 31))
+    assert rows([a.id]) == incremental
 
 
 def test_org_tree_sums_equal_their_accounts(ledger: Any) -> None:
