@@ -1,7 +1,7 @@
 """deliveries: a change sequence stamped by the database on every insert and update
 
 Revision ID: 527769db9bf4
-Revises: 338a005ccf0d
+Revises: 5e1c7a9b3d42
 Create Date: 2026-12-03 15:30:00.000000
 
 The metrics refresh reads changed deliveries by this sequence instead of a wall-clock look-back
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "527769db9bf4"
-down_revision = "338a005ccf0d"
+down_revision = "5e1c7a9b3d42"
 branch_labels = None
 depends_on = None
 
