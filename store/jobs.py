@@ -124,8 +124,13 @@ def sweep_orders() -> dict[str, int]:
         try:
             if payments.reconcile_pending(order) == "paid":
                 counts["paid"] += 1
-            elif order.id in expired and payments.close_at_provider(order) and orders.close(order):
-                counts["closed"] += 1
+            elif order.id in expired:
+                # Paid between the query and the close (ORDERPAID): marked paid there, counted here.
+                outcome = payments.close_at_provider(order)
+                if outcome == "paid":
+                    counts["paid"] += 1
+                elif outcome == "closed" and orders.close(order):
+                    counts["closed"] += 1
             db.session.commit()
         except Exception:  # noqa: BLE001 - one order's trouble must not stop the sweep
             db.session.rollback()
