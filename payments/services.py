@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from flask import current_app
@@ -493,23 +493,26 @@ def reconcile_pending(order: Any) -> str:
     return "paid"
 
 
-def close_at_provider(order: Any) -> bool:
-    """Close an unpaid order at WeChat Pay first, so it cannot be paid after we close it. False:
-    it must not close — WeChat Pay answered ORDERPAID (paid since we last asked, its notification
-    not here yet), so it is queried now and marked paid."""
+def close_at_provider(order: Any) -> Literal["closed", "paid", "open"]:
+    """Close an unpaid order at WeChat Pay first, so it cannot be paid after we close it:
+    ``closed`` — closed there (or nothing to close), the order may close here; ``paid`` — WeChat
+    Pay answered ORDERPAID (paid since we last asked, its notification not here yet), so it was
+    queried and is now marked paid; ``open`` — ORDERPAID but the query disagrees: it must not
+    close, and is asked about again later."""
     if order.provider == Provider.alipay.value:
-        return True  # an Alipay trade expires on its own (timeout_express); a late payment is refunded
+        return "closed"  # an Alipay trade expires on its own (timeout_express); a late payment is refunded
     try:
         provider(merchant_for(order.account_id, order.provider)).close(order.out_trade_no)
     except PaymentProviderError as exc:
         if (exc.detail or {}).get("code") == "ORDERPAID":
             state = reconcile_pending(order)
-            if state != "paid":  # paid per the close, not per the query: leave it open, ask again later
-                log.warning("order %s: close says ORDERPAID, query says %s", order.out_trade_no, state)
-            return False
+            if state == "paid":
+                return "paid"
+            log.warning("order %s: close says ORDERPAID, query says %s", order.out_trade_no, state)
+            return "open"
         if (exc.detail or {}).get("code") not in ("ORDER_NOT_EXIST", "ORDERCLOSED"):
             raise
-    return True
+    return "closed"
 
 
 def handle_alipay(merchant_id: int, form: dict[str, str]) -> str:

@@ -189,6 +189,8 @@ def close(out_trade_no: str) -> ResponseReturnValue:
         order = state().orders.get((merchant["mchid"], out_trade_no))
         if order is None:
             return fail(404, "ORDER_NOT_EXIST", "no such order")
+        if order.pop("pay_on_close", False) and order["trade_state"] == "NOTPAY":
+            _mark_paid(order)  # the subscriber paid between the merchant's last query and its close
         if order["trade_state"] == "SUCCESS":
             return fail(400, "ORDERPAID", "already paid")
         order["trade_state"] = "CLOSED"
@@ -430,12 +432,21 @@ def _jsapi_order(st: PayState, params: dict[str, Any], openid: Any) -> dict[str,
     return order
 
 
+def _mark_paid(order: dict[str, Any]) -> None:
+    order.update(
+        trade_state="SUCCESS",
+        transaction_id="42" + secrets.token_hex(13)[:26],
+        success_time=datetime.now(UTC).isoformat(),
+    )
+
+
 @admin.post("/pay")
 def pay() -> ResponseReturnValue:
     """The subscriber pays: the order becomes SUCCESS and its notification goes out — ``copies``
     times, at once when ``concurrent``; ``deliver: false`` returns it instead (for forging tests).
     With ``jsapi`` (the page's getBrandWCPayRequest parameters) the order is found by its
-    prepay_id and the paySign checked first, as the WeChat client does."""
+    prepay_id and the paySign checked first, as the WeChat client does. ``at: "close"`` defers the
+    payment to the instant before the merchant's next close request (which then answers ORDERPAID)."""
     data = request.get_json(silent=True) or {}
     st = state()
     with st.lock:
@@ -447,12 +458,13 @@ def pay() -> ResponseReturnValue:
             abort(404, "no such order at WeChat Pay")
         if order["trade_state"] == "CLOSED":
             abort(409, "the order is closed: it cannot be paid")
+        if data.get("at") == "close":
+            # The payment lands just before the merchant's next close (after its last query); its
+            # notification is late, as it is when WeChat Pay answers a close with ORDERPAID.
+            order["pay_on_close"] = True
+            return jsonify({"out_trade_no": order["out_trade_no"], "at": "close"})
         if order["trade_state"] == "NOTPAY":
-            order.update(
-                trade_state="SUCCESS",
-                transaction_id="42" + secrets.token_hex(13)[:26],
-                success_time=datetime.now(UTC).isoformat(),
-            )
+            _mark_paid(order)
         merchant = st.merchants[order["mchid"]]
     transaction = {**_transaction(order), **(data.get("tamper") or {})}
     headers, body = notification(merchant, transaction)

@@ -100,6 +100,32 @@ def sweep_fulfilments() -> int:
     return len(ids) + len(unsettled)
 
 
+def sweep_points_holds() -> dict[str, int]:
+    """Cron: points holds whose exchange never learned whether the BOSS debited them (unreachable,
+    its follow-up query too) are resolved by asking the BOSS: fulfilled if debited, else released
+    (stock back). One commit per hold; a hold the BOSS still cannot answer for waits."""
+    from store.boss import BossError
+
+    counts = {"fulfilled": 0, "released": 0}
+    ids = points.stranded()
+    db.session.commit()
+    for hold_id in ids:
+        try:
+            outcome = points.resolve(hold_id)
+            db.session.commit()
+        except BossError as exc:
+            db.session.rollback()
+            log.info("points hold %s not resolved yet: %s", hold_id, exc)
+            continue
+        except Exception:  # noqa: BLE001 - one hold's trouble must not stop the sweep
+            db.session.rollback()
+            log.exception("resolving points hold %s failed", hold_id)
+            continue
+        if outcome:
+            counts[outcome] += 1
+    return counts
+
+
 def sweep_orders() -> dict[str, int]:
     """Cron: ask WeChat Pay about orders still pending (a lost notification never loses a sale);
     close the ones unpaid after the timeout — at the provider first, so they cannot be paid later."""
@@ -124,8 +150,13 @@ def sweep_orders() -> dict[str, int]:
         try:
             if payments.reconcile_pending(order) == "paid":
                 counts["paid"] += 1
-            elif order.id in expired and payments.close_at_provider(order) and orders.close(order):
-                counts["closed"] += 1
+            elif order.id in expired:
+                # Paid between the query and the close (ORDERPAID): marked paid there, counted here.
+                outcome = payments.close_at_provider(order)
+                if outcome == "paid":
+                    counts["paid"] += 1
+                elif outcome == "closed" and orders.close(order):
+                    counts["closed"] += 1
             db.session.commit()
         except Exception:  # noqa: BLE001 - one order's trouble must not stop the sweep
             db.session.rollback()

@@ -1,20 +1,29 @@
 """Points exchange: a product for points. The BOSS holds the points balance and never lets it go
 negative, so the hold is a debit there (idempotency key ``points-hold-<id>``); a failed
 fulfilment credits them back (``points-release-<id>``); success settles the hold. Each step is a
-conditional transition of the hold, so a job run twice moves nothing twice."""
+conditional transition of the hold, so a job run twice moves nothing twice. A hold whose debit
+went unanswered (the BOSS unreachable, its query too) is resolved later by the sweep
+(``stranded`` / ``resolve``), which asks the BOSS about the debit's key."""
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
+
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 
 from accounts.subscribers import lock_subscriber
 from store import catalogue, orders
 from store import fulfilment as fulfilments
 from store.boss import BossError, BossUnavailableError, boss
-from store.models import HoldStatus, PointsHold
+from store.models import Fulfilment, HoldStatus, PointsHold, Product
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, ServiceError
 from wechat_service.extensions import db, enqueue_after_commit
+
+log = logging.getLogger(__name__)
 
 
 def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: str) -> PointsHold:
@@ -53,42 +62,131 @@ def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: s
     # The hold (and the unit of stock it took) exists before the BOSS is asked: a crash after the
     # debit is traceable, and the subscriber's lock is released for their next purchase.
     db.session.commit()
-    key = f"points-hold-{hold.id:08d}"
+    key = _debit_key(hold.id)
     try:
         boss().points_debit(binding.phone, hold.points, f"exchange {product.code}", key)
     except BossError as exc:
-        debited = False
+        outcome = "failed"
         if isinstance(exc, BossUnavailableError):
             try:  # unknown outcome: ask, never debit blindly again
-                debited = boss().query_request(key).get("status") == "succeeded"
+                outcome = str(boss().query_request(key).get("status"))
             except BossError:
+                outcome = "pending"
+            if outcome == "pending":  # not known yet: the hold stays held and the sweep resolves it
                 raise ServiceError(
                     "积分系统暂时不可用，请稍后再试", code="boss_unavailable", status=503
                 ) from None
-        if not debited:
+        if outcome != "succeeded":
             _release(hold)  # nothing was taken
             db.session.commit()
             if exc.code == "INSUFFICIENT_POINTS":
                 raise ServiceError("积分不足", code="insufficient_points", status=409) from None
             raise ServiceError(f"积分兑换失败（{exc.code}）", code="boss_refused", status=409) from None
-    job = fulfilments.create(
-        account_id=account_id,
-        subscriber_id=subscriber_id,
-        product=product,
-        phone=binding.phone,
-        source="points",
-        source_id=hold.id,
-        idempotency_key=f"points-{hold.id:08d}",
-    )
-    hold.fulfilment_id = job.id
-    from store.jobs import RETRY, fulfil
-
-    enqueue_after_commit("default", fulfil, job.id, retry=RETRY)
+    if not _begin_fulfilment(hold, product):
+        # The sweep resolved this hold first (only possible long after its grace period).
+        db.session.refresh(hold)
+        if hold.status is HoldStatus.released:  # it found no debit, which has landed since
+            try:
+                boss().points_credit(
+                    hold.phone, hold.points, f"release {product.code}", _release_key(hold.id)
+                )
+            except BossError:
+                log.error("points hold %s: released, its late debit not credited back", hold.id)
+            raise ServiceError("积分兑换失败，请稍后再试", code="boss_refused", status=409)
     return hold
 
 
+def _debit_key(hold_id: int) -> str:
+    return f"points-hold-{hold_id:08d}"
+
+
+def _release_key(hold_id: int) -> str:
+    return f"points-release-{hold_id:08d}"
+
+
+def _begin_fulfilment(hold: PointsHold, product: Product) -> bool:
+    """The debit is certain: the hold gets its fulfilment, enqueued after commit. Once, whoever
+    gets here first (the exchange or any number of sweeps): the fulfilment's unique key and a
+    conditional UPDATE of the hold decide; the loser's savepoint is rolled back and it gets False."""
+    savepoint = db.session.begin_nested()
+    try:
+        job = fulfilments.create(
+            account_id=hold.account_id,
+            subscriber_id=hold.subscriber_id,
+            product=product,
+            phone=hold.phone,
+            source="points",
+            source_id=hold.id,
+            idempotency_key=f"points-{hold.id:08d}",
+        )
+    except IntegrityError:
+        savepoint.rollback()
+        return False
+    linked = db.session.execute(
+        sa.update(PointsHold)
+        .where(
+            PointsHold.id == hold.id,
+            PointsHold.status == HoldStatus.held,
+            PointsHold.fulfilment_id.is_(None),
+        )
+        .values(fulfilment_id=job.id)
+        .execution_options(synchronize_session=False)
+    )
+    if linked.rowcount != 1:
+        savepoint.rollback()
+        return False
+    savepoint.commit()
+    set_committed_value(hold, "fulfilment_id", job.id)
+    from store.jobs import RETRY, fulfil
+
+    enqueue_after_commit("default", fulfil, job.id, retry=RETRY)
+    return True
+
+
+# A hold younger than this may still have its exchange talking to the BOSS (10 s write timeout,
+# 3 s query): the sweep leaves it alone.
+STRANDED_AFTER = timedelta(minutes=10)
+
+
+def stranded(older_than: timedelta = STRANDED_AFTER, limit: int = 200) -> list[int]:
+    """Holds still held without a fulfilment after the grace period: their exchange never learned
+    whether the BOSS debited the points (it was unreachable, and so was the follow-up query)."""
+    return list(
+        db.session.scalars(
+            sa.select(PointsHold.id)
+            .where(
+                PointsHold.status == HoldStatus.held,
+                PointsHold.fulfilment_id.is_(None),
+                PointsHold.created_at < utcnow() - older_than,
+            )
+            .order_by(PointsHold.id)
+            .limit(limit)
+        )
+    )
+
+
+def resolve(hold_id: int) -> str | None:
+    """Finish a stranded hold by what the BOSS says of its debit (``requests/query`` on the debit's
+    idempotency key): debited → ``"fulfilled"`` (its fulfilment created and enqueued: the points
+    were paid); failed or never seen → ``"released"`` (its stock back; nothing was debited, so
+    nothing is credited). None: still pending at the BOSS, or resolved meanwhile by someone else.
+    Every step is conditional, so sweeps run twice or at once resolve a hold once. A BOSS still
+    unreachable raises ``BossError``: the hold waits for the next sweep. Flushes; the caller commits."""
+    hold = db.session.get(PointsHold, hold_id)
+    if hold is None or hold.status is not HoldStatus.held or hold.fulfilment_id is not None:
+        return None
+    answer = boss().query_request(_debit_key(hold.id))
+    status = answer.get("status")
+    if status == "succeeded":
+        return "fulfilled" if _begin_fulfilment(hold, db.session.get(Product, hold.product_id)) else None
+    if status in ("failed", "unknown"):
+        # "unknown": the BOSS never saw the key, and the exchange that sent it gave up long ago.
+        return "released" if _release(hold) else None
+    return None
+
+
 def settle(fulfilment_id: int) -> str | None:
-    from store.models import Fulfilment, FulfilmentStatus, Product
+    from store.models import FulfilmentStatus
 
     job = db.session.get(Fulfilment, fulfilment_id)
     if job is None or job.source != "points":
@@ -100,9 +198,7 @@ def settle(fulfilment_id: int) -> str | None:
     if job.status is FulfilmentStatus.failed and hold.status is HoldStatus.held:
         # Credit first, with its own key: if the BOSS is unreachable the hold stays held and the
         # sweep tries again; a repeated credit with the same key is a no-op there.
-        boss().points_credit(
-            hold.phone, hold.points, f"release {product.code}", f"points-release-{hold.id:08d}"
-        )
+        boss().points_credit(hold.phone, hold.points, f"release {product.code}", _release_key(hold.id))
         if _release(hold):
             return f"积分兑换未能完成，{hold.points} 积分已退回。"
     return None

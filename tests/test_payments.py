@@ -323,7 +323,7 @@ def test_closing_an_order_wechat_pay_reports_paid_marks_it_paid(
 
     order, _ = _order(shop)
     _notification(simulator, order)  # paid at WeChat Pay; the notification is not here yet
-    assert payments.close_at_provider(order) is False
+    assert payments.close_at_provider(order) == "paid"
     db.session.commit()
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
@@ -331,3 +331,22 @@ def test_closing_an_order_wechat_pay_reports_paid_marks_it_paid(
     headers, body = _notification(simulator, order)  # the late notification: no second effect
     assert _notify(app, shop, headers, body).status_code == 204
     assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1
+
+
+def test_sweep_counts_an_order_paid_through_the_orderpaid_close(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    """The sweep's query finds the order unpaid; the subscriber pays before the close, which WeChat
+    Pay answers ORDERPAID. The order is marked paid there, and the sweep's summary says so."""
+    order, _ = _order(shop)
+    at_close = {"out_trade_no": order.out_trade_no, "at": "close"}
+    requests.post(f"{simulator}/_sim/wechatpay/pay", json=at_close, timeout=10).raise_for_status()
+    db.session.execute(
+        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(hours=1))
+    )
+    db.session.commit()
+    assert jobs.sweep_orders() == {"paid": 1, "closed": 0}
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1
+    assert jobs.sweep_orders() == {"paid": 0, "closed": 0}  # nothing pending is left to count

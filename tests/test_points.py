@@ -188,3 +188,116 @@ def test_client_key_of_another_product_is_refused(shop: dict[str, Any]) -> None:
     other = _exchangeable(shop, code="other")
     with pytest.raises(ConflictError):
         points.exchange(shop["account"].id, shop["sub"].id, other.id, "points-key-0009")
+
+
+# -- holds left unresolved (the BOSS unreachable during the exchange): the periodic sweep ----------
+
+
+@pytest.fixture
+def impatient_boss(app: Flask, simulator: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real BOSS client with a short write timeout, so a write answered too late fails fast."""
+    from store.boss import HttpBoss
+
+    client = HttpBoss(
+        f"{simulator}/boss", app.config["BOSS_APP_ID"], app.config["BOSS_SECRET"], write_timeout=0.5
+    )
+    monkeypatch.setitem(app.extensions, "boss", client)
+
+
+def _fault(simulator: str, kind: str, operation: str, **extra: Any) -> None:
+    requests.post(
+        f"{simulator}/_sim/boss/faults", json={"kind": kind, "operation": operation, **extra}, timeout=5
+    ).raise_for_status()
+
+
+def _stranded(shop: dict[str, Any], product_id: int, key: str) -> PointsHold:
+    """The exchange fails with the BOSS unreachable: the hold stays held, with no fulfilment."""
+    with pytest.raises(ServiceError) as exc:
+        points.exchange(shop["account"].id, shop["sub"].id, product_id, key)
+    assert exc.value.code == "boss_unavailable"
+    db.session.expire_all()
+    hold = db.session.scalar(sa.select(PointsHold).where(PointsHold.client_key == key))
+    assert hold.status is HoldStatus.held and hold.fulfilment_id is None
+    return hold
+
+
+def _age(hold: PointsHold) -> None:
+    from datetime import timedelta
+
+    from wechat_service.dbtypes import utcnow
+
+    db.session.execute(
+        sa.update(PointsHold).where(PointsHold.id == hold.id).values(created_at=utcnow() - timedelta(hours=1))
+    )
+    db.session.commit()
+
+
+def _stock(product_id: int) -> int | None:
+    from store.models import Product
+
+    return db.session.scalar(sa.select(Product.stock).where(Product.id == product_id))
+
+
+def test_sweep_fulfils_a_hold_the_boss_debited_without_answering(
+    shop: dict[str, Any], simulator: str, impatient_boss: None
+) -> None:
+    from store.models import Fulfilment
+
+    product = _exchangeable(shop, code="lost-debit", stock=1)
+    balance = _line(simulator, shop["phone"])["balance_fen"]
+    _fault(simulator, "timeout_after_accept", "points-debit", ms=1500)  # debited, answer lost
+    _fault(simulator, "busy", "requests/query")  # and the follow-up query fails too
+    hold = _stranded(shop, product.id, "points-lost-0001")
+    assert _line(simulator, shop["phone"])["points"] == shop["have"] - 1
+    assert _stock(product.id) == 0
+    assert jobs.sweep_points_holds() == {"fulfilled": 0, "released": 0}  # within the grace period
+    _age(hold)
+    assert jobs.sweep_points_holds() == {"fulfilled": 1, "released": 0}
+    db.session.expire_all()
+    hold = db.session.get(PointsHold, hold.id)
+    assert hold.fulfilment_id is not None
+    assert jobs.fulfil(hold.fulfilment_id) == "succeeded"
+    assert jobs.sweep_points_holds() == {"fulfilled": 0, "released": 0}  # twice: nothing more
+    db.session.expire_all()
+    assert db.session.get(PointsHold, hold.id).status is HoldStatus.settled
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Fulfilment)) == 1
+    line = _line(simulator, shop["phone"])
+    assert line["points"] == shop["have"] - 1  # debited once, not credited back
+    assert line["balance_fen"] == balance + 500  # the top-up carried out once
+    assert _stock(product.id) == 0  # the subscriber kept it
+
+
+def test_sweep_releases_a_hold_the_boss_never_debited(
+    shop: dict[str, Any], simulator: str, impatient_boss: None
+) -> None:
+    from store.models import Fulfilment
+
+    product = _exchangeable(shop, code="never-debited", stock=1)
+    _fault(simulator, "busy", "points-debit")  # refused before carrying anything out
+    _fault(simulator, "busy", "requests/query")
+    hold = _stranded(shop, product.id, "points-none-0001")
+    assert _line(simulator, shop["phone"])["points"] == shop["have"]
+    assert _stock(product.id) == 0
+    _age(hold)
+    _fault(simulator, "busy", "requests/query")  # still unreachable: the hold waits
+    assert jobs.sweep_points_holds() == {"fulfilled": 0, "released": 0}
+    db.session.expire_all()
+    assert db.session.get(PointsHold, hold.id).status is HoldStatus.held
+    assert jobs.sweep_points_holds() == {"fulfilled": 0, "released": 1}  # the BOSS is back
+    assert jobs.sweep_points_holds() == {"fulfilled": 0, "released": 0}
+    db.session.expire_all()
+    assert db.session.get(PointsHold, hold.id).status is HoldStatus.released
+    assert _stock(product.id) == 1  # given back once
+    assert _line(simulator, shop["phone"])["points"] == shop["have"]  # nothing taken, nothing credited
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Fulfilment)) == 0
+
+
+def test_the_cron_process_runs_the_points_sweep(redis_conn: Any) -> None:
+    from rq.cron import CronScheduler
+
+    from wechat_service.worker import periodic_jobs
+
+    scheduler = CronScheduler(connection=redis_conn)
+    periodic_jobs(scheduler)
+    sweeps = [j for j in scheduler.get_jobs() if j.func_name == "store.jobs.sweep_points_holds"]
+    assert len(sweeps) == 1 and sweeps[0].interval == 300

@@ -287,7 +287,7 @@ def test_closing_an_order_wechat_pay_reports_paid_marks_it_paid(
     shop = _shop(create_account, simulator, "HMAC-SHA256")
     order, _ = _order(shop)
     _paid(simulator, order)  # paid at WeChat Pay; the notification is not here yet
-    assert payments.close_at_provider(order) is False  # closeorder answered ORDERPAID
+    assert payments.close_at_provider(order) == "paid"  # closeorder answered ORDERPAID
     db.session.commit()
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.fulfilling

@@ -80,6 +80,7 @@ def periodic_jobs(scheduler: CronScheduler) -> None:
     scheduler.register(jobs.refresh_tokens, "default", interval=120, job_timeout=120)
     scheduler.register(store_jobs.sweep_fulfilments, "default", interval=300, job_timeout=120)
     scheduler.register(store_jobs.sweep_orders, "default", interval=60, job_timeout=120)
+    scheduler.register(store_jobs.sweep_points_holds, "default", interval=300, job_timeout=120)
     scheduler.register(payment_jobs.sweep_refunds, "default", interval=120, job_timeout=300)
     # Campaigns: start due ones, recover rows of dead send jobs, resume paused accounts.
     scheduler.register(campaign_jobs.tick_campaigns, "default", interval=15, job_timeout=300)

@@ -21,6 +21,10 @@ from flask import Flask
 from simulator.driver import Target
 from tests import helpers
 
+# The BOSS keeps idempotency keys per client: the live database numbers its holds and orders from 1
+# as the in-process one does, so the live stack is a client of its own (no key reused across them).
+LIVE_BOSS_APP = "wechat-service-live"
+
 
 @dataclass
 class Live:
@@ -92,6 +96,11 @@ def live_stack(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     from wechat_service.extensions import db
 
     logs = tmp_path_factory.mktemp("live-logs")
+    requests.post(
+        f"{simulator}/_sim/boss/clients",
+        json={"app_id": LIVE_BOSS_APP, "secret": helpers.BOSS_SECRET},
+        timeout=5,
+    ).raise_for_status()
     db_url = helpers.recreate_database(f"{helpers.DB_NAME}_live")
     redis_url = f"{helpers.REDIS}/{helpers.LIVE_REDIS_DB}"
     redis.Redis.from_url(redis_url).flushdb()
@@ -107,7 +116,7 @@ def live_stack(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "WECHAT_SERVICE_BOSS_API_BASE": f"{simulator}/boss",
         "WECHAT_SERVICE_WECHATPAY_API_BASE": f"{simulator}/wechatpay",
         "WECHAT_SERVICE_ALIPAY_GATEWAY": f"{simulator}/alipay/gateway.do",
-        "WECHAT_SERVICE_BOSS_APP_ID": "wechat-service-test",
+        "WECHAT_SERVICE_BOSS_APP_ID": LIVE_BOSS_APP,
         "WECHAT_SERVICE_BOSS_SECRET": helpers.BOSS_SECRET,
         "WECHAT_SERVICE_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "WECHAT_SERVICE_INSTANCE_PATH": str(tmp_path_factory.mktemp("live-instance")),
@@ -125,7 +134,7 @@ def live_stack(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "BOSS_API_BASE": f"{simulator}/boss",
             "WECHATPAY_API_BASE": f"{simulator}/wechatpay",
             "ALIPAY_GATEWAY": f"{simulator}/alipay/gateway.do",
-            "BOSS_APP_ID": "wechat-service-test",
+            "BOSS_APP_ID": LIVE_BOSS_APP,
             "BOSS_SECRET": helpers.BOSS_SECRET,
             "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "INSTANCE_PATH": env["WECHAT_SERVICE_INSTANCE_PATH"],

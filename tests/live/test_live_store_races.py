@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 import requests
 import sqlalchemy as sa
 
@@ -291,3 +292,80 @@ def test_parallel_fund_pool_draws_never_overdraw(live: Live) -> None:
         )
     )
     assert balance == sum(ledger) == 1000, (balance, ledger)
+
+
+def test_parallel_sweeps_resolve_each_stranded_points_hold_once(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two exchanges lose their BOSS answer and their follow-up query (one was debited, one was
+    not); then twelve sweeps run at once, each in its own session: the debited hold gets exactly
+    one fulfilment (carried out by the worker), the other is released with its unit of stock back
+    once, and no points move twice."""
+    from datetime import timedelta
+
+    from store import jobs, points
+    from store.boss import HttpBoss
+    from store.models import Fulfilment, HoldStatus, PointsHold, Product
+    from wechat_service.dbtypes import utcnow
+    from wechat_service.errors import ServiceError
+    from wechat_service.extensions import db
+
+    shop = _mp_shop(live, 2, "STR", stock=2, points_price=1)
+    cfg = live.app.config
+    # The real client with a short write timeout, so an answer withheld past it fails fast.
+    client = HttpBoss(cfg["BOSS_API_BASE"], cfg["BOSS_APP_ID"], cfg["BOSS_SECRET"], write_timeout=0.5)
+    monkeypatch.setitem(live.app.extensions, "boss", client)
+    before = [_line(live, p)["points"] for p in shop["phones"]]
+
+    def fault(kind: str, operation: str, **extra: Any) -> None:
+        requests.post(
+            f"{live.sim}/_sim/boss/faults", json={"kind": kind, "operation": operation, **extra}, timeout=5
+        ).raise_for_status()
+
+    def exchange(i: int) -> str:
+        from accounts import services
+        from accounts.subscribers import touch
+
+        account = services.account_by_appid(shop["appid"])
+        sub = touch(account.id, f"oSTR{i:010d}", None)
+        try:
+            points.exchange(account.id, sub.id, shop["product_id"], f"stranded-{i:04d}")
+        except ServiceError as exc:
+            return exc.code
+        return "ok"
+
+    fault("timeout_after_accept", "points-debit", ms=1500)  # carried out, answered too late
+    fault("busy", "requests/query")
+    assert live.in_app(lambda: exchange(0)) == "boss_unavailable"
+    fault("busy", "points-debit")  # refused before anything was done
+    fault("busy", "requests/query")
+    assert live.in_app(lambda: exchange(1)) == "boss_unavailable"
+    assert [_line(live, p)["points"] for p in shop["phones"]] == [before[0] - 1, before[1]]
+    assert live.scalar(sa.select(Product.stock).where(Product.id == shop["product_id"])) == 0
+
+    def age() -> None:
+        db.session.execute(sa.update(PointsHold).values(created_at=utcnow() - timedelta(hours=1)))
+        db.session.commit()
+
+    live.in_app(age)
+
+    def sweep(_: int) -> dict[str, int]:
+        return live.in_app(jobs.sweep_points_holds)
+
+    results = _at_once(12, sweep)
+    assert sum(r["fulfilled"] for r in results) == 1, results
+    assert sum(r["released"] for r in results) == 1, results
+    held = live.in_app(lambda: {h.client_key: h.status for h in db.session.scalars(sa.select(PointsHold))})
+    assert held["stranded-0001"] is HoldStatus.released
+    live.wait_for(
+        lambda: (
+            live.scalar(sa.select(PointsHold.status).where(PointsHold.client_key == "stranded-0000"))
+            is HoldStatus.settled
+        ),
+        30,
+        "the debited hold to be fulfilled by the worker",
+    )
+    assert live.scalar(sa.select(sa.func.count()).select_from(Fulfilment)) == 1
+    assert live.scalar(sa.select(Product.stock).where(Product.id == shop["product_id"])) == 1
+    assert [_line(live, p)["points"] for p in shop["phones"]] == [before[0] - 1, before[1]]
+    assert _at_once(4, sweep) == [{"fulfilled": 0, "released": 0}] * 4  # nothing left to resolve
