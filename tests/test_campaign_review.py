@@ -1,0 +1,82 @@
+"""Review findings on campaigns: the deliveries CSV masks openids as the console does (a full
+export is explicit and audited), four eyes hold when the approver edited the draft, the editor
+renders template content from WeChat inert, and the campaign API answers after a send."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from flask import Flask
+
+from accounts.masking import mask_id
+from accounts.models import AuditLog
+from templates_msg import services
+from templates_msg.models import Campaign, CampaignState, Delivery
+from tests import helpers
+from tests.test_campaigns import _campaign, _run, _start
+from wechat_service.extensions import db
+
+S = CampaignState
+
+
+@pytest.fixture
+def sent(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
+    """An account with 12 followers and a campaign sent to all of them through the simulator."""
+    account, fields, _ = create_account("plain")
+    helpers.seed_campaign_account(simulator, account.id, fields["appid"], 12, "oCSV" + fields["appid"][-6:])
+    campaign = _campaign(account.id)
+    _start(campaign)
+    _run(campaign.id)
+    openids = sorted(
+        db.session.scalars(sa.select(Delivery.openid).where(Delivery.campaign_id == campaign.id))
+    )
+    assert len(openids) == 12
+    return {"account": account, "campaign_id": campaign.id, "openids": openids, "appid": fields["appid"]}
+
+
+def _csv(resp: Any) -> list[dict[str, str]]:
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
+    assert resp.mimetype == "text/csv"
+    return list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
+
+
+def _export_audits() -> list[AuditLog]:
+    return list(
+        db.session.scalars(
+            sa.select(AuditLog).where(AuditLog.action == "campaign.export_openids").order_by(AuditLog.id)
+        )
+    )
+
+
+# -- #16: the campaign API after a send, and cancel ------------------------------------------------
+
+
+def test_a_sent_campaign_reads_and_a_cancel_answers(sent: dict[str, Any], create_staff: Any) -> None:
+    aid, cid = sent["account"].id, sent["campaign_id"]
+    admin = create_staff(admin=True)
+    resp = admin.get(f"/api/v1/campaigns/{cid}")
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
+    body = resp.get_json()
+    assert body["state"] == "completed" and body["started_at"] and body["finished_at"]
+    assert body["account_ids"] == [aid]
+    listed = admin.get("/api/v1/campaigns").get_json()["items"]
+    assert [c for c in listed if c["id"] == cid] == [body]
+
+    marketer = create_staff("marketer", account_id=aid)
+    draft = marketer.api(
+        "POST",
+        "/api/v1/campaigns",
+        {"name": "to cancel", "account_ids": [aid], "template_id": "TPL_PROMO", "data": {"first": "x"}},
+    ).get_json()
+    resp = marketer.api("POST", f"/api/v1/campaigns/{draft['id']}/cancel", {"reason": "not needed"})
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
+    assert resp.get_json()["state"] == "cancelled" and resp.get_json()["finished_at"]
+    assert resp.get_json()["state_reason"] == "not needed"
