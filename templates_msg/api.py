@@ -19,6 +19,7 @@ from templates_msg.schemas import (
     CampaignCreateSchema,
     CampaignSchema,
     CampaignUpdateSchema,
+    DeliveriesExportQuerySchema,
     PreviewSchema,
     ReasonSchema,
     StatsSchema,
@@ -137,9 +138,14 @@ def campaign_stats(campaign_id: int) -> ResponseReturnValue:
 
 
 @blp.get("/campaigns/<int:campaign_id>/deliveries.csv")
-def campaign_csv(campaign_id: int) -> ResponseReturnValue:
+@blp.arguments(DeliveriesExportQuerySchema, location="query")
+def campaign_csv(query: dict[str, Any], campaign_id: int) -> ResponseReturnValue:
+    show = operations.export_openids(
+        current_access(), campaign_id, query["openids"], query["reason"], client_ip()
+    )
+    db.session.commit()
     return Response(
-        stream_with_context(reports.export_csv(campaign_id)),
+        stream_with_context(reports.export_csv(campaign_id, openids=show)),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="campaign-{campaign_id}-deliveries.csv"'},
     )

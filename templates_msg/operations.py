@@ -108,6 +108,19 @@ def act(access: Access, campaign_id: int, action: str, ip: str, reason: str = ""
     return campaign
 
 
+def export_openids(access: Access, campaign_id: int, mode: str, reason: str, ip: str) -> dict[int, str]:
+    """How the deliveries CSV shows openids, per account of the campaign: ``full`` only when
+    asked for explicitly, by a role with the reveal right on every account, and audited (the
+    entry commits before any row leaves); else ``masked`` where the role may see subscribers
+    (as the subscriber pages show them) and ``none`` where it may not."""
+    ids = services.account_ids_of(campaign_id)
+    if mode == "full":
+        campaign = campaign_for(access, campaign_id, acl.REVEAL)
+        _audit(access, "campaign.export_openids", campaign, ip, reason=reason[:200])
+        return dict.fromkeys(ids, "full")
+    return {a: "masked" if access.can(acl.SUBSCRIBERS, a) else "none" for a in ids}
+
+
 def sync_templates(access: Access, account_id: int, ip: str) -> dict[str, int]:
     account = acl.account_for(access, account_id, acl.CAMPAIGN_PREPARE)
     counts = services.sync_templates(account.id)

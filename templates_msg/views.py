@@ -185,6 +185,7 @@ def campaign_detail(campaign_id: int) -> ResponseReturnValue:
         history=services.history(campaign_id),
         can_prepare=all(access.can(acl.CAMPAIGN_PREPARE, a) for a in ids),
         can_approve=all(access.can(acl.CAMPAIGN_APPROVE, a) for a in ids),
+        can_reveal=all(access.can(acl.REVEAL, a) for a in ids),
         me=access.user_id,
         S=CampaignState,
     )

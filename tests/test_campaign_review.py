@@ -56,6 +56,61 @@ def _export_audits() -> list[AuditLog]:
     )
 
 
+# -- #2: the deliveries CSV ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "shown", "may_export_full"),
+    [
+        ("analyst", "none", False),  # no subscriber access at all: no openids, not even masked
+        ("marketer", "none", False),
+        ("account_manager", "masked", False),  # sees subscribers masked, has no reveal right
+        ("support", "masked", True),  # masked, and the audited reveal
+        (None, "masked", True),  # the administrator: full openids only when asked, audited
+    ],
+)
+def test_deliveries_csv_masks_openids_like_the_console(
+    sent: dict[str, Any], create_staff: Any, role: str | None, shown: str, may_export_full: bool
+) -> None:
+    aid, cid, openids = sent["account"].id, sent["campaign_id"], sent["openids"]
+    user = create_staff(role, account_id=aid) if role else create_staff(admin=True)
+    url = f"/api/v1/campaigns/{cid}/deliveries.csv"
+
+    resp = user.get(url)
+    rows = _csv(resp)
+    body = resp.get_data(as_text=True)
+    assert len(rows) == 12 and {r["status"] for r in rows} == {"sent"}
+    assert not any(o in body for o in openids), "a full openid in the default export"
+    got = sorted(r["openid"] for r in rows)
+    assert got == (sorted(mask_id(o) for o in openids) if shown == "masked" else [""] * 12)
+    assert _export_audits() == []
+
+    # A full export is asked for explicitly, with a reason, and goes in the audit log.
+    refused = user.get(url, query_string={"openids": "full"})
+    assert refused.status_code == 422
+    assert "reason" in refused.get_json()["error"]["fields"]
+    resp = user.get(url, query_string={"openids": "full", "reason": "complaint #4711"})
+    if not may_export_full:
+        assert resp.status_code == 403 and resp.get_json()["error"]["code"]
+        assert _export_audits() == []
+        return
+    assert sorted(r["openid"] for r in _csv(resp)) == openids
+    (entry,) = _export_audits()
+    assert entry.account_id == aid and entry.after["reason"] == "complaint #4711"
+    assert entry.target.startswith(f"campaign {cid} ")
+
+
+def test_deliveries_csv_of_a_stranger_campaign_is_not_found(
+    sent: dict[str, Any], create_staff: Any, create_account: Any
+) -> None:
+    other, _, _ = create_account("plain")
+    stranger = create_staff("support", account_id=other.id)
+    url = f"/api/v1/campaigns/{sent['campaign_id']}/deliveries.csv"
+    assert stranger.get(url).status_code == 404
+    assert stranger.get(url, query_string={"openids": "full", "reason": "just looking"}).status_code == 404
+    assert _export_audits() == []
+
+
 # -- #16: the campaign API after a send, and cancel ------------------------------------------------
 
 
