@@ -72,8 +72,8 @@ def create(access: Access, fields: dict[str, Any], ip: str) -> Campaign:
 def update(access: Access, campaign_id: int, fields: dict[str, Any], ip: str) -> Campaign:
     campaign_for(access, campaign_id, acl.CAMPAIGN_PREPARE)
     version = fields.pop("version", None)
-    campaign = services.update_campaign(campaign_id, fields, version)
-    _audit(access, "campaign.update", campaign, ip, changed=sorted(fields))
+    campaign, changes = services.update_campaign(campaign_id, fields, version, access.user_id)
+    _audit(access, "campaign.update", campaign, ip, changed=sorted(changes), changes=changes)
     return campaign
 
 

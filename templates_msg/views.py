@@ -175,6 +175,7 @@ def campaign_detail(campaign_id: int) -> ResponseReturnValue:
         text = "(the template is gone from WeChat)"
     stats = reports.stats(campaign_id)
     names = dict(db.session.execute(sa.select(Account.id, Account.name).where(Account.id.in_(ids))).all())
+    history = services.history(campaign_id)
     return render_template(
         "templates_msg/campaign.html",
         campaign=campaign,
@@ -182,13 +183,27 @@ def campaign_detail(campaign_id: int) -> ResponseReturnValue:
         stats=stats,
         names=names,
         per_account=reports.per_account(campaign_id),
-        history=services.history(campaign_id),
+        history=history,
+        changes=_changes_text(history),
         can_prepare=all(access.can(acl.CAMPAIGN_PREPARE, a) for a in ids),
         can_approve=all(access.can(acl.CAMPAIGN_APPROVE, a) for a in ids),
         can_reveal=all(access.can(acl.REVEAL, a) for a in ids),
-        me=access.user_id,
+        barred=services.approval_barred(campaign, access.user_id),
         S=CampaignState,
     )
+
+
+def _changes_text(history: list[Any]) -> dict[int, list[tuple[str, str, str]]]:
+    """Each edit's changed fields as (field, before, after) text (Jinja escapes it)."""
+
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+    return {
+        e.id: [(name, text(old), text(new)) for name, (old, new) in sorted(e.changes.items())]
+        for e in history
+        if e.changes
+    }
 
 
 @bp.post("/campaigns/<int:campaign_id>/<any(submit, approve, reject, pause, resume, cancel):action>")
