@@ -23,6 +23,9 @@ from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 
 bp = console_blueprint("campaigns_console", __name__)
+# The pages' scripts are static files (templates_msg/static), never inline: CSP without 'unsafe-inline'.
+bp.static_folder = "static"
+bp.static_url_path = "/static/campaigns"
 
 
 @bp.before_request
@@ -149,13 +152,12 @@ def campaign_new() -> ResponseReturnValue:
         templates=templates,
         form=request.form,
         errors=errors,
-        templates_json=json.dumps(
-            {
-                t.template_id: {"content": t.content, "fields": t.fields, "account_id": t.account_id}
-                for t in templates
-            },
-            ensure_ascii=False,
-        ),
+        # Rendered with |tojson inside <script type="application/json">: template content comes
+        # from WeChat and may hold "</script>"; tojson escapes <, >, & and ' so it stays data.
+        templates_data={
+            t.template_id: {"content": t.content, "fields": t.fields, "account_id": t.account_id}
+            for t in templates
+        },
         variables=services.VARIABLES,
     )
 

@@ -237,6 +237,63 @@ def test_an_edit_after_sending_back_bars_the_editor_from_the_next_approval(team:
     assert third.api("POST", f"/api/v1/campaigns/{cid}/approve", {}).get_json()["state"] == "scheduled"
 
 
+# -- #4: template content from WeChat in the editor ------------------------------------------------
+
+
+class _Scripts(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[tuple[dict[str, str | None], str]] = []
+        self._open: dict[str, str | None] | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script":
+            self._open, self._text = dict(attrs), []
+        for name, _ in attrs:
+            assert not name.startswith("on"), f"inline handler {name} on <{tag}>"
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script" and self._open is not None:
+            self.scripts.append((self._open, "".join(self._text)))
+            self._open = None
+
+
+def test_template_content_from_wechat_renders_inert_in_the_editor(
+    app: Flask, create_account: Any, simulator: str, create_staff: Any
+) -> None:
+    account, fields, _ = create_account("plain")
+    evil = "{{first.DATA}}</script><script>alert(1)</script>\n套餐：{{keyword1.DATA}} <!-- & ' \""
+    requests.post(
+        f"{simulator}/_sim/accounts/{fields['appid']}/templates",
+        json={"templates": [{"template_id": "TPL_EVIL", "title": "恶意", "content": evil, "example": ""}]},
+        timeout=10,
+    ).raise_for_status()
+    services.sync_templates(account.id)
+    db.session.commit()
+    marketer = create_staff("marketer", account_id=account.id)
+    resp = marketer.get("/console/campaigns/new")
+    assert resp.status_code == 200
+    parser = _Scripts()
+    parser.feed(resp.get_data(as_text=True))
+    parser.close()
+    data = [text for attrs, text in parser.scripts if attrs.get("id") == "tpl-data"]
+    assert len(data) == 1 and "<" not in data[0]
+    assert json.loads(data[0])["TPL_EVIL"]["content"] == evil  # the data survives intact
+    # No script runs but the editor's own file: every other script is the JSON data.
+    for attrs, text in parser.scripts:
+        if attrs.get("type") == "application/json":
+            continue
+        assert attrs.get("src") and not text.strip(), f"inline script: {text[:80]!r}"
+    src = next(a["src"] for a, _ in parser.scripts if a.get("src"))
+    with marketer.get(src) as js:
+        assert js.status_code == 200 and b"tpl-data" in js.get_data()
+
+
 # -- #16: the campaign API after a send, and cancel ------------------------------------------------
 
 
