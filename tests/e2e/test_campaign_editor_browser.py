@@ -16,9 +16,7 @@ PASSWORD = "browser editor password 1"
 EVIL = "{{first.DATA}}</script><script>alert(1)</script>\n套餐：{{keyword1.DATA}}"
 
 
-def test_the_editor_works_from_its_static_script_and_stays_inert(
-    live: Live, browser: Any, shot: Any
-) -> None:
+def test_the_editor_works_from_its_static_script_and_stays_inert(live: Live, browser: Any, shot: Any) -> None:
     env = {**live.env, "WECHAT_SERVICE_NEW_USER_PASSWORD": PASSWORD}
     helpers.run_checked(helpers.cli("user", "create-admin", "--username", "editor"), env)
     fields, _ = live.create_account("plain", name="Editor Test")
