@@ -19,6 +19,7 @@ from templates_msg.schemas import (
     CampaignCreateSchema,
     CampaignSchema,
     CampaignUpdateSchema,
+    DeliveriesExportQuerySchema,
     PreviewSchema,
     ReasonSchema,
     StatsSchema,
@@ -90,13 +91,13 @@ def campaign_create(data: dict[str, Any]) -> ResponseReturnValue:
         data["segment"] = _segment_out(data["segment"])
     campaign = operations.create(current_access(), data, client_ip())
     db.session.commit()
-    return operations.dump(campaign)
+    return operations.view(campaign)
 
 
 @blp.get("/campaigns/<int:campaign_id>")
 @blp.response(200, CampaignSchema)
 def campaign_get(campaign_id: int) -> ResponseReturnValue:
-    return operations.dump(services.campaign_by_id(campaign_id))
+    return operations.view(services.campaign_by_id(campaign_id))
 
 
 @blp.patch("/campaigns/<int:campaign_id>")
@@ -107,7 +108,7 @@ def campaign_update(data: dict[str, Any], campaign_id: int) -> ResponseReturnVal
         data["segment"] = _segment_out(data["segment"])
     campaign = operations.update(current_access(), campaign_id, data, client_ip())
     db.session.commit()
-    return operations.dump(campaign)
+    return operations.view(campaign)
 
 
 @blp.post("/campaigns/<int:campaign_id>/<any(submit, approve, reject, pause, resume, cancel):action>")
@@ -116,7 +117,7 @@ def campaign_update(data: dict[str, Any], campaign_id: int) -> ResponseReturnVal
 def campaign_action(data: dict[str, Any], campaign_id: int, action: str) -> ResponseReturnValue:
     campaign = operations.act(current_access(), campaign_id, action, client_ip(), data.get("reason", ""))
     db.session.commit()
-    return operations.dump(campaign)
+    return operations.view(campaign)
 
 
 @blp.get("/campaigns/<int:campaign_id>/preview")
@@ -137,9 +138,14 @@ def campaign_stats(campaign_id: int) -> ResponseReturnValue:
 
 
 @blp.get("/campaigns/<int:campaign_id>/deliveries.csv")
-def campaign_csv(campaign_id: int) -> ResponseReturnValue:
+@blp.arguments(DeliveriesExportQuerySchema, location="query")
+def campaign_csv(query: dict[str, Any], campaign_id: int) -> ResponseReturnValue:
+    show = operations.export_openids(
+        current_access(), campaign_id, query["openids"], query["reason"], client_ip()
+    )
+    db.session.commit()
     return Response(
-        stream_with_context(reports.export_csv(campaign_id)),
+        stream_with_context(reports.export_csv(campaign_id, openids=show)),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="campaign-{campaign_id}-deliveries.csv"'},
     )

@@ -109,7 +109,8 @@ class CampaignAccount(db.Model):
 
 
 class CampaignEvent(db.Model):
-    """Every state change of a campaign, with who (None: the engine) and why."""
+    """Every state change of a campaign, with who (None: the engine) and why; and every edit of a
+    draft (from_state = to_state = draft) with the fields it changed, before → after."""
 
     __tablename__ = "campaign_events"
 
@@ -119,6 +120,8 @@ class CampaignEvent(db.Model):
     to_state: Mapped[str] = mapped_column(sa.String(24))
     actor_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff_users.id", ondelete="SET NULL"))
     reason: Mapped[str | None] = mapped_column(sa.Text)
+    # An edit: {field: [before, after]} (JSON values); None for a state change.
+    changes: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -72,8 +72,8 @@ def create(access: Access, fields: dict[str, Any], ip: str) -> Campaign:
 def update(access: Access, campaign_id: int, fields: dict[str, Any], ip: str) -> Campaign:
     campaign_for(access, campaign_id, acl.CAMPAIGN_PREPARE)
     version = fields.pop("version", None)
-    campaign = services.update_campaign(campaign_id, fields, version)
-    _audit(access, "campaign.update", campaign, ip, changed=sorted(fields))
+    campaign, changes = services.update_campaign(campaign_id, fields, version, access.user_id)
+    _audit(access, "campaign.update", campaign, ip, changed=sorted(changes), changes=changes)
     return campaign
 
 
@@ -108,6 +108,19 @@ def act(access: Access, campaign_id: int, action: str, ip: str, reason: str = ""
     return campaign
 
 
+def export_openids(access: Access, campaign_id: int, mode: str, reason: str, ip: str) -> dict[int, str]:
+    """How the deliveries CSV shows openids, per account of the campaign: ``full`` only when
+    asked for explicitly, by a role with the reveal right on every account, and audited (the
+    entry commits before any row leaves); else ``masked`` where the role may see subscribers
+    (as the subscriber pages show them) and ``none`` where it may not."""
+    ids = services.account_ids_of(campaign_id)
+    if mode == "full":
+        campaign = campaign_for(access, campaign_id, acl.REVEAL)
+        _audit(access, "campaign.export_openids", campaign, ip, reason=reason[:200])
+        return dict.fromkeys(ids, "full")
+    return {a: "masked" if access.can(acl.SUBSCRIBERS, a) else "none" for a in ids}
+
+
 def sync_templates(access: Access, account_id: int, ip: str) -> dict[str, int]:
     account = acl.account_for(access, account_id, acl.CAMPAIGN_PREPARE)
     counts = services.sync_templates(account.id)
@@ -117,9 +130,18 @@ def sync_templates(access: Access, account_id: int, ip: str) -> dict[str, int]:
     return counts
 
 
-def dump(campaign: Campaign) -> dict[str, Any]:
+def view(campaign: Campaign) -> dict[str, Any]:
+    """The campaign with its account ids, not yet serialised: what a route declaring
+    ``@blp.response(CampaignSchema)`` returns (the decorator dumps it, exactly once)."""
     from templates_msg.schemas import CampaignSchema
 
-    out = CampaignSchema().dump(campaign)
+    out = {name: getattr(campaign, name) for name in CampaignSchema().fields if name != "account_ids"}
     out["account_ids"] = services.account_ids_of(campaign.id)
     return out
+
+
+def dump(campaign: Campaign) -> dict[str, Any]:
+    """The campaign as JSON-ready data, for answers built by hand (lists)."""
+    from templates_msg.schemas import CampaignSchema
+
+    return CampaignSchema().dump(view(campaign))

@@ -432,8 +432,18 @@ CSV_COLUMNS = (
 )
 
 
-def export_csv(campaign_id: int, chunk: int = 5000) -> Iterator[str]:
-    """Every delivery with its status, streamed in keyset pages (flat memory)."""
+def export_csv(campaign_id: int, chunk: int = 5000, openids: dict[int, str] | None = None) -> Iterator[str]:
+    """Every delivery with its status, streamed in keyset pages (flat memory). ``openids`` says
+    per account id how the openid column shows: ``full``, ``masked`` (the default, as the
+    console masks it) or ``none`` (empty)."""
+    from accounts.masking import mask_id
+
+    shows = openids or {}
+
+    def openid(account_id: int, value: str) -> str:
+        how = shows.get(account_id, "masked")
+        return value if how == "full" else (mask_id(value) or "") if how == "masked" else ""
+
     d = Delivery
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -470,7 +480,7 @@ def export_csv(campaign_id: int, chunk: int = 5000) -> Iterator[str]:
                 [
                     r.id,
                     r.account_id,
-                    r.openid,
+                    openid(r.account_id, r.openid),
                     int(r.control),
                     r.status.value,
                     r.msgid or "",

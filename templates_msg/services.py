@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -220,8 +220,25 @@ def _apply(campaign: Campaign, fields: dict[str, Any], template: MessageTemplate
         raise InvalidInputError("the link must be an http(s) URL", fields={"link_url": ["not a URL"]})
 
 
-def update_campaign(campaign_id: int, fields: dict[str, Any], version: int | None = None) -> Campaign:
-    """Edit a draft. ``version`` is what the editor loaded: someone else's save since → 409."""
+def _json_value(value: Any) -> Any:
+    """A field's value as the edit history stores it (JSON: datetimes as ISO text)."""
+    if isinstance(value, datetime):
+        return (value.astimezone(UTC) if value.tzinfo else value).isoformat()
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def update_campaign(
+    campaign_id: int, fields: dict[str, Any], version: int | None = None, actor_id: int | None = None
+) -> tuple[Campaign, dict[str, list[Any]]]:
+    """Edit a draft. ``version`` is what the editor loaded: someone else's save since → 409.
+
+    Every edit that changes something is an event in the campaign's history with its editor and
+    each changed field, before → after: the four-eyes check reads it (see ``approval_barred``).
+    Returns the campaign and those changes."""
     campaign = campaign_by_id(campaign_id)
     if version is not None and version != campaign.version:
         raise ConflictError("someone else changed this campaign; reload it")
@@ -232,9 +249,15 @@ def update_campaign(campaign_id: int, fields: dict[str, Any], version: int | Non
         .where(CampaignAccount.campaign_id == campaign.id)
         .order_by(CampaignAccount.id)
     )
+    before = {k: _json_value(getattr(campaign, k)) for k in EDITABLE if k in fields}
     _apply(campaign, fields, template_for(first.account_id, first.template_id) if first else None)
+    changes = {
+        k: [old, new] for k, old in before.items() if (new := _json_value(getattr(campaign, k))) != old
+    }
+    if changes:
+        _event(campaign.id, S.draft, S.draft, actor_id, "edited", changes=changes)
     db.session.flush()
-    return campaign
+    return campaign, changes
 
 
 def campaign_by_id(campaign_id: int) -> Campaign:
@@ -318,17 +341,19 @@ def _event(
     target: CampaignState,
     actor: int | None,
     reason: str | None,
+    changes: dict[str, Any] | None = None,
 ) -> None:
-    db.session.add(
-        CampaignEvent(
-            campaign_id=campaign_id,
-            from_state=source.value if source else None,
-            to_state=target.value,
-            actor_id=actor,
-            reason=reason,
-            at=utcnow(),
-        )
+    event = CampaignEvent(
+        campaign_id=campaign_id,
+        from_state=source.value if source else None,
+        to_state=target.value,
+        actor_id=actor,
+        reason=reason,
+        at=utcnow(),
     )
+    if changes:  # else SQL NULL (assigning None to a JSON column would store JSON null)
+        event.changes = changes
+    db.session.add(event)
 
 
 def _signal(campaign_id: int, target: CampaignState) -> None:
@@ -347,13 +372,46 @@ def submit(campaign_id: int, actor_id: int) -> Campaign:
     return _reloaded(campaign)
 
 
-def approve(campaign_id: int, actor_id: int) -> Campaign:
-    """A different user than the one who prepared it; the right is checked by the caller (access)."""
-    campaign = campaign_by_id(campaign_id)
-    if actor_id in (campaign.created_by, campaign.submitted_by):
-        raise ServiceError(
-            "the approver must be someone other than who prepared it", code="four_eyes", status=403
+def editors_since_approval(campaign_id: int) -> set[int]:
+    """Everyone who changed the campaign's content since it was last approved (or, never
+    approved, since it was drafted)."""
+    approved = (
+        sa.select(sa.func.max(CampaignEvent.id))
+        .where(
+            CampaignEvent.campaign_id == campaign_id,
+            CampaignEvent.from_state == S.pending_approval.value,
+            CampaignEvent.to_state == S.scheduled.value,
         )
+        .scalar_subquery()
+    )
+    return set(
+        db.session.scalars(
+            sa.select(CampaignEvent.actor_id).where(
+                CampaignEvent.campaign_id == campaign_id,
+                CampaignEvent.changes.is_not(None),
+                CampaignEvent.actor_id.is_not(None),
+                CampaignEvent.id > sa.func.coalesce(approved, 0),
+            )
+        )
+    )
+
+
+def approval_barred(campaign: Campaign, actor_id: int) -> str | None:
+    """Why ``actor_id`` may not approve this version (None: they may). Four eyes: whoever
+    drafted, submitted or edited what is to be approved is one pair of them."""
+    if actor_id in (campaign.created_by, campaign.submitted_by):
+        return "the approver must be someone other than who prepared it"
+    if actor_id in editors_since_approval(campaign.id):
+        return "you edited this version: someone else must approve it"
+    return None
+
+
+def approve(campaign_id: int, actor_id: int) -> Campaign:
+    """A different user than anyone who prepared it; the right is checked by the caller (access)."""
+    campaign = campaign_by_id(campaign_id)
+    barred = approval_barred(campaign, actor_id)
+    if barred:
+        raise ServiceError(barred, code="four_eyes", status=403)
     if not transition(campaign_id, S.pending_approval, S.scheduled, actor_id, approved_by=actor_id):
         raise InvalidTransitionError(f"the campaign is {campaign.state.value}, not pending approval")
     from templates_msg import jobs
@@ -495,8 +553,6 @@ def _bought(subscriber_id: Any, product_ids: list[Any], since: datetime) -> Any:
 
 
 def _date(value: Any) -> datetime:
-    from datetime import UTC
-
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     try:

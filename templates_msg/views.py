@@ -23,6 +23,9 @@ from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 
 bp = console_blueprint("campaigns_console", __name__)
+# The pages' scripts are static files (templates_msg/static), never inline: CSP without 'unsafe-inline'.
+bp.static_folder = "static"
+bp.static_url_path = "/static/campaigns"
 
 
 @bp.before_request
@@ -149,13 +152,12 @@ def campaign_new() -> ResponseReturnValue:
         templates=templates,
         form=request.form,
         errors=errors,
-        templates_json=json.dumps(
-            {
-                t.template_id: {"content": t.content, "fields": t.fields, "account_id": t.account_id}
-                for t in templates
-            },
-            ensure_ascii=False,
-        ),
+        # Rendered with |tojson inside <script type="application/json">: template content comes
+        # from WeChat and may hold "</script>"; tojson escapes <, >, & and ' so it stays data.
+        templates_data={
+            t.template_id: {"content": t.content, "fields": t.fields, "account_id": t.account_id}
+            for t in templates
+        },
         variables=services.VARIABLES,
     )
 
@@ -175,6 +177,7 @@ def campaign_detail(campaign_id: int) -> ResponseReturnValue:
         text = "(the template is gone from WeChat)"
     stats = reports.stats(campaign_id)
     names = dict(db.session.execute(sa.select(Account.id, Account.name).where(Account.id.in_(ids))).all())
+    history = services.history(campaign_id)
     return render_template(
         "templates_msg/campaign.html",
         campaign=campaign,
@@ -182,12 +185,27 @@ def campaign_detail(campaign_id: int) -> ResponseReturnValue:
         stats=stats,
         names=names,
         per_account=reports.per_account(campaign_id),
-        history=services.history(campaign_id),
+        history=history,
+        changes=_changes_text(history),
         can_prepare=all(access.can(acl.CAMPAIGN_PREPARE, a) for a in ids),
         can_approve=all(access.can(acl.CAMPAIGN_APPROVE, a) for a in ids),
-        me=access.user_id,
+        can_reveal=all(access.can(acl.REVEAL, a) for a in ids),
+        barred=services.approval_barred(campaign, access.user_id),
         S=CampaignState,
     )
+
+
+def _changes_text(history: list[Any]) -> dict[int, list[tuple[str, str, str]]]:
+    """Each edit's changed fields as (field, before, after) text (Jinja escapes it)."""
+
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+    return {
+        e.id: [(name, text(old), text(new)) for name, (old, new) in sorted(e.changes.items())]
+        for e in history
+        if e.changes
+    }
 
 
 @bp.post("/campaigns/<int:campaign_id>/<any(submit, approve, reject, pause, resume, cancel):action>")

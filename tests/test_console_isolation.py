@@ -178,7 +178,9 @@ def _console_rules(app: Flask) -> list[Any]:
     rules = [
         r
         for r in app.url_map.iter_rules()
-        if r.rule.startswith(CONSOLE_PREFIXES) and r.endpoint not in SKIP_ENDPOINTS
+        if r.rule.startswith(CONSOLE_PREFIXES)
+        and r.endpoint not in SKIP_ENDPOINTS
+        and not r.endpoint.endswith(".static")  # a blueprint's static files (scripts) hold no data
     ]
     assert len(rules) > 30  # the walk really covers the console
     return rules

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -27,12 +29,13 @@ from wechat_service.extensions import db
 S = CampaignState
 
 
-def _setup(live: Live, count: int, rate: int, batch_size: int = 100) -> tuple[int, str]:
+def _setup(live: Live, count: int, rate: int, batch_size: int = 100, **messaging: Any) -> tuple[int, str]:
     """An account with ``count`` followers, a campaign approved and sending, planned here into
-    batches of ``batch_size`` whose send jobs go to the live workers."""
+    batches of ``batch_size`` whose send jobs go to the live workers. ``messaging`` settings of
+    the simulator (a quota…) hold before the first send job can run."""
     fields, _ = live.create_account("plain")
     appid = fields["appid"]
-    helpers.set_messaging(live.sim, appid, reports="off")
+    helpers.set_messaging(live.sim, appid, reports="off", **messaging)
 
     def make() -> int:
         account = account_services.account_by_appid(appid)
@@ -44,11 +47,31 @@ def _setup(live: Live, count: int, rate: int, batch_size: int = 100) -> tuple[in
         services.transition(campaign.id, S.pending_approval, S.scheduled)
         services.transition(campaign.id, S.scheduled, S.sending, started_at=utcnow())
         db.session.commit()
-        live.app.config["CAMPAIGN_BATCH_SIZE"] = batch_size
-        dispatch.plan(campaign.id)
+        # The live app is shared by the whole session: the batch size holds for this plan only.
+        with _config(live, CAMPAIGN_BATCH_SIZE=batch_size):
+            dispatch.plan(campaign.id)
         return campaign.id
 
-    return live.in_app(make), appid
+    before = live.app.config.get("CAMPAIGN_BATCH_SIZE")
+    cid = live.in_app(make)
+    assert live.app.config.get("CAMPAIGN_BATCH_SIZE") == before  # nothing leaks into later tests
+    return cid, appid
+
+
+@contextmanager
+def _config(live: Live, **values: Any) -> Iterator[None]:
+    """Set app config for the block, then put back exactly what was there."""
+    missing = object()
+    saved = {k: live.app.config.get(k, missing) for k in values}
+    live.app.config.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is missing:
+                live.app.config.pop(key, None)
+            else:
+                live.app.config[key] = old
 
 
 def _sent_openids(live: Live, appid: str) -> list[str]:
@@ -148,8 +171,8 @@ def test_rate_holds_with_four_workers(live: Live) -> None:
 
 
 def test_45009_pauses_then_resumes_by_itself(live: Live) -> None:
-    cid, appid = _setup(live, 300, rate=0)
-    helpers.set_messaging(live.sim, appid, daily_quota=120, reset_counters=True)
+    # The quota is set before planning: set after, the workers may already have sent a few.
+    cid, appid = _setup(live, 300, rate=0, daily_quota=120, reset_counters=True)
     live.wait_for(
         lambda: live.scalar(
             sa.select(CampaignAccount.pause_reason).where(CampaignAccount.campaign_id == cid)
