@@ -173,10 +173,11 @@ def _open(
     """The plaintext message and, when it came encrypted, the key to encrypt the reply with.
 
     Safe mode requires <Encrypt>. In compatible mode the plaintext fields are there too, so an
-    account not (yet) configured with the key, or a packet under a key we do not have, is read
-    from them — the request's signature was checked either way.
+    account not (yet) configured with the key, or a packet that opens under neither of our keys,
+    is read from them — the request's signature was checked either way. A ciphertext that opens
+    but names another appid is refused in every mode: that packet is not this account's.
     """
-    enc = outer.get("Encrypt")
+    enc = outer.get("Encrypt") or None
     if enc is None or args.get("encrypt_type", "aes") != "aes":
         if account.message_mode == "safe":
             raise BadMessageError("this account is in safe mode: the message must be encrypted")
@@ -192,6 +193,8 @@ def _open(
         raise BadMessageError("encrypted message for an account without an EncodingAESKey")
     try:
         xml, key = wxcrypto.decrypt_with_key(enc, list(account.aes_keys), account.appid)
+    except wxcrypto.WrongAppidError:
+        raise
     except wxcrypto.DecryptError:
         if plaintext_too:
             log.warning(
