@@ -27,8 +27,6 @@ import redis
 import requests
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 
 from accounts.models import Account
 from templates_msg import services
@@ -45,7 +43,7 @@ from templates_msg.models import (
 )
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
-from wechat_service.extensions import db, get_queue, get_redis
+from wechat_service.extensions import after_commit, db, get_queue, get_redis
 from wechat_service.gateway import (
     BadTemplateError,
     BusyError,
@@ -183,25 +181,35 @@ def give_back_budget(account_id: int, n: int) -> None:
 HALT = "tm:halt:{}"
 
 
-@event.listens_for(Session, "after_commit")
-def _after_commit(session: Session) -> None:
-    signals = session.info.pop("campaign_signals", None)
-    starts = session.info.pop("campaign_start_at", None)
-    if not signals and not starts:
-        return
+def signal_after_commit(campaign_id: int, state: str) -> None:
+    """Tell running send jobs of the campaign's new state once it commits (the last state of the
+    transaction wins); nothing is told if the transaction rolls back."""
+    after_commit(lambda: _signal_jobs(campaign_id, state), key=("campaign_signal", campaign_id))
+
+
+def start_after_commit(campaign_id: int, at: datetime) -> None:
+    """Have RQ's scheduler start the campaign at ``at``, once the approval commits."""
+    after_commit(lambda: _schedule_start(campaign_id, at))
+
+
+def _signal_jobs(campaign_id: int, state: str) -> None:
     try:
         conn = get_redis()
-        for cid, state in (signals or {}).items():
-            if state in ("paused", "cancelled", "failed", "completed"):
-                conn.set(HALT.format(cid), state, ex=7 * 86400)
-            else:
-                conn.delete(HALT.format(cid))
-        from templates_msg import jobs
-
-        for cid, at in starts or ():
-            get_queue("default").enqueue_at(at, jobs.start_campaign, cid)
+        if state in ("paused", "cancelled", "failed", "completed"):
+            conn.set(HALT.format(campaign_id), state, ex=7 * 86400)
+        else:
+            conn.delete(HALT.format(campaign_id))
     except redis.RedisError:
         log.warning("redis unavailable: running jobs see the change at their next chunk")
+
+
+def _schedule_start(campaign_id: int, at: datetime) -> None:
+    from templates_msg import jobs
+
+    try:
+        get_queue("default").enqueue_at(at, jobs.start_campaign, campaign_id)
+    except redis.RedisError:
+        log.warning("redis unavailable: the cron tick starts campaign %s when due", campaign_id)
 
 
 # -- planning --------------------------------------------------------------------------------------
