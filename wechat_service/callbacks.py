@@ -376,7 +376,7 @@ def run_deferred(inbox_id: int) -> None:
             CallbackInbox.state == InboxState.queued,
             CallbackInbox.attempts < MAX_ATTEMPTS,
         )
-        .values(attempts=CallbackInbox.attempts + 1, state=InboxState.processing)
+        .values(attempts=CallbackInbox.attempts + 1, state=InboxState.processing, claimed_at=utcnow())
         .returning(
             CallbackInbox.account_id,
             CallbackInbox.payload,
