@@ -43,6 +43,10 @@ DEFAULTS: dict[str, Any] = {
     "BOSS_WRITE_TIMEOUT": 10.0,
     "INQUIRY_TIMEOUT": 1.5,
     "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    # Connections per process: at least one per request thread (`wechat-service web --threads`
+    # raises it), so a busy threaded worker never queues on the pool.
+    "DB_POOL_SIZE": 5,
+    "DB_MAX_OVERFLOW": 10,
 }
 
 _INT_KEYS = {
@@ -52,6 +56,8 @@ _INT_KEYS = {
     "WECHAT_BUSY_RETRIES",
     "TOKEN_EARLY_REFRESH",
     "MP_SESSION_TTL",
+    "DB_POOL_SIZE",
+    "DB_MAX_OVERFLOW",
 }
 _FLOAT_KEYS = {
     "CALLBACK_BUDGET",
@@ -107,6 +113,12 @@ def load_config(app: Flask, overrides: dict[str, Any] | None = None) -> None:
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
             **app.config["SQLALCHEMY_ENGINE_OPTIONS"],
             "connect_args": {"timeout": 30},
+        }
+    else:
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+            "pool_size": app.config["DB_POOL_SIZE"],
+            "max_overflow": app.config["DB_MAX_OVERFLOW"],
+            **app.config["SQLALCHEMY_ENGINE_OPTIONS"],
         }
     app.config["SESSION_COOKIE_SECURE"] = env == "production"
 
