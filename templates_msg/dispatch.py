@@ -589,6 +589,8 @@ def send_batch(campaign_id: int, account_id: int, batch_no: int) -> dict[str, in
             break
         claim_id = f"{run_id}:{uuid.uuid4().hex}"
         conn.set(f"tm:lease:{claim_id}", 1, ex=LEASE_SECONDS)
+        # Which claim this batch's job holds: kick() tells a dead job from a running one by it.
+        conn.set(BATCH_CLAIM.format(_job_id(campaign_id, account_id, batch_no)), claim_id, ex=86400)
         rows = claim(campaign_id, account_id, batch_no, budget, claim_id)
         if not rows:
             give_back_budget(account_id, budget)
@@ -837,6 +839,16 @@ def _from_mark(mark: str | None, trusted: bool) -> Outcome:
     )
 
 
+BATCH_CLAIM = "tm:batch-claim:{}"
+
+
+def _died_mid_batch(conn: redis.Redis, job_id: str) -> bool:
+    """A send job RQ still lists as started, whose last claim's lease has run out: its worker was
+    killed (RQ notices only when the job's heartbeat expires, minutes later)."""
+    claim_id = conn.get(BATCH_CLAIM.format(job_id))
+    return claim_id is not None and not conn.exists(f"tm:lease:{claim_id.decode()}")
+
+
 def kick(campaign_id: int) -> int:
     """Queue what a sending campaign needs: its planning, and a send job for every batch with
     pending rows on an account that is not paused — unless such a job is queued or running."""
@@ -856,6 +868,8 @@ def kick(campaign_id: int) -> int:
             status = Job.fetch(job_id, connection=queue.connection).get_status()
         except Exception:  # noqa: BLE001 - no such job (expired, or Redis lost it)
             return False
+        if status == JobStatus.STARTED and _died_mid_batch(queue.connection, job_id):
+            return False  # RQ still calls it started (for minutes): its rows need a new job
         return status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 
     if not campaign.planned and not live(f"tm-plan-{campaign_id}"):
