@@ -371,3 +371,13 @@ def test_rule_change_is_seen_by_the_next_callback(client: Any, create_account: A
     assert (
         open_reply(target, post(client, target, text(target, "q")).get_data(as_text=True))["Content"] == "v2"
     )
+
+
+def test_access_log_redaction_keeps_the_path_and_other_parameters() -> None:
+    from wechat_service.accesslog import redact_query, redact_uri
+
+    uri = "/wechat/wx1/callback?signature=abc&timestamp=1&nonce=2&openid=o1&encrypt_type=aes&msg_signature=d"
+    assert redact_uri(uri) == "/wechat/wx1/callback?encrypt_type=aes"
+    assert redact_uri("/h5/oauth?code=SECRET&state=s&next=%2Fh5") == "/h5/oauth?state=s&next=%2Fh5"
+    assert redact_query("echostr=E&page=2") == "page=2"
+    assert redact_uri("/console/accounts") == "/console/accounts"
