@@ -27,8 +27,6 @@ import redis
 import requests
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 
 from accounts.models import Account
 from templates_msg import services
@@ -45,7 +43,7 @@ from templates_msg.models import (
 )
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
-from wechat_service.extensions import db, get_queue, get_redis
+from wechat_service.extensions import after_commit, db, get_queue, get_redis
 from wechat_service.gateway import (
     BadTemplateError,
     BusyError,
@@ -183,25 +181,35 @@ def give_back_budget(account_id: int, n: int) -> None:
 HALT = "tm:halt:{}"
 
 
-@event.listens_for(Session, "after_commit")
-def _after_commit(session: Session) -> None:
-    signals = session.info.pop("campaign_signals", None)
-    starts = session.info.pop("campaign_start_at", None)
-    if not signals and not starts:
-        return
+def signal_after_commit(campaign_id: int, state: str) -> None:
+    """Tell running send jobs of the campaign's new state once it commits (the last state of the
+    transaction wins); nothing is told if the transaction rolls back."""
+    after_commit(lambda: _signal_jobs(campaign_id, state), key=("campaign_signal", campaign_id))
+
+
+def start_after_commit(campaign_id: int, at: datetime) -> None:
+    """Have RQ's scheduler start the campaign at ``at``, once the approval commits."""
+    after_commit(lambda: _schedule_start(campaign_id, at))
+
+
+def _signal_jobs(campaign_id: int, state: str) -> None:
     try:
         conn = get_redis()
-        for cid, state in (signals or {}).items():
-            if state in ("paused", "cancelled", "failed", "completed"):
-                conn.set(HALT.format(cid), state, ex=7 * 86400)
-            else:
-                conn.delete(HALT.format(cid))
-        from templates_msg import jobs
-
-        for cid, at in starts or ():
-            get_queue("default").enqueue_at(at, jobs.start_campaign, cid)
+        if state in ("paused", "cancelled", "failed", "completed"):
+            conn.set(HALT.format(campaign_id), state, ex=7 * 86400)
+        else:
+            conn.delete(HALT.format(campaign_id))
     except redis.RedisError:
         log.warning("redis unavailable: running jobs see the change at their next chunk")
+
+
+def _schedule_start(campaign_id: int, at: datetime) -> None:
+    from templates_msg import jobs
+
+    try:
+        get_queue("default").enqueue_at(at, jobs.start_campaign, campaign_id)
+    except redis.RedisError:
+        log.warning("redis unavailable: the cron tick starts campaign %s when due", campaign_id)
 
 
 # -- planning --------------------------------------------------------------------------------------
@@ -581,6 +589,8 @@ def send_batch(campaign_id: int, account_id: int, batch_no: int) -> dict[str, in
             break
         claim_id = f"{run_id}:{uuid.uuid4().hex}"
         conn.set(f"tm:lease:{claim_id}", 1, ex=LEASE_SECONDS)
+        # Which claim this batch's job holds: kick() tells a dead job from a running one by it.
+        conn.set(BATCH_CLAIM.format(_job_id(campaign_id, account_id, batch_no)), claim_id, ex=86400)
         rows = claim(campaign_id, account_id, batch_no, budget, claim_id)
         if not rows:
             give_back_budget(account_id, budget)
@@ -829,6 +839,16 @@ def _from_mark(mark: str | None, trusted: bool) -> Outcome:
     )
 
 
+BATCH_CLAIM = "tm:batch-claim:{}"
+
+
+def _died_mid_batch(conn: redis.Redis, job_id: str) -> bool:
+    """A send job RQ still lists as started, whose last claim's lease has run out: its worker was
+    killed (RQ notices only when the job's heartbeat expires, minutes later)."""
+    claim_id = conn.get(BATCH_CLAIM.format(job_id))
+    return claim_id is not None and not conn.exists(f"tm:lease:{claim_id.decode()}")
+
+
 def kick(campaign_id: int) -> int:
     """Queue what a sending campaign needs: its planning, and a send job for every batch with
     pending rows on an account that is not paused — unless such a job is queued or running."""
@@ -848,6 +868,8 @@ def kick(campaign_id: int) -> int:
             status = Job.fetch(job_id, connection=queue.connection).get_status()
         except Exception:  # noqa: BLE001 - no such job (expired, or Redis lost it)
             return False
+        if status == JobStatus.STARTED and _died_mid_batch(queue.connection, job_id):
+            return False  # RQ still calls it started (for minutes): its rows need a new job
         return status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 
     if not campaign.planned and not live(f"tm-plan-{campaign_id}"):

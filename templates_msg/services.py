@@ -359,8 +359,9 @@ def _event(
 def _signal(campaign_id: int, target: CampaignState) -> None:
     """After commit, tell running send jobs at once (they check this Redis flag per message; the
     database state, read at every chunk, stays the truth when Redis forgets)."""
-    pending = db.session.info.setdefault("campaign_signals", {})
-    pending[campaign_id] = target.value
+    from templates_msg import dispatch
+
+    dispatch.signal_after_commit(campaign_id, target.value)
 
 
 def submit(campaign_id: int, actor_id: int) -> Campaign:
@@ -422,7 +423,9 @@ def approve(campaign_id: int, actor_id: int) -> Campaign:
         enqueue_after_commit("default", jobs.start_campaign, campaign_id)
     else:
         # RQ's scheduler (in every worker) starts it on time; the cron tick is the safety net.
-        db.session.info.setdefault("campaign_start_at", []).append((campaign_id, campaign.scheduled_at))
+        from templates_msg import dispatch
+
+        dispatch.start_after_commit(campaign_id, campaign.scheduled_at)
     return campaign
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from defusedxml.ElementTree import fromstring
 from flask import Flask
+from wechatpy.crypto import WeChatCrypto
 
 from accounts import replies, services
 from accounts.models import AccountStatus, Subscriber, SubscriberEvent
@@ -50,6 +52,15 @@ def text(target: Target, content: str, openid: str = "oUSER1", msgid: int | None
     return message_xml(target, openid, event_fields("text", {"content": content}, msgid or next(MSGID)))
 
 
+def wechatpy_open(target: Target, body: str) -> dict[str, str]:
+    """The encrypted reply opened by wechatpy (WeChat's side, as another implementation reads it):
+    the signature checked and the ciphertext decrypted for this appid."""
+    outer = {child.tag: child.text or "" for child in fromstring(body.encode(), forbid_dtd=True)}
+    crypto = WeChatCrypto(target.token, target.aes_key, target.appid)
+    inner = crypto.decrypt_message(body, outer["MsgSignature"], outer["TimeStamp"], outer["Nonce"])
+    return {child.tag: child.text or "" for child in fromstring(inner.encode(), forbid_dtd=True)}
+
+
 @pytest.fixture
 def client(app: Flask) -> Any:
     return app.test_client()
@@ -66,6 +77,10 @@ def test_each_mode_answers_keyword_and_records_once(mode: str, client: Any, crea
     assert reply["Content"] == "余额 10 元"
     assert reply["ToUserName"] == "oUSER1" and reply["FromUserName"] == target.original_id
     assert ("_encrypted" in reply) == (mode != "plain")
+    if mode != "plain":
+        theirs = wechatpy_open(target, resp.get_data(as_text=True))
+        assert theirs["Content"] == "余额 10 元" and theirs["ToUserName"] == "oUSER1"
+        assert theirs["FromUserName"] == target.original_id
     assert counts() == (1, 1, 1)
 
 
@@ -158,8 +173,11 @@ def test_stale_or_future_timestamp_rejected(skew: int, client: Any, create_accou
     assert counts() == (0, 0, 0)
 
 
-def test_ciphertext_for_another_appid_rejected(client: Any, create_account: Any) -> None:
-    _, fields, target = create_account("safe")
+@pytest.mark.parametrize("mode", ["safe", "compatible"])
+def test_ciphertext_for_another_appid_rejected(mode: str, client: Any, create_account: Any) -> None:
+    """Correctly signed, decryptable with our key, but naming another appid: 400 in every mode —
+    compatible mode does not fall back on the plaintext fields beside it."""
+    _, fields, target = create_account(mode)
     other = Target(**{**target.__dict__, "appid": "wx00000000000000ff"})  # same keys, another appid inside
     args, body = signed_request(other, text(target, "hi"))
     resp = client.post(f"/wechat/{target.appid}/callback", query_string=args, data=body)
@@ -231,8 +249,10 @@ def test_key_rotation_accepts_both_keys_and_answers_in_the_key_used(client: Any,
     resp = post(client, old_target, text(old_target, "k"))
     assert resp.status_code == 200
     assert open_reply(old_target, resp.get_data(as_text=True))["Content"] == "ok"
+    assert wechatpy_open(old_target, resp.get_data(as_text=True))["Content"] == "ok"
     resp = post(client, new_target, text(new_target, "k"))
     assert open_reply(new_target, resp.get_data(as_text=True))["Content"] == "ok"
+    assert wechatpy_open(new_target, resp.get_data(as_text=True))["Content"] == "ok"
     # After the next rotation the first key is gone.
     services.rotate_aes_key(fields["appid"])
     db.session.commit()
@@ -249,6 +269,21 @@ def test_compatible_mode_without_a_key_reads_the_plaintext(client: Any, create_a
     assert (
         resp.status_code == 200 and open_reply(target, resp.get_data(as_text=True))["Content"] == "plain ok"
     )
+
+
+def test_compatible_mode_under_a_key_we_do_not_have_reads_the_plaintext(
+    client: Any, create_account: Any
+) -> None:
+    """Neither of our keys opens the <Encrypt> (WeChat already has a key we were not given): the
+    signed plaintext fields beside it are read; the reply goes back in plaintext."""
+    account, _, target = create_account("compatible")
+    replies.add_rule(account.id, name="r", keywords=["k"], reply={"content": "plain ok"})
+    db.session.commit()
+    wechat_side = Target(**{**target.__dict__, "aes_key": wxcrypto.generate_aes_key()})
+    resp = post(client, wechat_side, text(wechat_side, "k"))
+    assert resp.status_code == 200
+    reply = open_reply(target, resp.get_data(as_text=True))
+    assert reply["Content"] == "plain ok" and "_encrypted" not in reply
 
 
 @pytest.mark.parametrize("field", ["FromUserName", "MsgType", "CreateTime"])
@@ -336,3 +371,13 @@ def test_rule_change_is_seen_by_the_next_callback(client: Any, create_account: A
     assert (
         open_reply(target, post(client, target, text(target, "q")).get_data(as_text=True))["Content"] == "v2"
     )
+
+
+def test_access_log_redaction_keeps_the_path_and_other_parameters() -> None:
+    from wechat_service.accesslog import redact_query, redact_uri
+
+    uri = "/wechat/wx1/callback?signature=abc&timestamp=1&nonce=2&openid=o1&encrypt_type=aes&msg_signature=d"
+    assert redact_uri(uri) == "/wechat/wx1/callback?encrypt_type=aes"
+    assert redact_uri("/h5/oauth?code=SECRET&state=s&next=%2Fh5") == "/h5/oauth?state=s&next=%2Fh5"
+    assert redact_query("echostr=E&page=2") == "page=2"
+    assert redact_uri("/console/accounts") == "/console/accounts"

@@ -21,7 +21,8 @@ import redis
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from flask import current_app
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from accounts.services import callback_account, callback_account_by_id
 from wechat_service import wxcrypto
@@ -130,7 +131,12 @@ FIELD_LIMITS = {"FromUserName": 64, "ToUserName": 64, "MsgType": 32, "Event": 64
 PENDING = b"\x00"  # the dedup key's value while the first copy is being handled
 
 
+class CallbackBusyError(RuntimeError):
+    """The callback could not get its rows within the budget (a lock held elsewhere)."""
+
+
 def handle_post(appid: str, args: dict[str, str], body: bytes) -> CallbackResult:
+    deadline = time.monotonic() + current_app.config["CALLBACK_BUDGET"]
     account = callback_account(appid)
     if account is None:
         return reject(404, "unknown account")
@@ -152,7 +158,13 @@ def handle_post(appid: str, args: dict[str, str], body: bytes) -> CallbackResult
         return reject(400, str(exc))
     if account.original_id and msg.get("ToUserName") and msg["ToUserName"] != account.original_id:
         return reject(400, "message addressed to another account")
-    reply_xml = _dispatch(account, msg, dedup_key(msg))
+    try:
+        reply_xml = _dispatch(account, msg, dedup_key(msg), deadline)
+    except CallbackBusyError:
+        # Nothing was stored and the dedup key is dropped: WeChat's re-send is handled afresh.
+        # An error status (not `success`, which would end WeChat's retries) in time, rather
+        # than silence past WeChat's 5 s.
+        return reject(503, "busy: try again")
     return _answer(account, args, reply_xml, reply_key)
 
 
@@ -173,10 +185,11 @@ def _open(
     """The plaintext message and, when it came encrypted, the key to encrypt the reply with.
 
     Safe mode requires <Encrypt>. In compatible mode the plaintext fields are there too, so an
-    account not (yet) configured with the key, or a packet under a key we do not have, is read
-    from them — the request's signature was checked either way.
+    account not (yet) configured with the key, or a packet that opens under neither of our keys,
+    is read from them — the request's signature was checked either way. A ciphertext that opens
+    but names another appid is refused in every mode: that packet is not this account's.
     """
-    enc = outer.get("Encrypt")
+    enc = outer.get("Encrypt") or None
     if enc is None or args.get("encrypt_type", "aes") != "aes":
         if account.message_mode == "safe":
             raise BadMessageError("this account is in safe mode: the message must be encrypted")
@@ -192,6 +205,8 @@ def _open(
         raise BadMessageError("encrypted message for an account without an EncodingAESKey")
     try:
         xml, key = wxcrypto.decrypt_with_key(enc, list(account.aes_keys), account.appid)
+    except wxcrypto.WrongAppidError:
+        raise
     except wxcrypto.DecryptError:
         if plaintext_too:
             log.warning(
@@ -206,14 +221,14 @@ def _seen_key(account: AccountInfo, key: str) -> str:
     return f"cb:{account.id}:{key}"
 
 
-def _dispatch(account: AccountInfo, msg: dict[str, str], key: str) -> str:
+def _dispatch(account: AccountInfo, msg: dict[str, str], key: str, deadline: float) -> str:
     """Route a new callback and store it, or give a re-send the reply its original got.
 
     The copy that wins ``SET NX`` (value: pending) runs the handlers — which may call the BOSS or
     send an SMS, so a re-send must never run them again — then stores the reply under the same
-    key. A copy that loses waits for that reply. The unique (account, dedup key) of the inbox row
-    stays the real guard when Redis forgot; if storing fails the key is dropped so WeChat's
-    re-send is handled afresh.
+    key. A copy that loses waits for that reply, and takes over if the original gave up. The
+    unique (account, dedup key) of the inbox row stays the real guard when Redis forgot; if
+    storing fails the key is dropped so WeChat's re-send is handled afresh.
     """
     conn = get_redis()
     seen = _seen_key(account, key)
@@ -224,8 +239,18 @@ def _dispatch(account: AccountInfo, msg: dict[str, str], key: str) -> str:
         log.warning("redis unavailable for callback dedup; the database decides")
         conn, first = None, True
     if not first:
-        return _reply_of_original(account, key)
+        reply = _reply_of_original(account, key, deadline)
+        if reply is not None:
+            return reply
+        # The original gave up (a lock timeout) and stored nothing: this copy handles it.
+        try:
+            first = conn is not None and conn.set(seen, PENDING, nx=True, ex=ttl)
+        except redis.RedisError:
+            first = False
+        if not first:
+            return _reply_of_original(account, key, deadline) or ""
     try:
+        _bound_transaction(deadline)
         routed = _route(account, msg)
         _store(account, msg, key, routed)
     except IntegrityError:
@@ -233,7 +258,14 @@ def _dispatch(account: AccountInfo, msg: dict[str, str], key: str) -> str:
         if _stored_reply(account, key) is None:  # not our unique key: a real error
             _forget(conn, seen)
             raise
-        return _reply_of_original(account, key)
+        return _reply_of_original(account, key, deadline) or ""
+    except OperationalError as exc:
+        db.session.rollback()
+        _forget(conn, seen)
+        if getattr(exc.orig, "sqlstate", None) in _TIMED_OUT:
+            log.warning("callback for %s gave up on a database lock within its budget", account.appid)
+            raise CallbackBusyError from None
+        raise
     except Exception:
         db.session.rollback()
         _forget(conn, seen)
@@ -244,6 +276,22 @@ def _dispatch(account: AccountInfo, msg: dict[str, str], key: str) -> str:
         except redis.RedisError:
             log.warning("redis unavailable: a re-send will read its reply from the database")
     return routed.reply_xml
+
+
+_TIMED_OUT = {"55P03", "57014"}  # PostgreSQL: lock_not_available, query_canceled
+_BOUND = text("SELECT set_config('lock_timeout', :ms, true), set_config('statement_timeout', :ms, true)")
+
+
+def _bound_transaction(deadline: float) -> None:
+    """On PostgreSQL, no lock wait or statement of the callback's transaction outlives the budget:
+    a row held by another transaction (a console edit, a long job) turns into a quick error
+    instead of a request WeChat drops after 5 s. Only a transaction the callback owns: settings
+    made with SET LOCAL would outlast a savepoint inside a caller's transaction."""
+    bind = db.session.get_bind()
+    if bind.dialect.name != "postgresql" or not isinstance(bind, Engine):
+        return
+    ms = max(100, int((deadline - time.monotonic()) * 1000))
+    db.session.execute(_BOUND, {"ms": f"{ms}ms"})
 
 
 def _forget(conn: redis.Redis | None, seen: str) -> None:
@@ -258,16 +306,18 @@ def _stored_reply(account: AccountInfo, key: str) -> str | None:
     return None if row is None else row.reply or ""
 
 
-def _reply_of_original(account: AccountInfo, key: str) -> str:
+def _reply_of_original(account: AccountInfo, key: str, deadline: float) -> str | None:
     """A re-send: the original's reply from Redis, else (Redis forgot) from its inbox row,
-    waiting within the budget for an original that has not finished yet."""
+    waiting within the budget for an original that has not finished yet. None when the original
+    gave up (its key is gone and nothing was stored): the caller may handle the message itself.
+    Past the budget, an empty reply (WeChat's `success`) rather than no answer."""
     conn: redis.Redis | None = get_redis()
-    deadline = time.monotonic() + current_app.config["CALLBACK_BUDGET"]
     while True:
-        cached = None
+        cached, vanished = None, False
         if conn is not None:
             try:
                 cached = conn.get(_seen_key(account, key))
+                vanished = cached is None
             except redis.RedisError:
                 conn = None  # do not wait on it again within this request
         if cached is not None and cached != PENDING:
@@ -275,6 +325,8 @@ def _reply_of_original(account: AccountInfo, key: str) -> str:
         stored = _stored_reply(account, key)
         if stored is not None:
             return stored
+        if vanished:
+            return None
         if time.monotonic() >= deadline:
             return ""
         time.sleep(0.05)
@@ -393,7 +445,7 @@ def run_deferred(inbox_id: int) -> None:
             CallbackInbox.state == InboxState.queued,
             CallbackInbox.attempts < MAX_ATTEMPTS,
         )
-        .values(attempts=CallbackInbox.attempts + 1, state=InboxState.processing)
+        .values(attempts=CallbackInbox.attempts + 1, state=InboxState.processing, claimed_at=utcnow())
         .returning(
             CallbackInbox.account_id,
             CallbackInbox.payload,

@@ -40,6 +40,10 @@ def web(host: str, port: int, workers: int | None, threads: int) -> None:
     """Serve HTTP with gunicorn (wsgi:app)."""
     _require_redis()
     workers = workers or (2 * (os.cpu_count() or 1) + 1)
+    # Each request thread holds one database connection: the pool of every worker process
+    # (which reads the environment in create_app) has at least that many.
+    pool = max(threads, int(current_app.config["DB_POOL_SIZE"]))
+    os.environ["WECHAT_SERVICE_DB_POOL_SIZE"] = str(pool)
     args = [
         sys.executable,
         "-m",
@@ -49,6 +53,8 @@ def web(host: str, port: int, workers: int | None, threads: int) -> None:
         f"{host}:{port}",
         "--workers",
         str(workers),
+        "--worker-class",
+        "gthread" if threads > 1 else "sync",
         "--threads",
         str(threads),
         "--timeout",
@@ -57,6 +63,9 @@ def web(host: str, port: int, workers: int | None, threads: int) -> None:
         "10",
         "--access-logfile",
         "-",
+        # Callback signatures, nonces and OAuth codes stay out of the access log.
+        "--logger-class",
+        "wechat_service.accesslog.RedactingLogger",
         "--error-logfile",
         "-",
     ]

@@ -50,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXIES": 0,
     # OPENAPI_PUBLIC (the /api/v1/openapi.json document without signing in) defaults to on in
     # development and off in production; see load_config.
+    # Connections per process: at least one per request thread (`wechat-service web --threads`
+    # raises it), so a busy threaded worker never queues on the pool.
+    "DB_POOL_SIZE": 5,
+    "DB_MAX_OVERFLOW": 10,
 }
 
 _INT_KEYS = {
@@ -60,6 +64,8 @@ _INT_KEYS = {
     "TOKEN_EARLY_REFRESH",
     "MP_SESSION_TTL",
     "TRUSTED_PROXIES",
+    "DB_POOL_SIZE",
+    "DB_MAX_OVERFLOW",
 }
 _FLOAT_KEYS = {
     "CALLBACK_BUDGET",
@@ -121,6 +127,12 @@ def load_config(app: Flask, overrides: dict[str, Any] | None = None) -> None:
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
             **app.config["SQLALCHEMY_ENGINE_OPTIONS"],
             "connect_args": {"timeout": 30},
+        }
+    else:
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+            "pool_size": app.config["DB_POOL_SIZE"],
+            "max_overflow": app.config["DB_MAX_OVERFLOW"],
+            **app.config["SQLALCHEMY_ENGINE_OPTIONS"],
         }
     app.config["SESSION_COOKIE_SECURE"] = env == "production"
 

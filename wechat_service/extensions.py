@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import redis
@@ -14,7 +15,9 @@ from flask_wtf.csrf import CSRFProtect
 from rq import Queue
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
+
+log = logging.getLogger(__name__)
 
 # Deterministic constraint names keep Alembic autogenerate and SQLite batch mode stable.
 NAMING = {
@@ -92,25 +95,44 @@ def get_queue(name: str = "default") -> Queue:
     return current_app.extensions["queues"][name]
 
 
+def after_commit(fn: Callable[[], Any], *, key: Hashable | None = None) -> None:
+    """Run ``fn`` once the current transaction commits; drop it if the transaction rolls back.
+
+    The one after-commit mechanism: notices, signals to running jobs, cache invalidation and
+    enqueueing — never state that must stay consistent (that moves in the transaction). A later
+    call with the same ``key`` replaces the earlier one (e.g. the last state of a campaign wins).
+    """
+    pending: dict[Hashable, Callable[[], Any]] = db.session.info.setdefault("after_commit", {})
+    pending[key if key is not None else object()] = fn
+
+
 def enqueue_after_commit(queue: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Enqueue a job once the current transaction commits; drop it if it rolls back."""
     get_redis()  # fail now, inside the request, rather than silently after commit
-    pending = db.session.info.setdefault("pending_jobs", [])
-    pending.append((queue, func, args, kwargs))
+    after_commit(lambda: get_queue(queue).enqueue(func, *args, **kwargs))
 
 
 @event.listens_for(Session, "after_commit")
-def _flush_jobs(session: Session) -> None:
-    pending = session.info.pop("pending_jobs", None)
-    for queue, func, args, kwargs in pending or ():
-        get_queue(queue).enqueue(func, *args, **kwargs)
+def _run_after_commit(session: Session) -> None:
+    pending = session.info.pop("after_commit", None)
+    failures = []
+    for fn in (pending or {}).values():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - the others still run; the first is raised below
+            log.exception("after-commit callback failed")
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_jobs(session: Session) -> None:
-    # A savepoint rollback (begin_nested) also fires this; only an outermost rollback drops jobs.
-    if not session.in_transaction():
-        session.info.pop("pending_jobs", None)
+@event.listens_for(Session, "after_transaction_end")
+def _drop_after_commit(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended without running them (a commit popped them first): it
+    # rolled back, or the session closed. Not after_rollback, which fires only for a rollback
+    # the DBAPI sees — not for a session joined to an outer transaction through a savepoint.
+    if transaction.parent is None:
+        session.info.pop("after_commit", None)
 
 
 @event.listens_for(Engine, "connect")

@@ -21,13 +21,16 @@ def process_inbox(inbox_id: int) -> None:
 
 def requeue_stale_inbox(older_than_seconds: int = 120) -> int:
     """Cron: a queued inbox row whose job vanished (Redis lost), or a row claimed by a worker that
-    died (still 'processing' after ten minutes), is queued again."""
+    died (still 'processing' ten minutes after its claim — not its receipt: a row received long
+    ago may have been claimed just now, and its job is running), is queued again."""
     now = utcnow()
     db.session.execute(
         sa.update(CallbackInbox)
         .where(
             CallbackInbox.state == InboxState.processing,
-            CallbackInbox.received_at < now - timedelta(minutes=10),
+            # Rows claimed before claimed_at existed fall back on their receipt time.
+            sa.func.coalesce(CallbackInbox.claimed_at, CallbackInbox.received_at)
+            < now - timedelta(minutes=10),
         )
         .values(state=InboxState.queued)
     )

@@ -60,6 +60,8 @@ class CallbackInbox(db.Model):
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(sa.Text)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When a worker last claimed it: a 'processing' row is given up on by this, not by receipt.
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class MpSession(db.Model):

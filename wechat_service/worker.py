@@ -67,6 +67,28 @@ def run_worker(app: Flask, queue_names: list[str], burst: bool = False) -> None:
 LEADER_KEY = "wechat_service:cron:leader"
 LEASE_SECONDS = 30
 
+# Take the lease if free, or extend it if it is still ours — one atomic step: a GET then EXPIRE
+# could extend a lease that expired and passed to another process in between.
+_TAKE_OR_RENEW = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def take_or_renew_lease(conn: Redis, name: str, seconds: int = LEASE_SECONDS) -> bool:
+    """True when ``name`` holds the cron lease for the next ``seconds`` (compare-and-extend)."""
+    return bool(conn.eval(_TAKE_OR_RENEW, 1, LEADER_KEY, name, seconds))
+
+
+def release_lease(conn: Redis, name: str) -> bool:
+    """Hand the lease over at once, only if it is still ours (compare-and-delete)."""
+    return bool(conn.eval(_RELEASE, 1, LEADER_KEY, name))
+
 
 def periodic_jobs(scheduler: CronScheduler) -> None:
     """Every periodic job, declared once."""
@@ -114,9 +136,7 @@ def run_cron(app: Flask, tick: float = 5.0, max_ticks: int | None = None) -> Non
     try:
         while max_ticks is None or ticks < max_ticks:
             ticks += 1
-            if conn.set(LEADER_KEY, name, nx=True, ex=LEASE_SECONDS) or (
-                conn.get(LEADER_KEY) == name.encode() and conn.expire(LEADER_KEY, LEASE_SECONDS)
-            ):
+            if take_or_renew_lease(conn, name):
                 if not leading:
                     log.info("cron %s is now the active scheduler", name)
                     scheduler.register_birth()
@@ -133,6 +153,4 @@ def run_cron(app: Flask, tick: float = 5.0, max_ticks: int | None = None) -> Non
     finally:
         if leading:
             scheduler.register_death()
-            # Release the lease only if it is still ours.
-            if conn.get(LEADER_KEY) == name.encode():
-                conn.delete(LEADER_KEY)
+            release_lease(conn, name)

@@ -26,6 +26,10 @@ class DecryptError(ValueError):
     """The ciphertext cannot be opened with this account's keys, or is for another appid."""
 
 
+class WrongAppidError(DecryptError):
+    """The ciphertext opens under one of our keys but names another appid: never ours to read."""
+
+
 def signature(*parts: str) -> str:
     """sha1 of the sorted, concatenated parts (token, timestamp, nonce[, encrypt])."""
     return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()  # noqa: S324 - WeChat's protocol
@@ -94,7 +98,9 @@ def decrypt_with_key(ciphertext: str, encoding_aes_keys: list[str], appid: str) 
             wrong_appid = True
             continue
         return xml, key
-    raise DecryptError("ciphertext for another appid" if wrong_appid else "ciphertext cannot be decrypted")
+    if wrong_appid:
+        raise WrongAppidError("ciphertext for another appid")
+    raise DecryptError("ciphertext cannot be decrypted")
 
 
 def encrypted_reply(

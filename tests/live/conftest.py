@@ -141,6 +141,8 @@ def live_stack(simulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         }
     )
     stack = Live(base=f"http://127.0.0.1:{port}", sim=simulator, env=env, app=app, logs=logs)
+    # Threads that truly overlap (gthread): concurrency tests put many requests in the
+    # application at once, not two at a time.
     web = stack.start("web", "web", "--port", str(port), "--workers", "2", "--threads", "16")
     stack.start("worker", "worker")
     helpers.wait_http(f"{stack.base}/healthz", web)

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from accounts import services as account_services
 from templates_msg import dispatch, services
-from templates_msg.models import Campaign, CampaignAccount, CampaignState, Delivery
+from templates_msg.models import Campaign, CampaignAccount, CampaignState, Delivery, DeliveryStatus
 from tests import helpers
 from tests.live.conftest import Live
 from wechat_service.dbtypes import utcnow
@@ -117,19 +117,168 @@ def _exactly_once(live: Live, cid: int, appid: str, count: int) -> dict[str, int
     return statuses
 
 
+def _stuck_rows(live: Live) -> dict[int, str]:
+    """Rows left ``sending`` under a claim whose job is dead (its lease gone): id -> claim."""
+    conn = redis.Redis.from_url(live.env["REDIS_URL"])
+    rows = live.in_app(
+        lambda: db.session.execute(
+            sa.select(Delivery.id, Delivery.claim).where(Delivery.status == DeliveryStatus.sending)
+        ).all()
+    )
+    return {i: c for i, c in rows if c and not conn.exists(f"tm:lease:{c}")}
+
+
 def test_sigkilled_worker_mid_batch_loses_and_duplicates_nothing(live: Live) -> None:
+    # The stack's own worker stops first: only our two, so we know whom we kill.
+    helpers.stop(live.procs["worker"])
     cid, appid = _setup(live, 600, rate=60)
-    helpers.stop(live.procs["worker"])  # only our two workers, so we know whom we kill
+    # Every send takes WeChat 150 ms: a worker is inside a chunk (most likely inside a request)
+    # nearly all the time, so the kill lands mid-chunk.
+    helpers.set_messaging(live.sim, appid, latency_ms=150)
     a = live.start("w1", "worker")
     live.start("w2", "worker")
-    live.wait_for(lambda: len(_sent_openids(live, appid)) >= 100, 60, "sending to start")
+    live.wait_for(lambda: len(_sent_openids(live, appid)) >= 40, 60, "sending to start")
+    live.wait_for(lambda: _statuses(live, cid).get("sending", 0) >= 2, 30, "both workers mid-chunk")
+    # The worker and its work horse (RQ forks one per job), at once: a SIGKILL leaves no chance
+    # to clean up. The horse's pid is read first — once its parent is dead it is re-parented
+    # and `pkill -P` would no longer find it (it then finished its chunk: nothing to recover).
+    horses = subprocess.run(["pgrep", "-P", str(a.pid)], capture_output=True, text=True).stdout.split()
+    assert horses, "the worker was not running a job"
     os.kill(a.pid, signal.SIGKILL)
-    # Its work horse, too (RQ forks one per job): a SIGKILL leaves no chance to clean up.
-    subprocess.run(["pkill", "-9", "-P", str(a.pid)], check=False)
+    for pid in horses:
+        os.kill(int(pid), signal.SIGKILL)
+    # Once the dead job's lease runs out, its claimed rows are stuck in `sending`.
+    stuck = live.wait_for(lambda: _stuck_rows(live), dispatch.LEASE_SECONDS + 15, "the dead job's rows")
     live.start("w3", "worker")
     _tick_until_done(live, cid)
     statuses = _exactly_once(live, cid, appid, 600)
     assert statuses["sent"] >= 600 - dispatch.CHUNK
+    resolved = dict(
+        live.in_app(
+            lambda: db.session.execute(
+                sa.select(Delivery.id, Delivery.status).where(Delivery.id.in_(list(stuck)))
+            ).all()
+        )
+    )
+    assert set(resolved.values()) <= {DeliveryStatus.sent, DeliveryStatus.unknown}, resolved
+    sent = Counter(_sent_openids(live, appid))
+    openids = dict(
+        live.in_app(
+            lambda: db.session.execute(
+                sa.select(Delivery.id, Delivery.openid).where(Delivery.id.in_(list(stuck)))
+            ).all()
+        )
+    )
+    for did, status in resolved.items():
+        # Sent: WeChat got it exactly once. Unknown: the request was in flight when the job died
+        # (it may or may not have arrived); it was never sent again.
+        if status is DeliveryStatus.sent:
+            assert sent[openids[did]] == 1, did
+        else:
+            assert sent[openids[did]] <= 1, did
+
+
+def test_recovery_resolves_planted_stuck_rows_from_their_marks(live: Live) -> None:
+    """Rows a dead job left `sending`, each with the Redis mark its job would have left: recovery
+    resends only what surely never left, and records what WeChat answered for the rest."""
+    helpers.stop(live.procs["worker"])  # nothing sends until the rows are planted
+    cid, appid = _setup(live, 60, rate=0)
+    conn = redis.Redis.from_url(live.env["REDIS_URL"])
+    run_id = str(conn.info("server")["run_id"])[:40]
+    dead, alive, other_redis = f"{run_id}:dead", f"{run_id}:alive", "0" * 40 + ":before-restart"
+
+    def plant() -> dict[str, list[tuple[int, str]]]:
+        rows = db.session.execute(
+            sa.select(Delivery.id, Delivery.openid, Delivery.subscriber_id)
+            .where(Delivery.campaign_id == cid)
+            .order_by(Delivery.id)
+        ).all()
+        groups = {
+            "no_mark": rows[0:8],
+            "released": rows[8:12],
+            "sent": rows[12:16],
+            "in_flight": rows[16:20],
+            "refused": rows[20:23],
+            "failed": rows[23:25],
+            "lost_with_redis": rows[25:29],
+            "alive": rows[29:33],
+        }
+        campaign = db.session.get(Campaign, cid)
+        template_id = db.session.scalar(
+            sa.select(CampaignAccount.template_id).where(CampaignAccount.campaign_id == cid)
+        )
+        api = dispatch.client(services.account_ids_of(cid)[0], {})
+        marks: dict[str, str] = {}
+        for name, group in groups.items():
+            claim = {"alive": alive, "lost_with_redis": other_redis}.get(name, dead)
+            db.session.execute(
+                sa.update(Delivery)
+                .where(Delivery.id.in_([r.id for r in group]))
+                .values(
+                    status=DeliveryStatus.sending,
+                    claim=claim,
+                    claimed_at=utcnow() - timedelta(minutes=1),
+                    attempts=1,
+                )
+            )
+            for r in group:
+                if name in ("sent", "in_flight", "lost_with_redis"):
+                    # These reached WeChat before the job died (through the real send path).
+                    out = dispatch.send_one(
+                        api, campaign.kind, dispatch.message_body(campaign, template_id, r, None)
+                    )
+                    assert out.status is DeliveryStatus.sent, out
+                    mark = f"ok:{out.msgid}" if name == "sent" else "s"
+                else:
+                    mark = {"released": "r", "refused": "k:43004", "failed": "f:47003"}.get(name, "")
+                if mark:
+                    marks[f"tm:dm:{r.id}"] = mark
+        db.session.commit()
+        if marks:
+            conn.mset(marks)
+        conn.set(f"tm:lease:{alive}", 1, ex=60)  # that job is still running
+        return {name: [(r.id, r.openid) for r in group] for name, group in groups.items()}
+
+    groups = live.in_app(plant)
+    before = Counter(_sent_openids(live, appid))
+    counts = live.in_app(lambda: dispatch.recover(older_than=0))
+    assert counts == {"pending": 12, "sent": 4, "unknown": 8, "skipped": 3, "failed": 2}, counts
+
+    def status_of(ids: list[int]) -> dict[int, tuple[DeliveryStatus, int | None]]:
+        return dict(
+            (i, (st, code))
+            for i, st, code in live.in_app(
+                lambda: db.session.execute(
+                    sa.select(Delivery.id, Delivery.status, Delivery.errcode).where(Delivery.id.in_(ids))
+                ).all()
+            )
+        )
+
+    alive_ids = [i for i, _ in groups["alive"]]
+    assert {st for st, _ in status_of(alive_ids).values()} == {DeliveryStatus.sending}  # left alone
+    conn.delete(f"tm:lease:{alive}")  # now that job is dead too
+    live.start("w1", "worker")
+    _tick_until_done(live, cid)
+    sent = Counter(_sent_openids(live, appid))
+    for name, group in groups.items():
+        for did, openid in group:
+            status, errcode = status_of([did])[did]
+            expected = {
+                "no_mark": (DeliveryStatus.sent, 1),
+                "released": (DeliveryStatus.sent, 1),
+                "alive": (DeliveryStatus.sent, 1),
+                "sent": (DeliveryStatus.sent, 1),  # recorded from its mark, never resent
+                "in_flight": (DeliveryStatus.unknown, 1),
+                "lost_with_redis": (DeliveryStatus.unknown, 1),
+                "refused": (DeliveryStatus.skipped, 0),
+                "failed": (DeliveryStatus.failed, 0),
+            }[name]
+            assert (status, sent[openid]) == expected, (name, did, status, sent[openid])
+            if name in ("refused", "failed"):
+                assert errcode == (43004 if name == "refused" else 47003)
+    planted = {o for g in groups.values() for _, o in g}
+    assert all(n == 1 for o, n in sent.items() if o not in planted)  # the rest: once each
+    assert sum(before.values()) == 12 and _exactly_once(live, cid, appid, 60)["sent"] == 60 - 8 - 5
 
 
 def test_duplicate_jobs_and_pause_resume_race(live: Live) -> None:

@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 
+from tests import helpers
 from tests.live.conftest import Live
-from wechat_service.worker import LEADER_KEY
+from wechat_service.worker import LEADER_KEY, release_lease, take_or_renew_lease
+
+
+class _LeaseLostMeanwhile(redis.Redis):
+    """A real Redis connection on which, right after cron A reads the leader key, A's lease
+    expires and cron B takes it — the interleaving a GET-then-EXPIRE renewal cannot survive."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        result = super().execute_command(*args, **options)
+        if args[0] == "GET" and args[1] == LEADER_KEY and result == b"cron-a":
+            super().execute_command("SET", LEADER_KEY, "cron-b", "EX", 5)
+        return result
+
+
+def test_a_lost_lease_is_never_extended_over_another_holder() -> None:
+    url = f"{helpers.REDIS}/{helpers.REDIS_DB}"
+    with _LeaseLostMeanwhile.from_url(url) as conn:
+        conn.delete(LEADER_KEY)
+        assert take_or_renew_lease(conn, "cron-a", seconds=30)  # A takes it
+        # A renews; as it does, its lease passes to B (for 5 s). A must not extend B's lease
+        # to 30 s, nor think it still leads.
+        renewed = take_or_renew_lease(conn, "cron-a", seconds=30)
+        holder, ttl = conn.get(LEADER_KEY), conn.ttl(LEADER_KEY)
+        assert (renewed, holder) in ((False, b"cron-b"), (True, b"cron-a")), (renewed, holder)
+        if holder == b"cron-b":
+            assert ttl <= 5
+        # Plainly: B holds it, A can neither renew nor release it.
+        conn.set(LEADER_KEY, "cron-b", ex=5)
+        assert not take_or_renew_lease(conn, "cron-a", seconds=30)
+        assert not release_lease(conn, "cron-a")
+        assert conn.get(LEADER_KEY) == b"cron-b" and conn.ttl(LEADER_KEY) <= 5
+        assert take_or_renew_lease(conn, "cron-b", seconds=30) and conn.ttl(LEADER_KEY) > 5
+        assert release_lease(conn, "cron-b") and conn.get(LEADER_KEY) is None
 
 
 def test_second_cron_stands_by_then_takes_over(live: Live) -> None:
