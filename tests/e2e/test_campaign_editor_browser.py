@@ -67,7 +67,8 @@ def test_the_editor_works_from_its_static_script_and_stays_inert(live: Live, bro
     assert page.locator("#fields input").count() == 4
     page.fill("input[name=f_keyword1]", "10G 流量包")
     assert "套餐名称：10G 流量包" in page.inner_text("#preview")
-    page.wait_for_function("document.getElementById('audience').textContent.includes('recipients')")
+    # A locator wait, not wait_for_function: the CSP forbids the eval Playwright would use.
+    page.locator("#audience", has_text="recipients").wait_for()
     assert page.inner_text("#audience").startswith("7 recipients")
     shot(page, "campaign-editor")
     assert dialogs == [] and errors == []

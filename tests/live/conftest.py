@@ -160,8 +160,18 @@ def live(live_stack: Live) -> Iterator[Live]:
 
     def truncate() -> None:
         names = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
-        db.session.execute(sa.text(f"TRUNCATE {names} CASCADE"))
-        db.session.commit()
+        # A job of the previous test may still hold row locks while TRUNCATE takes its table
+        # locks one by one: PostgreSQL then breaks the deadlock by failing one side. Retry.
+        for attempt in range(5):
+            try:
+                db.session.execute(sa.text(f"TRUNCATE {names} CASCADE"))
+                db.session.commit()
+                return
+            except sa.exc.OperationalError:
+                db.session.rollback()
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
 
     live_stack.in_app(truncate)
     if live_stack.procs["worker"].poll() is not None:
