@@ -12,7 +12,6 @@ from typing import Any
 
 from flask import request
 from flask.typing import ResponseReturnValue
-from flask_smorest import Blueprint
 from flask_wtf.csrf import generate_csrf
 from marshmallow import fields, validate
 from werkzeug.exceptions import Unauthorized
@@ -49,7 +48,9 @@ from accounts.schemas import (
     TryResultSchema,
     TrySchema,
 )
+from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
+from wechat_service.fields import Text
 from wechat_service.gateway import token_health
 
 blp = Blueprint("console_api", __name__, url_prefix="/api/v1", description="Console API (session + CSRF)")
@@ -407,13 +408,19 @@ def audit_list(query: dict[str, Any]) -> ResponseReturnValue:
     return _page(AuditSchema(many=True).dump(page.items), page)
 
 
+ORDER_STATUSES = [
+    "pending_payment", "paid", "fulfilling", "fulfilled", "fulfilment_failed",
+    "refunding", "refunded", "closed",
+]  # fmt: skip
+
+
 class OrderQuerySchema(PageQuerySchema):
-    q = fields.String(load_default=None)
-    status = fields.String(load_default=None)
+    q = Text(load_default=None, validate=validate.Length(max=64))
+    status = Text(load_default=None, validate=validate.OneOf(ORDER_STATUSES))
 
 
 class RefundSchema(StrictSchema):
-    reason = fields.String(required=True, validate=validate.Length(min=3, max=200))
+    reason = Text(required=True, validate=validate.Length(min=3, max=200), multiline=True)
     # Omitted: everything not refunded yet. Otherwise a partial refund of this many fen.
     amount_fen = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**31 - 1))
 
@@ -462,6 +469,23 @@ def order_list(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
         orders.search(account.id, q=query["q"], status=query["status"]), query["page"], query["per_page"]
     )
     return _page([_order(o, access.unmasked(account.id)) for o in page.items], page)
+
+
+@blp.get("/accounts/<int:account_id>/orders.csv")
+@blp.arguments(OrderQuerySchema(only=("q", "status")), location="query")
+@blp.response(200, {"type": "string"}, content_type="text/csv", description="orders as CSV")
+@signed_in
+def order_csv(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
+    """The orders a search finds, as CSV (phone numbers masked unless the role allows)."""
+    from store import orders
+    from wechat_service.exports import csv_response
+
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.ORDERS)
+    rows = orders.export_rows(
+        account.id, q=query["q"], status=query["status"], unmasked=access.unmasked(account.id)
+    )
+    return csv_response(f"orders-{account.appid}.csv", orders.EXPORT_COLUMNS, rows)
 
 
 @blp.get("/accounts/<int:account_id>/orders/<int:order_id>")

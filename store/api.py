@@ -7,13 +7,14 @@ from typing import Any
 
 from flask import jsonify, request
 from flask.typing import ResponseReturnValue
-from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields, validate
 
 from store import services
 from store.models import InquiryKind
 from wechat_service import mp
+from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
+from wechat_service.fields import Text
 
 bp = Blueprint(
     "store_mp",
@@ -28,14 +29,19 @@ class PhoneSmsSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    phone = fields.String(required=True, validate=validate.Length(min=5, max=20))
+    phone = Text(
+        required=True,
+        validate=validate.Regexp(
+            r"^(\+86|0086)?[ -]?1[3-9](?:[ -]?\d){9}$", error="a mainland mobile number"
+        ),
+    )
 
 
 class PhoneVerifySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True, validate=validate.Regexp(r"^\d{6}$"))
+    code = Text(required=True, validate=validate.Regexp(r"^\d{6}$"))
 
 
 def _session(appid: str) -> mp.MpSession:
@@ -66,7 +72,7 @@ class PhoneWechatSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    code = Text(required=True, validate=validate.Length(min=1, max=128))
 
 
 @bp.post("/<appid>/phone/wechat")
@@ -111,7 +117,7 @@ class RedeemSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True, validate=validate.Length(min=4, max=64))
+    code = Text(required=True, validate=validate.Length(min=4, max=64))
 
 
 @bp.post("/<appid>/redeem")
@@ -131,11 +137,11 @@ class OrderCreateSchema(Schema):
         unknown = RAISE
 
     product_id = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1))
-    client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
-    provider = fields.String(
+    client_key = Text(required=True, validate=validate.Length(min=8, max=64))
+    provider = Text(
         load_default="wechatpay_v3", validate=validate.OneOf(["wechatpay_v3", "wechatpay_v2", "alipay"])
     )
-    coupon = fields.String(load_default=None, validate=validate.Length(max=32))
+    coupon = Text(load_default=None, validate=validate.Length(max=32))
 
 
 def _order_view(order: object) -> dict[str, object]:
@@ -230,7 +236,7 @@ class PointsExchangeSchema(Schema):
         unknown = RAISE
 
     product_id = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1))
-    client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
+    client_key = Text(required=True, validate=validate.Length(min=8, max=64))
 
 
 @bp.post("/<appid>/points/exchange")

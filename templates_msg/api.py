@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import Response, request, stream_with_context
 from flask.typing import ResponseReturnValue
-from flask_smorest import Blueprint
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
@@ -25,6 +24,7 @@ from templates_msg.schemas import (
     TemplateSchema,
     _segment_out,
 )
+from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
 
 blp = Blueprint(

@@ -6,11 +6,12 @@ from typing import Any
 
 from flask import jsonify, request
 from flask.typing import ResponseReturnValue
-from flask_smorest import Blueprint
-from marshmallow import RAISE, Schema, fields
+from marshmallow import RAISE, Schema, validate
 
 from wechat_service import mp
+from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
+from wechat_service.fields import Text
 
 bp = Blueprint("mp_api", __name__, url_prefix="/api/mp", description="Mini-program sessions (wx.login)")
 
@@ -19,7 +20,7 @@ class SessionCreateSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True)
+    code = Text(required=True, validate=validate.Length(min=1, max=128))
 
 
 @bp.post("/<appid>/session")
