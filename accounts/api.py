@@ -22,15 +22,18 @@ from accounts.console import check_url_ids, client_ip, current_access, current_u
 from accounts.models import Subscriber
 from accounts.schemas import (
     AccountCreateSchema,
+    AccountPageSchema,
     AccountSchema,
     AccountUpdateSchema,
+    AuditPageSchema,
     AuditQuerySchema,
-    AuditSchema,
-    EventSchema,
+    EventPageSchema,
     GrantCreateSchema,
     GrantSchema,
     MenuSchema,
     MenuUpdateSchema,
+    OrderPageSchema,
+    OrderSchema,
     OverviewRowSchema,
     PageQuerySchema,
     QRCodeCreateSchema,
@@ -43,6 +46,7 @@ from accounts.schemas import (
     StaffSchema,
     StatusSchema,
     StrictSchema,
+    SubscriberPageSchema,
     SubscriberQuerySchema,
     SubscriberSchema,
     TryResultSchema,
@@ -106,10 +110,11 @@ def overview() -> ResponseReturnValue:
 
 @blp.get("/accounts")
 @blp.arguments(PageQuerySchema, location="query")
+@blp.response(200, AccountPageSchema)
 @signed_in
 def account_list(query: dict[str, Any]) -> ResponseReturnValue:
     page = paginate(acl.scoped_accounts(current_access()), query["page"], query["per_page"])
-    return _page(AccountSchema(many=True).dump([services.describe_account(a) for a in page.items]), page)
+    return _page([services.describe_account(a) for a in page.items], page)
 
 
 @blp.post("/accounts")
@@ -167,6 +172,7 @@ def account_status(data: dict[str, Any], account_id: int) -> ResponseReturnValue
 
 @blp.get("/accounts/<int:account_id>/subscribers")
 @blp.arguments(SubscriberQuerySchema, location="query")
+@blp.response(200, SubscriberPageSchema)
 @signed_in
 def subscriber_list(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
     access = current_access()
@@ -183,13 +189,12 @@ def subscriber_list(query: dict[str, Any], account_id: int) -> ResponseReturnVal
         query["per_page"],
     )
     unmasked = access.unmasked(account.id)
-    return _page(
-        SubscriberSchema(many=True).dump([masking.subscriber_view(s, unmasked) for s in page.items]), page
-    )
+    return _page([masking.subscriber_view(s, unmasked) for s in page.items], page)
 
 
 @blp.get("/accounts/<int:account_id>/subscribers/<int:subscriber_id>/events")
 @blp.arguments(PageQuerySchema, location="query")
+@blp.response(200, EventPageSchema)
 @signed_in
 def subscriber_events(query: dict[str, Any], account_id: int, subscriber_id: int) -> ResponseReturnValue:
     access = current_access()
@@ -198,7 +203,7 @@ def subscriber_events(query: dict[str, Any], account_id: int, subscriber_id: int
     page = paginate(subscribers.events_of(account.id, sub.id), query["page"], query["per_page"])
     unmasked = access.unmasked(account.id)
     rows = [masking.event_view(e, unmasked) for e in page.items]
-    return _page(EventSchema(many=True).dump(rows), page)
+    return _page(rows, page)
 
 
 @blp.post("/accounts/<int:account_id>/subscribers/<int:subscriber_id>/reveal")
@@ -395,6 +400,7 @@ def grant_delete(user_id: int, grant_id: int) -> ResponseReturnValue:
 
 @blp.get("/audit")
 @blp.arguments(AuditQuerySchema, location="query")
+@blp.response(200, AuditPageSchema)
 @signed_in
 def audit_list(query: dict[str, Any]) -> ResponseReturnValue:
     acl.require(current_access(), acl.AUDIT)
@@ -405,7 +411,7 @@ def audit_list(query: dict[str, Any]) -> ResponseReturnValue:
         query["page"],
         query["per_page"],
     )
-    return _page(AuditSchema(many=True).dump(page.items), page)
+    return _page(list(page.items), page)
 
 
 ORDER_STATUSES = [
@@ -459,6 +465,7 @@ def _order(order: Any, unmasked: bool) -> dict[str, Any]:
 
 @blp.get("/accounts/<int:account_id>/orders")
 @blp.arguments(OrderQuerySchema, location="query")
+@blp.response(200, OrderPageSchema)
 @signed_in
 def order_list(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
     from store import orders
@@ -489,6 +496,7 @@ def order_csv(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
 
 
 @blp.get("/accounts/<int:account_id>/orders/<int:order_id>")
+@blp.response(200, OrderSchema)
 @signed_in
 def order_get(account_id: int, order_id: int) -> ResponseReturnValue:
     from store import orders
@@ -500,6 +508,7 @@ def order_get(account_id: int, order_id: int) -> ResponseReturnValue:
 
 @blp.post("/accounts/<int:account_id>/orders/<int:order_id>/refund")
 @blp.arguments(RefundSchema)
+@blp.response(200, OrderSchema)
 @signed_in
 def order_refund(data: dict[str, Any], account_id: int, order_id: int) -> ResponseReturnValue:
     access = current_access()

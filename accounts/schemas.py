@@ -15,6 +15,7 @@ APPID = validate.Regexp(r"^wx[0-9a-f]{16}$", error="wx followed by 16 hex digits
 ORIGINAL_ID = validate.Regexp(r"^gh_[0-9a-zA-Z]{6,28}$", error="gh_ followed by letters and digits")
 CALLBACK_TOKEN = validate.Regexp(r"^[A-Za-z0-9]{3,32}$", error="3-32 letters or digits (WeChat's rule)")
 AES_KEY = validate.Regexp(r"^[A-Za-z0-9]{43}$", error="43 letters or digits (as in the WeChat admin)")
+ID = validate.Range(min=1, max=2**31 - 1)  # the id columns' range (as accounts.console.MAX_ID)
 TIMEZONES = sorted(tz for tz in available_timezones() if "/" in tz or tz == "UTC")
 ORG_CODE = validate.Regexp(r"^[a-z0-9][a-z0-9_.-]{0,63}$", error="an org unit code")
 NAME = [validate.Length(min=1, max=128), NOT_BLANK]
@@ -93,7 +94,7 @@ class StatusSchema(StrictSchema):
 class SubscriberQuerySchema(PageQuerySchema):
     q = Text(load_default=None, validate=validate.Length(max=128))
     tag = Text(load_default=None, validate=validate.Length(max=64))
-    channel = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
+    channel = fields.Integer(load_default=None, validate=ID)
 
 
 class SubscriberSchema(Schema):
@@ -329,14 +330,14 @@ class GrantSchema(Schema):
 
 class GrantCreateSchema(StrictSchema):
     role = Text(required=True, validate=validate.OneOf(["account_manager", "marketer", "analyst", "support"]))
-    account_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
+    account_id = fields.Integer(load_default=None, validate=ID)
     org_unit = Text(load_default=None, validate=ORG_CODE)
     can_approve = fields.Boolean(load_default=False)
 
 
 class AuditQuerySchema(PageQuerySchema):
-    user = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
-    account = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
+    user = fields.Integer(load_default=None, validate=ID)
+    account = fields.Integer(load_default=None, validate=ID)
     action = Text(load_default=None, validate=validate.Length(max=64))
 
 
@@ -355,3 +356,48 @@ class AuditSchema(Schema):
 class SessionSchema(Schema):
     user = fields.Nested(StaffSchema)
     csrf_token = fields.String()
+
+
+# -- answers of the list and order operations (the document says what they return) --------------
+
+
+class PageSchema(Schema):
+    page = fields.Integer(required=True)
+    per_page = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+
+
+class AccountPageSchema(PageSchema):
+    items = fields.List(fields.Nested(AccountSchema), required=True)
+
+
+class SubscriberPageSchema(PageSchema):
+    items = fields.List(fields.Nested(SubscriberSchema), required=True)
+
+
+class EventPageSchema(PageSchema):
+    items = fields.List(fields.Nested(EventSchema), required=True)
+
+
+class AuditPageSchema(PageSchema):
+    items = fields.List(fields.Nested(AuditSchema), required=True)
+
+
+class OrderSchema(Schema):
+    """An order as staff see it (the phone masked unless the role allows), with its history."""
+
+    id = fields.Integer()
+    out_trade_no = fields.String()
+    amount_fen = fields.Integer()
+    refunded_fen = fields.Integer()
+    status = fields.String()
+    provider = fields.String()
+    created_at = fields.String()
+    paid_at = fields.String(allow_none=True)
+    phone = fields.String(allow_none=True)
+    history = fields.List(fields.Dict())
+    refunds = fields.List(fields.Dict())
+
+
+class OrderPageSchema(PageSchema):
+    items = fields.List(fields.Nested(OrderSchema), required=True)

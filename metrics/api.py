@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import request
 from flask.typing import ResponseReturnValue
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
@@ -30,7 +30,7 @@ blp = Blueprint(
 
 MAX_DAYS = 731  # two years of days: a day-by-day answer stays a fraction of a second
 MAX_CONTRACT_DAYS = 3660
-ID = validate.Range(min=1, max=2**63 - 1)
+ID = validate.Range(min=1, max=2**31 - 1)  # the id columns' range
 
 
 @blp.before_request
@@ -99,6 +99,9 @@ class MetricSchema(Schema):
 class FiguresSchema(Schema):
     """Figures keyed by metric (money in integer fen; ratios, averages and scores as exact decimal
     strings), assembled by metrics.reports / metrics.contracts and passed through as they are."""
+
+    class Meta:
+        unknown = INCLUDE  # documented as an open object
 
     def dump(self, obj: Any, *, many: bool | None = None) -> Any:  # type: ignore[override]
         return obj

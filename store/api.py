@@ -44,6 +44,64 @@ class PhoneVerifySchema(Schema):
     code = Text(required=True, validate=validate.Regexp(r"^\d{6}$"))
 
 
+# What the operations answer (documented; the views answer with jsonify as they are).
+class SmsSentSchema(Schema):
+    phone = fields.String()
+    expires_in = fields.Integer()
+
+
+class BindingSchema(Schema):
+    phone = fields.String(allow_none=True)
+    bound_at = fields.String(allow_none=True)
+    method = fields.String()
+
+
+class MpInquirySchema(Schema):
+    kind = fields.String()
+    outcome = fields.String()
+    text = fields.String(allow_none=True)
+    data = fields.Dict(allow_none=True)
+
+
+class RedeemedSchema(Schema):
+    product = fields.String()
+    kind = fields.String()
+    phone = fields.String(allow_none=True)
+    fulfilment_id = fields.Integer()
+
+
+class MpProductSchema(Schema):
+    id = fields.Integer()
+    code = fields.String()
+    name = fields.String()
+    kind = fields.String()
+    price_fen = fields.Integer()
+    face_value_fen = fields.Integer(allow_none=True)
+    stock = fields.Integer(allow_none=True)
+
+
+class OrderViewSchema(Schema):
+    id = fields.Integer()
+    out_trade_no = fields.String()
+    amount_fen = fields.Integer()
+    list_price_fen = fields.Integer(allow_none=True)
+    discount_fen = fields.Integer()
+    status = fields.String()
+    product_id = fields.Integer()
+    history = fields.List(fields.Dict())
+
+
+class OrderCreatedSchema(Schema):
+    order = fields.Nested(OrderViewSchema)
+    payment = fields.Dict(allow_none=True, metadata={"description": "the parameters for wx.requestPayment"})
+
+
+class PointsHoldSchema(Schema):
+    id = fields.Integer()
+    points = fields.Integer()
+    status = fields.String()
+
+
 def _session(appid: str) -> mp.MpSession:
     auth = request.headers.get("Authorization", "")
     return mp.session_from_token(appid, auth[7:] if auth.startswith("Bearer ") else "")
@@ -51,6 +109,7 @@ def _session(appid: str) -> mp.MpSession:
 
 @bp.post("/<appid>/phone/sms")
 @bp.arguments(PhoneSmsSchema, error_status_code=400)
+@bp.response(202, SmsSentSchema)
 @bp.doc(security=MP_AUTH)
 def phone_sms(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     session = _session(appid)
@@ -60,6 +119,7 @@ def phone_sms(data: dict[str, Any], appid: str) -> ResponseReturnValue:
 
 @bp.post("/<appid>/phone/verify")
 @bp.arguments(PhoneVerifySchema, error_status_code=400)
+@bp.response(201, BindingSchema)
 @bp.doc(security=MP_AUTH)
 def phone_verify(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     session = _session(appid)
@@ -77,6 +137,7 @@ class PhoneWechatSchema(Schema):
 
 @bp.post("/<appid>/phone/wechat")
 @bp.arguments(PhoneWechatSchema, error_status_code=400)
+@bp.response(201, BindingSchema)
 @bp.doc(security=MP_AUTH)
 def phone_wechat(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     """The getPhoneNumber button's code: WeChat tells us the verified number, no SMS round."""
@@ -88,6 +149,7 @@ def phone_wechat(data: dict[str, Any], appid: str) -> ResponseReturnValue:
 
 
 @bp.get("/<appid>/phone")
+@bp.response(200, BindingSchema)
 @bp.doc(security=MP_AUTH)
 def phone(appid: str) -> ResponseReturnValue:
     session = _session(appid)
@@ -102,6 +164,9 @@ def phone(appid: str) -> ResponseReturnValue:
 
 
 @bp.get("/<appid>/inquiry/<any(balance, data, bill, points):kind>")
+@bp.response(200, MpInquirySchema)
+@bp.alt_response(409, schema=MpInquirySchema, description="no phone bound")
+@bp.alt_response(503, schema=MpInquirySchema, description="the BOSS did not answer")
 @bp.doc(security=MP_AUTH)
 def inquiry(appid: str, kind: str) -> ResponseReturnValue:
     session = _session(appid)
@@ -122,6 +187,7 @@ class RedeemSchema(Schema):
 
 @bp.post("/<appid>/redeem")
 @bp.arguments(RedeemSchema, error_status_code=400)
+@bp.response(202, RedeemedSchema)
 @bp.doc(security=MP_AUTH)
 def redeem(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     from store import redemption
@@ -163,6 +229,7 @@ def _order_view(order: object) -> dict[str, object]:
 
 
 @bp.get("/<appid>/products")
+@bp.response(200, MpProductSchema(many=True))
 @bp.doc(security=MP_AUTH)
 def products(appid: str) -> ResponseReturnValue:
     from store import catalogue
@@ -189,6 +256,8 @@ def products(appid: str) -> ResponseReturnValue:
 
 @bp.post("/<appid>/orders")
 @bp.arguments(OrderCreateSchema, error_status_code=400)
+@bp.response(201, OrderCreatedSchema)
+@bp.alt_response(200, schema=OrderCreatedSchema, description="already paid or closed")
 @bp.doc(security=MP_AUTH)
 def create_order(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     """Create (idempotently, by client_key) and get the parameters for wx.requestPayment."""
@@ -218,6 +287,7 @@ def create_order(data: dict[str, Any], appid: str) -> ResponseReturnValue:
 
 
 @bp.get("/<appid>/orders/<int:order_id>")
+@bp.response(200, OrderViewSchema)
 @bp.doc(security=MP_AUTH)
 def get_order(appid: str, order_id: int) -> ResponseReturnValue:
     from store import orders
@@ -241,6 +311,7 @@ class PointsExchangeSchema(Schema):
 
 @bp.post("/<appid>/points/exchange")
 @bp.arguments(PointsExchangeSchema, error_status_code=400)
+@bp.response(202, PointsHoldSchema)
 @bp.doc(security=MP_AUTH)
 def points_exchange(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     from store import points

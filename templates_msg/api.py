@@ -16,11 +16,13 @@ from templates_msg.schemas import (
     AudienceQuerySchema,
     AudienceSchema,
     CampaignCreateSchema,
+    CampaignPageSchema,
     CampaignSchema,
     CampaignUpdateSchema,
     PreviewSchema,
     ReasonSchema,
     StatsSchema,
+    SyncCountsSchema,
     TemplateSchema,
     _segment_out,
 )
@@ -55,6 +57,7 @@ def template_list(account_id: int) -> ResponseReturnValue:
 
 
 @blp.post("/accounts/<int:account_id>/templates/sync")
+@blp.response(200, SyncCountsSchema)
 def template_sync(account_id: int) -> ResponseReturnValue:
     counts = operations.sync_templates(current_access(), account_id, client_ip())
     db.session.commit()
@@ -75,11 +78,12 @@ def audience(data: dict[str, Any]) -> ResponseReturnValue:
 
 @blp.get("/campaigns")
 @blp.arguments(PageQuerySchema, location="query")
+@blp.response(200, CampaignPageSchema)
 def campaign_list(query: dict[str, Any]) -> ResponseReturnValue:
     page = paginate(
         services.campaigns_query(current_access().account_ids()), query["page"], query["per_page"]
     )
-    return _page([operations.dump(c) for c in page.items], page)
+    return _page(list(page.items), page)
 
 
 @blp.post("/campaigns")
@@ -90,13 +94,13 @@ def campaign_create(data: dict[str, Any]) -> ResponseReturnValue:
         data["segment"] = _segment_out(data["segment"])
     campaign = operations.create(current_access(), data, client_ip())
     db.session.commit()
-    return operations.dump(campaign)
+    return campaign
 
 
 @blp.get("/campaigns/<int:campaign_id>")
 @blp.response(200, CampaignSchema)
 def campaign_get(campaign_id: int) -> ResponseReturnValue:
-    return operations.dump(services.campaign_by_id(campaign_id))
+    return services.campaign_by_id(campaign_id)
 
 
 @blp.patch("/campaigns/<int:campaign_id>")
@@ -107,7 +111,7 @@ def campaign_update(data: dict[str, Any], campaign_id: int) -> ResponseReturnVal
         data["segment"] = _segment_out(data["segment"])
     campaign = operations.update(current_access(), campaign_id, data, client_ip())
     db.session.commit()
-    return operations.dump(campaign)
+    return campaign
 
 
 @blp.post("/campaigns/<int:campaign_id>/<any(submit, approve, reject, pause, resume, cancel):action>")
@@ -116,7 +120,7 @@ def campaign_update(data: dict[str, Any], campaign_id: int) -> ResponseReturnVal
 def campaign_action(data: dict[str, Any], campaign_id: int, action: str) -> ResponseReturnValue:
     campaign = operations.act(current_access(), campaign_id, action, client_ip(), data.get("reason", ""))
     db.session.commit()
-    return operations.dump(campaign)
+    return campaign
 
 
 @blp.get("/campaigns/<int:campaign_id>/preview")
@@ -137,6 +141,7 @@ def campaign_stats(campaign_id: int) -> ResponseReturnValue:
 
 
 @blp.get("/campaigns/<int:campaign_id>/deliveries.csv")
+@blp.response(200, {"type": "string"}, content_type="text/csv", description="every delivery as CSV")
 def campaign_csv(campaign_id: int) -> ResponseReturnValue:
     return Response(
         stream_with_context(reports.export_csv(campaign_id)),

@@ -9,7 +9,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from accounts.schemas import ORG_CODE, StrictSchema
 from wechat_service.fields import Day, Instant, Text
 
-ID = validate.Range(min=1, max=2**63 - 1)
+ID = validate.Range(min=1, max=2**31 - 1)  # the id columns' range
 IDS = validate.Length(max=500)
 
 
@@ -133,7 +133,12 @@ class CampaignSchema(Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     version = fields.Integer()
-    account_ids = fields.List(fields.Integer())
+    account_ids = fields.Method("_account_ids", metadata={"type": "array", "items": {"type": "integer"}})
+
+    def _account_ids(self, campaign: Any) -> list[int]:
+        from templates_msg import services
+
+        return services.account_ids_of(campaign.id)
 
 
 class StatsSchema(Schema):
@@ -171,3 +176,16 @@ class StatsSchema(Schema):
 
 class PreviewSchema(Schema):
     text = fields.String()
+
+
+class CampaignPageSchema(Schema):
+    items = fields.List(fields.Nested(CampaignSchema), required=True)
+    page = fields.Integer(required=True)
+    per_page = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+
+
+class SyncCountsSchema(Schema):
+    added = fields.Integer()
+    updated = fields.Integer()
+    removed = fields.Integer()

@@ -56,6 +56,24 @@ def test_nul_in_the_mini_program_api_is_a_400(app: Flask, create_account: Any) -
     _invalid(resp, "code")
 
 
+def test_a_body_that_is_not_an_object_is_a_400_in_the_error_shape(app: Flask, create_staff: Any) -> None:
+    # Found by schemathesis: the error's "fields" was a list, not an object.
+    admin = create_staff(admin=True)
+    for body in (["x"], "text", 3):
+        resp = admin.api("POST", "/api/v1/staff", body)
+        assert resp.status_code == 400
+        error = resp.get_json()["error"]
+        assert error["code"] == "invalid_input" and list(error["fields"]) == ["_schema"], error
+
+
+def test_ids_beyond_the_columns_range_are_400(app: Flask, create_staff: Any) -> None:
+    # Found by schemathesis: account_ids of 2**31 reached PostgreSQL (integer out of range).
+    admin = create_staff(admin=True)
+    resp = admin.api("POST", "/api/v1/campaigns/audience", {"account_ids": [2**31]})
+    _invalid(resp, "account_ids")
+    _invalid(admin.get(f"/api/v1/audit?account={2**31}"), "account")
+
+
 # -- #25 dates and months --------------------------------------------------------------------------
 
 
