@@ -12,7 +12,6 @@ from typing import Any
 
 from flask import request
 from flask.typing import ResponseReturnValue
-from flask_smorest import Blueprint
 from flask_wtf.csrf import generate_csrf
 from marshmallow import fields, validate
 from werkzeug.exceptions import Unauthorized
@@ -23,15 +22,18 @@ from accounts.console import check_url_ids, client_ip, current_access, current_u
 from accounts.models import Subscriber
 from accounts.schemas import (
     AccountCreateSchema,
+    AccountPageSchema,
     AccountSchema,
     AccountUpdateSchema,
+    AuditPageSchema,
     AuditQuerySchema,
-    AuditSchema,
-    EventSchema,
+    EventPageSchema,
     GrantCreateSchema,
     GrantSchema,
     MenuSchema,
     MenuUpdateSchema,
+    OrderPageSchema,
+    OrderSchema,
     OverviewRowSchema,
     PageQuerySchema,
     QRCodeCreateSchema,
@@ -44,12 +46,15 @@ from accounts.schemas import (
     StaffSchema,
     StatusSchema,
     StrictSchema,
+    SubscriberPageSchema,
     SubscriberQuerySchema,
     SubscriberSchema,
     TryResultSchema,
     TrySchema,
 )
+from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
+from wechat_service.fields import Text
 from wechat_service.gateway import token_health
 
 blp = Blueprint("console_api", __name__, url_prefix="/api/v1", description="Console API (session + CSRF)")
@@ -110,14 +115,12 @@ def overview() -> ResponseReturnValue:
 
 @blp.get("/accounts")
 @blp.arguments(PageQuerySchema, location="query")
+@blp.response(200, AccountPageSchema)
 @signed_in
 def account_list(query: dict[str, Any]) -> ResponseReturnValue:
     access = current_access()
     page = paginate(acl.scoped_accounts(access), query["page"], query["per_page"])
-    return _page(
-        AccountSchema(many=True).dump([_describe(access, a) for a in page.items]),
-        page,
-    )
+    return _page([_describe(access, a) for a in page.items], page)
 
 
 @blp.post("/accounts")
@@ -176,6 +179,7 @@ def account_status(data: dict[str, Any], account_id: int) -> ResponseReturnValue
 
 @blp.get("/accounts/<int:account_id>/subscribers")
 @blp.arguments(SubscriberQuerySchema, location="query")
+@blp.response(200, SubscriberPageSchema)
 @signed_in
 def subscriber_list(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
     access = current_access()
@@ -192,13 +196,12 @@ def subscriber_list(query: dict[str, Any], account_id: int) -> ResponseReturnVal
         query["per_page"],
     )
     unmasked = access.unmasked(account.id)
-    return _page(
-        SubscriberSchema(many=True).dump([masking.subscriber_view(s, unmasked) for s in page.items]), page
-    )
+    return _page([masking.subscriber_view(s, unmasked) for s in page.items], page)
 
 
 @blp.get("/accounts/<int:account_id>/subscribers/<int:subscriber_id>/events")
 @blp.arguments(PageQuerySchema, location="query")
+@blp.response(200, EventPageSchema)
 @signed_in
 def subscriber_events(query: dict[str, Any], account_id: int, subscriber_id: int) -> ResponseReturnValue:
     access = current_access()
@@ -207,7 +210,7 @@ def subscriber_events(query: dict[str, Any], account_id: int, subscriber_id: int
     page = paginate(subscribers.events_of(account.id, sub.id), query["page"], query["per_page"])
     unmasked = access.unmasked(account.id)
     rows = [masking.event_view(e, unmasked) for e in page.items]
-    return _page(EventSchema(many=True).dump(rows), page)
+    return _page(rows, page)
 
 
 @blp.post("/accounts/<int:account_id>/subscribers/<int:subscriber_id>/reveal")
@@ -410,6 +413,7 @@ def staff_sign_out_everywhere(user_id: int) -> ResponseReturnValue:
 
 @blp.get("/audit")
 @blp.arguments(AuditQuerySchema, location="query")
+@blp.response(200, AuditPageSchema)
 @signed_in
 def audit_list(query: dict[str, Any]) -> ResponseReturnValue:
     acl.require(current_access(), acl.AUDIT)
@@ -420,16 +424,22 @@ def audit_list(query: dict[str, Any]) -> ResponseReturnValue:
         query["page"],
         query["per_page"],
     )
-    return _page(AuditSchema(many=True).dump(page.items), page)
+    return _page(list(page.items), page)
+
+
+ORDER_STATUSES = [
+    "pending_payment", "paid", "fulfilling", "fulfilled", "fulfilment_failed",
+    "refunding", "refunded", "closed",
+]  # fmt: skip
 
 
 class OrderQuerySchema(PageQuerySchema):
-    q = fields.String(load_default=None)
-    status = fields.String(load_default=None)
+    q = Text(load_default=None, validate=validate.Length(max=64))
+    status = Text(load_default=None, validate=validate.OneOf(ORDER_STATUSES))
 
 
 class RefundSchema(StrictSchema):
-    reason = fields.String(required=True, validate=validate.Length(min=3, max=200))
+    reason = Text(required=True, validate=validate.Length(min=3, max=200), multiline=True)
     # Omitted: everything not refunded yet. Otherwise a partial refund of this many fen.
     amount_fen = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**31 - 1))
 
@@ -468,6 +478,7 @@ def _order(order: Any, unmasked: bool) -> dict[str, Any]:
 
 @blp.get("/accounts/<int:account_id>/orders")
 @blp.arguments(OrderQuerySchema, location="query")
+@blp.response(200, OrderPageSchema)
 @signed_in
 def order_list(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
     from store import orders
@@ -480,7 +491,25 @@ def order_list(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
     return _page([_order(o, access.unmasked(account.id)) for o in page.items], page)
 
 
+@blp.get("/accounts/<int:account_id>/orders.csv")
+@blp.arguments(OrderQuerySchema(only=("q", "status")), location="query")
+@blp.response(200, {"type": "string"}, content_type="text/csv", description="orders as CSV")
+@signed_in
+def order_csv(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
+    """The orders a search finds, as CSV (phone numbers masked unless the role allows)."""
+    from store import orders
+    from wechat_service.exports import csv_response
+
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.ORDERS)
+    rows = orders.export_rows(
+        account.id, q=query["q"], status=query["status"], unmasked=access.unmasked(account.id)
+    )
+    return csv_response(f"orders-{account.appid}.csv", orders.EXPORT_COLUMNS, rows)
+
+
 @blp.get("/accounts/<int:account_id>/orders/<int:order_id>")
+@blp.response(200, OrderSchema)
 @signed_in
 def order_get(account_id: int, order_id: int) -> ResponseReturnValue:
     from store import orders
@@ -492,6 +521,7 @@ def order_get(account_id: int, order_id: int) -> ResponseReturnValue:
 
 @blp.post("/accounts/<int:account_id>/orders/<int:order_id>/refund")
 @blp.arguments(RefundSchema)
+@blp.response(200, OrderSchema)
 @signed_in
 def order_refund(data: dict[str, Any], account_id: int, order_id: int) -> ResponseReturnValue:
     access = current_access()

@@ -5,12 +5,12 @@ targets, manual figures and closing for administrators)."""
 from __future__ import annotations
 
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 from flask import request
 from flask.typing import ResponseReturnValue
-from flask_smorest import Blueprint
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
@@ -20,13 +20,17 @@ from metrics import contracts, datacube, queries, reports
 from metrics.registry import REGISTRY, as_dicts
 from metrics.rollups import today_in
 from wechat_service.errors import ForbiddenError, NotFoundError
+from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
+from wechat_service.fields import NOT_BLANK, Day, Month, Text, decimal
 
 blp = Blueprint(
     "metrics_api", __name__, url_prefix="/api/v1/metrics", description="Metrics, targets and fees"
 )
 
-MAX_DAYS = 3660
+MAX_DAYS = 731  # two years of days: a day-by-day answer stays a fraction of a second
+MAX_CONTRACT_DAYS = 3660
+ID = validate.Range(min=1, max=2**31 - 1)  # the id columns' range
 
 
 @blp.before_request
@@ -56,22 +60,24 @@ def _admin() -> None:
 
 
 class RangeSchema(StrictSchema):
-    from_ = fields.Date(data_key="from", load_default=None)
-    to = fields.Date(load_default=None)
-    metric = fields.List(fields.String(validate=validate.OneOf(list(REGISTRY))), load_default=list)
-    level = fields.String(
-        load_default="account", validate=validate.OneOf(["account", "city", "province", "group"])
+    """``from``/``to`` (default: the 30 days to today) span at most 731 days."""
+
+    from_ = Day(data_key="from", load_default=None)
+    to = Day(load_default=None)
+    metric = fields.List(
+        Text(validate=validate.OneOf(list(REGISTRY))), load_default=list, validate=validate.Length(max=50)
     )
-    month = fields.String(load_default=None, validate=validate.Regexp(r"^\d{4}-\d{2}$"))
+    level = Text(load_default="account", validate=validate.OneOf(["account", "city", "province", "group"]))
+    month = Month(load_default=None)
 
     @validates_schema
     def _order(self, data: dict[str, Any], **_: Any) -> None:
-        if (
-            data.get("from_")
-            and data.get("to")
-            and (data["to"] < data["from_"] or (data["to"] - data["from_"]).days > MAX_DAYS)
-        ):
-            raise ValidationError("from must be before to, within ten years", "from")
+        # The range as _range will run it (a missing end defaults to today), bounded here.
+        d0, d1 = _range(data)
+        if d1 < d0:
+            raise ValidationError("from must be on or before to", "from")
+        if (d1 - d0).days >= MAX_DAYS:
+            raise ValidationError(f"at most {MAX_DAYS} days from from to to", "from")
 
 
 def _range(query: dict[str, Any], days: int = 30) -> tuple[date, date]:
@@ -94,45 +100,99 @@ class FiguresSchema(Schema):
     """Figures keyed by metric (money in integer fen; ratios, averages and scores as exact decimal
     strings), assembled by metrics.reports / metrics.contracts and passed through as they are."""
 
+    class Meta:
+        unknown = INCLUDE  # documented as an open object
+
     def dump(self, obj: Any, *, many: bool | None = None) -> Any:  # type: ignore[override]
         return obj
 
 
+BIG = Decimal("99999999999999")  # NUMERIC(18, 4)
+
+
+def _ends_after(data: dict[str, Any], *, strictly: bool, max_days: int | None = None) -> None:
+    d0, d1 = data.get("starts_on"), data.get("ends_on")
+    if d0 and d1 and (d1 <= d0 if strictly else d1 < d0):
+        raise ValidationError(
+            "must be after starts_on" if strictly else "must not be before starts_on", "ends_on"
+        )
+    if d0 and d1 and max_days and (d1 - d0).days > max_days:
+        raise ValidationError(f"at most {max_days} days after starts_on", "ends_on")
+
+
+class TierSchema(StrictSchema):
+    min = decimal(0, 100, required=True)
+    pay = decimal(0, 1, required=True)
+
+
+class FormulaParamsSchema(StrictSchema):
+    """``floor`` for the floor formula, ``tiers`` for tiered; linear takes none."""
+
+    floor = decimal(0, 1)
+    tiers = fields.List(fields.Nested(TierSchema), validate=validate.Length(min=1, max=20))
+
+
 class ContractCreateSchema(StrictSchema):
-    customer = fields.String(required=True, validate=validate.Length(1, 128))
-    name = fields.String(required=True, validate=validate.Length(1, 128))
-    org_unit_id = fields.Integer(load_default=None)
-    starts_on = fields.Date(required=True)
-    ends_on = fields.Date(required=True)
-    price_fen = fields.Integer(required=True, validate=validate.Range(min=1))
-    fixed_share = fields.Decimal(required=True, as_string=True)
-    formula = fields.String(required=True, validate=validate.OneOf(["linear", "tiered", "floor"]))
-    formula_params = fields.Dict(load_default=dict)
+    """``ends_on`` after ``starts_on`` (at most ten years); ``formula_params`` as the formula needs."""
+
+    customer = Text(required=True, validate=[validate.Length(1, 128), NOT_BLANK])
+    name = Text(required=True, validate=[validate.Length(1, 128), NOT_BLANK])
+    org_unit_id = fields.Integer(load_default=None, validate=ID)
+    starts_on = Day(required=True)
+    ends_on = Day(required=True)
+    price_fen = fields.Integer(required=True, validate=validate.Range(min=1, max=2**63 - 1))
+    fixed_share = decimal(0, 1, required=True)
+    formula = Text(required=True, validate=validate.OneOf(["linear", "tiered", "floor"]))
+    formula_params = fields.Nested(FormulaParamsSchema, load_default=dict)
+
+    @validates_schema
+    def _consistent(self, data: dict[str, Any], **_: Any) -> None:
+        _ends_after(data, strictly=True, max_days=MAX_CONTRACT_DAYS)
+        need = {"floor": "floor", "tiered": "tiers"}.get(data.get("formula", ""))
+        if need and need not in (data.get("formula_params") or {}):
+            raise ValidationError(f"the {data['formula']} formula needs {need}", "formula_params")
 
 
 class TargetCreateSchema(StrictSchema):
-    metric = fields.String(required=True, validate=validate.OneOf(list(REGISTRY)))
-    account_id = fields.Integer(load_default=None)
-    org_unit_id = fields.Integer(load_default=None)
-    starts_on = fields.Date(required=True)
-    ends_on = fields.Date(required=True)
-    target_value = fields.Decimal(required=True, as_string=True)
-    weight = fields.Decimal(load_default="1", as_string=True)
+    metric = Text(required=True, validate=validate.OneOf(list(REGISTRY)))
+    account_id = fields.Integer(load_default=None, validate=ID)
+    org_unit_id = fields.Integer(load_default=None, validate=ID)
+    starts_on = Day(required=True)
+    ends_on = Day(required=True)
+    target_value = decimal(0, BIG, exclusive_minimum=True, required=True)
+    weight = decimal(0, 9999, exclusive_minimum=True, load_default=Decimal(1))
+
+    @validates_schema
+    def _consistent(self, data: dict[str, Any], **_: Any) -> None:
+        _ends_after(data, strictly=False)
+
+
+MANUAL_METRICS = [k for k, m in REGISTRY.items() if m.manual]
 
 
 class ManualCreateSchema(StrictSchema):
-    metric = fields.String(required=True)
-    account_id = fields.Integer(load_default=None)
-    org_unit_id = fields.Integer(load_default=None)
-    starts_on = fields.Date(required=True)
-    ends_on = fields.Date(required=True)
-    value = fields.Decimal(required=True, as_string=True)
-    note = fields.String(load_default="", validate=validate.Length(max=500))
+    """For one account (``account_id``) or one org unit (``org_unit_id``), not both."""
+
+    metric = Text(required=True, validate=validate.OneOf(MANUAL_METRICS))
+    account_id = fields.Integer(load_default=None, validate=ID)
+    org_unit_id = fields.Integer(load_default=None, validate=ID)
+    starts_on = Day(required=True)
+    ends_on = Day(required=True)
+    value = decimal(-BIG, BIG, required=True)
+    note = Text(load_default="", validate=validate.Length(max=500), multiline=True)
+
+    @validates_schema
+    def _consistent(self, data: dict[str, Any], **_: Any) -> None:
+        _ends_after(data, strictly=False)
+        if (data.get("account_id") is None) == (data.get("org_unit_id") is None):
+            raise ValidationError("an account or an org unit", "account_id")
 
 
 class AdjustmentSchema(StrictSchema):
-    amount_fen = fields.Integer(required=True)
-    reason = fields.String(required=True, validate=validate.Length(1, 500))
+    amount_fen = fields.Integer(
+        required=True, validate=[validate.Range(min=-(2**62), max=2**62), validate.NoneOf([0])]
+    )
+    reason = Text(required=True, validate=validate.Length(1, 500), multiline=True)
 
 
 @blp.get("/registry")

@@ -34,6 +34,7 @@ from payments.models import (
 )
 from payments.providers.wechatpay_v3 import PaymentProviderError
 from wechat_service.errors import InvalidInputError
+from wechat_service.exports import csv_writer
 from wechat_service.extensions import db
 from wechat_service.money import fen_of
 
@@ -367,7 +368,7 @@ def items_of(run_id: int) -> list[ReconciliationItem]:
 
 def items_csv(run: ReconciliationRun) -> str:
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csv_writer(out)  # formula-safe; amounts stay numbers (a refund's -500 is not text)
     writer.writerow(
         [
             "bill_date",
@@ -384,12 +385,7 @@ def items_csv(run: ReconciliationRun) -> str:
         writer.writerow(
             [
                 run.bill_date.isoformat(), run.provider.value, item.kind.value, item.txn_kind.value,
-                item.provider_txn_id, item.out_trade_no or "",
-                _blank(item.ledger_fen), _blank(item.statement_fen),
+                item.provider_txn_id, item.out_trade_no, item.ledger_fen, item.statement_fen,
             ]
         )  # fmt: skip
     return out.getvalue()
-
-
-def _blank(value: int | None) -> str:
-    return "" if value is None else str(value)

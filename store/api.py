@@ -7,13 +7,14 @@ from typing import Any
 
 from flask import jsonify, request
 from flask.typing import ResponseReturnValue
-from flask_smorest import Blueprint
 from marshmallow import RAISE, Schema, fields, validate
 
 from store import services
 from store.models import InquiryKind
 from wechat_service import mp
+from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
+from wechat_service.fields import Text
 
 bp = Blueprint(
     "store_mp",
@@ -28,14 +29,77 @@ class PhoneSmsSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    phone = fields.String(required=True, validate=validate.Length(min=5, max=20))
+    phone = Text(
+        required=True,
+        validate=validate.Regexp(
+            r"^(\+86|0086)?[ -]?1[3-9](?:[ -]?\d){9}$", error="a mainland mobile number"
+        ),
+    )
 
 
 class PhoneVerifySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True, validate=validate.Regexp(r"^\d{6}$"))
+    code = Text(required=True, validate=validate.Regexp(r"^\d{6}$"))
+
+
+# What the operations answer (documented; the views answer with jsonify as they are).
+class SmsSentSchema(Schema):
+    phone = fields.String()
+    expires_in = fields.Integer()
+
+
+class BindingSchema(Schema):
+    phone = fields.String(allow_none=True)
+    bound_at = fields.String(allow_none=True)
+    method = fields.String()
+
+
+class MpInquirySchema(Schema):
+    kind = fields.String()
+    outcome = fields.String()
+    text = fields.String(allow_none=True)
+    data = fields.Dict(allow_none=True)
+
+
+class RedeemedSchema(Schema):
+    product = fields.String()
+    kind = fields.String()
+    phone = fields.String(allow_none=True)
+    fulfilment_id = fields.Integer()
+
+
+class MpProductSchema(Schema):
+    id = fields.Integer()
+    code = fields.String()
+    name = fields.String()
+    kind = fields.String()
+    price_fen = fields.Integer()
+    face_value_fen = fields.Integer(allow_none=True)
+    stock = fields.Integer(allow_none=True)
+
+
+class OrderViewSchema(Schema):
+    id = fields.Integer()
+    out_trade_no = fields.String()
+    amount_fen = fields.Integer()
+    list_price_fen = fields.Integer(allow_none=True)
+    discount_fen = fields.Integer()
+    status = fields.String()
+    product_id = fields.Integer()
+    history = fields.List(fields.Dict())
+
+
+class OrderCreatedSchema(Schema):
+    order = fields.Nested(OrderViewSchema)
+    payment = fields.Dict(allow_none=True, metadata={"description": "the parameters for wx.requestPayment"})
+
+
+class PointsHoldSchema(Schema):
+    id = fields.Integer()
+    points = fields.Integer()
+    status = fields.String()
 
 
 def _session(appid: str) -> mp.MpSession:
@@ -45,6 +109,7 @@ def _session(appid: str) -> mp.MpSession:
 
 @bp.post("/<appid>/phone/sms")
 @bp.arguments(PhoneSmsSchema, error_status_code=400)
+@bp.response(202, SmsSentSchema)
 @bp.doc(security=MP_AUTH)
 def phone_sms(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     session = _session(appid)
@@ -54,6 +119,7 @@ def phone_sms(data: dict[str, Any], appid: str) -> ResponseReturnValue:
 
 @bp.post("/<appid>/phone/verify")
 @bp.arguments(PhoneVerifySchema, error_status_code=400)
+@bp.response(201, BindingSchema)
 @bp.doc(security=MP_AUTH)
 def phone_verify(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     session = _session(appid)
@@ -66,11 +132,12 @@ class PhoneWechatSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    code = Text(required=True, validate=validate.Length(min=1, max=128))
 
 
 @bp.post("/<appid>/phone/wechat")
 @bp.arguments(PhoneWechatSchema, error_status_code=400)
+@bp.response(201, BindingSchema)
 @bp.doc(security=MP_AUTH)
 def phone_wechat(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     """The getPhoneNumber button's code: WeChat tells us the verified number, no SMS round."""
@@ -82,6 +149,7 @@ def phone_wechat(data: dict[str, Any], appid: str) -> ResponseReturnValue:
 
 
 @bp.get("/<appid>/phone")
+@bp.response(200, BindingSchema)
 @bp.doc(security=MP_AUTH)
 def phone(appid: str) -> ResponseReturnValue:
     session = _session(appid)
@@ -96,6 +164,9 @@ def phone(appid: str) -> ResponseReturnValue:
 
 
 @bp.get("/<appid>/inquiry/<any(balance, data, bill, points):kind>")
+@bp.response(200, MpInquirySchema)
+@bp.alt_response(409, schema=MpInquirySchema, description="no phone bound")
+@bp.alt_response(503, schema=MpInquirySchema, description="the BOSS did not answer")
 @bp.doc(security=MP_AUTH)
 def inquiry(appid: str, kind: str) -> ResponseReturnValue:
     session = _session(appid)
@@ -111,11 +182,12 @@ class RedeemSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True, validate=validate.Length(min=4, max=64))
+    code = Text(required=True, validate=validate.Length(min=4, max=64))
 
 
 @bp.post("/<appid>/redeem")
 @bp.arguments(RedeemSchema, error_status_code=400)
+@bp.response(202, RedeemedSchema)
 @bp.doc(security=MP_AUTH)
 def redeem(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     from store import redemption
@@ -131,11 +203,11 @@ class OrderCreateSchema(Schema):
         unknown = RAISE
 
     product_id = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1))
-    client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
-    provider = fields.String(
+    client_key = Text(required=True, validate=validate.Length(min=8, max=64))
+    provider = Text(
         load_default="wechatpay_v3", validate=validate.OneOf(["wechatpay_v3", "wechatpay_v2", "alipay"])
     )
-    coupon = fields.String(load_default=None, validate=validate.Length(max=32))
+    coupon = Text(load_default=None, validate=validate.Length(max=32))
 
 
 def _order_view(order: object) -> dict[str, object]:
@@ -157,6 +229,7 @@ def _order_view(order: object) -> dict[str, object]:
 
 
 @bp.get("/<appid>/products")
+@bp.response(200, MpProductSchema(many=True))
 @bp.doc(security=MP_AUTH)
 def products(appid: str) -> ResponseReturnValue:
     from store import catalogue
@@ -183,6 +256,8 @@ def products(appid: str) -> ResponseReturnValue:
 
 @bp.post("/<appid>/orders")
 @bp.arguments(OrderCreateSchema, error_status_code=400)
+@bp.response(201, OrderCreatedSchema)
+@bp.alt_response(200, schema=OrderCreatedSchema, description="already paid or closed")
 @bp.doc(security=MP_AUTH)
 def create_order(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     """Create (idempotently, by client_key) and get the parameters for wx.requestPayment."""
@@ -212,6 +287,7 @@ def create_order(data: dict[str, Any], appid: str) -> ResponseReturnValue:
 
 
 @bp.get("/<appid>/orders/<int:order_id>")
+@bp.response(200, OrderViewSchema)
 @bp.doc(security=MP_AUTH)
 def get_order(appid: str, order_id: int) -> ResponseReturnValue:
     from store import orders
@@ -230,11 +306,12 @@ class PointsExchangeSchema(Schema):
         unknown = RAISE
 
     product_id = fields.Integer(required=True, validate=validate.Range(min=1, max=2**31 - 1))
-    client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
+    client_key = Text(required=True, validate=validate.Length(min=8, max=64))
 
 
 @bp.post("/<appid>/points/exchange")
 @bp.arguments(PointsExchangeSchema, error_status_code=400)
+@bp.response(202, PointsHoldSchema)
 @bp.doc(security=MP_AUTH)
 def points_exchange(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     from store import points

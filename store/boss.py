@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import requests
 from flask import current_app
 
+from wechat_service.errors import register_upstream_error
+
 PHONE_RE = re.compile(r"^1[3-9]\d{9}$")
 
 
@@ -41,6 +43,10 @@ class BossUnavailableError(BossError):
 
 class BossUnknownOutcomeError(BossUnavailableError):
     """A write may or may not have happened: query it by its idempotency key."""
+
+
+# Not caught by a caller: a 503 (unavailable) or 502 (refused) in the one error shape.
+register_upstream_error(BossError, "The BOSS", lambda exc: isinstance(exc, BossUnavailableError))
 
 
 def normalise_phone(value: str) -> str:

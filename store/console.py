@@ -295,6 +295,27 @@ def batch_void(account_id: int, batch_id: int) -> ResponseReturnValue:
     return redirect(url_for("store_console.batch_detail", account_id=account_id, batch_id=batch_id))
 
 
+# -- orders export ---------------------------------------------------------------------------------
+
+
+@bp.get("/accounts/<int:account_id>/orders.csv")
+@login_required
+def orders_csv(account_id: int) -> ResponseReturnValue:
+    """The Orders page's search as CSV: same permission and phone masking as the page."""
+    from store import orders
+    from wechat_service.exports import csv_response
+
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.ORDERS)
+    rows = orders.export_rows(
+        account.id,
+        q=request.args.get("q") or None,
+        status=request.args.get("status") or None,
+        unmasked=access.unmasked(account.id),
+    )
+    return csv_response(f"orders-{account.appid}.csv", orders.EXPORT_COLUMNS, rows)
+
+
 # -- coupons ---------------------------------------------------------------------------------------
 
 

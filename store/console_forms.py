@@ -15,6 +15,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_l
 
 from store.models import CouponKind, ProductKind
 from store.redemption import MAX_BATCH
+from wechat_service.fields import Text
 from wechat_service.money import fen_of, yuan
 
 # Whole yuan with at most two decimals: no signs, exponents, NaN or thousands separators. Seven
@@ -80,11 +81,11 @@ def _count(minimum: int = 0) -> fields.Integer:
 
 
 class ProductFields(ConsoleForm):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    name = Text(required=True, validate=validate.Length(min=1, max=128))
     price_fen = Yuan(required=True, data_key="price", validate=validate.Range(min=1, error="more than 0"))
     face_value_fen = Yuan(load_default=None, data_key="face_value", validate=validate.Range(min=1))
-    package_code = fields.String(load_default=None, validate=validate.Length(max=64))
-    plan_code = fields.String(load_default=None, validate=validate.Length(max=64))
+    package_code = Text(load_default=None, validate=validate.Length(max=64))
+    plan_code = Text(load_default=None, validate=validate.Length(max=64))
     active_from = LocalDateTime(load_default=None)
     active_until = LocalDateTime(load_default=None)
     stock = _count(0)
@@ -95,12 +96,12 @@ class ProductFields(ConsoleForm):
 class ProductEditForm(ProductFields):
     # The stock the edit form showed ("none": unlimited), so that orders taken meanwhile are not
     # overwritten (see catalogue.update_product).
-    stock_seen = fields.String(load_default=None, validate=validate.Regexp(r"^(none|\d{1,10})$"))
+    stock_seen = Text(load_default=None, validate=validate.Regexp(r"^(none|\d{1,10})$"))
 
 
 class ProductCreateForm(ProductFields):
-    kind = fields.String(required=True, validate=validate.OneOf([k.value for k in ProductKind]))
-    code = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    kind = Text(required=True, validate=validate.OneOf([k.value for k in ProductKind]))
+    code = Text(required=True, validate=validate.Length(min=1, max=64))
 
 
 # The service names the stored fields; the form shows yuan inputs under their own names.
@@ -109,18 +110,18 @@ PRODUCT_FORM_NAMES = {"price_fen": "price", "face_value_fen": "face_value"}
 
 class BatchCreateForm(ConsoleForm):
     product_id = fields.Integer(required=True, validate=validate.Range(min=1, max=MAX_INT))
-    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    name = Text(required=True, validate=validate.Length(min=1, max=128))
     count = fields.Integer(required=True, validate=validate.Range(min=1, max=MAX_BATCH))
     valid_days = fields.Integer(load_default=90, validate=validate.Range(min=1, max=3650))
     valid_from = LocalDateTime(load_default=None)
 
 
 class CouponCreateForm(ConsoleForm):
-    code = fields.String(required=True, validate=validate.Length(min=3, max=32))
-    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
-    kind = fields.String(required=True, validate=validate.OneOf([k.value for k in CouponKind]))
+    code = Text(required=True, validate=validate.Length(min=3, max=32))
+    name = Text(required=True, validate=validate.Length(min=1, max=128))
+    kind = Text(required=True, validate=validate.OneOf([k.value for k in CouponKind]))
     # Yuan off for a fixed coupon, whole percent off for a percent coupon: read once the kind is known.
-    value = fields.String(required=True, validate=validate.Length(max=16))
+    value = Text(required=True, validate=validate.Length(max=16))
     min_spend_fen = Yuan(load_default=0, data_key="min_spend")
     per_person_limit = _count(1)
     total_limit = _count(1)

@@ -402,3 +402,28 @@ def payment_rows(order_id: int) -> list[Any]:
             .order_by(PaymentTransaction.id)
         )
     )
+
+
+EXPORT_COLUMNS = (
+    "out_trade_no", "product_code", "product_name", "status", "provider", "amount_fen",
+    "refunded_fen", "phone", "created_at", "paid_at",
+)  # fmt: skip
+
+
+def export_rows(
+    account_id: int, *, q: str | None = None, status: str | None = None, unmasked: bool = False
+) -> list[list[Any]]:
+    """The orders a search finds, one row each for the console's and the API's CSV (written by
+    wechat_service.exports, formula-safe); the phone masked unless the caller's role allows."""
+    from store.services import mask_phone
+
+    query = search(account_id, q=q, status=status).add_columns(Product.code, Product.name)
+    query = query.join(Product, Product.id == Order.product_id)
+    return [
+        [
+            o.out_trade_no, code, name, o.status.value, o.provider, o.amount_fen, o.refunded_fen,
+            o.phone if unmasked else mask_phone(o.phone),
+            o.created_at.isoformat(), o.paid_at.isoformat() if o.paid_at else None,
+        ]
+        for o, code, name in db.session.execute(query)
+    ]  # fmt: skip

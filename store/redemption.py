@@ -7,10 +7,8 @@ are throttled per subscriber. The winning redemption creates a fulfilment, carri
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
-import io
 import json
 import re
 import secrets
@@ -25,6 +23,7 @@ from store.models import CodeStatus, FulfilmentStatus, ProductKind, RedeemBatch,
 from store.services import ThrottledError, binding_of, mask_phone
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
+from wechat_service.exports import csv_text
 from wechat_service.extensions import db, enqueue_after_commit, get_redis
 from wechat_service.money import yuan
 from wechat_service.secrets import open_secret, seal_secret
@@ -108,12 +107,10 @@ def create_batch(
 
 
 def export_csv(batch: RedeemBatch, codes: list[str]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["code", "batch", "valid_from", "valid_until"])
-    for code in codes:
-        writer.writerow([code, batch.name, batch.valid_from.isoformat(), batch.valid_until.isoformat()])
-    return out.getvalue()
+    return csv_text(
+        ["code", "batch", "valid_from", "valid_until"],
+        ([code, batch.name, batch.valid_from.isoformat(), batch.valid_until.isoformat()] for code in codes),
+    )
 
 
 def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[str, Any]:

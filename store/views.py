@@ -35,7 +35,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, validate
 from marshmallow import ValidationError as SchemaValidationError
 
 from accounts import subscribers
@@ -56,6 +56,7 @@ from wechat_service.errors import (
     register_error_page,
 )
 from wechat_service.extensions import db, get_redis
+from wechat_service.fields import Text
 from wechat_service.money import yuan
 
 bp = Blueprint("store_h5", __name__, url_prefix="/h5", template_folder="templates")
@@ -333,9 +334,9 @@ class CheckoutSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    client_key = fields.String(required=True, validate=validate.Length(min=8, max=64))
-    provider = fields.String(required=True, validate=validate.OneOf([p.value for p in Provider]))
-    coupon = fields.String(load_default="", validate=validate.Length(max=32))
+    client_key = Text(required=True, validate=validate.Length(min=8, max=64))
+    provider = Text(required=True, validate=validate.OneOf([p.value for p in Provider]))
+    coupon = Text(load_default="", validate=validate.Length(max=32))
 
 
 def _providers(account_id: int) -> dict[str, str]:
@@ -610,16 +611,16 @@ class PhoneSmsSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    phone = fields.String(required=True, validate=validate.Length(min=5, max=20))
-    next = fields.String(load_default="", validate=validate.Length(max=512))
+    phone = Text(required=True, validate=validate.Length(min=5, max=20))
+    next = Text(load_default="", validate=validate.Length(max=512))
 
 
 class PhoneVerifySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True, validate=validate.Regexp(r"^\s*\d{6}\s*$", error="6 位数字"))
-    next = fields.String(load_default="", validate=validate.Length(max=512))
+    code = Text(required=True, validate=validate.Regexp(r"^\s*\d{6}\s*$", error="6 位数字"))
+    next = Text(load_default="", validate=validate.Length(max=512))
 
 
 def _phone_page(user: H5User, status: int = 200, **context: Any) -> ResponseReturnValue:
@@ -671,7 +672,7 @@ class RedeemSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True, validate=validate.Length(min=4, max=64))
+    code = Text(required=True, validate=validate.Length(min=4, max=64))
 
 
 @bp.route("/<appid>/redeem", methods=["GET", "POST"])

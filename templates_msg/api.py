@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import Response, request, stream_with_context
 from flask.typing import ResponseReturnValue
-from flask_smorest import Blueprint
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
@@ -17,15 +16,18 @@ from templates_msg.schemas import (
     AudienceQuerySchema,
     AudienceSchema,
     CampaignCreateSchema,
+    CampaignPageSchema,
     CampaignSchema,
     CampaignUpdateSchema,
     DeliveriesExportQuerySchema,
     PreviewSchema,
     ReasonSchema,
     StatsSchema,
+    SyncCountsSchema,
     TemplateSchema,
     _segment_out,
 )
+from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
 
 blp = Blueprint(
@@ -56,6 +58,7 @@ def template_list(account_id: int) -> ResponseReturnValue:
 
 
 @blp.post("/accounts/<int:account_id>/templates/sync")
+@blp.response(200, SyncCountsSchema)
 def template_sync(account_id: int) -> ResponseReturnValue:
     counts = operations.sync_templates(current_access(), account_id, client_ip())
     db.session.commit()
@@ -76,11 +79,12 @@ def audience(data: dict[str, Any]) -> ResponseReturnValue:
 
 @blp.get("/campaigns")
 @blp.arguments(PageQuerySchema, location="query")
+@blp.response(200, CampaignPageSchema)
 def campaign_list(query: dict[str, Any]) -> ResponseReturnValue:
     page = paginate(
         services.campaigns_query(current_access().account_ids()), query["page"], query["per_page"]
     )
-    return _page([operations.dump(c) for c in page.items], page)
+    return _page(list(page.items), page)
 
 
 @blp.post("/campaigns")
@@ -139,6 +143,7 @@ def campaign_stats(campaign_id: int) -> ResponseReturnValue:
 
 @blp.get("/campaigns/<int:campaign_id>/deliveries.csv")
 @blp.arguments(DeliveriesExportQuerySchema, location="query")
+@blp.response(200, {"type": "string"}, content_type="text/csv", description="every delivery as CSV")
 def campaign_csv(query: dict[str, Any], campaign_id: int) -> ResponseReturnValue:
     show = operations.export_openids(
         current_access(), campaign_id, query["openids"], query["reason"], client_ip()

@@ -3,7 +3,6 @@ stats, live progress, per-account breakdown, attribution with control-group upli
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from templates_msg.models import (
 )
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
+from wechat_service.exports import csv_writer
 from wechat_service.extensions import db
 from wechat_service.router import CallbackContext, Reply, router
 
@@ -446,7 +446,7 @@ def export_csv(campaign_id: int, chunk: int = 5000, openids: dict[int, str] | No
 
     d = Delivery
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = csv_writer(buf)  # formula-safe: openids, reasons and WeChat's raw reports are text
     writer.writerow(CSV_COLUMNS)
     yield buf.getvalue()
     last = 0

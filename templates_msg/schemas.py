@@ -6,7 +6,11 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from accounts.schemas import StrictSchema
+from accounts.schemas import ORG_CODE, StrictSchema
+from wechat_service.fields import Day, Instant, Text
+
+ID = validate.Range(min=1, max=2**31 - 1)  # the id columns' range
+IDS = validate.Length(max=500)
 
 
 class TemplateSchema(Schema):
@@ -22,15 +26,15 @@ class TemplateSchema(Schema):
 
 
 class SegmentSchema(StrictSchema):
-    tag_ids = fields.List(fields.Integer())
-    followed_after = fields.Date()
-    followed_before = fields.Date()
+    tag_ids = fields.List(fields.Integer(validate=validate.Range(min=0, max=2**31 - 1)), validate=IDS)
+    followed_after = Day()
+    followed_before = Day()
     active_within_days = fields.Integer(validate=validate.Range(min=1, max=3650))
     inactive_for_days = fields.Integer(validate=validate.Range(min=1, max=3650))
-    channel_ids = fields.List(fields.Integer())
+    channel_ids = fields.List(fields.Integer(validate=ID), validate=IDS)
     bound_phone = fields.Boolean(allow_none=True)
-    bought_product_ids = fields.List(fields.Integer())
-    not_bought_product_ids = fields.List(fields.Integer())
+    bought_product_ids = fields.List(fields.Integer(validate=ID), validate=IDS)
+    not_bought_product_ids = fields.List(fields.Integer(validate=ID), validate=IDS)
     bought_within_days = fields.Integer(validate=validate.Range(min=1, max=3650))
     frequency_cap_days = fields.Integer(validate=validate.Range(min=1, max=365))
 
@@ -40,16 +44,21 @@ def _segment_out(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class CampaignFieldsSchema(StrictSchema):
-    name = fields.String(validate=validate.Length(min=1, max=128))
-    data = fields.Dict(keys=fields.String(), values=fields.String())
-    link_url = fields.Url(allow_none=True, schemes={"http", "https"})
-    mp_appid = fields.String(allow_none=True, validate=validate.Length(max=32))
-    mp_page = fields.String(allow_none=True, validate=validate.Length(max=512))
+    name = Text(validate=validate.Length(min=1, max=128))
+    data = fields.Dict(
+        keys=Text(validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")),
+        values=Text(multiline=True, validate=validate.Length(max=2000)),
+        validate=validate.Length(max=50),
+        metadata={"maxProperties": 50},
+    )
+    link_url = fields.Url(allow_none=True, schemes={"http", "https"}, validate=validate.Length(max=1024))
+    mp_appid = Text(allow_none=True, validate=validate.Length(max=32))
+    mp_page = Text(allow_none=True, validate=validate.Length(max=512))
     segment = fields.Nested(SegmentSchema)
     dedup_unionid = fields.Boolean()
     sample_pct = fields.Integer(validate=validate.Range(min=1, max=100))
     control_pct = fields.Integer(validate=validate.Range(min=0, max=50))
-    scheduled_at = fields.AwareDateTime(allow_none=True)
+    scheduled_at = Instant(allow_none=True)
     quiet_start = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=23))
     quiet_end = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=23))
     rate = fields.Integer(validate=validate.Range(min=0, max=10_000))
@@ -63,10 +72,10 @@ class CampaignFieldsSchema(StrictSchema):
 
 
 class CampaignCreateSchema(CampaignFieldsSchema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
-    account_ids = fields.List(fields.Integer(), validate=validate.Length(min=1, max=500))
-    org_unit = fields.String(load_default=None)
-    template_id = fields.String(required=True)
+    name = Text(required=True, validate=validate.Length(min=1, max=128))
+    account_ids = fields.List(fields.Integer(validate=ID), validate=validate.Length(min=1, max=500))
+    org_unit = Text(load_default=None, validate=ORG_CODE)
+    template_id = Text(required=True, validate=validate.Length(min=1, max=128))
 
     @validates_schema
     def _targets(self, data: dict[str, Any], **_: Any) -> None:
@@ -75,11 +84,11 @@ class CampaignCreateSchema(CampaignFieldsSchema):
 
 
 class CampaignUpdateSchema(CampaignFieldsSchema):
-    version = fields.Integer(required=True)
+    version = fields.Integer(required=True, validate=validate.Range(min=0, max=2**31 - 1))
 
 
 class ReasonSchema(StrictSchema):
-    reason = fields.String(load_default="", validate=validate.Length(max=500))
+    reason = Text(load_default="", validate=validate.Length(max=500), multiline=True)
 
 
 class DeliveriesExportQuerySchema(StrictSchema):
@@ -97,7 +106,9 @@ class DeliveriesExportQuerySchema(StrictSchema):
 
 
 class AudienceQuerySchema(StrictSchema):
-    account_ids = fields.List(fields.Integer(), required=True, validate=validate.Length(min=1, max=500))
+    account_ids = fields.List(
+        fields.Integer(validate=ID), required=True, validate=validate.Length(min=1, max=500)
+    )
     segment = fields.Nested(SegmentSchema, load_default=dict)
     sample_pct = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
     control_pct = fields.Integer(load_default=0, validate=validate.Range(min=0, max=50))
@@ -136,7 +147,12 @@ class CampaignSchema(Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     version = fields.Integer()
-    account_ids = fields.List(fields.Integer())
+    account_ids = fields.Method("_account_ids", metadata={"type": "array", "items": {"type": "integer"}})
+
+    def _account_ids(self, campaign: Any) -> list[int]:
+        from templates_msg import services
+
+        return services.account_ids_of(campaign.id)
 
 
 class StatsSchema(Schema):
@@ -174,3 +190,16 @@ class StatsSchema(Schema):
 
 class PreviewSchema(Schema):
     text = fields.String()
+
+
+class CampaignPageSchema(Schema):
+    items = fields.List(fields.Nested(CampaignSchema), required=True)
+    page = fields.Integer(required=True)
+    per_page = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+
+
+class SyncCountsSchema(Schema):
+    added = fields.Integer()
+    updated = fields.Integer()
+    removed = fields.Integer()

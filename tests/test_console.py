@@ -359,7 +359,7 @@ def test_api_validation_errors_use_the_one_error_shape(create_staff: Any) -> Non
     admin = create_staff(admin=True)
     resp = admin.api("POST", "/api/v1/accounts", {"name": "x", "unknown_field": 1})
     body = resp.get_json()
-    assert resp.status_code == 422 and body["error"]["code"] == "invalid_input"
+    assert resp.status_code == 400 and body["error"]["code"] == "invalid_input"
     assert "appid" in body["error"]["fields"] and "unknown_field" in body["error"]["fields"]
 
 

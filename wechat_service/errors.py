@@ -68,6 +68,43 @@ def register_error_page(prefix: str, render: Callable[[int], Any]) -> None:
     ERROR_PAGES[prefix] = render
 
 
+# Outside systems (WeChat, the BOSS, payment providers) fail in their own exception types; each is
+# registered here with its name, so their failure is a 502 (it answered with an error) or a 503
+# (unreachable, busy, timed out: try later) in the one error shape — never a 500. The base
+# registers WeChat and transport errors; the store and payments register theirs on import.
+UPSTREAM_ERRORS: list[tuple[type[BaseException], str, Callable[[Any], bool]]] = []
+
+
+def register_upstream_error(
+    exc_type: type[BaseException], system: str, unavailable: Callable[[Any], bool] = lambda _exc: True
+) -> None:
+    """``unavailable(exc)`` tells a 503 (retry later) from a 502 (the system refused)."""
+    UPSTREAM_ERRORS.insert(0, (exc_type, system, unavailable))  # later, more specific ones first
+
+
+def upstream_error(exc: BaseException) -> tuple[int, dict[str, Any]] | None:
+    """The status and body for an outside system's failure, or None for any other exception."""
+    for exc_type, system, unavailable in UPSTREAM_ERRORS:
+        if isinstance(exc, exc_type):
+            if unavailable(exc):
+                return 503, error_body("upstream_unavailable", f"{system} is unavailable; try again later")
+            return 502, error_body("upstream_error", f"{system} refused the request")
+    return None
+
+
+def _register_base_upstreams() -> None:
+    import requests
+    from wechatpy.exceptions import WeChatClientException
+
+    from wechat_service import gateway
+
+    if any(t is WeChatClientException for t, _, _ in UPSTREAM_ERRORS):
+        return
+    register_upstream_error(requests.RequestException, "an outside system")
+    transient = (gateway.UnreachableError, gateway.BusyError, gateway.RateLimitedError, gateway.TokenError)
+    register_upstream_error(WeChatClientException, "WeChat", lambda exc: isinstance(exc, transient))
+
+
 def _wants_page() -> bool:
     """Console pages (and registered page families) get an HTML error page; the rest JSON."""
     return request.path.startswith(("/console", *ERROR_PAGES))
@@ -103,8 +140,21 @@ def register_error_handlers(app: Flask) -> None:
         resp.status_code = exc.code or 500
         return resp
 
+    _register_base_upstreams()
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        upstream = upstream_error(exc)
+        if upstream is not None:
+            status, body = upstream
+            log.warning("%s: %s", body["error"]["message"], type(exc).__name__)
+            if _wants_page():
+                return _page(status, body["error"]["code"].replace("_", " "), body["error"]["message"])
+            resp = jsonify(body)
+            resp.status_code = status
+            if status == 503:
+                resp.headers["Retry-After"] = "30"
+            return resp
         if current_app.testing:
             raise exc
         incident = uuid.uuid4().hex[:12]

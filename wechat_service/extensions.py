@@ -10,12 +10,15 @@ import redis
 from flask import Flask, current_app
 from flask_migrate import Migrate
 from flask_smorest import Api
+from flask_smorest import Blueprint as SmorestBlueprint
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
+from marshmallow import Schema, fields
 from rq import Queue
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction
+from webargs.flaskparser import FlaskParser
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +36,22 @@ migrate = Migrate(compare_type=True, render_as_batch=True)
 csrf = CSRFProtect()
 
 
+class ErrorDetailSchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    fields_ = fields.Dict(data_key="fields", required=True)
+
+
+class ErrorResponseSchema(Schema):
+    """The one error shape, as the OpenAPI document's default response."""
+
+    error = fields.Nested(ErrorDetailSchema, required=True)
+
+
 class JsonApi(Api):
     """flask-smorest, answering errors in our one JSON shape: {"error": {"code", "message", "fields"}}."""
+
+    ERROR_SCHEMA = ErrorResponseSchema
 
     def handle_http_exception(self, error: Any):  # type: ignore[no-untyped-def]
         from flask import jsonify
@@ -47,12 +64,26 @@ class JsonApi(Api):
         fields = data.get("messages", {})
         if isinstance(fields, dict) and len(fields) == 1 and next(iter(fields)) in ("json", "query", "form"):
             fields = next(iter(fields.values()))  # webargs nests by location; one location is the common case
+        if not isinstance(fields, dict):  # e.g. ["Invalid JSON body."] for a body that is not an object
+            fields = {"_schema": fields}
         invalid = error.code == 422 or (error.code == 400 and bool(fields))  # a schema refused the input
         code = "invalid_input" if invalid else (error.name or "error").lower().replace(" ", "_")
-        body = {"error": {"code": code, "message": error.description or error.name, "fields": fields}}
+        message = "the request has invalid fields" if invalid else error.description or error.name
+        body = {"error": {"code": code, "message": message, "fields": fields}}
         resp = jsonify(body)
         resp.status_code = error.code or 500
         return resp
+
+
+class _Parser(FlaskParser):
+    DEFAULT_VALIDATION_STATUS = 400
+
+
+class ApiBlueprint(SmorestBlueprint):
+    """flask-smorest's Blueprint answering invalid arguments with 400 (not webargs' 422), like
+    every other invalid input; the OpenAPI document says 400 too."""
+
+    ARGUMENTS_PARSER = _Parser()
 
 
 QUEUE_NAMES = ("high", "default", "low")

@@ -18,6 +18,8 @@ from typing import Any
 import requests
 from wechatpayv3 import WeChatPay, WeChatPayType
 
+from wechat_service.errors import register_upstream_error
+
 NOTIFY_WINDOW = 300
 CHINA = timezone(timedelta(hours=8))
 
@@ -27,6 +29,12 @@ class PaymentProviderError(Exception):
         super().__init__(message)
         self.status = status
         self.detail = detail
+
+
+# Not caught by a caller: a 502 in the one error shape (unreachable: 503).
+register_upstream_error(
+    PaymentProviderError, "The payment provider", lambda exc: "unreachable" in str(exc).lower()
+)
 
 
 class NotificationError(ValueError):
