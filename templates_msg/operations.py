@@ -130,18 +130,8 @@ def sync_templates(access: Access, account_id: int, ip: str) -> dict[str, int]:
     return counts
 
 
-def view(campaign: Campaign) -> dict[str, Any]:
-    """The campaign with its account ids, not yet serialised: what a route declaring
-    ``@blp.response(CampaignSchema)`` returns (the decorator dumps it, exactly once)."""
-    from templates_msg.schemas import CampaignSchema
-
-    out = {name: getattr(campaign, name) for name in CampaignSchema().fields if name != "account_ids"}
-    out["account_ids"] = services.account_ids_of(campaign.id)
-    return out
-
-
 def dump(campaign: Campaign) -> dict[str, Any]:
     """The campaign as JSON-ready data, for answers built by hand (lists)."""
     from templates_msg.schemas import CampaignSchema
 
-    return CampaignSchema().dump(view(campaign))
+    return CampaignSchema().dump(campaign)

@@ -91,18 +91,12 @@ class ReasonSchema(StrictSchema):
     reason = Text(load_default="", validate=validate.Length(max=500), multiline=True)
 
 
-class DeliveriesExportQuerySchema(StrictSchema):
-    """The deliveries CSV: openids masked as the console masks them (or left out for roles that
-    may not see subscribers) unless ``openids=full`` — the reveal right on every account of the
-    campaign and a reason, audited."""
+class FullExportSchema(StrictSchema):
+    """A deliveries CSV with full openids: asked for with a POST (so a link cannot trigger it),
+    by a role with the reveal right on every account of the campaign, with a reason that goes
+    in the audit log."""
 
-    openids = fields.String(load_default="masked", validate=validate.OneOf(["masked", "full"]))
-    reason = fields.String(load_default="", validate=validate.Length(max=200))
-
-    @validates_schema
-    def _reason(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("openids") == "full" and len(data.get("reason", "").strip()) < 3:
-            raise ValidationError("give the reason for the full export (it goes in the audit log)", "reason")
+    reason = Text(required=True, validate=validate.Length(min=3, max=200))
 
 
 class AudienceQuerySchema(StrictSchema):

@@ -17,8 +17,9 @@ from accounts import access as acl
 from accounts.console import client_ip, console_blueprint, current_access, load_user, login_required, paginate
 from accounts.models import Account
 from templates_msg import operations, reports, services
+from templates_msg.api import deliveries_csv
 from templates_msg.models import CampaignState
-from templates_msg.schemas import CampaignCreateSchema, _segment_out
+from templates_msg.schemas import CampaignCreateSchema, FullExportSchema, _segment_out
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 
@@ -193,6 +194,20 @@ def campaign_detail(campaign_id: int) -> ResponseReturnValue:
         barred=services.approval_barred(campaign, access.user_id),
         S=CampaignState,
     )
+
+
+@bp.post("/campaigns/<int:campaign_id>/deliveries.csv")
+@login_required
+def campaign_csv_full(campaign_id: int) -> ResponseReturnValue:
+    """The console's form for the full-openid export (CSRF-checked like every console form)."""
+    try:
+        body = FullExportSchema().load({"reason": request.form.get("reason", "")})
+    except ValidationError as exc:
+        flash("; ".join(f"{k}: {', '.join(v)}" for k, v in exc.normalized_messages().items()), "error")
+        return redirect(url_for(".campaign_detail", campaign_id=campaign_id))
+    show = operations.export_openids(current_access(), campaign_id, "full", body["reason"], client_ip())
+    db.session.commit()
+    return deliveries_csv(campaign_id, show)
 
 
 def _changes_text(history: list[Any]) -> dict[int, list[tuple[str, str, str]]]:

@@ -85,11 +85,14 @@ def test_deliveries_csv_masks_openids_like_the_console(
     assert got == (sorted(mask_id(o) for o in openids) if shown == "masked" else [""] * 12)
     assert _export_audits() == []
 
-    # A full export is asked for explicitly, with a reason, and goes in the audit log.
-    refused = user.get(url, query_string={"openids": "full"})
-    assert refused.status_code == 422
+    # A full export is asked for explicitly (a POST: a link cannot trigger it), with a reason,
+    # and goes in the audit log. The GET takes no such parameter.
+    sneaky = user.get(url, query_string={"openids": "full", "reason": "complaint #4711"})
+    assert not any(o in sneaky.get_data(as_text=True) for o in openids)
+    refused = user.api("POST", url, json={})
+    assert refused.status_code == 400
     assert "reason" in refused.get_json()["error"]["fields"]
-    resp = user.get(url, query_string={"openids": "full", "reason": "complaint #4711"})
+    resp = user.api("POST", url, json={"reason": "complaint #4711"})
     if not may_export_full:
         assert resp.status_code == 403 and resp.get_json()["error"]["code"]
         assert _export_audits() == []
@@ -98,6 +101,13 @@ def test_deliveries_csv_masks_openids_like_the_console(
     (entry,) = _export_audits()
     assert entry.account_id == aid and entry.after["reason"] == "complaint #4711"
     assert entry.target.startswith(f"campaign {cid} ")
+    # The console's form posts with its CSRF token; without it nothing is exported or audited.
+    page = f"/console/campaigns/{cid}/deliveries.csv"
+    assert user.client.post(page, data={"reason": "complaint #4712"}).status_code == 400
+    assert len(_export_audits()) == 1
+    resp = user.form(page, {"reason": "complaint #4712"})
+    assert sorted(r["openid"] for r in _csv(resp)) == openids
+    assert len(_export_audits()) == 2
 
 
 def test_deliveries_csv_of_a_stranger_campaign_is_not_found(
@@ -107,7 +117,7 @@ def test_deliveries_csv_of_a_stranger_campaign_is_not_found(
     stranger = create_staff("support", account_id=other.id)
     url = f"/api/v1/campaigns/{sent['campaign_id']}/deliveries.csv"
     assert stranger.get(url).status_code == 404
-    assert stranger.get(url, query_string={"openids": "full", "reason": "just looking"}).status_code == 404
+    assert stranger.api("POST", url, json={"reason": "just looking"}).status_code == 404
     assert _export_audits() == []
 
 

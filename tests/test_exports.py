@@ -139,7 +139,9 @@ def test_campaign_deliveries_csv_quotes_what_wechat_sent(
     )
     db.session.commit()
     admin = create_staff(admin=True)
-    rows = _rows(admin.get(f"/api/v1/campaigns/{campaign.id}/deliveries.csv"))
+    # The full-openid export (audited), so the hostile openid itself reaches the sheet.
+    url = f"/api/v1/campaigns/{campaign.id}/deliveries.csv"
+    rows = _rows(admin.api("POST", url, json={"reason": "audit"}))
     item = dict(zip(rows[0], rows[1], strict=True))
     assert item["openid"] == "'-oHOSTILE" and item["reason"] == "'" + REMARK
     assert item["errcode"] == "-1"  # WeChat's code is a number
