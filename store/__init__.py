@@ -1,2 +1,24 @@
-"""The WeChat store: the BOSS gateway, phone binding and inquiry (so far), then catalogue,
-orders, fulfilment and redemption."""
+"""The WeChat store: the BOSS gateway, phone binding, inquiry, catalogue, orders, fulfilment,
+redemption (codes, coupons, points); its H5 pages, mini-program API and console pages."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    """Models, callback handlers, H5 pages, mini-program API, console pages, periodic jobs."""
+    from store import api, console, handlers, jobs, models, services, views  # noqa: F401
+    from wechat_service.extensions import csrf
+    from wechat_service.periodic import declare
+    from wechat_service.rotation import rekey_with
+
+    app.register_blueprint(views.bp)  # H5 store pages: CSRF stays on for their forms
+    app.register_blueprint(console.bp)
+    csrf.exempt(api.bp)  # the mini-program API is authenticated by its session token
+    app.extensions["openapi"].register_blueprint(api.bp)
+    # Phone look-up hashes are keyed by the first master key: redone by `secrets rotate`.
+    rekey_with(app, "phone look-up hashes", services.rehash_phones)
+    declare(app, jobs.sweep_fulfilments, "default", interval=300)
+    declare(app, jobs.sweep_orders, "default", interval=60)
+    declare(app, jobs.sweep_points_holds, "default", interval=300)

@@ -1,1 +1,18 @@
-"""Template-message campaigns: templates, segments, dispatch, delivery reports, clicks, attribution."""
+"""Template-message campaigns: templates, segments, dispatch, delivery reports, clicks,
+attribution, transactional notices."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    """Models, callback handlers, console pages and API, click tracking, periodic jobs."""
+    from templates_msg import api, handlers, jobs, models, tracking, views  # noqa: F401
+    from wechat_service.periodic import declare
+
+    app.register_blueprint(views.bp)
+    app.register_blueprint(tracking.bp)  # /t/<token>: a GET redirect, no form
+    app.extensions["openapi"].register_blueprint(api.blp)
+    # Start due campaigns, recover rows of dead send jobs, resume paused accounts.
+    declare(app, jobs.tick_campaigns, "default", interval=15, job_timeout=300)

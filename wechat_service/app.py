@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -15,6 +16,10 @@ from wechat_service.errors import register_error_handlers
 from wechat_service.extensions import JsonApi, csrf, db, init_redis, migrate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+# The domains, from the ground up (DESIGN.md, "The ladder"): each one's ``init_app`` registers
+# its models, callback handlers, blueprints, API, CLI commands and periodic jobs.
+DOMAINS = ("accounts", "payments", "store", "templates_msg", "metrics")
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
@@ -50,83 +55,27 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     init_redis(app)
-
-    # Models and callback handlers of every domain: importing registers them.
-    import accounts.handlers  # noqa: F401
-    import accounts.models  # noqa: F401
-    import metrics.models  # noqa: F401
-    import payments.models  # noqa: F401
-    import store.handlers  # noqa: F401
-    import store.models  # noqa: F401
-    import templates_msg.handlers  # noqa: F401
-    import templates_msg.models  # noqa: F401
-    import wechat_service.models  # noqa: F401
-
-    # Blueprints, explicitly.
-    from accounts import api as console_api
-    from accounts import views as console_views
-    from accounts.cli import account_cli, orgunit_cli, user_cli
-    from accounts.console import load_user
-    from wechat_service import api, views
-    from wechat_service.cli import register_commands
-
-    app.register_blueprint(views.bp)
-    app.register_blueprint(console_views.bp)
-    from payments import console as payments_console
-    from payments import views as payment_views
-    from store import api as store_api
-    from store import console as store_console
-    from store import views as store_views
-
-    app.register_blueprint(store_views.bp)  # H5 store pages: CSRF stays on for their forms
-    app.register_blueprint(store_console.bp)
-    app.register_blueprint(payment_views.bp)
-    app.register_blueprint(payments_console.bp)
-    from metrics import console as metrics_console
-
-    app.register_blueprint(metrics_console.bp)
-    from templates_msg import tracking as campaign_tracking
-    from templates_msg import views as campaign_views
-
-    app.register_blueprint(campaign_views.bp)
-    app.register_blueprint(campaign_tracking.bp)  # /t/<token>: a GET redirect, no form
-    # Provider-facing and token-authenticated endpoints carry no browser session: no CSRF token.
     csrf.init_app(app)
-    csrf.exempt(views.bp)
-    csrf.exempt(api.bp)
-    csrf.exempt(store_api.bp)
-    csrf.exempt(payment_views.bp)
-
-    @app.context_processor
-    def _console_user() -> dict[str, Any]:
-        return {"console_user": load_user() if request.path.startswith("/console") else None}
-
     register_error_handlers(app)
     # The console API and its OpenAPI document (flask-smorest); its HTTP error handler, which
     # answers in our error shape, replaces the generic one registered just above.
     openapi = JsonApi(app)
-    openapi.register_blueprint(console_api.blp)
-    # The mini-program API, authenticated by its session token rather than the console's cookie.
     openapi.spec.components.security_scheme("mpSession", {"type": "http", "scheme": "bearer"})
-    openapi.register_blueprint(api.bp)
-    openapi.register_blueprint(store_api.bp)
-    from metrics import api as metrics_api
-
-    openapi.register_blueprint(metrics_api.blp)
-    from templates_msg import api as campaign_api
-
-    openapi.register_blueprint(campaign_api.blp)
     app.extensions["openapi"] = openapi
+    _init_base(app)
+    for name in DOMAINS:
+        importlib.import_module(name).init_app(app)
 
     @app.before_request
     def _openapi_needs_sign_in() -> None:
         # The API's map is for staff: public only where configured (development by default).
+        from accounts.console import load_user
+
         if request.blueprint == "api-docs" and not app.config["OPENAPI_PUBLIC"] and load_user() is None:
             raise Unauthorized("sign in to the console first")
 
-    app.cli.add_command(account_cli)
-    app.cli.add_command(orgunit_cli)
-    app.cli.add_command(user_cli)
+    from wechat_service.cli import register_commands  # the CLI module imports this one
+
     register_commands(app)
 
     @app.get("/healthz")
@@ -134,3 +83,18 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         return jsonify({"status": "ok"})
 
     return app
+
+
+def _init_base(app: Flask) -> None:
+    """The base's own parts: its models, the callback endpoint, mini-program sessions, the
+    inbox and token jobs."""
+    from wechat_service import api, jobs, models, views  # noqa: F401 - models register their tables
+    from wechat_service.periodic import declare
+
+    app.register_blueprint(views.bp)
+    # Provider-facing and token-authenticated endpoints carry no browser session: no CSRF token.
+    csrf.exempt(views.bp)
+    csrf.exempt(api.bp)
+    app.extensions["openapi"].register_blueprint(api.bp)
+    declare(app, jobs.requeue_stale_inbox, "high", interval=60)
+    declare(app, jobs.refresh_tokens, "default", interval=120)

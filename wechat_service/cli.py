@@ -149,11 +149,9 @@ def generate_key() -> None:
 @with_appcontext
 def rotate() -> None:
     """Re-encrypt every stored secret under the first master key."""
-    from store.services import rehash_phones
-    from wechat_service.rotation import reseal_all
+    from wechat_service.rotation import rotate_all
 
-    counts = reseal_all()
-    counts["phone look-up hashes"] = rehash_phones()  # keyed by the (new) first master key
+    counts = rotate_all()
     db.session.commit()
     for table, n in counts.items():
         click.echo(f"{table}: {n} values re-encrypted")
@@ -178,9 +176,8 @@ def token(appid: str, refresh: bool) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from metrics.cli import metrics_cli
-
-    for command in (web, worker, cron, secrets_cli, token, metrics_cli):
+    """The process and housekeeping commands; the domains add theirs in ``init_app``."""
+    for command in (web, worker, cron, secrets_cli, token):
         app.cli.add_command(command)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
+from flask import Flask, current_app
 
 from wechat_service.dbtypes import EncryptedText
 from wechat_service.extensions import db
@@ -30,4 +33,18 @@ def reseal_all() -> dict[str, int]:
                 db.session.execute(sa.update(raw).where(raw.c.id == row["id"]).values(**values))
                 n += len(values)
         counts[table_name] = n
+    return counts
+
+
+def rekey_with(app: Flask, name: str, fn: Callable[[], int]) -> None:
+    """A domain's step of ``secrets rotate`` beyond re-sealing columns (e.g. look-up hashes keyed
+    by the master key): ``fn`` returns how many values it redid."""
+    app.extensions.setdefault("rekey", {})[name] = fn
+
+
+def rotate_all() -> dict[str, int]:
+    """Re-seal every encrypted column, then run each domain's re-keying step."""
+    counts = reseal_all()
+    for name, fn in current_app.extensions.get("rekey", {}).items():
+        counts[name] = fn()
     return counts

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 from redis import Redis
 from rq import Queue, Worker
 from rq.cron import CronScheduler
@@ -90,29 +90,13 @@ def release_lease(conn: Redis, name: str) -> bool:
     return bool(conn.eval(_RELEASE, 1, LEADER_KEY, name))
 
 
-def periodic_jobs(scheduler: CronScheduler) -> None:
-    """Every periodic job, declared once."""
-    from metrics import jobs as metrics_jobs
-    from payments import jobs as payment_jobs
-    from store import jobs as store_jobs
-    from templates_msg import jobs as campaign_jobs
-    from wechat_service import jobs
+def periodic_jobs(scheduler: CronScheduler, app: Flask | None = None) -> None:
+    """Register every periodic job the domains declared in their ``init_app``."""
+    from wechat_service.periodic import declared
 
-    scheduler.register(jobs.requeue_stale_inbox, "high", interval=60, job_timeout=120)
-    scheduler.register(jobs.refresh_tokens, "default", interval=120, job_timeout=120)
-    scheduler.register(store_jobs.sweep_fulfilments, "default", interval=300, job_timeout=120)
-    scheduler.register(store_jobs.sweep_orders, "default", interval=60, job_timeout=120)
-    scheduler.register(store_jobs.sweep_points_holds, "default", interval=300, job_timeout=120)
-    scheduler.register(payment_jobs.sweep_refunds, "default", interval=120, job_timeout=300)
-    # Campaigns: start due ones, recover rows of dead send jobs, resume paused accounts.
-    scheduler.register(campaign_jobs.tick_campaigns, "default", interval=15, job_timeout=300)
-    # Hourly: it starts once yesterday's statements are published (10:30 Beijing time) and
-    # retries merchants whose statement was not there yet; a finished day is not run again.
-    scheduler.register(payment_jobs.reconcile_day, "low", cron="15 * * * *", job_timeout=3600)
-    scheduler.register(metrics_jobs.refresh_rollups, "default", interval=600, job_timeout=600)
-    # WeChat's datacube has yesterday's figures by Beijing morning; 04:00 UTC (the cron process
-    # runs on UTC) is noon there.
-    scheduler.register(metrics_jobs.reconcile_datacube, "low", cron="0 4 * * *", job_timeout=3600)
+    for job in declared(app or _app or current_app._get_current_object()):  # type: ignore[attr-defined]
+        when = {"interval": job.interval} if job.interval is not None else {"cron": job.cron}
+        scheduler.register(job.func, job.queue, job_timeout=job.job_timeout, **when)
 
 
 def run_cron(app: Flask, tick: float = 5.0, max_ticks: int | None = None) -> None:
@@ -124,7 +108,7 @@ def run_cron(app: Flask, tick: float = 5.0, max_ticks: int | None = None) -> Non
     os.environ["TZ"] = "UTC"
     time.tzset()
     scheduler = CronScheduler(connection=conn, name=name)
-    periodic_jobs(scheduler)
+    periodic_jobs(scheduler, app)
     leading = False
     ticks = 0
 
