@@ -232,9 +232,7 @@ def _settle_level(pool_id: int, balance: int | None) -> None:
     )
     log.warning("fund pool %s (%s) is %s: %s fen left", pool.id, pool.name, target.name, pool.balance_fen)
     if pool.alert_openids and pool.alert_template_id:
-        from payments import jobs
-
-        enqueue_after_commit("high", jobs.send_fund_alert, pool.id, target.name, pool.balance_fen)
+        enqueue_after_commit("high", "payments.jobs.send_fund_alert", pool.id, target.name, pool.balance_fen)
 
 
 def alert_message(pool: FundPool, level: str, balance_fen: int) -> dict[str, Any]:

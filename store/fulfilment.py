@@ -12,13 +12,22 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
+from rq import Retry
 
 from store.boss import BossError, BossUnavailableError, BossUnknownOutcomeError, boss
 from store.models import Fulfilment, FulfilmentStatus, Product, ProductKind
 from wechat_service.dbtypes import utcnow
-from wechat_service.extensions import db
+from wechat_service.extensions import db, enqueue_after_commit
 
 log = logging.getLogger(__name__)
+# Transient BOSS trouble: back off, then the cron sweep takes over.
+RETRY = Retry(max=5, interval=[2, 10, 30, 120, 600])
+
+
+def enqueue(fulfilment_id: int) -> None:
+    """Carry the fulfilment out once this transaction commits (the job ``store.jobs.fulfil``,
+    enqueued by name: services never import jobs)."""
+    enqueue_after_commit("default", "store.jobs.fulfil", fulfilment_id, retry=RETRY)
 
 
 class RetryLaterError(Exception):

@@ -38,8 +38,6 @@ def _inquire(ctx: CallbackContext, kind: InquiryKind, source: str) -> Reply | No
             f"(the {kind.value} inquiry's answer from the BOSS, or a prompt to bind a phone first)",
         )
 
-    from store.jobs import answer_inquiry
-
     subscriber_id = for_callback(ctx).id
     result = services.inquire(
         ctx.account.id,
@@ -48,7 +46,7 @@ def _inquire(ctx: CallbackContext, kind: InquiryKind, source: str) -> Reply | No
         source,
         timeout=current_app.config["INQUIRY_TIMEOUT"],
         on_slow=lambda: enqueue_after_commit(
-            "high", answer_inquiry, ctx.account.id, subscriber_id, kind.value
+            "high", "store.jobs.answer_inquiry", ctx.account.id, subscriber_id, kind.value
         ),
     )
     # Deferred: `success` now, the answer as a customer-service message when the BOSS replies.

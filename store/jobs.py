@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from rq import Retry
-
 from store import fulfilment, orders, points, redemption, services
 from store.models import InquiryKind
 from wechat_service.extensions import db, get_queue
 
 log = logging.getLogger(__name__)
-# Transient BOSS trouble: back off, then the cron sweep takes over.
-RETRY = Retry(max=5, interval=[2, 10, 30, 120, 600])
+RETRY = fulfilment.RETRY
 
 
 def answer_inquiry(account_id: int, subscriber_id: int, kind: str) -> str:

@@ -17,7 +17,7 @@ from store.models import Order, OrderEvent, OrderStatus, PhoneBinding, Product
 from store.services import binding_of
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
-from wechat_service.extensions import db, enqueue_after_commit
+from wechat_service.extensions import db
 from wechat_service.money import yuan
 
 ALLOWED = {
@@ -231,9 +231,7 @@ def paid(order: Order, provider_txn_id: str) -> bool:
     transition(
         order.id, OrderStatus.paid, OrderStatus.fulfilling, {"fulfilment_id": job.id}, fulfilment_id=job.id
     )
-    from store.jobs import RETRY, fulfil
-
-    enqueue_after_commit("default", fulfil, job.id, retry=RETRY)
+    fulfilments.enqueue(job.id)
     return True
 
 

@@ -21,7 +21,7 @@ from store.boss import BossError, BossUnavailableError, boss
 from store.models import Fulfilment, HoldStatus, PointsHold, Product
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, ServiceError
-from wechat_service.extensions import db, enqueue_after_commit
+from wechat_service.extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,7 @@ def _begin_fulfilment(hold: PointsHold, product: Product) -> bool:
         return False
     savepoint.commit()
     set_committed_value(hold, "fulfilment_id", job.id)
-    from store.jobs import RETRY, fulfil
-
-    enqueue_after_commit("default", fulfil, job.id, retry=RETRY)
+    fulfilments.enqueue(job.id)
     return True
 
 

@@ -24,7 +24,7 @@ from store.services import ThrottledError, binding_of, mask_phone
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.exports import csv_text
-from wechat_service.extensions import db, enqueue_after_commit, get_redis
+from wechat_service.extensions import db, get_redis
 from wechat_service.money import yuan
 from wechat_service.secrets import open_secret, seal_secret
 
@@ -164,9 +164,7 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
         source_id=claimed.id,
         idempotency_key=f"redeem-{claimed.id}-{attempt}",
     )
-    from store.jobs import RETRY, fulfil
-
-    enqueue_after_commit("default", fulfil, job.id, retry=RETRY)
+    fulfilment.enqueue(job.id)
     return {
         "product": product.name,
         "kind": product.kind.value,

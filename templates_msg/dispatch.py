@@ -204,10 +204,9 @@ def _signal_jobs(campaign_id: int, state: str) -> None:
 
 
 def _schedule_start(campaign_id: int, at: datetime) -> None:
-    from templates_msg import jobs
 
     try:
-        get_queue("default").enqueue_at(at, jobs.start_campaign, campaign_id)
+        get_queue("default").enqueue_at(at, "templates_msg.jobs.start_campaign", campaign_id)
     except redis.RedisError:
         log.warning("redis unavailable: the cron tick starts campaign %s when due", campaign_id)
 
@@ -218,7 +217,6 @@ def _schedule_start(campaign_id: int, at: datetime) -> None:
 def plan(campaign_id: int) -> int:
     """Materialise recipients into delivery rows, one batch per committed step (keyset on subscriber
     id, resumable from ``plan_cursor``); each batch's send job is queued as soon as it commits."""
-    from templates_msg import jobs
     from wechat_service.extensions import enqueue_after_commit
 
     campaign = services.campaign_by_id(campaign_id)
@@ -289,7 +287,7 @@ def plan(campaign_id: int) -> int:
             if any(not v["control"] for v in values):
                 enqueue_after_commit(
                     "default",
-                    jobs.send_batch,
+                    "templates_msg.jobs.send_batch",
                     cid,
                     ca.account_id,
                     batch,
@@ -548,7 +546,6 @@ def _in_quiet_hours(campaign: Campaign, account_id: int) -> datetime | None:
 def pause_account(campaign_id: int, account_id: int, until: datetime, reason: str) -> None:
     """This account of the campaign waits until ``until``; RQ's scheduler resumes it then (the
     cron tick is the safety net)."""
-    from templates_msg import jobs
 
     db.session.execute(
         sa.update(CampaignAccount)
@@ -557,7 +554,7 @@ def pause_account(campaign_id: int, account_id: int, until: datetime, reason: st
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
-    get_queue("default").enqueue_at(until, jobs.kick_campaign, campaign_id)
+    get_queue("default").enqueue_at(until, "templates_msg.jobs.kick_campaign", campaign_id)
 
 
 def send_batch(campaign_id: int, account_id: int, batch_no: int) -> dict[str, int]:
@@ -718,7 +715,6 @@ def _error_rate_exceeded(conn: redis.Redis, campaign: Campaign) -> bool:
 
 
 def _act(campaign_id: int, account_id: int, batch_no: int, action: str, rows: list[Any]) -> None:
-    from templates_msg import jobs
 
     now = utcnow()
     if action == "pause_day":
@@ -730,7 +726,7 @@ def _act(campaign_id: int, account_id: int, batch_no: int, action: str, rows: li
         attempts = max((r.attempts for r in rows), default=1)
         delay = min(60, 2**attempts)
         get_queue("default").enqueue_in(
-            timedelta(seconds=delay), jobs.send_batch, campaign_id, account_id, batch_no
+            timedelta(seconds=delay), "templates_msg.jobs.send_batch", campaign_id, account_id, batch_no
         )
     elif action == "fail_campaign":
         reason = db.session.scalar(
@@ -854,8 +850,6 @@ def kick(campaign_id: int) -> int:
     pending rows on an account that is not paused — unless such a job is queued or running."""
     from rq.job import Job, JobStatus
 
-    from templates_msg import jobs
-
     campaign = db.session.get(Campaign, campaign_id, populate_existing=True)
     if campaign is None or campaign.state is not CampaignState.sending:
         db.session.commit()
@@ -873,7 +867,9 @@ def kick(campaign_id: int) -> int:
         return status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 
     if not campaign.planned and not live(f"tm-plan-{campaign_id}"):
-        queue.enqueue(jobs.plan_campaign, campaign_id, job_id=f"tm-plan-{campaign_id}", job_timeout=3600)
+        queue.enqueue(
+            "templates_msg.jobs.plan_campaign", campaign_id, job_id=f"tm-plan-{campaign_id}", job_timeout=3600
+        )
         queued += 1
     now = utcnow()
     for ca in services.campaign_accounts(campaign_id):
@@ -894,7 +890,12 @@ def kick(campaign_id: int) -> int:
             job_id = _job_id(campaign_id, ca.account_id, batch)
             if not live(job_id):
                 queue.enqueue(
-                    jobs.send_batch, campaign_id, ca.account_id, batch, job_id=job_id, job_timeout=3600
+                    "templates_msg.jobs.send_batch",
+                    campaign_id,
+                    ca.account_id,
+                    batch,
+                    job_id=job_id,
+                    job_timeout=3600,
                 )
                 queued += 1
     db.session.commit()

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from rq import Retry
-
 from templates_msg import dispatch, transactional
 from wechat_service.extensions import db
-
-# A transient failure of a transactional send (-1 after the gateway's own retries, a refused
-# connection): RQ retries with backoff, on the worker's scheduler.
-TX_RETRY = Retry(max=3, interval=[5, 30, 120])
 
 
 def start_campaign(campaign_id: int) -> bool:

@@ -415,12 +415,11 @@ def approve(campaign_id: int, actor_id: int) -> Campaign:
         raise ServiceError(barred, code="four_eyes", status=403)
     if not transition(campaign_id, S.pending_approval, S.scheduled, actor_id, approved_by=actor_id):
         raise InvalidTransitionError(f"the campaign is {campaign.state.value}, not pending approval")
-    from templates_msg import jobs
     from wechat_service.extensions import enqueue_after_commit
 
     campaign = _reloaded(campaign)
     if campaign.scheduled_at is None or campaign.scheduled_at <= utcnow():
-        enqueue_after_commit("default", jobs.start_campaign, campaign_id)
+        enqueue_after_commit("default", "templates_msg.jobs.start_campaign", campaign_id)
     else:
         # RQ's scheduler (in every worker) starts it on time; the cron tick is the safety net.
         from templates_msg import dispatch
@@ -444,10 +443,9 @@ def pause(campaign_id: int, actor_id: int | None, reason: str = "paused by staff
 def resume(campaign_id: int, actor_id: int | None) -> Campaign:
     if not transition(campaign_id, S.paused, S.sending, actor_id, "resumed"):
         raise InvalidTransitionError("only a paused campaign can be resumed")
-    from templates_msg import jobs
     from wechat_service.extensions import enqueue_after_commit
 
-    enqueue_after_commit("default", jobs.kick_campaign, campaign_id)
+    enqueue_after_commit("default", "templates_msg.jobs.kick_campaign", campaign_id)
     return _reloaded(campaign_by_id(campaign_id))
 
 

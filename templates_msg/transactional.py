@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
+from rq import Retry
 
 from templates_msg import dispatch
 from templates_msg.models import Delivery, DeliveryStatus, TemplateKind, TransactionalTemplate
@@ -16,6 +17,9 @@ from wechat_service.extensions import db, enqueue_after_commit, get_redis
 from wechat_service.money import yuan
 
 log = logging.getLogger(__name__)
+# A transient failure of a transactional send (-1 after the gateway's own retries, a refused
+# connection): RQ retries with backoff, on the worker's scheduler.
+TX_RETRY = Retry(max=3, interval=[5, 30, 120])
 
 ORDER_NOTICES = {"paid": "order_paid", "fulfilled": "order_fulfilled", "refunded": "order_refunded"}
 
@@ -52,9 +56,8 @@ def queue_message(
 
 
 def enqueue(delivery_id: int) -> None:
-    from templates_msg import jobs
 
-    enqueue_after_commit("high", jobs.send_transactional, delivery_id, retry=jobs.TX_RETRY)
+    enqueue_after_commit("high", "templates_msg.jobs.send_transactional", delivery_id, retry=TX_RETRY)
 
 
 def send(delivery_id: int) -> str:
@@ -130,9 +133,7 @@ def send_now(
 def order_changed(order_id: int, status: str) -> None:
     """The store moved an order: paid, fulfilled and refunded get a notice, queued after commit."""
     if status in ORDER_NOTICES:
-        from templates_msg import jobs
-
-        enqueue_after_commit("high", jobs.notify_order, order_id, status)
+        enqueue_after_commit("high", "templates_msg.jobs.notify_order", order_id, status)
 
 
 def notify_order(order_id: int, status: str) -> str | None:
