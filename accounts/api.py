@@ -13,7 +13,6 @@ from typing import Any
 from flask import request
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import generate_csrf
-from marshmallow import fields, validate
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
@@ -32,8 +31,6 @@ from accounts.schemas import (
     GrantSchema,
     MenuSchema,
     MenuUpdateSchema,
-    OrderPageSchema,
-    OrderSchema,
     OverviewRowSchema,
     PageQuerySchema,
     QRCodeCreateSchema,
@@ -45,7 +42,6 @@ from accounts.schemas import (
     StaffCreateSchema,
     StaffSchema,
     StatusSchema,
-    StrictSchema,
     SubscriberPageSchema,
     SubscriberQuerySchema,
     SubscriberSchema,
@@ -54,7 +50,6 @@ from accounts.schemas import (
 )
 from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
-from wechat_service.fields import Text
 from wechat_service.gateway import token_health
 
 blp = Blueprint("console_api", __name__, url_prefix="/api/v1", description="Console API (session + CSRF)")
@@ -425,108 +420,3 @@ def audit_list(query: dict[str, Any]) -> ResponseReturnValue:
         query["per_page"],
     )
     return _page(list(page.items), page)
-
-
-ORDER_STATUSES = [
-    "pending_payment", "paid", "fulfilling", "fulfilled", "fulfilment_failed",
-    "refunding", "refunded", "closed",
-]  # fmt: skip
-
-
-class OrderQuerySchema(PageQuerySchema):
-    q = Text(load_default=None, validate=validate.Length(max=64))
-    status = Text(load_default=None, validate=validate.OneOf(ORDER_STATUSES))
-
-
-class RefundSchema(StrictSchema):
-    reason = Text(required=True, validate=validate.Length(min=3, max=200), multiline=True)
-    # Omitted: everything not refunded yet. Otherwise a partial refund of this many fen.
-    amount_fen = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**31 - 1))
-
-
-def _order(order: Any, unmasked: bool) -> dict[str, Any]:
-    from payments import refunds
-    from store import orders
-    from store.services import mask_phone
-
-    return {
-        "id": order.id,
-        "out_trade_no": order.out_trade_no,
-        "amount_fen": order.amount_fen,
-        "refunded_fen": order.refunded_fen,
-        "status": order.status.value,
-        "provider": order.provider,
-        "created_at": order.created_at.isoformat(),
-        "paid_at": order.paid_at.isoformat() if order.paid_at else None,
-        "phone": order.phone if unmasked else mask_phone(order.phone),
-        "history": [
-            {"from": e.from_status, "to": e.to_status, "at": e.at.isoformat(), "detail": e.detail}
-            for e in orders.history(order.id)
-        ],
-        "refunds": [
-            {
-                "out_refund_no": r.out_refund_no,
-                "amount_fen": r.amount_fen,
-                "status": r.status.value,
-                "reason": r.reason,
-                "created_at": r.created_at.isoformat(),
-            }
-            for r in refunds.of_order(order.id)
-        ],
-    }
-
-
-@blp.get("/accounts/<int:account_id>/orders")
-@blp.arguments(OrderQuerySchema, location="query")
-@blp.response(200, OrderPageSchema)
-@signed_in
-def order_list(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
-    from store import orders
-
-    access = current_access()
-    account = acl.account_for(access, account_id, acl.ORDERS)
-    page = paginate(
-        orders.search(account.id, q=query["q"], status=query["status"]), query["page"], query["per_page"]
-    )
-    return _page([_order(o, access.unmasked(account.id)) for o in page.items], page)
-
-
-@blp.get("/accounts/<int:account_id>/orders.csv")
-@blp.arguments(OrderQuerySchema(only=("q", "status")), location="query")
-@blp.response(200, {"type": "string"}, content_type="text/csv", description="orders as CSV")
-@signed_in
-def order_csv(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
-    """The orders a search finds, as CSV (phone numbers masked unless the role allows)."""
-    from store import orders
-    from wechat_service.exports import csv_response
-
-    access = current_access()
-    account = acl.account_for(access, account_id, acl.ORDERS)
-    rows = orders.export_rows(
-        account.id, q=query["q"], status=query["status"], unmasked=access.unmasked(account.id)
-    )
-    return csv_response(f"orders-{account.appid}.csv", orders.EXPORT_COLUMNS, rows)
-
-
-@blp.get("/accounts/<int:account_id>/orders/<int:order_id>")
-@blp.response(200, OrderSchema)
-@signed_in
-def order_get(account_id: int, order_id: int) -> ResponseReturnValue:
-    from store import orders
-
-    access = current_access()
-    account = acl.account_for(access, account_id, acl.ORDERS)
-    return _order(orders.order_for(account.id, order_id), access.unmasked(account.id))
-
-
-@blp.post("/accounts/<int:account_id>/orders/<int:order_id>/refund")
-@blp.arguments(RefundSchema)
-@blp.response(200, OrderSchema)
-@signed_in
-def order_refund(data: dict[str, Any], account_id: int, order_id: int) -> ResponseReturnValue:
-    access = current_access()
-    order = operations.refund_order(
-        access, account_id, order_id, data["reason"], client_ip(), data["amount_fen"]
-    )
-    db.session.commit()
-    return _order(order, access.unmasked(account_id))

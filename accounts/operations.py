@@ -14,7 +14,6 @@ from accounts import menus, qrcodes, replies, services, staff
 from accounts.access import Access
 from accounts.models import Account, AccountStatus, ReplyRule, StaffUser, Subscriber
 from wechat_service.errors import NotFoundError
-from wechat_service.extensions import db
 
 SETTING_FIELDS = ("name", "kind", "original_id", "message_mode", "timezone")
 SECRET_FIELDS = ("app_secret", "token", "aes_key")
@@ -292,45 +291,3 @@ def sign_out_everywhere(access: Access, user_id: int, ip: str) -> StaffUser:
     staff.end_sessions(user)
     staff.audit(access.user_id, "staff.sign_out_everywhere", target=user.username, ip=ip)
     return user
-
-
-def refund_order(
-    access: Access, account_id: int, order_id: int, reason: str, ip: str, amount_fen: int | None = None
-) -> Any:
-    """A manual refund of a fulfilled order, in full (what is left of it) or of ``amount_fen``
-    (the line keeps what was carried out: staff decide)."""
-    from payments import refunds
-    from store import orders
-    from store.models import OrderStatus
-
-    account = acl.account_for(access, account_id, acl.REFUND)
-    if len(reason.strip()) < 3:
-        raise acl.InvalidInputError("give the reason for the refund", fields={"reason": ["required"]})
-    order = orders.order_for(account.id, order_id)
-    if order.status is not OrderStatus.fulfilled:
-        raise orders.InvalidTransitionError(
-            f"only a fulfilled order is refunded by hand (this one is {order.status.value})"
-        )
-    before = {"status": order.status.value, "refunded_fen": order.refunded_fen}
-    full = amount_fen is None or amount_fen == order.amount_fen - order.refunded_fen
-    # Audited in the transaction that reserves the amount, i.e. before the provider hears of it:
-    # whatever happens to the provider call, the refund is on record with who asked for it.
-    staff.audit(
-        access.user_id,
-        "order.refund",
-        account_id=account.id,
-        target=f"order {order.out_trade_no}",
-        before=before,
-        after={
-            "reason": reason.strip()[:200],
-            "amount_fen": order.amount_fen - order.refunded_fen if full else amount_fen,
-            "full": full,
-        },
-        ip=ip,
-    )
-    if full:
-        orders.refund(order, reason.strip())
-    else:
-        refunds.partial(order, int(amount_fen or 0), reason.strip(), access.user_id)
-    db.session.refresh(order)
-    return order

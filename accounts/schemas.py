@@ -383,23 +383,3 @@ class EventPageSchema(PageSchema):
 
 class AuditPageSchema(PageSchema):
     items = fields.List(fields.Nested(AuditSchema), required=True)
-
-
-class OrderSchema(Schema):
-    """An order as staff see it (the phone masked unless the role allows), with its history."""
-
-    id = fields.Integer()
-    out_trade_no = fields.String()
-    amount_fen = fields.Integer()
-    refunded_fen = fields.Integer()
-    status = fields.String()
-    provider = fields.String()
-    created_at = fields.String()
-    paid_at = fields.String(allow_none=True)
-    phone = fields.String(allow_none=True)
-    history = fields.List(fields.Dict())
-    refunds = fields.List(fields.Dict())
-
-
-class OrderPageSchema(PageSchema):
-    items = fields.List(fields.Nested(OrderSchema), required=True)

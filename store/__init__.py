@@ -8,15 +8,16 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Models, callback handlers, H5 pages, mini-program API, console pages, periodic jobs."""
-    from store import api, console, handlers, jobs, models, services, views  # noqa: F401
+    from store import api, console, handlers, jobs, models, mp, services, views  # noqa: F401
     from wechat_service.extensions import csrf
     from wechat_service.periodic import declare
     from wechat_service.rotation import rekey_with
 
     app.register_blueprint(views.bp)  # H5 store pages: CSRF stays on for their forms
     app.register_blueprint(console.bp)
-    csrf.exempt(api.bp)  # the mini-program API is authenticated by its session token
-    app.extensions["openapi"].register_blueprint(api.bp)
+    csrf.exempt(mp.bp)  # the mini-program API is authenticated by its session token
+    app.extensions["openapi"].register_blueprint(mp.bp)
+    app.extensions["openapi"].register_blueprint(api.blp)  # staff: orders and refunds
     # Phone look-up hashes are keyed by the first master key: redone by `secrets rotate`.
     rekey_with(app, "phone look-up hashes", services.rehash_phones)
     declare(app, jobs.sweep_fulfilments, "default", interval=300)

@@ -17,7 +17,8 @@ from marshmallow import ValidationError
 
 from accounts import access as acl
 from accounts.console import client_ip, console_blueprint, current_access, login_required, paginate
-from store import catalogue, coupons, operations, redemption
+from payments import refunds
+from store import catalogue, coupons, operations, orders, redemption
 from store.console_forms import (
     PRODUCT_FORM_NAMES,
     BatchCreateForm,
@@ -26,8 +27,10 @@ from store.console_forms import (
     ProductEditForm,
     fen_to_yuan,
     field_errors,
+    yuan_to_fen,
 )
 from store.models import CouponKind, ProductKind
+from store.services import mask_phone
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
@@ -367,3 +370,77 @@ def coupon_deactivate(account_id: int, coupon_id: int) -> ResponseReturnValue:
     else:
         flash(f"Coupon {coupon.code} deactivated.", "success")
     return redirect(url_for("store_console.coupon_list", account_id=account_id))
+
+
+# -- orders ----------------------------------------------------------------------------------------
+
+
+def _order_row(order: Any, unmasked: bool) -> dict[str, Any]:
+    return {
+        "id": order.id,
+        "out_trade_no": order.out_trade_no,
+        "amount_fen": order.amount_fen,
+        "status": order.status.value,
+        "provider": order.provider,
+        "created_at": order.created_at,
+        "paid_at": order.paid_at,
+        "phone": order.phone if unmasked else mask_phone(order.phone),
+    }
+
+
+@bp.get("/accounts/<int:account_id>/orders")
+@login_required
+def order_list(account_id: int) -> ResponseReturnValue:
+
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.ORDERS)
+    page = paginate(
+        orders.search(account.id, q=request.args.get("q") or None, status=request.args.get("status") or None)
+    )
+    unmasked = access.unmasked(account.id)
+    return render_template(
+        "store/console_orders.html",
+        account=account,
+        page=page,
+        args=request.args,
+        rows=[_order_row(o, unmasked) for o in page.items],
+    )
+
+
+@bp.route("/accounts/<int:account_id>/orders/<int:order_id>", methods=["GET", "POST"])
+@login_required
+def order_detail(account_id: int, order_id: int) -> ResponseReturnValue:
+
+    access = current_access()
+    account = acl.account_for(access, account_id, acl.ORDERS)
+    order = orders.order_for(account.id, order_id)
+    if request.method == "POST":
+        try:
+            typed = (request.form.get("amount") or "").strip()
+            try:
+                amount = yuan_to_fen(typed) if typed else None
+            except ValueError:
+                raise acl.InvalidInputError(
+                    "an amount in yuan, e.g. 5.00", fields={"amount": ["invalid"]}
+                ) from None
+            operations.refund_order(
+                access, account_id, order_id, request.form.get("reason") or "", client_ip(), amount
+            )
+            db.session.commit()
+        except ServiceError as exc:
+            _fail(exc)
+        else:
+            flash("Refund requested." if amount else "Refunded in full.", "success")
+        return redirect(url_for(".order_detail", account_id=account_id, order_id=order_id))
+    return render_template(
+        "store/console_order_detail.html",
+        account=account,
+        order=_order_row(order, access.unmasked(account.id)),
+        history=orders.history(order.id),
+        payments=orders.payment_rows(order.id),
+        refunds=refunds.of_order(order.id),
+        refundable_fen=order.amount_fen - order.refunded_fen,
+        can_refund=access.can(acl.REFUND, account.id)
+        and order.status.value == "fulfilled"
+        and order.refunded_fen < order.amount_fen,
+    )

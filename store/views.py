@@ -5,7 +5,7 @@ that we exchange for the openid). The H5 session lives in its own signed cookie 
 /h5/, apart from the console's: wechat_service/security.py), one entry per appid (``h5:<appid>``
 → account id, subscriber id, when), so one browser can hold several accounts' stores at once.
 Forms are POST with the CSRF token. The work is done by the same services as the mini-program
-API (store/api.py); their errors render as a friendly page.
+API (store/mp.py); their errors render as a friendly page.
 """
 
 from __future__ import annotations
