@@ -16,11 +16,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from payments import signals
 from payments.models import AlertLevel, FundPool, FundPoolEntry, PoolEntryKind
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
-from wechat_service.extensions import db, enqueue_after_commit
+from wechat_service.extensions import db
 from wechat_service.money import yuan
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,17 @@ def _settle_level(pool_id: int, balance: int | None) -> None:
     )
     log.warning("fund pool %s (%s) is %s: %s fen left", pool.id, pool.name, target.name, pool.balance_fen)
     if pool.alert_openids and pool.alert_template_id:
-        enqueue_after_commit("high", "payments.jobs.send_fund_alert", pool.id, target.name, pool.balance_fen)
+        signals.announce_fund_pool_low(
+            {
+                "pool_id": pool.id,
+                "account_id": pool.account_id,
+                "level": target.name,
+                "balance_fen": pool.balance_fen,
+                "template_id": pool.alert_template_id,
+                "openids": list(pool.alert_openids),
+                "data": alert_message(pool, target.name, pool.balance_fen),
+            }
+        )
 
 
 def alert_message(pool: FundPool, level: str, balance_fen: int) -> dict[str, Any]:
@@ -244,27 +255,3 @@ def alert_message(pool: FundPool, level: str, balance_fen: int) -> dict[str, Any
         "keyword3": {"value": utcnow().strftime("%Y-%m-%d %H:%M UTC")},
         "remark": {"value": f"阈值：预警 {yuan(pool.warning_fen)} 元，告急 {yuan(pool.critical_fen)} 元"},
     }
-
-
-def send_alert(pool_id: int, level: str, balance_fen: int) -> dict[str, int]:
-    """Tell each of the pool's staff (a template message through the campaign engine's
-    transactional sender: once per alert and openid, sharing the account's daily budget)."""
-    from templates_msg import transactional
-
-    pool = db.session.get(FundPool, pool_id)
-    if pool is None or not pool.alert_template_id:
-        return {"sent": 0, "failed": 0}
-    counts = {"sent": 0, "failed": 0}
-    data = alert_message(pool, level, balance_fen)
-    for openid in pool.alert_openids:
-        key = f"fund-alert-{pool.id}-{level}-{balance_fen}-{openid}"
-        try:
-            outcome = transactional.send_now(
-                pool.account_id, openid, pool.alert_template_id, data, key, notice="fund_alert"
-            )
-        except Exception as exc:  # noqa: BLE001 - one recipient's failure must not stop the others
-            db.session.rollback()
-            log.error("fund alert to %s failed: %s", openid[:6], type(exc).__name__)
-            outcome = "failed"
-        counts["sent" if outcome in ("sent", "duplicate") else "failed"] += 1
-    return counts

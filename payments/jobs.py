@@ -7,12 +7,6 @@ from datetime import date
 from wechat_service.extensions import db
 
 
-def send_fund_alert(pool_id: int, level: str, balance_fen: int) -> dict[str, int]:
-    from payments import funds
-
-    return funds.send_alert(pool_id, level, balance_fen)
-
-
 def sweep_refunds() -> dict[str, int]:
     """Cron: refunds still processing after a minute are asked about at the provider."""
     from payments import refunds

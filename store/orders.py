@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from store import catalogue
+from store import catalogue, signals
 from store import fulfilment as fulfilments
 from store.models import Order, OrderEvent, OrderStatus, PhoneBinding, Product
 from store.services import binding_of
@@ -67,10 +67,26 @@ def transition(
                 at=utcnow(),
             )
         )
-        from templates_msg import transactional
-
-        transactional.order_changed(order_id, target.value)  # the subscriber's notice, after commit
+        _announce(order_id, target)  # the subscriber's notice, sent by whoever listens, after commit
     return moved
+
+
+def _announce(order_id: int, status: OrderStatus) -> None:
+    order = db.session.get(Order, order_id)
+    if order is None:
+        return
+    product = db.session.get(Product, order.product_id)
+    signals.announce_order_moved(
+        signals.OrderNotice(
+            order_id=order.id,
+            account_id=order.account_id,
+            subscriber_id=order.subscriber_id,
+            status=status.value,
+            out_trade_no=order.out_trade_no,
+            amount_fen=order.amount_fen,
+            product_name=product.name if product else "",
+        )
+    )
 
 
 def claim(account_id: int, subscriber_id: int, product: Product) -> PhoneBinding:

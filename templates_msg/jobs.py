@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from templates_msg import dispatch, transactional
 from wechat_service.extensions import db
 
@@ -34,5 +36,9 @@ def send_transactional(delivery_id: int) -> str:
     return transactional.send(delivery_id)
 
 
-def notify_order(order_id: int, status: str) -> str | None:
-    return transactional.notify_order(order_id, status)
+def notify_order(notice: dict[str, Any]) -> str | None:
+    return transactional.notify_order(notice)
+
+
+def send_fund_alert(alert: dict[str, Any]) -> dict[str, int]:
+    return transactional.send_fund_alert(alert)

@@ -13,7 +13,7 @@ from templates_msg import dispatch
 from templates_msg.models import Delivery, DeliveryStatus, TemplateKind, TransactionalTemplate
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
-from wechat_service.extensions import db, enqueue_after_commit, get_redis
+from wechat_service.extensions import db, enqueue_after_commit, get_queue, get_redis
 from wechat_service.money import yuan
 
 log = logging.getLogger(__name__)
@@ -130,45 +130,66 @@ def send_now(
     return send(delivery_id)
 
 
-def order_changed(order_id: int, status: str) -> None:
-    """The store moved an order: paid, fulfilled and refunded get a notice, queued after commit."""
-    if status in ORDER_NOTICES:
-        enqueue_after_commit("high", "templates_msg.jobs.notify_order", order_id, status)
+def on_order_moved(_sender: Any, notice: dict[str, Any]) -> None:
+    """Receiver of the store's ``order_moved`` (after commit): paid, fulfilled and refunded get a
+    notice, sent by a job from the data the signal carries (no store table is read)."""
+    if notice["status"] in ORDER_NOTICES:
+        get_queue("high").enqueue("templates_msg.jobs.notify_order", notice)
 
 
-def notify_order(order_id: int, status: str) -> str | None:
+def notify_order(notice: dict[str, Any]) -> str | None:
     """An order notice, if the account configured a template for it."""
-    from accounts.models import Subscriber
-    from store.models import Order, Product
+    from accounts.models import Subscriber  # the tenant root, readable by every domain
 
-    notice = ORDER_NOTICES.get(status)
-    order = db.session.get(Order, order_id)
-    if notice is None or order is None:
+    kind = ORDER_NOTICES.get(notice["status"])
+    if kind is None:
         return None
     config = db.session.scalar(
         sa.select(TransactionalTemplate).where(
-            TransactionalTemplate.account_id == order.account_id, TransactionalTemplate.notice == notice
+            TransactionalTemplate.account_id == notice["account_id"], TransactionalTemplate.notice == kind
         )
     )
     if config is None:
         return None
-    openid = db.session.scalar(sa.select(Subscriber.openid).where(Subscriber.id == order.subscriber_id))
-    product = db.session.get(Product, order.product_id)
+    openid = db.session.scalar(sa.select(Subscriber.openid).where(Subscriber.id == notice["subscriber_id"]))
     variables = {
-        "out_trade_no": order.out_trade_no,
-        "amount": yuan(order.amount_fen),
-        "product": product.name if product else "",
+        "out_trade_no": notice["out_trade_no"],
+        "amount": yuan(notice["amount_fen"]),
+        "product": notice["product_name"],
     }
     data = {k: str(v).format_map(_Default(variables)) for k, v in (config.data or {}).items()}
     return send_now(
-        order.account_id,
+        notice["account_id"],
         openid,
         config.template_id,
         data,
-        f"order-{order.id}-{notice}",
-        notice=notice,
-        subscriber_id=order.subscriber_id,
+        f"order-{notice['order_id']}-{kind}",
+        notice=kind,
+        subscriber_id=notice["subscriber_id"],
     )
+
+
+def on_fund_pool_low(_sender: Any, alert: dict[str, Any]) -> None:
+    """Receiver of payments' ``fund_pool_low`` (after commit): the pool's staff are told by a job."""
+    get_queue("high").enqueue("templates_msg.jobs.send_fund_alert", alert)
+
+
+def send_fund_alert(alert: dict[str, Any]) -> dict[str, int]:
+    """Tell each of the pool's staff: once per alert and openid, sharing the account's daily
+    budget; one recipient's failure does not stop the others."""
+    counts = {"sent": 0, "failed": 0}
+    for openid in alert["openids"]:
+        key = f"fund-alert-{alert['pool_id']}-{alert['level']}-{alert['balance_fen']}-{openid}"
+        try:
+            outcome = send_now(
+                alert["account_id"], openid, alert["template_id"], alert["data"], key, notice="fund_alert"
+            )
+        except Exception as exc:  # noqa: BLE001 - one recipient's failure must not stop the others
+            db.session.rollback()
+            log.error("fund alert to %s failed: %s", openid[:6], type(exc).__name__)
+            outcome = "failed"
+        counts["sent" if outcome in ("sent", "duplicate") else "failed"] += 1
+    return counts
 
 
 class _Default(dict):  # type: ignore[type-arg]

@@ -11,11 +11,12 @@ import sqlalchemy as sa
 from flask import Flask
 
 from accounts.subscribers import touch
-from payments import funds, jobs
+from payments import funds
 from payments.models import AlertLevel, FundPool, FundPoolEntry, PoolEntryKind
 from store import catalogue, fulfilment, redemption
 from store import services as store_services
 from store.models import Fulfilment, FulfilmentStatus
+from templates_msg import jobs as campaign_jobs
 from wechat_service.errors import ConflictError, InvalidInputError
 from wechat_service.extensions import db, get_queue
 
@@ -90,9 +91,14 @@ def test_draws_stop_at_zero_and_thresholds_alert_once(
     assert not db.session.scalar(
         sa.select(sa.func.count()).where(FundPoolEntry.pool_id == pool_id, FundPoolEntry.ref == "f-5")
     )
-    queued = [j.args for j in get_queue("high").jobs if j.func_name.endswith("send_fund_alert")]
-    assert queued == [(pool_id, "warning", 4000), (pool_id, "critical", 1500)]
-    assert jobs.send_fund_alert(*queued[1]) == {"sent": 1, "failed": 0}
+    # Payments announces after commit; templates_msg (its receiver) queues the alert with its data.
+    name = "templates_msg.jobs.send_fund_alert"
+    queued = [j.args[0] for j in get_queue("high").jobs if j.func_name == name]
+    assert [(a["pool_id"], a["level"], a["balance_fen"]) for a in queued] == [
+        (pool_id, "warning", 4000),
+        (pool_id, "critical", 1500),
+    ]
+    assert campaign_jobs.send_fund_alert(queued[1]) == {"sent": 1, "failed": 0}
     sent = requests.get(f"{simulator}/_sim/accounts/{pool_setup['appid']}", timeout=5).json()[
         "template_messages"
     ]

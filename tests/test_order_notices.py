@@ -59,19 +59,20 @@ def test_paid_and_fulfilled_orders_notify_the_subscriber_once(
             data=note["body"].encode(),
         )
         assert resp.status_code == 204
-    queued = [j.args for j in get_queue("high").jobs if j.func_name.endswith("notify_order")]
-    assert queued == [(order.id, "paid")]
-    assert campaign_jobs.notify_order(order.id, "paid") == "sent"
-    assert campaign_jobs.notify_order(order.id, "paid") == "duplicate"  # a rerun job: once per key
+    queued = _notices()
+    assert [(n["order_id"], n["status"]) for n in queued] == [(order.id, "paid")]
+    assert queued[0]["amount_fen"] == 2990 and queued[0]["out_trade_no"] == order.out_trade_no
+    assert campaign_jobs.notify_order(queued[0]) == "sent"
+    assert campaign_jobs.notify_order(queued[0]) == "duplicate"  # a rerun job: once per key
     sent = requests.get(f"{simulator}/_sim/accounts/{appid}", timeout=5).json()["template_messages"]
     paid = [m for m in sent if m["template_id"] == "TPL_PAID"]
     assert len(paid) == 1 and paid[0]["touser"] == OPENID
     assert paid[0]["data"]["first"]["value"] == f"订单 {order.out_trade_no} 已支付 29.90 元（30 元话费）"
     db.session.expire_all()
     assert jobs.fulfil(db.session.get(Order, order.id).fulfilment_id) == "succeeded"
-    queued = [j.args for j in get_queue("high").jobs if j.func_name.endswith("notify_order")]
-    assert (order.id, "fulfilled") in queued  # asked for; no template configured, so nothing is sent
-    assert campaign_jobs.notify_order(order.id, "fulfilled") is None
+    fulfilled = [n for n in _notices() if (n["order_id"], n["status"]) == (order.id, "fulfilled")]
+    assert len(fulfilled) == 1  # asked for; no template configured, so nothing is sent
+    assert campaign_jobs.notify_order(fulfilled[0]) is None
 
 
 def test_fulfilled_and_refunded_notices_arrive_once_each(
@@ -127,10 +128,11 @@ def test_fulfilled_and_refunded_notices_arrive_once_each(
     assert jobs.fulfil(db.session.get(Order, made[1].id).fulfilment_id) == "failed"
     db.session.expire_all()
     assert [db.session.get(Order, o.id).status.value for o in made] == ["fulfilled", "refunded"]
-    queued = [j.args for j in get_queue("high").jobs if j.func_name.endswith("notify_order")]
-    assert (made[0].id, "fulfilled") in queued and (made[1].id, "refunded") in queued
-    for args in queued * 2:  # each job run twice: still one message per notice
-        campaign_jobs.notify_order(*args)
+    queued = _notices()
+    moved = {(n["order_id"], n["status"]) for n in queued}
+    assert (made[0].id, "fulfilled") in moved and (made[1].id, "refunded") in moved
+    for notice in queued * 2:  # each job run twice: still one message per notice
+        campaign_jobs.notify_order(notice)
     sent = requests.get(f"{simulator}/_sim/accounts/{appid}", timeout=5).json()["template_messages"]
     done = [m for m in sent if m["template_id"] == "TPL_DONE"]
     back = [m for m in sent if m["template_id"] == "TPL_BACK"]
@@ -140,3 +142,8 @@ def test_fulfilled_and_refunded_notices_arrive_once_each(
     assert [(m["touser"], m["data"]["first"]["value"]) for m in back] == [
         ("oNOTE000000002", f"{made[1].out_trade_no} 退 9.90 元")
     ]
+
+
+def _notices() -> list[dict[str, Any]]:
+    """The order notices queued for templates_msg by its receiver of the store's signal."""
+    return [j.args[0] for j in get_queue("high").jobs if j.func_name == "templates_msg.jobs.notify_order"]
