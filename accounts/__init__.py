@@ -10,13 +10,21 @@ from flask import Flask, request
 
 
 def init_app(app: Flask) -> None:
-    """Models, callback handlers, console pages and API, CLI commands."""
-    from accounts import api, handlers, models, views  # noqa: F401 - importing registers handlers
+    """Models, callback handlers and the callback endpoint's account look-ups, console pages and
+    API, mini-program sessions, CLI commands, the token keeper."""
+    from accounts import api, handlers, jobs, models, mp, services, views  # noqa: F401 - handlers register
     from accounts.cli import account_cli, orgunit_cli, user_cli
     from accounts.console import load_user
+    from wechat_service.extensions import csrf
+    from wechat_service.periodic import declare
+    from wechat_service.router import directory
 
+    directory.register(services.callback_account, services.callback_account_by_id)
     app.register_blueprint(views.bp)
     app.extensions["openapi"].register_blueprint(api.blp)
+    csrf.exempt(mp.bp)  # mini-program sessions: wx.login codes and bearer tokens, no browser session
+    app.extensions["openapi"].register_blueprint(mp.bp)
+    declare(app, jobs.refresh_tokens, "default", interval=120)
     for command in (account_cli, orgunit_cli, user_cli):
         app.cli.add_command(command)
 

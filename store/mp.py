@@ -9,9 +9,9 @@ from flask import jsonify, request
 from flask.typing import ResponseReturnValue
 from marshmallow import RAISE, Schema, fields, validate
 
+from accounts import mp_sessions as mp
 from store import services
 from store.models import InquiryKind
-from wechat_service import mp
 from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
 from wechat_service.fields import Text

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from flask import Flask
 from rq import SimpleWorker
 
+from accounts import jobs as account_jobs
 from simulator.driver import message_xml, signed_request
 from wechat_service import callbacks, jobs
 from wechat_service.dbtypes import utcnow
@@ -87,12 +88,12 @@ def test_token_keeper_refreshes_missing_tokens(app: Flask, create_account: Any, 
 
     _, fields, _ = create_account("plain")
     assert token_manager().cached(fields["appid"]) is None
-    assert jobs.refresh_tokens() >= 1
+    assert account_jobs.refresh_tokens() >= 1
     assert token_manager().cached(fields["appid"]) is not None
     before = requests.get(f"{simulator}/_sim/accounts/{fields['appid']}", timeout=5).json()["stats"][
         "stable_token"
     ]
-    jobs.refresh_tokens()  # fresh tokens are left alone
+    account_jobs.refresh_tokens()  # fresh tokens are left alone
     after = requests.get(f"{simulator}/_sim/accounts/{fields['appid']}", timeout=5).json()["stats"][
         "stable_token"
     ]

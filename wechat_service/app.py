@@ -86,15 +86,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
 
 def _init_base(app: Flask) -> None:
-    """The base's own parts: its models, the callback endpoint, mini-program sessions, the
-    inbox and token jobs."""
-    from wechat_service import api, jobs, models, views  # noqa: F401 - models register their tables
+    """The base's own parts: its models, the callback endpoint, the inbox job."""
+    from wechat_service import jobs, models, views  # noqa: F401 - models register their tables
     from wechat_service.periodic import declare
 
     app.register_blueprint(views.bp)
     # Provider-facing and token-authenticated endpoints carry no browser session: no CSRF token.
     csrf.exempt(views.bp)
-    csrf.exempt(api.bp)
-    app.extensions["openapi"].register_blueprint(api.bp)
     declare(app, jobs.requeue_stale_inbox, "high", interval=60)
-    declare(app, jobs.refresh_tokens, "default", interval=120)

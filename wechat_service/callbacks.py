@@ -24,12 +24,11 @@ from flask import current_app
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from accounts.services import callback_account, callback_account_by_id
 from wechat_service import wxcrypto
 from wechat_service.dbtypes import utcnow
 from wechat_service.extensions import db, enqueue_after_commit, get_redis
 from wechat_service.models import CallbackInbox, InboxState
-from wechat_service.router import AccountInfo, CallbackContext, router
+from wechat_service.router import AccountInfo, CallbackContext, directory, router
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ def parse_xml(body: bytes) -> dict[str, str]:
 
 def verify_echo(appid: str, args: dict[str, str]) -> CallbackResult:
     """GET: WeChat checks the URL; echo ``echostr`` unchanged (also in safe mode)."""
-    account = callback_account(appid)
+    account = directory.by_appid(appid)
     if account is None:
         return reject(404, "unknown account")
     if account.status != "active":
@@ -137,7 +136,7 @@ class CallbackBusyError(RuntimeError):
 
 def handle_post(appid: str, args: dict[str, str], body: bytes) -> CallbackResult:
     deadline = time.monotonic() + current_app.config["CALLBACK_BUDGET"]
-    account = callback_account(appid)
+    account = directory.by_appid(appid)
     if account is None:
         return reject(404, "unknown account")
     if account.status != "active":
@@ -411,9 +410,7 @@ def _store(account: AccountInfo, msg: dict[str, str], key: str, routed: _Routed)
     )
     ctx.stored(inbox_id)
     if routed.deferred:
-        from wechat_service.jobs import process_inbox
-
-        enqueue_after_commit("high", process_inbox, inbox_id)
+        enqueue_after_commit("high", "wechat_service.jobs.process_inbox", inbox_id)
     db.session.commit()
 
 
@@ -457,7 +454,7 @@ def run_deferred(inbox_id: int) -> None:
     db.session.commit()
     if claimed is None:
         return
-    account = callback_account_by_id(claimed.account_id)
+    account = directory.by_id(claimed.account_id)
     ctx = CallbackContext(
         account=account,
         message=dict(claimed.payload),

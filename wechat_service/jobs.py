@@ -48,20 +48,3 @@ def requeue_stale_inbox(older_than_seconds: int = 120) -> int:
     for inbox_id in ids:
         queue.enqueue(process_inbox, inbox_id, job_id=f"inbox-{inbox_id}-{int(now.timestamp()) // 60}")
     return len(ids)
-
-
-def refresh_tokens() -> int:
-    """Cron: refresh access tokens before they expire, so no callback-time call waits on one."""
-    from accounts.services import active_token_accounts
-    from wechat_service.gateway import token_manager
-
-    tm = token_manager()
-    n = 0
-    for appid, secret in active_token_accounts():
-        if tm.cached(appid) is None:
-            try:
-                tm.refresh(appid, secret)
-                n += 1
-            except Exception as exc:  # noqa: BLE001 - health records it; the next run retries
-                log.warning("token refresh for %s failed: %s", appid, exc)
-    return n

@@ -136,3 +136,30 @@ class Router:
 
 
 router = Router()
+
+
+class AccountDirectory:
+    """How the callback endpoint finds an account. The tenant root (``accounts``) registers its
+    look-ups in its ``init_app``: the base never imports a domain."""
+
+    def __init__(self) -> None:
+        self._by_appid: Callable[[str], AccountInfo | None] | None = None
+        self._by_id: Callable[[int], AccountInfo | None] | None = None
+
+    def register(
+        self, by_appid: Callable[[str], AccountInfo | None], by_id: Callable[[int], AccountInfo | None]
+    ) -> None:
+        self._by_appid, self._by_id = by_appid, by_id
+
+    def by_appid(self, appid: str) -> AccountInfo | None:
+        if self._by_appid is None:
+            raise RuntimeError("no account directory: accounts.init_app registers it")
+        return self._by_appid(appid)
+
+    def by_id(self, account_id: int) -> AccountInfo | None:
+        if self._by_id is None:
+            raise RuntimeError("no account directory: accounts.init_app registers it")
+        return self._by_id(account_id)
+
+
+directory = AccountDirectory()

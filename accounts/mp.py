@@ -1,4 +1,4 @@
-"""Mini-program JSON API of the shell: sessions."""
+"""Mini-program JSON: sessions (wx.login), the front door every mini-program API builds on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from flask import jsonify, request
 from flask.typing import ResponseReturnValue
 from marshmallow import RAISE, Schema, fields, validate
 
-from wechat_service import mp
+from accounts import mp_sessions as mp
 from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
 from wechat_service.fields import Text
