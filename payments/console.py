@@ -15,10 +15,11 @@ from accounts import access as acl
 from accounts.console import client_ip, console_blueprint, current_access, form_failed, login_required
 from payments import funds, operations, reconciliation
 from payments.reconciliation import CHINA
-from store.console_forms import fen_to_yuan, yuan_to_fen
+from payments.signals import pool_page
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
+from wechat_service.money import fen_to_yuan, yuan_to_fen
 
 bp = console_blueprint("payments_console", __name__)
 _fail = form_failed
@@ -128,23 +129,6 @@ def pool_list(account_id: int) -> ResponseReturnValue:
     )
 
 
-@bp.post("/accounts/<int:account_id>/fund-pools/<int:pool_id>/products")
-@login_required
-def pool_products(account_id: int, pool_id: int) -> ResponseReturnValue:
-    """Fund a product from this pool, or stop funding it."""
-    try:
-        product_id = int(request.form.get("product_id") or 0)
-        operations.fund_product(
-            current_access(), account_id, pool_id, product_id, request.form.get("funded") == "1", client_ip()
-        )
-        db.session.commit()
-    except ValueError:
-        flash("choose a product", "error")
-    except ServiceError as exc:
-        _fail(exc)
-    return redirect(url_for("payments_console.pool_detail", account_id=account_id, pool_id=pool_id))
-
-
 @bp.route("/accounts/<int:account_id>/fund-pools/<int:pool_id>", methods=["GET", "POST"])
 @login_required
 def pool_detail(account_id: int, pool_id: int) -> ResponseReturnValue:
@@ -167,14 +151,12 @@ def pool_detail(account_id: int, pool_id: int) -> ResponseReturnValue:
         else:
             flash("Top-up recorded.", "success")
         return redirect(url_for("payments_console.pool_detail", account_id=account.id, pool_id=pool.id))
-    from store import catalogue
-
     return render_template(
         "payments/console_fund_pool.html",
         account=account,
         pool=pool,
-        funded=catalogue.funded_by(account.id, pool.id),
-        products=[p for p in db.session.scalars(catalogue.visible_products(account.id)) if p.account_id],
+        # What draws on the pool is told by the domains above (the store's products).
+        sections=[html for _, html in pool_page.send("payments", account=account, pool=pool) if html],
         entries=funds.entries(pool.id),
         level=funds.level_of(pool, pool.balance_fen).name,
         yuan=fen_to_yuan,

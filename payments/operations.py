@@ -72,28 +72,3 @@ def top_up(
         ip=ip,
     )
     return pool
-
-
-def fund_product(
-    access: Access, account_id: int, pool_id: int, product_id: int, funded: bool, ip: str
-) -> None:
-    """Have a product's fulfilments drawn from the pool (or no longer)."""
-    from store import catalogue
-
-    account = acl.account_for(access, account_id, acl.FINANCE)
-    pool = funds.pool_for(account.id, pool_id)
-    product = catalogue.own_product(account.id, product_id)
-    before = product.fund_pool_id
-    if funded:
-        catalogue.set_fund_pool(account.id, product.id, pool.id)
-    elif before == pool.id:
-        catalogue.set_fund_pool(account.id, product.id, None)
-    staff.audit(
-        access.user_id,
-        "fund_pool.fund_product" if funded else "fund_pool.unfund_product",
-        account_id=account.id,
-        target=f"fund pool {pool.name}",
-        before={"product": product.code, "fund_pool_id": before},
-        after={"product": product.code, "fund_pool_id": product.fund_pool_id},
-        ip=ip,
-    )

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Response, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from markupsafe import Markup
 from marshmallow import ValidationError
 
 from accounts import access as acl
@@ -443,4 +444,39 @@ def order_detail(account_id: int, order_id: int) -> ResponseReturnValue:
         can_refund=access.can(acl.REFUND, account.id)
         and order.status.value == "fulfilled"
         and order.refunded_fen < order.amount_fen,
+    )
+
+
+# -- products drawing on a fund pool (a section of payments' pool page) ------------------------------
+
+
+@bp.post("/accounts/<int:account_id>/fund-pools/<int:pool_id>/products")
+@login_required
+def pool_products(account_id: int, pool_id: int) -> ResponseReturnValue:
+    """Fund a product from this pool, or stop funding it."""
+    try:
+        product_id = int(request.form.get("product_id") or 0)
+        operations.fund_product(
+            current_access(), account_id, pool_id, product_id, request.form.get("funded") == "1", client_ip()
+        )
+        db.session.commit()
+    except ValueError:
+        flash("choose a product", "error")
+    except ServiceError as exc:
+        _fail(exc)
+    return redirect(url_for("payments_console.pool_detail", account_id=account_id, pool_id=pool_id))
+
+
+def pool_products_section(_sender: Any, account: Any, pool: Any) -> Markup:
+    """Receiver of payments' ``pool_page``: the products drawing on the pool, and the form to
+    fund one more (posted to ``pool_products`` above)."""
+    return Markup(  # noqa: S704 - rendered by our own autoescaping template
+        render_template(
+            "store/_pool_products.html",
+            account=account,
+            pool=pool,
+            funded=catalogue.funded_by(account.id, pool.id),
+            products=[p for p in db.session.scalars(catalogue.visible_products(account.id)) if p.account_id],
+            yuan=fen_to_yuan,
+        )
     )

@@ -16,25 +16,11 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_l
 from store.models import CouponKind, ProductKind
 from store.redemption import MAX_BATCH
 from wechat_service.fields import Text
-from wechat_service.money import fen_of, yuan
+from wechat_service.money import YUAN_RE, fen_of, fen_to_yuan, yuan, yuan_to_fen  # noqa: F401 - re-exported
 
 # Whole yuan with at most two decimals: no signs, exponents, NaN or thousands separators. Seven
 # digits keep the largest amount (9,999,999.99 yuan) inside a 32-bit fen column.
-YUAN_RE = re.compile(r"^\d{1,7}(\.\d{1,2})?$")
 MAX_INT = 2**31 - 1
-
-
-def yuan_to_fen(text: str) -> int:
-    """'19.90' → 1990. Raises ValueError for anything but a plain yuan amount."""
-    text = (text or "").strip()
-    if not YUAN_RE.match(text):
-        raise ValueError(text)
-    return fen_of(text)
-
-
-def fen_to_yuan(fen: int | None) -> str:
-    """1990 → '19.90' (for refilling a form; integer arithmetic, no float)."""
-    return "" if fen is None else yuan(fen)
 
 
 class Yuan(fields.Field):

@@ -9,7 +9,7 @@ from typing import Any
 from accounts import access as acl
 from accounts import staff
 from accounts.access import Access
-from payments import refunds
+from payments import funds, refunds
 from store import catalogue, coupons, orders, redemption
 from store.models import Coupon, OrderStatus, Product, RedeemBatch
 from wechat_service.extensions import db
@@ -230,3 +230,26 @@ def refund_order(
         refunds.partial(order, int(amount_fen or 0), reason.strip(), access.user_id)
     db.session.refresh(order)
     return order
+
+
+def fund_product(
+    access: Access, account_id: int, pool_id: int, product_id: int, funded: bool, ip: str
+) -> None:
+    """Have a product's fulfilments drawn from the pool (or no longer)."""
+    account = acl.account_for(access, account_id, acl.FINANCE)
+    pool = funds.pool_for(account.id, pool_id)
+    product = catalogue.own_product(account.id, product_id)
+    before = product.fund_pool_id
+    if funded:
+        catalogue.set_fund_pool(account.id, product.id, pool.id)
+    elif before == pool.id:
+        catalogue.set_fund_pool(account.id, product.id, None)
+    staff.audit(
+        access.user_id,
+        "fund_pool.fund_product" if funded else "fund_pool.unfund_product",
+        account_id=account.id,
+        target=f"fund pool {pool.name}",
+        before={"product": product.code, "fund_pool_id": before},
+        after={"product": product.code, "fund_pool_id": product.fund_pool_id},
+        ip=ip,
+    )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
+
+# What staff type for a yuan amount in a form: digits, at most two decimals, no sign or exponent.
+YUAN_RE = re.compile(r"^\d{1,7}(\.\d{1,2})?$")
 
 
 def yuan(fen: int | None, *, short: bool = False) -> str:
@@ -26,3 +30,17 @@ def fen_of(text: str) -> int:
     if fen != fen.to_integral_value():
         raise ValueError(f"{text!r} is not a whole number of fen")
     return int(fen)
+
+
+def yuan_to_fen(text: str) -> int:
+    """'19.90' → 1990, as staff type it in a form. Raises ValueError for anything but a plain
+    yuan amount."""
+    text = (text or "").strip()
+    if not YUAN_RE.match(text):
+        raise ValueError(text)
+    return fen_of(text)
+
+
+def fen_to_yuan(fen: int | None) -> str:
+    """1990 → '19.90' (for refilling a form; integer arithmetic, no float)."""
+    return "" if fen is None else yuan(fen)
