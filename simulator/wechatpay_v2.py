@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape
+from zoneinfo import ZoneInfo
 
 import requests
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -24,6 +25,8 @@ from flask.typing import ResponseReturnValue
 
 from simulator import bills
 from simulator.fanout import WECHATPAY_RETRIES, copies_of, post_copies, retry_later
+
+BEIJING = ZoneInfo("Asia/Shanghai")
 
 bp = Blueprint("sim_wechatpay_v2", __name__, url_prefix="/wechatpay")
 admin = Blueprint("sim_wechatpay_v2_admin", __name__, url_prefix="/_sim/wechatpay/v2")
@@ -144,7 +147,10 @@ def _paid_fields(order: dict[str, Any]) -> dict[str, Any]:
         "fee_type": "CNY",
         "transaction_id": order["transaction_id"],
         "out_trade_no": order["out_trade_no"],
-        "time_end": datetime.fromisoformat(order["success_time"]).strftime("%Y%m%d%H%M%S"),
+        # WeChat Pay v2 writes its times as Beijing wall time, without a zone.
+        "time_end": datetime.fromisoformat(order["success_time"])
+        .astimezone(BEIJING)
+        .strftime("%Y%m%d%H%M%S"),
         "is_subscribe": "Y",
     }
 
@@ -352,9 +358,9 @@ def refund_notification(found: dict[str, Any], merchant: dict[str, Any]) -> str:
         "refund_fee": found["refund_fee"],
         "settlement_refund_fee": found["refund_fee"],
         "refund_status": status,
-        "success_time": datetime.fromisoformat(
-            found["success_time"] or datetime.now(UTC).isoformat()
-        ).strftime("%Y-%m-%d %H:%M:%S"),
+        "success_time": datetime.fromisoformat(found["success_time"] or datetime.now(UTC).isoformat())
+        .astimezone(BEIJING)
+        .strftime("%Y-%m-%d %H:%M:%S"),
         "refund_recv_accout": "支付用户的零钱",
         "refund_account": "REFUND_SOURCE_RECHARGE_FUNDS",
         "refund_request_source": "API",

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -122,6 +124,23 @@ def test_notification_is_verified_applied_once_and_fulfilled(
     assert order.status is OrderStatus.fulfilling
     assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1
     assert jobs.fulfil(order.fulfilment_id) == "succeeded"
+
+
+def test_payment_time_is_beijing_wall_time_and_counts_on_it(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    """v2's time_end is Beijing time without a zone (the simulator once wrote UTC wall time, which
+    put every payment made between 00:00 and 08:00 Beijing time on the previous day)."""
+    order, _ = _order(shop)
+    body = _paid(simulator, order)
+    time_end = re.search(r"<time_end><!\[CDATA\[(\d{14})\]\]></time_end>|<time_end>(\d{14})</time_end>", body)
+    assert time_end, body
+    wall = datetime.strptime(time_end.group(1) or time_end.group(2), "%Y%m%d%H%M%S")
+    beijing_now = datetime.now(ZoneInfo("Asia/Shanghai")).replace(tzinfo=None)
+    assert abs(wall - beijing_now) < timedelta(minutes=5)
+    assert _notify(app, shop, body).status_code == 200
+    moved = db.session.scalar(sa.select(PaymentTransaction.moved_at))
+    assert abs(moved - utcnow()) < timedelta(minutes=5)  # the same instant, stored in UTC
 
 
 def test_hmac_notification_for_an_md5_merchant_is_accepted(
