@@ -117,15 +117,14 @@ def _exactly_once(live: Live, cid: int, appid: str, count: int) -> dict[str, int
     return statuses
 
 
-def _stuck_rows(live: Live) -> dict[int, str]:
-    """Rows left ``sending`` under a claim whose job is dead (its lease gone): id -> claim."""
-    conn = redis.Redis.from_url(live.env["REDIS_URL"])
+def _sending_rows(live: Live) -> dict[int, str]:
+    """Rows ``sending`` now, under their claims: id -> claim."""
     rows = live.in_app(
         lambda: db.session.execute(
             sa.select(Delivery.id, Delivery.claim).where(Delivery.status == DeliveryStatus.sending)
         ).all()
     )
-    return {i: c for i, c in rows if c and not conn.exists(f"tm:lease:{c}")}
+    return {i: c for i, c in rows if c}
 
 
 def test_sigkilled_worker_mid_batch_loses_and_duplicates_nothing(live: Live) -> None:
@@ -147,8 +146,16 @@ def test_sigkilled_worker_mid_batch_loses_and_duplicates_nothing(live: Live) -> 
     os.kill(a.pid, signal.SIGKILL)
     for pid in horses:
         os.kill(int(pid), signal.SIGKILL)
-    # Once the dead job's lease runs out, its claimed rows are stuck in `sending`.
-    stuck = live.wait_for(lambda: _stuck_rows(live), dispatch.LEASE_SECONDS + 15, "the dead job's rows")
+    # The rows in `sending` at the kill; once the dead job's lease runs out, those under its claim
+    # are the dead job's. Taken at the kill rather than polled later: the surviving worker may
+    # already have recovered them by the time a poll looks.
+    at_kill = _sending_rows(live)
+    conn = redis.Redis.from_url(live.env["REDIS_URL"])
+
+    def dead_claims() -> dict[int, str]:
+        return {i: c for i, c in at_kill.items() if not conn.exists(f"tm:lease:{c}")}
+
+    stuck = live.wait_for(dead_claims, dispatch.LEASE_SECONDS + 15, "the dead job's lease to run out")
     live.start("w3", "worker")
     _tick_until_done(live, cid)
     statuses = _exactly_once(live, cid, appid, 600)
