@@ -17,27 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.sql import ColumnElement, FromClause
 
-from accounts.models import EventKind, SubscriberEvent
-from payments.models import PaymentTransaction, TxnKind
-from store.models import (
-    CouponUse,
-    Fulfilment,
-    Inquiry,
-    InquiryOutcome,
-    Order,
-    OrderEvent,
-    PhoneBinding,
-    PointsHold,
-)
-from templates_msg.models import Campaign, Delivery, ReportStatus
+from accounts import facts as account_facts
+from payments import facts as payment_facts
+from store import facts as store_facts
+from store.models import Order
+from templates_msg import facts as campaign_facts
+from templates_msg.models import Campaign, Delivery
 from templates_msg.reports import attributed, plus_days
 from wechat_service.extensions import db
+from wechat_service.facts import COUNT, Bucket, Feed, Source
+
+active_days = account_facts.active_days  # what metric_active_days keeps (rollups read it here)
 
 SUM, LAST, AVG = "sum", "last", "avg"  # over a period: total; value at its end; mean per day
 DISTINCT = "distinct"  # over a period: distinct subscribers (metric_active_days), not a sum of days
@@ -51,53 +45,6 @@ DEFINITIONS: dict[int, str] = {
     "a redemption once per code; active subscribers distinct over the period, by their own "
     "actions only (location reports excluded).",
 }
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """Accounts of one timezone and a UTC range [start, end) in which the local day of a
-    timestamp is ``timestamp + offset`` (constant UTC offset), or always ``day`` (a day on which
-    the offset changes, e.g. daylight saving)."""
-
-    account_ids: tuple[int, ...]
-    start: datetime
-    end: datetime
-    offset: int | None
-    day: date | None
-    dialect: str
-
-    def day_of(self, col: Any) -> ColumnElement[Any]:
-        if self.day is not None:  # inlined: a bound parameter cannot be grouped by on PostgreSQL
-            fixed = sa.literal_column(f"'{self.day.isoformat()}'", sa.String)
-            return sa.cast(fixed, sa.Date) if self.dialect == "postgresql" else fixed
-        if self.dialect == "postgresql":
-            return sa.cast(
-                sa.func.timezone("UTC", col) + sa.literal(timedelta(seconds=self.offset or 0), sa.Interval),
-                sa.Date,
-            )
-        return sa.func.date(col, f"{self.offset or 0:+d} seconds")
-
-    def grouped(
-        self,
-        account_col: Any,
-        time_col: Any,
-        value: ColumnElement[Any],
-        *filters: ColumnElement[bool],
-        dim: ColumnElement[Any] | None = None,
-        select_from: FromClause | None = None,
-    ) -> sa.Select[Any]:
-        """``value`` per account, local day (and ``dim``) over rows of this bucket."""
-        day = self.day_of(time_col).label("day")
-        dim_col = (sa.cast(dim, sa.String) if dim is not None else sa.literal("", sa.String)).label("dim")
-        query = sa.select(account_col.label("account_id"), day, dim_col, value.label("value"))
-        if select_from is not None:
-            query = query.select_from(select_from)
-        return query.where(
-            account_col.in_(self.account_ids), time_col >= self.start, time_col < self.end, *filters
-        ).group_by(account_col, day, dim_col)
-
-
-Source = Callable[[Bucket], sa.Select[Any]]
 
 
 @dataclass(frozen=True)
@@ -145,110 +92,58 @@ def manual(key: str, unit: str, description: str, agg: str = AVG) -> None:
     _add(Metric(key, unit, description, agg=agg, manual=True))
 
 
-COUNT = sa.func.count()
-E = SubscriberEvent
-
-
-def _events(b: Bucket, *filters: ColumnElement[bool], dim: Any = None) -> sa.Select[Any]:
-    return b.grouped(E.account_id, E.occurred_at, COUNT, *filters, dim=dim)
-
-
 # -- the subscriber ledger (bucketed by WeChat's CreateTime, so a late callback lands in its day) --
 
 
-@sourced(
+sourced(
     "follows",
     "subscribers",
     "Follow events (plain and through a QR code, re-follows included).",
     ledger="subscriber_events",
-)
-def _follows(b: Bucket) -> sa.Select[Any]:
-    return _events(b, E.kind == EventKind.follow)
+)(account_facts.follows)
 
 
-@sourced("unfollows", "subscribers", "Unfollow events.", ledger="subscriber_events")
-def _unfollows(b: Bucket) -> sa.Select[Any]:
-    return _events(b, E.kind == EventKind.unfollow)
+sourced("unfollows", "subscribers", "Unfollow events.", ledger="subscriber_events")(account_facts.unfollows)
 
 
-@sourced(
+sourced(
     "re_follows",
     "subscribers",
     "Follows by a subscriber who had followed this account before (any earlier follow event).",
     ledger="subscriber_events",
+)(account_facts.re_follows)
+
+
+sourced("qr_follows", "subscribers", "Follows through a channel QR code.", ledger="subscriber_events")(
+    account_facts.qr_follows
 )
-def _re_follows(b: Bucket) -> sa.Select[Any]:
-    earlier = sa.orm.aliased(SubscriberEvent)
-    before = (
-        sa.select(earlier.id)
-        .where(
-            earlier.subscriber_id == E.subscriber_id,
-            earlier.kind == EventKind.follow,
-            sa.or_(
-                earlier.occurred_at < E.occurred_at,
-                sa.and_(earlier.occurred_at == E.occurred_at, earlier.id < E.id),
-            ),
-        )
-        .exists()
-    )
-    return _events(b, E.kind == EventKind.follow, before)
 
 
-@sourced("qr_follows", "subscribers", "Follows through a channel QR code.", ledger="subscriber_events")
-def _qr_follows(b: Bucket) -> sa.Select[Any]:
-    return _events(b, E.kind == EventKind.follow, E.channel_id.is_not(None))
-
-
-@sourced(
+sourced(
     "follows_by_channel",
     "subscribers",
     "Follows per channel QR code (dimension: channel id).",
     ledger="subscriber_events",
     dims=True,
+)(account_facts.follows_by_channel)
+
+
+sourced("scans", "events", "QR-code scans by subscribers already following.", ledger="subscriber_events")(
+    account_facts.scans
 )
-def _follows_by_channel(b: Bucket) -> sa.Select[Any]:
-    return _events(b, E.kind == EventKind.follow, E.channel_id.is_not(None), dim=E.channel_id)
 
 
-@sourced("scans", "events", "QR-code scans by subscribers already following.", ledger="subscriber_events")
-def _scans(b: Bucket) -> sa.Select[Any]:
-    return _events(b, E.kind == EventKind.scan)
-
-
-@sourced(
+sourced(
     "menu_clicks", "events", "Menu clicks and menu links opened (CLICK and VIEW).", ledger="subscriber_events"
+)(account_facts.menu_clicks)
+
+
+sourced("messages", "messages", "Messages subscribers sent (text, image, …).", ledger="subscriber_events")(
+    account_facts.messages
 )
-def _menu_clicks(b: Bucket) -> sa.Select[Any]:
-    return _events(b, E.kind.in_([EventKind.click, EventKind.view]))
 
 
-@sourced("messages", "messages", "Messages subscribers sent (text, image, …).", ledger="subscriber_events")
-def _messages(b: Bucket) -> sa.Select[Any]:
-    return _events(b, E.kind == EventKind.message)
-
-
-# Things a subscriber does themselves. LOCATION is reported by the client on its own (every few
-# seconds while the chat is open, if allowed) and UNFOLLOW ends the relation: neither is activity.
-ACTIVE_KINDS = (EventKind.follow, EventKind.scan, EventKind.click, EventKind.view, EventKind.message)
-
-
-def active_days(b: Bucket) -> sa.Select[Any]:
-    """(account_id, day, subscriber_id) once per active subscriber per local day: what
-    metric_active_days keeps, so a period's distinct actives never double-count across days."""
-    day = b.day_of(E.occurred_at).label("day")
-    return (
-        sa.select(E.account_id, day, E.subscriber_id)
-        .where(
-            E.account_id.in_(b.account_ids),
-            E.occurred_at >= b.start,
-            E.occurred_at < b.end,
-            E.kind.in_(ACTIVE_KINDS),
-        )
-        .group_by(E.account_id, day, E.subscriber_id)
-    )
-
-
-@sourced(
+sourced(
     "active_subscribers",
     "subscribers",
     "Distinct subscribers who did something themselves (followed, scanned, clicked or opened a "
@@ -256,11 +151,7 @@ def active_days(b: Bucket) -> sa.Select[Any]:
     "period: distinct subscribers in the whole period (one who was active on 20 days counts once).",
     agg=DISTINCT,
     ledger="subscriber_events",
-)
-def _active(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(
-        E.account_id, E.occurred_at, sa.func.count(sa.distinct(E.subscriber_id)), E.kind.in_(ACTIVE_KINDS)
-    )
+)(account_facts.active)
 
 
 derived("net_follows", "subscribers", "Follows − unfollows.", {"follows": 1, "unfollows": -1})
@@ -285,98 +176,66 @@ _add(
 
 # -- the store ledgers --------------------------------------------------------------------------
 
-Q = Inquiry
-
-
-@sourced(
+sourced(
     "inquiries", "inquiries", "Balance/data/bill/points inquiries, every one counted.", ledger="inquiries"
-)
-def _inquiries(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(Q.account_id, Q.at, COUNT)
+)(store_facts.inquiries)
 
 
-@sourced(
+sourced(
     "inquiries_answered",
     "inquiries",
     "Inquiries answered at once (fresh or from the cache).",
     ledger="inquiries",
-)
-def _inquiries_answered(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(
-        Q.account_id, Q.at, COUNT, Q.outcome.in_([InquiryOutcome.answered, InquiryOutcome.cached])
-    )
+)(store_facts.inquiries_answered)
 
 
-@sourced(
+sourced(
     "inquiries_deferred",
     "inquiries",
     "Inquiries answered later (the BOSS was slower than the budget).",
     ledger="inquiries",
+)(store_facts.inquiries_deferred)
+
+
+sourced("inquiries_failed", "inquiries", "Inquiries that failed.", ledger="inquiries")(
+    store_facts.inquiries_failed
 )
-def _inquiries_deferred(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(Q.account_id, Q.at, COUNT, Q.outcome == InquiryOutcome.deferred)
 
 
-@sourced("inquiries_failed", "inquiries", "Inquiries that failed.", ledger="inquiries")
-def _inquiries_failed(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(Q.account_id, Q.at, COUNT, Q.outcome == InquiryOutcome.failed)
-
-
-@sourced(
+sourced(
     "inquiries_by_kind",
     "inquiries",
     "Inquiries per kind (dimension: balance, data, bill, points).",
     ledger="inquiries",
     dims=True,
-)
-def _inquiries_by_kind(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(Q.account_id, Q.at, COUNT, dim=Q.kind)
+)(store_facts.inquiries_by_kind)
 
 
-@sourced(
+sourced(
     "phones_bound",
     "subscribers",
     "Phone numbers bound (by SMS code or WeChat's phone button).",
     ledger="phone_bindings",
+)(store_facts.phones_bound)
+
+
+sourced("orders_created", "orders", "Orders placed (paid or not).", ledger="orders")(
+    store_facts.orders_created
 )
-def _phones_bound(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(PhoneBinding.account_id, PhoneBinding.bound_at, COUNT)
 
 
-@sourced("orders_created", "orders", "Orders placed (paid or not).", ledger="orders")
-def _orders_created(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(Order.account_id, Order.created_at, COUNT)
+sourced("orders_paid", "orders", "Orders that became paid (order history).", ledger="order_events")(
+    store_facts.orders_paid
+)
 
 
-_ORDER_HISTORY = sa.join(OrderEvent, Order, OrderEvent.order_id == Order.id)
+sourced("orders_fulfilled", "orders", "Orders carried out by the BOSS.", ledger="order_events")(
+    store_facts.orders_fulfilled
+)
 
 
-def _order_transitions(b: Bucket, status: str) -> sa.Select[Any]:
-    return b.grouped(
-        Order.account_id, OrderEvent.at, COUNT, OrderEvent.to_status == status, select_from=_ORDER_HISTORY
-    )
-
-
-@sourced("orders_paid", "orders", "Orders that became paid (order history).", ledger="order_events")
-def _orders_paid(b: Bucket) -> sa.Select[Any]:
-    return _order_transitions(b, "paid")
-
-
-@sourced("orders_fulfilled", "orders", "Orders carried out by the BOSS.", ledger="order_events")
-def _orders_fulfilled(b: Bucket) -> sa.Select[Any]:
-    return _order_transitions(b, "fulfilled")
-
-
-@sourced("orders_refunded", "orders", "Orders refunded in full.", ledger="order_events")
-def _orders_refunded(b: Bucket) -> sa.Select[Any]:
-    return _order_transitions(b, "refunded")
-
-
-T = PaymentTransaction
-# Money for an unknown order or of a wrong amount is an anomaly (sent back, or refused): not revenue.
-_PAYMENT = sa.and_(T.kind == TxnKind.payment, T.anomaly.is_(None), T.order_id.is_not(None))
-_REFUND = sa.and_(
-    T.kind == TxnKind.refund, T.anomaly.is_(None), T.order_id.is_not(None), T.status == "SUCCESS"
+sourced("orders_refunded", "orders", "Orders refunded in full.", ledger="order_events")(
+    store_facts.orders_refunded
 )
 
 
@@ -385,46 +244,38 @@ _REFUND = sa.and_(
 # and our reconciliation put it on — not when we happened to record the notification.
 
 
-@sourced(
+sourced(
     "paid_transactions",
     "transactions",
     "Payments the providers confirmed (anomalies excluded), on the day of the provider's payment "
     "time in the account's timezone.",
     ledger="payment_transactions",
-)
-def _paid_transactions(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(T.account_id, T.moved_at, COUNT, _PAYMENT)
+)(payment_facts.paid_transactions)
 
 
-@sourced(
+sourced(
     "gmv_fen",
     "fen",
     "Gross merchandise value: money paid, on the day of the provider's payment time (as in its "
     "statement and our reconciliation), in the account's timezone.",
     ledger="payment_transactions",
-)
-def _gmv(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(T.account_id, T.moved_at, sa.func.sum(T.amount_fen), _PAYMENT)
+)(payment_facts.gmv)
 
 
-@sourced(
+sourced(
     "refunds",
     "transactions",
     "Refunds the providers carried out, on the day the refund succeeded (not the day of the sale).",
     ledger="payment_transactions",
-)
-def _refunds(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(T.account_id, T.moved_at, COUNT, _REFUND)
+)(payment_facts.refunds)
 
 
-@sourced(
+sourced(
     "refunds_fen",
     "fen",
     "Money refunded, on the day the refund succeeded (not the day of the sale).",
     ledger="payment_transactions",
-)
-def _refunds_fen(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(T.account_id, T.moved_at, sa.func.sum(T.amount_fen), _REFUND)
+)(payment_facts.refunds_fen)
 
 
 derived(
@@ -436,64 +287,31 @@ derived(
 )
 
 
-F = Fulfilment
-_REDEMPTION = F.source == "redemption"
-
-
-def _earlier_attempt(row: Any) -> Any:
-    """An attempt of the same code before ``row`` (by time, then id)."""
-    earlier = sa.orm.aliased(Fulfilment)
-    return (
-        sa.select(earlier.id)
-        .where(
-            earlier.source == "redemption",
-            earlier.source_id == row.source_id,
-            sa.or_(
-                earlier.created_at < row.created_at,
-                sa.and_(earlier.created_at == row.created_at, earlier.id < row.id),
-            ),
-        )
-        .exists()
-    )
-
-
-@sourced(
+sourced(
     "redemptions",
     "codes",
     "Redeem codes redeemed: once per code, on the day it was first redeemed, however often its "
     "fulfilment was retried (or the code given back after a failure and redeemed again).",
     ledger="fulfilments",
+)(store_facts.redemptions)
+
+
+sourced("coupon_uses", "coupons", "Coupons applied to orders.", ledger="coupon_uses")(store_facts.coupon_uses)
+
+
+sourced("coupon_discount_fen", "fen", "Discount granted by coupons.", ledger="coupon_uses")(
+    store_facts.coupon_discount
 )
-def _redemptions(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(F.account_id, F.created_at, COUNT, _REDEMPTION, ~_earlier_attempt(F))
 
 
-_COUPON_ORDERS = sa.join(CouponUse, Order, CouponUse.order_id == Order.id)
+sourced("points_exchanges", "exchanges", "Products exchanged for points.", ledger="points_holds")(
+    store_facts.points_exchanges
+)
 
 
-@sourced("coupon_uses", "coupons", "Coupons applied to orders.", ledger="coupon_uses")
-def _coupon_uses(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(Order.account_id, CouponUse.created_at, COUNT, select_from=_COUPON_ORDERS)
-
-
-@sourced("coupon_discount_fen", "fen", "Discount granted by coupons.", ledger="coupon_uses")
-def _coupon_discount(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(
-        Order.account_id,
-        CouponUse.created_at,
-        sa.func.sum(CouponUse.discount_fen),
-        select_from=_COUPON_ORDERS,
-    )
-
-
-@sourced("points_exchanges", "exchanges", "Products exchanged for points.", ledger="points_holds")
-def _points_exchanges(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(PointsHold.account_id, PointsHold.created_at, COUNT)
-
-
-@sourced("points_spent", "points", "Points debited for exchanges.", ledger="points_holds")
-def _points_spent(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(PointsHold.account_id, PointsHold.created_at, sa.func.sum(PointsHold.points))
+sourced("points_spent", "points", "Points debited for exchanges.", ledger="points_holds")(
+    store_facts.points_spent
+)
 
 
 manual("support_quality", "score", "On-site support quality score (0–100), entered in the console.")
@@ -504,44 +322,35 @@ manual("support_quality", "score", "On-site support quality score (0–100), ent
 # its own step, and the refresh re-reads deliveries by their change sequence (FEEDS below).
 
 M = Delivery
-_CAMPAIGN = sa.and_(M.kind == "campaign", M.control.is_(False))
 
 
-@sourced(
+sourced(
     "campaign_sends", "messages", "Campaign template messages WeChat accepted (a msgid).", ledger="deliveries"
-)
-def _campaign_sends(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(M.account_id, M.sent_at, COUNT, _CAMPAIGN, M.sent_at.is_not(None))
+)(campaign_facts.campaign_sends)
 
 
-@sourced(
+sourced(
     "campaign_deliveries",
     "messages",
     "Campaign messages WeChat reported delivered (TEMPLATESENDJOBFINISH success), on the report's day.",
     ledger="deliveries",
-)
-def _campaign_deliveries(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(M.account_id, M.reported_at, COUNT, _CAMPAIGN, M.report == ReportStatus.delivered)
+)(campaign_facts.campaign_deliveries)
 
 
-@sourced(
+sourced(
     "campaign_clicks",
     "subscribers",
     "Recipients who clicked a campaign link (first click).",
     ledger="deliveries",
-)
-def _campaign_clicks(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(M.account_id, M.first_clicked_at, COUNT, _CAMPAIGN, M.first_clicked_at.is_not(None))
+)(campaign_facts.campaign_clicks)
 
 
-@sourced(
+sourced(
     "transactional_messages",
     "messages",
     "Transactional messages sent (order paid/fulfilled/refunded, fund alerts).",
     ledger="deliveries",
-)
-def _transactional(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(M.account_id, M.sent_at, COUNT, M.kind != "campaign", M.sent_at.is_not(None))
+)(campaign_facts.transactional)
 
 
 def _attributed_orders(b: Bucket) -> Any:
@@ -581,46 +390,6 @@ def _campaign_revenue(b: Bucket) -> sa.Select[Any]:
 #   period's figure is read from there and no day depends on another.
 # There are no first-time-vs-repeat buyer metrics; one would need a reach like re-follows'.
 
-Reach = Callable[[Any], sa.Select[Any]]
-
-
-@dataclass(frozen=True)
-class Feed:
-    """A ledger read by a monotonic column: rows with ``id_col`` above the watermark are new (or,
-    for deliveries, changed); ``changed`` is when it was set (for the safety lag), ``business``
-    the times metrics bucket the row by, ``reaches`` selects ``(account_id, first, last)`` business
-    times of other rows the new ones (a WHERE clause) change."""
-
-    name: str
-    id_col: Any
-    changed: Any
-    business: tuple[Any, ...]
-    account_col: Any
-    select_from: Any = None
-    reaches: tuple[Reach, ...] = ()
-
-
-def _later_follows(new: Any) -> sa.Select[Any]:
-    later = sa.orm.aliased(SubscriberEvent)
-    return (
-        sa.select(later.account_id, sa.func.min(later.occurred_at), sa.func.max(later.occurred_at))
-        .select_from(E)
-        .join(later, sa.and_(later.subscriber_id == E.subscriber_id, later.kind == EventKind.follow))
-        .where(new, E.kind == EventKind.follow, later.occurred_at >= E.occurred_at, later.id != E.id)
-        .group_by(later.account_id)
-    )
-
-
-def _later_attempts(new: Any) -> sa.Select[Any]:
-    later = sa.orm.aliased(Fulfilment)
-    return (
-        sa.select(later.account_id, sa.func.min(later.created_at), sa.func.max(later.created_at))
-        .select_from(F)
-        .join(later, sa.and_(later.source == "redemption", later.source_id == F.source_id))
-        .where(new, _REDEMPTION, later.created_at >= F.created_at, later.id != F.id)
-        .group_by(later.account_id)
-    )
-
 
 def _attributable_orders(new: Any) -> sa.Select[Any]:
     """Orders of the recipients of changed deliveries placed from the earlier of send and click to
@@ -643,31 +412,21 @@ def _attributable_orders(new: Any) -> sa.Select[Any]:
     )
 
 
-PB, PH = PhoneBinding, PointsHold
-FEEDS: tuple[Feed, ...] = (
-    Feed("subscriber_events", E.id, E.recorded_at, (E.occurred_at,), E.account_id, reaches=(_later_follows,)),
-    Feed("inquiries", Q.id, Q.at, (Q.at,), Q.account_id),
-    Feed("phone_bindings", PB.id, PB.bound_at, (PB.bound_at,), PB.account_id),
-    Feed("orders", Order.id, Order.created_at, (Order.created_at,), Order.account_id),
-    # A status change moves orders_paid/… on its own day and a conversion on the order's day.
-    Feed(
-        "order_events", OrderEvent.id, OrderEvent.at, (OrderEvent.at, Order.created_at), Order.account_id,
-        _ORDER_HISTORY,
-    ),
-    Feed("payment_transactions", T.id, T.created_at, (T.moved_at,), T.account_id),
-    Feed("fulfilments", F.id, F.created_at, (F.created_at,), F.account_id, reaches=(_later_attempts,)),
-    Feed(
-        "coupon_uses", CouponUse.id, CouponUse.created_at, (CouponUse.created_at,), Order.account_id,
-        _COUPON_ORDERS,
-    ),
-    Feed("points_holds", PH.id, PH.created_at, (PH.created_at,), PH.account_id),
-    # Deliveries change after they are written (sent, reported, clicked): read by the change
-    # sequence the database stamps on every insert and update, so a late refresh misses nothing.
-    Feed(
-        "deliveries", M.change_seq, M.changed_at, (M.sent_at, M.reported_at, M.first_clicked_at),
-        M.account_id, reaches=(_attributable_orders,),
-    ),
+# Each domain offers the feeds of its own ledgers; the deliveries' feed stays here for now, since a
+# changed delivery reaches the recipient's orders (the one place metrics still joins two domains).
+_DELIVERIES = Feed(
+    "deliveries", M.change_seq, M.changed_at, (M.sent_at, M.reported_at, M.first_clicked_at),
+    M.account_id, reaches=(_attributable_orders,),
 )  # fmt: skip
+_BY_NAME = {f.name: f for f in (*account_facts.FEEDS, *store_facts.FEEDS, *payment_facts.FEEDS, _DELIVERIES)}
+FEEDS: tuple[Feed, ...] = tuple(
+    _BY_NAME[name]
+    for name in (
+        "subscriber_events", "inquiries", "phone_bindings", "orders", "order_events",
+        "payment_transactions", "fulfilments", "coupon_uses", "points_holds", "deliveries",
+    )
+)  # fmt: skip
+assert len(FEEDS) == len(_BY_NAME)  # every domain's feed is read, in the order the refresh used
 
 
 def get(key: str) -> Metric:

@@ -17,10 +17,11 @@ import sqlalchemy as sa
 
 from accounts.models import Account
 from metrics.models import ContractPeriod, MetricActiveDay, MetricDaily, MetricWatermark, PeriodStatus
-from metrics.registry import DEFINITIONS_VERSION, FEEDS, REGISTRY, Bucket, active_days
+from metrics.registry import DEFINITIONS_VERSION, FEEDS, REGISTRY, active_days
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
 from wechat_service.extensions import db, get_redis
+from wechat_service.facts import Bucket
 
 log = logging.getLogger(__name__)
 
