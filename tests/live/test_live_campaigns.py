@@ -134,15 +134,22 @@ def test_sigkilled_worker_mid_batch_loses_and_duplicates_nothing(live: Live) -> 
     # Every send takes WeChat 150 ms: a worker is inside a chunk (most likely inside a request)
     # nearly all the time, so the kill lands mid-chunk.
     helpers.set_messaging(live.sim, appid, latency_ms=150)
-    a = live.start("w1", "worker")
-    live.start("w2", "worker")
+    workers = [live.start("w1", "worker"), live.start("w2", "worker")]
     live.wait_for(lambda: len(_sent_openids(live, appid)) >= 40, 60, "sending to start")
-    live.wait_for(lambda: _statuses(live, cid).get("sending", 0) >= 2, 30, "both workers mid-chunk")
-    # The worker and its work horse (RQ forks one per job), at once: a SIGKILL leaves no chance
-    # to clean up. The horse's pid is read first — once its parent is dead it is re-parented
-    # and `pkill -P` would no longer find it (it then finished its chunk: nothing to recover).
-    horses = subprocess.run(["pgrep", "-P", str(a.pid)], capture_output=True, text=True).stdout.split()
-    assert horses, "the worker was not running a job"
+    live.wait_for(lambda: _statuses(live, cid).get("sending", 0) >= 2, 30, "rows mid-chunk")
+
+    def busy_worker() -> tuple[Any, list[str]] | None:
+        # A worker with a work horse (RQ forks one per job) is inside a job; the other may be idle.
+        for proc in workers:
+            found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+            if found.stdout.split():
+                return proc, found.stdout.split()
+        return None
+
+    # The worker and its work horse, at once: a SIGKILL leaves no chance to clean up. The horse's
+    # pid is read first — once its parent is dead it is re-parented and `pkill -P` would no
+    # longer find it (it then finished its chunk: nothing to recover).
+    a, horses = live.wait_for(busy_worker, 30, "a worker running a job")
     os.kill(a.pid, signal.SIGKILL)
     for pid in horses:
         os.kill(int(pid), signal.SIGKILL)
