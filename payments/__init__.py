@@ -9,12 +9,12 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Models, provider notification endpoints, console pages, periodic jobs."""
-    from payments import console, jobs, models, views  # noqa: F401 - models register their tables
+    from payments import console, endpoints, jobs, models  # noqa: F401 - models register their tables
     from wechat_service.extensions import csrf
     from wechat_service.periodic import declare
 
-    app.register_blueprint(views.bp)
-    csrf.exempt(views.bp)  # providers' notifications carry their own signatures, no browser session
+    app.register_blueprint(endpoints.bp)
+    csrf.exempt(endpoints.bp)  # providers' notifications carry their own signatures, no browser session
     app.register_blueprint(console.bp)
     declare(app, jobs.sweep_refunds, "default", interval=120, job_timeout=300)
     # Hourly: it starts once yesterday's statements are published (10:30 Beijing time) and

@@ -9,12 +9,12 @@ from flask import Flask
 def init_app(app: Flask) -> None:
     """Models, callback handlers, H5 pages, mini-program API, console pages, periodic jobs."""
     from payments.signals import pool_page
-    from store import api, console, handlers, jobs, models, mp, services, views  # noqa: F401
+    from store import api, console, h5, handlers, jobs, models, mp, services  # noqa: F401
     from wechat_service.extensions import csrf
     from wechat_service.periodic import declare
     from wechat_service.rotation import rekey_with
 
-    app.register_blueprint(views.bp)  # H5 store pages: CSRF stays on for their forms
+    app.register_blueprint(h5.bp)  # H5 store pages: CSRF stays on for their forms
     app.register_blueprint(console.bp)
     pool_page.connect(console.pool_products_section)  # the products section of a fund pool's page
     csrf.exempt(mp.bp)  # the mini-program API is authenticated by its session token

@@ -10,14 +10,14 @@ def init_app(app: Flask) -> None:
     """Models, callback handlers, console pages and API, click tracking, periodic jobs."""
     from payments.signals import fund_pool_low
     from store.signals import order_moved
-    from templates_msg import api, handlers, jobs, models, tracking, transactional, views  # noqa: F401
+    from templates_msg import api, console, handlers, jobs, models, tracking, transactional  # noqa: F401
     from wechat_service.periodic import declare
 
     # Notices are pushed: the store and payments announce, and this domain sends.
     order_moved.connect(transactional.on_order_moved)
     fund_pool_low.connect(transactional.on_fund_pool_low)
 
-    app.register_blueprint(views.bp)
+    app.register_blueprint(console.bp)
     app.register_blueprint(tracking.bp)  # /t/<token>: a GET redirect, no form
     app.extensions["openapi"].register_blueprint(api.blp)
     # Start due campaigns, recover rows of dead send jobs, resume paused accounts.

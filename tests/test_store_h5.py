@@ -25,8 +25,8 @@ from accounts.models import Subscriber
 from accounts.subscribers import touch
 from store import catalogue, coupons, redemption
 from store import services as store_services
+from store.h5 import safe_next
 from store.models import Order, OrderStatus, PhoneBinding
-from store.views import safe_next
 from tests import helpers
 from tests.console_helpers import page_token
 from wechat_service.dbtypes import utcnow
@@ -532,7 +532,7 @@ def test_redeem_a_code(app: Flask, shop: dict[str, Any], simulator: str) -> None
 
 
 def test_order_states_are_labelled(app: Flask, shop: dict[str, Any], simulator: str) -> None:
-    from store.views import STATUS_LABELS, yuan
+    from store.h5 import STATUS_LABELS, yuan
 
     assert set(STATUS_LABELS) >= {s.value for s in OrderStatus}
     assert [yuan(v) for v in (0, 1, 99, 100, 2990, 123456)] == [

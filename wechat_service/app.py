@@ -87,10 +87,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
 def _init_base(app: Flask) -> None:
     """The base's own parts: its models, the callback endpoint, the inbox job."""
-    from wechat_service import jobs, models, views  # noqa: F401 - models register their tables
+    from wechat_service import endpoints, jobs, models  # noqa: F401 - models register their tables
     from wechat_service.periodic import declare
 
-    app.register_blueprint(views.bp)
+    app.register_blueprint(endpoints.bp)
     # Provider-facing and token-authenticated endpoints carry no browser session: no CSRF token.
-    csrf.exempt(views.bp)
+    csrf.exempt(endpoints.bp)
     declare(app, jobs.requeue_stale_inbox, "high", interval=60)
