@@ -17,7 +17,15 @@ from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
 from accounts import masking, menus, operations, qrcodes, replies, services, staff, subscribers
-from accounts.console import check_url_ids, client_ip, current_access, current_user, load_user, paginate
+from accounts.console import (
+    check_url_ids,
+    client_ip,
+    current_access,
+    current_user,
+    load_user,
+    page_body,
+    paginate,
+)
 from accounts.models import Subscriber
 from accounts.schemas import (
     AccountCreateSchema,
@@ -88,10 +96,6 @@ def _describe(access: acl.Access, account: Any, health: dict[str, Any] | None = 
     return services.describe_account(account, health, secret_tails=access.can(acl.EDIT, account.id))
 
 
-def _page(items: list[Any], page: Any) -> dict[str, Any]:
-    return {"items": items, "page": page.page, "per_page": page.per_page, "total": page.total}
-
-
 @blp.get("/session")
 @blp.response(200, SessionSchema)
 @signed_in
@@ -115,7 +119,7 @@ def overview() -> ResponseReturnValue:
 def account_list(query: dict[str, Any]) -> ResponseReturnValue:
     access = current_access()
     page = paginate(acl.scoped_accounts(access), query["page"], query["per_page"])
-    return _page([_describe(access, a) for a in page.items], page)
+    return page_body([_describe(access, a) for a in page.items], page)
 
 
 @blp.post("/accounts")
@@ -191,7 +195,7 @@ def subscriber_list(query: dict[str, Any], account_id: int) -> ResponseReturnVal
         query["per_page"],
     )
     unmasked = access.unmasked(account.id)
-    return _page([masking.subscriber_view(s, unmasked) for s in page.items], page)
+    return page_body([masking.subscriber_view(s, unmasked) for s in page.items], page)
 
 
 @blp.get("/accounts/<int:account_id>/subscribers/<int:subscriber_id>/events")
@@ -205,7 +209,7 @@ def subscriber_events(query: dict[str, Any], account_id: int, subscriber_id: int
     page = paginate(subscribers.events_of(account.id, sub.id), query["page"], query["per_page"])
     unmasked = access.unmasked(account.id)
     rows = [masking.event_view(e, unmasked) for e in page.items]
-    return _page(rows, page)
+    return page_body(rows, page)
 
 
 @blp.post("/accounts/<int:account_id>/subscribers/<int:subscriber_id>/reveal")
@@ -419,4 +423,4 @@ def audit_list(query: dict[str, Any]) -> ResponseReturnValue:
         query["page"],
         query["per_page"],
     )
-    return _page(list(page.items), page)
+    return page_body(list(page.items), page)

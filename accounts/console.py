@@ -123,6 +123,11 @@ def paginate(query: Any, page: int | None = None, per_page: int = 25) -> Page:
     return Page(items, page, per_page, total)
 
 
+def page_body(items: list[Any], page: Page) -> dict[str, Any]:
+    """A page of an API list: its items (already dumped or dumpable) and where it stands."""
+    return {"items": items, "page": page.page, "per_page": page.per_page, "total": page.total}
+
+
 def console_blueprint(name: str, import_name: str, url_prefix: str = "/console") -> Blueprint:
     """A blueprint of console pages: any page about an account the user cannot see is a 404
     before the view runs, whatever the view does next (one rule for every domain; a domain adds

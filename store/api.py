@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
-from accounts.console import check_url_ids, client_ip, current_access, load_user, paginate
+from accounts.console import check_url_ids, client_ip, current_access, load_user, page_body, paginate
 from payments import refunds
 from store import operations, orders
 from store.schemas import OrderPageSchema, OrderQuerySchema, OrderSchema, RefundSchema
@@ -31,10 +31,6 @@ def _authorise_first() -> None:
     account_id = (request.view_args or {}).get("account_id")
     if account_id is not None:
         acl.account_for(current_access(), account_id, acl.VIEW)
-
-
-def _page(items: list[Any], page: Any) -> dict[str, Any]:
-    return {"items": items, "page": page.page, "per_page": page.per_page, "total": page.total}
 
 
 def _order(order: Any, unmasked: bool) -> dict[str, Any]:
@@ -75,7 +71,7 @@ def order_list(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
     page = paginate(
         orders.search(account.id, q=query["q"], status=query["status"]), query["page"], query["per_page"]
     )
-    return _page([_order(o, access.unmasked(account.id)) for o in page.items], page)
+    return page_body([_order(o, access.unmasked(account.id)) for o in page.items], page)
 
 
 @blp.get("/accounts/<int:account_id>/orders.csv")

@@ -9,7 +9,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
-from accounts.console import check_url_ids, client_ip, current_access, load_user, paginate
+from accounts.console import check_url_ids, client_ip, current_access, load_user, page_body, paginate
 from accounts.schemas import PageQuerySchema
 from templates_msg import operations, reports, services
 from templates_msg.schemas import (
@@ -47,10 +47,6 @@ def _authorise_first() -> None:
         operations.campaign_for(current_access(), args["campaign_id"], acl.VIEW)
 
 
-def _page(items: list[Any], page: Any) -> dict[str, Any]:
-    return {"items": items, "page": page.page, "per_page": page.per_page, "total": page.total}
-
-
 @blp.get("/accounts/<int:account_id>/templates")
 @blp.response(200, TemplateSchema(many=True))
 def template_list(account_id: int) -> ResponseReturnValue:
@@ -84,7 +80,7 @@ def campaign_list(query: dict[str, Any]) -> ResponseReturnValue:
     page = paginate(
         services.campaigns_query(current_access().account_ids()), query["page"], query["per_page"]
     )
-    return _page(list(page.items), page)
+    return page_body(list(page.items), page)
 
 
 @blp.post("/campaigns")
