@@ -17,6 +17,7 @@ from typing import Any
 import redis
 import requests
 import sqlalchemy as sa
+from rq import Worker
 
 from accounts import services as account_services
 from templates_msg import dispatch, services
@@ -138,31 +139,37 @@ def test_sigkilled_worker_mid_batch_loses_and_duplicates_nothing(live: Live) -> 
     live.wait_for(lambda: len(_sent_openids(live, appid)) >= 40, 60, "sending to start")
     live.wait_for(lambda: _statuses(live, cid).get("sending", 0) >= 2, 30, "rows mid-chunk")
 
-    def busy_worker() -> tuple[Any, list[str]] | None:
-        # A worker with a work horse (RQ forks one per job) is inside a job; the other may be idle.
-        for proc in workers:
-            found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-            if found.stdout.split():
-                return proc, found.stdout.split()
+    conn = redis.Redis.from_url(live.env["REDIS_URL"])
+
+    def mid_chunk() -> tuple[Any, list[str], dict[int, str]] | None:
+        # A worker whose current job holds a claim on rows now `sending`: killed there, its job
+        # dies mid-chunk for sure (another worker may be idle, or between claims).
+        sending = _sending_rows(live)
+        for w in Worker.all(connection=conn):
+            job_id = w.get_current_job_id()
+            claim = conn.get(f"tm:batch-claim:{job_id}") if job_id else None
+            rows = {i: c for i, c in sending.items() if claim and c == claim.decode()}
+            proc = next((p for p in workers if p.pid == w.pid), None)
+            if rows and proc is not None:
+                horses = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+                if horses.stdout.split():
+                    return proc, horses.stdout.split(), rows
         return None
 
-    # The worker and its work horse, at once: a SIGKILL leaves no chance to clean up. The horse's
-    # pid is read first — once its parent is dead it is re-parented and `pkill -P` would no
-    # longer find it (it then finished its chunk: nothing to recover).
-    a, horses = live.wait_for(busy_worker, 30, "a worker running a job")
+    # The worker and its work horse (RQ forks one per job), at once: a SIGKILL leaves no chance
+    # to clean up. The horse's pid is read first — once its parent is dead it is re-parented and
+    # `pkill -P` would no longer find it.
+    a, horses, at_kill = live.wait_for(mid_chunk, 30, "a worker mid-chunk")
     os.kill(a.pid, signal.SIGKILL)
     for pid in horses:
         os.kill(int(pid), signal.SIGKILL)
-    # The rows in `sending` at the kill; once the dead job's lease runs out, those under its claim
-    # are the dead job's. Taken at the kill rather than polled later: the surviving worker may
-    # already have recovered them by the time a poll looks.
-    at_kill = _sending_rows(live)
-    conn = redis.Redis.from_url(live.env["REDIS_URL"])
-
-    def dead_claims() -> dict[int, str]:
-        return {i: c for i, c in at_kill.items() if not conn.exists(f"tm:lease:{c}")}
-
-    stuck = live.wait_for(dead_claims, dispatch.LEASE_SECONDS + 15, "the dead job's lease to run out")
+    # Its rows stay `sending` under its claim until the claim's lease runs out; then they are the
+    # dead job's, for recovery to resolve.
+    stuck = live.wait_for(
+        lambda: {} if conn.exists(f"tm:lease:{next(iter(at_kill.values()))}") else at_kill,
+        dispatch.LEASE_SECONDS + 15,
+        "the dead job's lease to run out",
+    )
     live.start("w3", "worker")
     _tick_until_done(live, cid)
     statuses = _exactly_once(live, cid, appid, 600)
