@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -12,6 +13,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from wechat_service.dbtypes import EncryptedText, UTCDateTime, utcnow
 from wechat_service.extensions import db
 from wechat_service.models import BigId, str_enum
+
+CHINA = ZoneInfo("Asia/Shanghai")  # providers' times without a zone are Beijing time
 
 
 class Provider(enum.StrEnum):
@@ -47,9 +50,7 @@ class TxnKind(enum.StrEnum):
 
 def _moved_at(context: Any) -> datetime:
     """Default of ``moved_at``: the provider's own time in the row's raw record (see
-    payments.reconciliation.provider_time_of), else when the row is written."""
-    from payments.reconciliation import provider_time_of
-
+    provider_time_of), else when the row is written."""
     params = context.get_current_parameters()
     return provider_time_of(params.get("raw"), params.get("created_at") or utcnow())
 
@@ -207,3 +208,20 @@ class FundPoolEntry(db.Model):
     balance_after: Mapped[int] = mapped_column(sa.BigInteger)
     note: Mapped[str | None] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def provider_time_of(raw: Any, recorded: datetime) -> datetime:
+    """The provider's time in a raw record (also the default of PaymentTransaction.moved_at)."""
+    raw = raw if isinstance(raw, dict) else {}
+    for key in ("success_time", "gmt_refund_pay", "gmt_payment", "time_end"):
+        value = raw.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            if key == "time_end":  # v2: yyyyMMddHHmmss, Beijing time
+                return datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=CHINA).astimezone(UTC)
+            parsed = datetime.fromisoformat(value)  # v3: RFC 3339; v2 refunds, Alipay: Beijing time
+        except ValueError:
+            continue
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=CHINA)).astimezone(UTC)
+    return recorded

@@ -17,12 +17,11 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
 from payments.models import (
+    CHINA,
     Merchant,
     PaymentTransaction,
     Provider,
@@ -31,6 +30,7 @@ from payments.models import (
     ReconItemKind,
     ReconStatus,
     TxnKind,
+    provider_time_of,
 )
 from payments.providers.wechatpay_v3 import PaymentProviderError
 from wechat_service.errors import InvalidInputError
@@ -39,7 +39,6 @@ from wechat_service.extensions import db
 from wechat_service.money import fen_of
 
 log = logging.getLogger(__name__)
-CHINA = ZoneInfo("Asia/Shanghai")  # statements are cut at midnight Beijing time
 PUBLISHED = time(10, 30)  # providers publish yesterday's statement by 10:00 Beijing time
 REFUSED = ("amount_mismatch",)  # notifications we refused: no money moved on our word
 
@@ -134,23 +133,6 @@ def provider_time(row: PaymentTransaction) -> datetime:
     """When the provider moved the money, from its own record (a payment at 23:59:58 that we
     recorded at 00:00:03 belongs to the earlier day's statement); else when we recorded it."""
     return provider_time_of(row.raw, row.created_at)
-
-
-def provider_time_of(raw: Any, recorded: datetime) -> datetime:
-    """The provider's time in a raw record (also the default of PaymentTransaction.moved_at)."""
-    raw = raw if isinstance(raw, dict) else {}
-    for key in ("success_time", "gmt_refund_pay", "gmt_payment", "time_end"):
-        value = raw.get(key)
-        if not isinstance(value, str) or not value:
-            continue
-        try:
-            if key == "time_end":  # v2: yyyyMMddHHmmss, Beijing time
-                return datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=CHINA).astimezone(UTC)
-            parsed = datetime.fromisoformat(value)  # v3: RFC 3339; v2 refunds, Alipay: Beijing time
-        except ValueError:
-            continue
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=CHINA)).astimezone(UTC)
-    return recorded
 
 
 def _ours(merchant: Merchant) -> sa.Select[tuple[PaymentTransaction]]:

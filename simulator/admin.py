@@ -9,24 +9,13 @@ from typing import Any
 from flask import Blueprint, abort, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from simulator.driver import Target, deliver, event_fields, message_xml
+from simulator.driver import deliver, event_fields, message_xml
 from simulator.state import SimAccount
 from simulator.wechat import state
 
 bp = Blueprint("sim_admin", __name__, url_prefix="/_sim")
 
 ACCOUNT_FIELDS = ("secret", "token", "aes_key", "mode", "callback_url", "original_id", "kind")
-
-
-def target_of(account: SimAccount) -> Target:
-    return Target(
-        appid=account.appid,
-        token=account.token,
-        aes_key=account.aes_key,
-        mode=account.mode,
-        callback_url=account.callback_url,
-        original_id=account.original_id,
-    )
 
 
 def _account(appid: str) -> SimAccount:
@@ -109,7 +98,7 @@ def drive(appid: str) -> ResponseReturnValue:
             account.followers.pop(openid, None)
             at = int(fields.get("CreateTime") or now)
             account.follow_log.append({"at": at, "openid": openid, "kind": "unfollow"})
-    target = target_of(account)
+    target = account.target()
     xml = message_xml(target, openid, fields)
     results = []
     for _ in range(max(1, min(int(data.get("repeat", 1)), 10))):
@@ -323,5 +312,5 @@ def subscribe_popup(appid: str) -> ResponseReturnValue:
         "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe_msg_popup_event]]></Event>"
         f"<SubscribeMsgPopupEvent>{items}</SubscribeMsgPopupEvent></xml>"
     )
-    delivery = deliver(target_of(account), xml, openid)
+    delivery = deliver(account.target(), xml, openid)
     return jsonify({"openid": openid, **delivery.as_dict()})

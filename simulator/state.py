@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from simulator.driver import Target
+
 TOKEN_TTL = 7200
 TOKEN_OVERLAP = 300  # cgi-bin/token keeps the previous token valid this long
 
@@ -76,6 +78,18 @@ class SimAccount:
                 return fault
         self.faults = [f for f in self.faults if f.get("remaining", 1) > 0]
         return None
+
+    def target(self) -> Target:
+        """How the simulator reaches the service as this account (callback URL, keys, mode)."""
+        return Target(
+            appid=self.appid,
+            token=self.token,
+            aes_key=self.aes_key,
+            mode=self.mode,
+            callback_url=self.callback_url,
+            original_id=self.original_id,
+        )
+
 
 
 class SimState:

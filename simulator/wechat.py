@@ -380,10 +380,9 @@ def template_send() -> ResponseReturnValue:
         cfg["reports_sent"][status] = cfg["reports_sent"].get(status, 0) + 1
     _after_accept(cfg)
     # WeChat reports delivery later, as a TEMPLATESENDJOBFINISH callback.
-    from simulator.admin import target_of
     from simulator.driver import deliver, event_fields, message_xml
 
-    target = target_of(account)
+    target = account.target()
     if target.callback_url and cfg["reports"] == "on":
         fields = event_fields("template_finish", {"msgid": msgid, "status": status}, msgid)
         xml = message_xml(target, touser, fields)

@@ -43,7 +43,7 @@ from templates_msg.models import (
 )
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
-from wechat_service.extensions import after_commit, db, get_queue, get_redis
+from wechat_service.extensions import db, get_queue, get_redis
 from wechat_service.gateway import (
     BadTemplateError,
     BusyError,
@@ -176,41 +176,6 @@ def give_back_budget(account_id: int, n: int) -> None:
         get_redis().decrby(f"tm:budget:{account_id}:{day}", n)
 
 
-# -- signals to running jobs, and scheduled starts, after commit ------------------------------------
-
-HALT = "tm:halt:{}"
-
-
-def signal_after_commit(campaign_id: int, state: str) -> None:
-    """Tell running send jobs of the campaign's new state once it commits (the last state of the
-    transaction wins); nothing is told if the transaction rolls back."""
-    after_commit(lambda: _signal_jobs(campaign_id, state), key=("campaign_signal", campaign_id))
-
-
-def start_after_commit(campaign_id: int, at: datetime) -> None:
-    """Have RQ's scheduler start the campaign at ``at``, once the approval commits."""
-    after_commit(lambda: _schedule_start(campaign_id, at))
-
-
-def _signal_jobs(campaign_id: int, state: str) -> None:
-    try:
-        conn = get_redis()
-        if state in ("paused", "cancelled", "failed", "completed"):
-            conn.set(HALT.format(campaign_id), state, ex=7 * 86400)
-        else:
-            conn.delete(HALT.format(campaign_id))
-    except redis.RedisError:
-        log.warning("redis unavailable: running jobs see the change at their next chunk")
-
-
-def _schedule_start(campaign_id: int, at: datetime) -> None:
-
-    try:
-        get_queue("default").enqueue_at(at, "templates_msg.jobs.start_campaign", campaign_id)
-    except redis.RedisError:
-        log.warning("redis unavailable: the cron tick starts campaign %s when due", campaign_id)
-
-
 # -- planning --------------------------------------------------------------------------------------
 
 
@@ -314,7 +279,7 @@ def _job_id(campaign_id: int, account_id: int, batch_no: int) -> str:
 
 def _halted(campaign_id: int) -> bool:
     try:
-        return get_redis().exists(HALT.format(campaign_id)) == 1
+        return get_redis().exists(services.HALT.format(campaign_id)) == 1
     except redis.RedisError:
         return False
 
@@ -629,7 +594,7 @@ def _send_chunk(
     api = client(account_id, apis)
     results: list[tuple[Any, Outcome]] = []
     action = None
-    halt_key = HALT.format(campaign.id)
+    halt_key = services.HALT.format(campaign.id)
     lease = f"tm:lease:{claim_id}"
     used = 0
     for i, row in enumerate(rows):

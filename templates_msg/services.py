@@ -6,10 +6,12 @@ Services take plain arguments and never read the request; callers commit.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 
 from accounts.models import Account, Subscriber, SubscriberTag
@@ -26,11 +28,13 @@ from templates_msg.models import (
 )
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
-from wechat_service.extensions import db
+from wechat_service.extensions import after_commit, db, get_queue, get_redis
 
 # -- templates -------------------------------------------------------------------------------------
 
 _FIELD = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*)\.DATA\s*\}\}")
+
+log = logging.getLogger(__name__)
 
 
 def parse_fields(content: str) -> list[dict[str, str]]:
@@ -359,9 +363,7 @@ def _event(
 def _signal(campaign_id: int, target: CampaignState) -> None:
     """After commit, tell running send jobs at once (they check this Redis flag per message; the
     database state, read at every chunk, stays the truth when Redis forgets)."""
-    from templates_msg import dispatch
-
-    dispatch.signal_after_commit(campaign_id, target.value)
+    signal_after_commit(campaign_id, target.value)
 
 
 def submit(campaign_id: int, actor_id: int) -> Campaign:
@@ -422,9 +424,7 @@ def approve(campaign_id: int, actor_id: int) -> Campaign:
         enqueue_after_commit("default", "templates_msg.jobs.start_campaign", campaign_id)
     else:
         # RQ's scheduler (in every worker) starts it on time; the cron tick is the safety net.
-        from templates_msg import dispatch
-
-        dispatch.start_after_commit(campaign_id, campaign.scheduled_at)
+        start_after_commit(campaign_id, campaign.scheduled_at)
     return campaign
 
 
@@ -588,3 +588,38 @@ def audience(
     sampled = total * sample_pct // 100
     control = sampled * control_pct // 100
     return {"matching": total, "sampled": sampled, "control": control, "recipients": sampled - control}
+
+
+# -- signals to running jobs, and scheduled starts, after commit ------------------------------------
+
+HALT = "tm:halt:{}"
+
+
+def signal_after_commit(campaign_id: int, state: str) -> None:
+    """Tell running send jobs of the campaign's new state once it commits (the last state of the
+    transaction wins); nothing is told if the transaction rolls back."""
+    after_commit(lambda: _signal_jobs(campaign_id, state), key=("campaign_signal", campaign_id))
+
+
+def start_after_commit(campaign_id: int, at: datetime) -> None:
+    """Have RQ's scheduler start the campaign at ``at``, once the approval commits."""
+    after_commit(lambda: _schedule_start(campaign_id, at))
+
+
+def _signal_jobs(campaign_id: int, state: str) -> None:
+    try:
+        conn = get_redis()
+        if state in ("paused", "cancelled", "failed", "completed"):
+            conn.set(HALT.format(campaign_id), state, ex=7 * 86400)
+        else:
+            conn.delete(HALT.format(campaign_id))
+    except redis.RedisError:
+        log.warning("redis unavailable: running jobs see the change at their next chunk")
+
+
+def _schedule_start(campaign_id: int, at: datetime) -> None:
+
+    try:
+        get_queue("default").enqueue_at(at, "templates_msg.jobs.start_campaign", campaign_id)
+    except redis.RedisError:
+        log.warning("redis unavailable: the cron tick starts campaign %s when due", campaign_id)

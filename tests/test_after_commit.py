@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from flask import Flask
 from redis import Redis
 
-from templates_msg import dispatch, services
+from templates_msg import services
 from templates_msg.models import CampaignState
 from wechat_service.extensions import after_commit, db, get_queue
 
@@ -40,7 +40,7 @@ def test_same_key_keeps_the_last(app: Flask) -> None:
 
 
 def test_a_campaign_signal_of_a_rolled_back_transaction_is_never_sent(app: Flask, redis_conn: Redis) -> None:
-    halt = dispatch.HALT.format(4242)
+    halt = services.HALT.format(4242)
     services._signal(4242, CampaignState.paused)  # what pause() queues for the running jobs
     _some_write()
     db.session.rollback()  # … but the pause did not happen

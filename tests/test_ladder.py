@@ -23,8 +23,8 @@ from tests.ladder import Report, format_text, main, measure
 MAX_CLIMBING_IMPORTS = 6
 MAX_OTHER_DOMAIN_MODEL_IMPORTS = 21  # counted per name: `from store.models import A, B` is 2
 MAX_CROSS_PACKAGE_LOOPS = 1
-MAX_FUNCTION_LEVEL_PROJECT_IMPORTS = 169  # import statements inside functions
-MAX_UNCOMMENTED_FUNCTION_LEVEL_PROJECT_IMPORTS = 149
+MAX_FUNCTION_LEVEL_PROJECT_IMPORTS = 164  # import statements inside functions
+MAX_UNCOMMENTED_FUNCTION_LEVEL_PROJECT_IMPORTS = 145
 
 ROOT = Path(__file__).resolve().parent.parent
 

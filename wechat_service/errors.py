@@ -70,8 +70,8 @@ def register_error_page(prefix: str, render: Callable[[int], Any]) -> None:
 
 # Outside systems (WeChat, the BOSS, payment providers) fail in their own exception types; each is
 # registered here with its name, so their failure is a 502 (it answered with an error) or a 503
-# (unreachable, busy, timed out: try later) in the one error shape — never a 500. The base
-# registers WeChat and transport errors; the store and payments register theirs on import.
+# (unreachable, busy, timed out: try later) in the one error shape — never a 500. Each gateway
+# registers its own types on import: the WeChat gateway, the BOSS, the payment providers.
 UPSTREAM_ERRORS: list[tuple[type[BaseException], str, Callable[[Any], bool]]] = []
 
 
@@ -90,19 +90,6 @@ def upstream_error(exc: BaseException) -> tuple[int, dict[str, Any]] | None:
                 return 503, error_body("upstream_unavailable", f"{system} is unavailable; try again later")
             return 502, error_body("upstream_error", f"{system} refused the request")
     return None
-
-
-def _register_base_upstreams() -> None:
-    import requests
-    from wechatpy.exceptions import WeChatClientException
-
-    from wechat_service import gateway
-
-    if any(t is WeChatClientException for t, _, _ in UPSTREAM_ERRORS):
-        return
-    register_upstream_error(requests.RequestException, "an outside system")
-    transient = (gateway.UnreachableError, gateway.BusyError, gateway.RateLimitedError, gateway.TokenError)
-    register_upstream_error(WeChatClientException, "WeChat", lambda exc: isinstance(exc, transient))
 
 
 def _wants_page() -> bool:
@@ -139,8 +126,6 @@ def register_error_handlers(app: Flask) -> None:
         resp = jsonify(error_body(code, exc.description or exc.name))
         resp.status_code = exc.code or 500
         return resp
-
-    _register_base_upstreams()
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from flask import current_app
 from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatClientException
 
+from wechat_service.errors import register_upstream_error
 from wechat_service.extensions import get_redis
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,14 @@ class ConfigurationError(WeChatAPIError):
 class InvalidCodeError(WeChatAPIError):
     """40029 invalid js_code, 40163 code already used."""
 
+
+# A failure of WeChat (or of the network to any outside system) is a 502/503 in the error shape.
+register_upstream_error(requests.RequestException, "an outside system")
+register_upstream_error(
+    WeChatClientException,
+    "WeChat",
+    lambda exc: isinstance(exc, (UnreachableError, BusyError, RateLimitedError, TokenError)),
+)
 
 ERROR_CLASSES: dict[int, type[WeChatAPIError]] = {
     -1: BusyError,
