@@ -92,12 +92,20 @@ def generate(conn: psycopg.Connection, sealed_secret: str) -> dict[str, int]:
         (
             "orders",
             f"""INSERT INTO orders (id, account_id, subscriber_id, product_id, client_key, out_trade_no,
-            amount_fen, phone, provider, status, discount_fen, refunded_fen, created_at, paid_at)
+            amount_fen, phone, provider, status, discount_fen, created_at, paid_at)
             SELECT i, 1 + sid % {ACCOUNTS}, sid, 1 + sid % {ACCOUNTS}, 'k' || i, 'T' || i, 1000 + (i % 50) * 100,
-                   'x', 'wechatpay_v3', 'fulfilled', 0, 0, t, t + interval '20 seconds'
+                   'x', 'wechatpay_v3', 'fulfilled', 0, t, t + interval '20 seconds'
             FROM (SELECT i, 1 + (i::bigint * 15485863) % {SUBSCRIBERS} AS sid,
                          {s} + make_interval(secs => (i::float8 / {ORDERS}) * {SPAN_S}) AS t
                   FROM generate_series(1, {ORDERS}) i) g""",
+        ),
+        (
+            "payment intents",
+            """INSERT INTO payment_intents (id, account_id, provider, out_trade_no, amount_fen, refunded_fen,
+            payer_id, purpose, state, provider_txn_id, created_at, expires_at, succeeded_at)
+            SELECT id, account_id, 'wechatpay_v3', out_trade_no, amount_fen, 0, subscriber_id, 'order:' || id,
+                   'succeeded', 'P' || id, created_at, created_at + interval '30 minutes', paid_at
+            FROM orders""",
         ),
         (
             "order events",
@@ -106,7 +114,7 @@ def generate(conn: psycopg.Connection, sealed_secret: str) -> dict[str, int]:
         ),
         (
             "payments",
-            """INSERT INTO payment_transactions (id, account_id, order_id, provider, kind, provider_txn_id,
+            """INSERT INTO payment_transactions (id, account_id, intent_id, provider, kind, provider_txn_id,
             amount_fen, status, raw, created_at, moved_at)
             SELECT id, account_id, id, 'wechatpay_v3', 'payment', 'P' || id, amount_fen, 'SUCCESS', '{}', paid_at,
                    paid_at
@@ -114,7 +122,7 @@ def generate(conn: psycopg.Connection, sealed_secret: str) -> dict[str, int]:
         ),
         (
             "refunds",
-            f"""INSERT INTO payment_transactions (id, account_id, order_id, provider, kind, provider_txn_id,
+            f"""INSERT INTO payment_transactions (id, account_id, intent_id, provider, kind, provider_txn_id,
             amount_fen, status, raw, created_at, moved_at)
             SELECT {ORDERS} + id, account_id, id, 'wechatpay_v3', 'refund', 'R' || id, amount_fen / 2, 'SUCCESS',
                    '{{}}', paid_at + interval '35 days', paid_at + interval '35 days'
@@ -217,7 +225,7 @@ def main() -> None:
         conn.execute(f"""INSERT INTO inquiries (account_id, subscriber_id, kind, source, outcome, at)
             SELECT 1 + i % {ACCOUNTS}, 1 + i % {ACCOUNTS}, 'balance', 'chat', 'answered', now()
             FROM generate_series(1, 200) i""")
-        conn.execute("""INSERT INTO payment_transactions (account_id, order_id, provider, kind, provider_txn_id,
+        conn.execute("""INSERT INTO payment_transactions (account_id, intent_id, provider, kind, provider_txn_id,
             amount_fen, status, raw, created_at, moved_at)
             SELECT account_id, id, 'wechatpay_v3', 'payment', 'N' || id, amount_fen, 'SUCCESS', '{}', now(), now()
             FROM orders WHERE id <= 100""")

@@ -121,7 +121,7 @@ def main() -> None:
         with psycopg.connect(db_url) as conn:
             payments = conn.execute("select count(*) from payment_transactions").fetchone()[0]
             distinct_orders = conn.execute(
-                "select count(distinct order_id) from payment_transactions"
+                "select count(distinct intent_id) from payment_transactions"
             ).fetchone()[0]
             fulfilments = conn.execute("select count(*) from fulfilments").fetchone()[0]
             paid = conn.execute("select count(*) from orders where status <> 'pending_payment'").fetchone()[0]

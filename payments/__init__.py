@@ -16,6 +16,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(endpoints.bp)
     csrf.exempt(endpoints.bp)  # providers' notifications carry their own signatures, no browser session
     app.register_blueprint(console.bp)
+    declare(app, jobs.sweep_payments, "default", interval=60)
     declare(app, jobs.sweep_refunds, "default", interval=120, job_timeout=300)
     # Hourly: it starts once yesterday's statements are published (10:30 Beijing time) and
     # retries merchants whose statement was not there yet; a finished day is not run again.

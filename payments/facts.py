@@ -15,10 +15,10 @@ from payments.models import PaymentTransaction, TxnKind
 from wechat_service.facts import COUNT, Bucket, Feed
 
 T = PaymentTransaction
-# Money for an unknown order or of a wrong amount is an anomaly (sent back, or refused): not revenue.
-_PAYMENT = sa.and_(T.kind == TxnKind.payment, T.anomaly.is_(None), T.order_id.is_not(None))
+# Money for an unknown trade number or of a wrong amount is an anomaly (sent back, or refused): not revenue.
+_PAYMENT = sa.and_(T.kind == TxnKind.payment, T.anomaly.is_(None), T.intent_id.is_not(None))
 _REFUND = sa.and_(
-    T.kind == TxnKind.refund, T.anomaly.is_(None), T.order_id.is_not(None), T.status == "SUCCESS"
+    T.kind == TxnKind.refund, T.anomaly.is_(None), T.intent_id.is_not(None), T.status == "SUCCESS"
 )
 
 

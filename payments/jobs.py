@@ -14,6 +14,13 @@ def sweep_refunds() -> dict[str, int]:
     return refunds.sweep()
 
 
+def sweep_payments() -> dict[str, int]:
+    """Cron: payments still pending after two minutes are asked about; expired ones are closed."""
+    from payments import services
+
+    return services.sweep_pending()
+
+
 def reconcile_day(bill_date: str | None = None) -> dict[str, int]:
     """Cron (daily, after the providers publish yesterday's statements): every merchant."""
     from payments import reconciliation

@@ -1,4 +1,5 @@
-"""Payment tables: merchants (keys encrypted at rest), provider transactions, raw notifications."""
+"""Payment tables: merchants (keys encrypted at rest), payment intents, provider transactions and
+refunds (raw payloads kept), reconciliation runs, fund pools."""
 
 from __future__ import annotations
 
@@ -43,6 +44,41 @@ class Merchant(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class IntentState(enum.StrEnum):
+    pending = "pending"  # waiting for the payer
+    succeeded = "succeeded"  # the provider took the money (also after a close: then refunded)
+    closed = "closed"  # unpaid and closed, here and at the provider
+
+
+class PaymentIntent(db.Model):
+    """What someone above payments asked to be paid: an amount, a payer, a provider and an opaque
+    ``purpose`` (``order:123``) that only the asking domain reads. Notifications, queries, closing
+    and refunds are checked against it; its state moves by conditional UPDATE, once."""
+
+    __tablename__ = "payment_intents"
+    __table_args__ = (
+        sa.CheckConstraint("amount_fen > 0", name="amount_positive"),
+        sa.CheckConstraint("refunded_fen >= 0 AND refunded_fen <= amount_fen", name="refund_within_amount"),
+        sa.Index("ix_payment_intents_state_created", "state", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[Provider] = mapped_column(str_enum(Provider, 16))
+    out_trade_no: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    amount_fen: Mapped[int]
+    refunded_fen: Mapped[int] = mapped_column(default=0)  # reserved by refunds asked or done
+    payer_id: Mapped[int | None] = mapped_column(sa.ForeignKey("subscribers.id", ondelete="SET NULL"))
+    purpose: Mapped[str] = mapped_column(sa.String(64), index=True)
+    state: Mapped[IntentState] = mapped_column(str_enum(IntentState, 16), default=IntentState.pending)
+    provider_txn_id: Mapped[str | None] = mapped_column(sa.String(64))
+    prepay_id: Mapped[str | None] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    succeeded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class TxnKind(enum.StrEnum):
     payment = "payment"
     refund = "refund"
@@ -66,7 +102,8 @@ class PaymentTransaction(db.Model):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"), index=True)
+    # None: money for a trade number we never issued (an anomaly, sent back).
+    intent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("payment_intents.id"), index=True)
     provider: Mapped[Provider] = mapped_column(str_enum(Provider, 16))
     kind: Mapped[TxnKind] = mapped_column(str_enum(TxnKind, 16))
     provider_txn_id: Mapped[str] = mapped_column(sa.String(64))
@@ -95,8 +132,8 @@ class Refund(db.Model):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    # None: money the provider took for an order we do not know (an anomaly), sent straight back.
-    order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"), index=True)
+    # None: money the provider took for a trade number we do not know (an anomaly), sent straight back.
+    intent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("payment_intents.id"), index=True)
     provider: Mapped[Provider] = mapped_column(str_enum(Provider, 16))
     out_trade_no: Mapped[str] = mapped_column(sa.String(64))
     total_fen: Mapped[int]  # what was paid (the providers want it with every refund)

@@ -1,10 +1,11 @@
 """Refunds, full and partial, through every provider.
 
 Each refund has its own number, and a provider treats a resend under the same number as the same
-refund, so asking again is always safe. The amount is reserved on the order (never beyond what was
-paid, by a conditional UPDATE) and committed before the provider is asked. A refund ends by the
-provider's answer, its refund notification, or the sweep's query — whichever comes first; the
-others find it finished (a conditional transition out of ``processing``).
+refund, so asking again is always safe. The amount is reserved on the payment intent (never beyond
+what was paid, by a conditional UPDATE) and committed before the provider is asked. A refund ends by
+the provider's answer, its refund notification, or the sweep's query — whichever comes first; the
+others find it finished (a conditional transition out of ``processing``). How it ended is announced
+(``payments.signals.refund_settled``) inside the transaction that records it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from payments.models import Merchant, Provider, Refund, RefundStatus, TxnKind
+from payments import intents, ledger, signals
+from payments.models import Merchant, PaymentIntent, Provider, Refund, RefundStatus, TxnKind
 from payments.providers.wechatpay_v3 import PaymentProviderError
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
@@ -32,23 +34,22 @@ def full_refund_no(out_trade_no: str) -> str:
 
 
 def request(
-    order: Any, amount_fen: int, reason: str, *, out_refund_no: str, requested_by: int | None = None
+    ref: intents.Ref, amount_fen: int, reason: str, *, out_refund_no: str, requested_by: int | None = None
 ) -> Refund:
     """Create the refund (or find it, if this number was asked before), reserve the amount on the
-    order, commit, then ask the provider."""
-    from store import orders
-
+    intent, commit, then ask the provider."""
     if amount_fen <= 0:
         raise InvalidInputError("the refund amount must be positive", fields={"amount": ["invalid"]})
+    intent = intents.of(ref)
     inserted = upsert(
         Refund,
         [
             {
-                "account_id": order.account_id,
-                "order_id": order.id,
-                "provider": Provider(order.provider),
-                "out_trade_no": order.out_trade_no,
-                "total_fen": order.amount_fen,
+                "account_id": intent.account_id,
+                "intent_id": intent.id,
+                "provider": intent.provider,
+                "out_trade_no": intent.out_trade_no,
+                "total_fen": intent.amount_fen,
                 "out_refund_no": out_refund_no,
                 "amount_fen": amount_fen,
                 "reason": reason[:200],
@@ -61,7 +62,7 @@ def request(
         conflict=["out_refund_no"],
         returning=["id"],
     )
-    if inserted and not orders.reserve_refund(order.id, amount_fen):
+    if inserted and not intents.reserve_refund(intent.id, amount_fen):
         db.session.rollback()
         raise InvalidInputError(
             "that is more than what is left to refund on this order", fields={"amount": ["too large"]}
@@ -76,26 +77,28 @@ def request(
     return refund
 
 
-def refund_full(order: Any, reason: str) -> Refund | None:
-    """The whole remaining amount, under the order's one full-refund number (None: nothing left)."""
-    existing = _by_number(full_refund_no(order.out_trade_no))
+def refund_full(ref: intents.Ref, reason: str) -> Refund | None:
+    """The whole remaining amount, under the intent's one full-refund number (None: nothing left)."""
+    intent = intents.of(ref)
+    existing = _by_number(full_refund_no(intent.out_trade_no))
     if existing is not None:
         ask(existing)
         return existing
-    remaining = order.amount_fen - order.refunded_fen
+    remaining = intent.amount_fen - intent.refunded_fen
     if remaining <= 0:
         return None
-    return request(order, remaining, reason, out_refund_no=full_refund_no(order.out_trade_no))
+    return request(intent, remaining, reason, out_refund_no=full_refund_no(intent.out_trade_no))
 
 
-def partial(order: Any, amount_fen: int, reason: str, staff_user_id: int) -> Refund:
-    """A staff refund of part of a paid order; numbered per order, so two staff clicking at once
+def partial(ref: intents.Ref, amount_fen: int, reason: str, staff_user_id: int) -> Refund:
+    """A staff refund of part of a payment; numbered per intent, so two staff clicking at once
     ask for one refund, not two."""
-    count = db.session.scalar(sa.select(sa.func.count()).where(Refund.order_id == order.id)) or 0
-    number = f"RP{order.out_trade_no[2:]}{count + 1:02d}"[:64]
+    intent = intents.of(ref)
+    count = db.session.scalar(sa.select(sa.func.count()).where(Refund.intent_id == intent.id)) or 0
+    number = f"RP{intent.out_trade_no[2:]}{count + 1:02d}"[:64]
     if _by_number(number) is not None:
         raise ConflictError("another refund of this order was just asked for; reload the page")
-    return request(order, amount_fen, reason, out_refund_no=number, requested_by=staff_user_id)
+    return request(intent, amount_fen, reason, out_refund_no=number, requested_by=staff_user_id)
 
 
 def refund_unknown_payment(merchant: Merchant, out_trade_no: str, amount_fen: int, txn_id: str) -> None:
@@ -106,7 +109,7 @@ def refund_unknown_payment(merchant: Merchant, out_trade_no: str, amount_fen: in
         [
             {
                 "account_id": merchant.account_id,
-                "order_id": None,
+                "intent_id": None,
                 "provider": merchant.provider,
                 "out_trade_no": out_trade_no,
                 "total_fen": amount_fen,
@@ -176,10 +179,7 @@ def ask(refund: Refund | None) -> RefundStatus | None:
 
 
 def settle(refund: Refund, status: str, provider_refund_id: str, raw: dict[str, Any]) -> RefundStatus:
-    """Apply the provider's word on a refund, once, and commit."""
-    from payments.services import _record
-    from store import orders
-
+    """Apply the provider's word on a refund, once, announce it, and commit."""
     if status == "SUCCESS":
         moved = db.session.execute(
             sa.update(Refund)
@@ -191,9 +191,9 @@ def settle(refund: Refund, status: str, provider_refund_id: str, raw: dict[str, 
             )
         ).rowcount
         if moved:
-            _record(
+            ledger.record(
                 refund.account_id,
-                refund.order_id,
+                refund.intent_id,
                 TxnKind.refund,
                 provider_refund_id or refund.out_refund_no,
                 refund.amount_fen,
@@ -201,12 +201,7 @@ def settle(refund: Refund, status: str, provider_refund_id: str, raw: dict[str, 
                 raw,
                 provider_name=refund.provider,
             )
-            if refund.order_id is not None:
-                orders.refund_settled(
-                    refund.order_id,
-                    refund.amount_fen,
-                    full=refund.out_refund_no == full_refund_no(refund.out_trade_no),
-                )
+            _announce(refund, succeeded=True)
     elif status in FINAL_FAILURES:
         moved = db.session.execute(
             sa.update(Refund)
@@ -217,11 +212,30 @@ def settle(refund: Refund, status: str, provider_refund_id: str, raw: dict[str, 
             # ABNORMAL: the payer's card refused it (WeChat Pay keeps the money for a manual
             # refund); CLOSED: it never happened. Either way staff must act: the order stays as is.
             log.error("refund %s ended %s at the provider", refund.out_refund_no, status)
-            if refund.order_id is not None:
-                orders.release_refund(refund.order_id, refund.amount_fen, status)
+            if refund.intent_id is not None:
+                intents.release_refund(refund.intent_id, refund.amount_fen)
+            _announce(refund, succeeded=False, why=status)
     db.session.commit()
     db.session.refresh(refund)
     return refund.status
+
+
+def _announce(refund: Refund, *, succeeded: bool, why: str = "") -> None:
+    """Tell the domain that asked for the payment, inside this transaction."""
+    intent = db.session.get(PaymentIntent, refund.intent_id) if refund.intent_id is not None else None
+    if intent is None:
+        return  # money for an unknown trade number: nobody above to tell
+    signals.refund_settled.send(
+        "payments",
+        event=signals.RefundEvent(
+            intent_id=intent.id,
+            purpose=intent.purpose,
+            amount_fen=refund.amount_fen,
+            succeeded=succeeded,
+            full=refund.out_refund_no == full_refund_no(refund.out_trade_no),
+            why=why,
+        ),
+    )
 
 
 def notified(
@@ -234,8 +248,6 @@ def notified(
     raw: dict[str, Any],
 ) -> bool:
     """A verified refund notification. False: it does not match our refund (recorded, not applied)."""
-    from payments.services import _record
-
     refund = db.session.scalar(
         sa.select(Refund).where(
             Refund.out_refund_no == out_refund_no, Refund.account_id == merchant.account_id
@@ -243,9 +255,9 @@ def notified(
     )
     if refund is None or amount != refund.amount_fen:
         if amount > 0 and provider_refund_id:
-            _record(
+            ledger.record(
                 merchant.account_id,
-                refund.order_id if refund else None,
+                refund.intent_id if refund else None,
                 TxnKind.refund,
                 provider_refund_id,
                 amount,
@@ -296,5 +308,13 @@ def sweep(limit: int = 100) -> dict[str, int]:
     return counts
 
 
-def of_order(order_id: int) -> list[Refund]:
-    return list(db.session.scalars(sa.select(Refund).where(Refund.order_id == order_id).order_by(Refund.id)))
+def of(ref: intents.Ref) -> list[Refund]:
+    """The refunds of one payment, oldest first."""
+    intent = intents.of(ref)
+    return list(
+        db.session.scalars(sa.select(Refund).where(Refund.intent_id == intent.id).order_by(Refund.id))
+    )
+
+
+def all_succeeded(ref: intents.Ref) -> bool:
+    return all(r.status is RefundStatus.success for r in of(ref))

@@ -1,21 +1,24 @@
-"""Payments: merchants, the provider for an account, notifications applied exactly once, refunds.
+"""Payments: merchants, the provider for an account, notifications applied exactly once.
 
-A notification is verified before it is parsed, checked against the order (merchant, appid, the
-exact amount in fen), recorded raw, and applied idempotently: the provider's transaction id is
-unique, and the order's transition is conditional — fifty copies at once have one effect. A
-payment for an order that is unknown or already closed is recorded as an anomaly and refunded.
+A notification is verified before it is parsed, checked against its payment intent (merchant,
+appid, the exact amount in fen), recorded raw, and applied idempotently: the provider's
+transaction id is unique, and the intent's transition is conditional — fifty copies at once have
+one effect. A payment for a trade number we never issued is recorded as an anomaly and refunded;
+one for a closed intent is refunded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from flask import current_app
 
-from payments.models import Merchant, PaymentTransaction, Provider, TxnKind
+from payments import intents, ledger, refunds
+from payments.models import IntentState, Merchant, PaymentIntent, PaymentTransaction, Provider, TxnKind
 from payments.providers.alipay import (
     PAID_STATES,
     AlipayProvider,
@@ -227,84 +230,44 @@ def _build_provider(merchant: Merchant, cfg: Any) -> Any:
 
 
 def prepay(
-    order: Any, openid: str, description: str, client_ip: str = "127.0.0.1", return_url: str | None = None
+    ref: intents.Ref,
+    openid: str,
+    description: str,
+    client_ip: str = "127.0.0.1",
+    return_url: str | None = None,
 ) -> dict[str, Any]:
-    """What the client needs to pay: JSAPI parameters (WeChat Pay), or the wap pay URL (Alipay,
-    which sends the browser to ``return_url`` afterwards)."""
-    if order.provider == Provider.alipay.value:
-        url = provider(merchant_for(order.account_id, "alipay")).wap_pay_url(
-            out_trade_no=order.out_trade_no,
-            amount_fen=order.amount_fen,
+    """What the client needs to pay an intent: JSAPI parameters (WeChat Pay), or the wap pay URL
+    (Alipay, which sends the browser to ``return_url`` afterwards)."""
+    intent = intents.of(ref)
+    if intent.provider is Provider.alipay:
+        url = provider(merchant_for(intent.account_id, "alipay")).wap_pay_url(
+            out_trade_no=intent.out_trade_no,
+            amount_fen=intent.amount_fen,
             subject=description,
             return_url=return_url,
         )
         return {"provider": "alipay", "url": url}
-    from store.orders import PAY_TIMEOUT
-
-    client = provider(merchant_for(order.account_id, order.provider))
-    extra: dict[str, Any] = {"expires_at": order.created_at + PAY_TIMEOUT}
-    if order.provider == Provider.wechatpay_v2.value:
-        extra.update(client_ip=client_ip, starts_at=order.created_at)
+    client = provider(merchant_for(intent.account_id, intent.provider.value))
+    extra: dict[str, Any] = {"expires_at": intent.expires_at}
+    if intent.provider is Provider.wechatpay_v2:
+        extra.update(client_ip=client_ip, starts_at=intent.created_at)
     params = client.jsapi(
-        out_trade_no=order.out_trade_no,
-        amount_fen=order.amount_fen,
+        out_trade_no=intent.out_trade_no,
+        amount_fen=intent.amount_fen,
         openid=openid,
         description=description,
         **extra,
     )
-    order.prepay_id = params["prepay_id"]
+    intent.prepay_id = params["prepay_id"]
     return params
-
-
-def _record(
-    account_id: int,
-    order_id: int | None,
-    kind: TxnKind,
-    txn_id: str,
-    amount_fen: int,
-    status: str,
-    raw: dict[str, Any],
-    anomaly: str | None = None,
-    provider_name: Provider = Provider.wechatpay_v3,
-) -> bool:
-    """One row per provider id; False if that id was already recorded (a duplicate).
-
-    INSERT … ON CONFLICT DO NOTHING rather than a savepoint: on SQLite (pysqlite's default
-    transaction handling) a savepoint's RELEASE can commit the row on its own."""
-    from wechat_service.dbutil import upsert
-
-    inserted = upsert(
-        PaymentTransaction,
-        [
-            {
-                "account_id": account_id,
-                "order_id": order_id,
-                "provider": provider_name,
-                "kind": kind,
-                "provider_txn_id": txn_id,
-                "amount_fen": amount_fen,
-                "status": status,
-                "anomaly": anomaly,
-                "raw": raw,
-                "created_at": utcnow(),
-            }
-        ],
-        conflict=["provider", "kind", "provider_txn_id"],
-        returning=["id"],
-    )
-    return bool(inserted)
 
 
 def _apply_payment(
     merchant: Merchant, out_trade_no: str, txn_id: str, amount: int, status: str, raw: dict[str, Any]
 ) -> bool:
-    """Record a verified payment and apply it to its order, once. False: the amount does not match
-    the order (recorded as an anomaly, nothing changed). Money for an order we do not know, or one
-    already closed, is recorded as an anomaly and sent back."""
-    from payments import refunds
-    from store import orders
-    from store.models import Order, OrderStatus
-
+    """Record a verified payment and apply it to its intent, once, and commit. False: the amount
+    does not match the intent (recorded as an anomaly, nothing changed). Money for a trade number
+    we never issued is recorded as an anomaly and sent back; money for a closed intent is sent back."""
     seen = (
         sa.select(PaymentTransaction.id)
         .where(
@@ -314,44 +277,48 @@ def _apply_payment(
         )
         .exists()
     )
-    # The order and whether this payment is already on record, in one round trip.
+    # The intent and whether this payment is already on record, in one round trip.
     found = db.session.execute(
-        sa.select(Order, seen).where(
-            Order.out_trade_no == out_trade_no, Order.account_id == merchant.account_id
+        sa.select(PaymentIntent, seen).where(
+            PaymentIntent.out_trade_no == out_trade_no, PaymentIntent.account_id == merchant.account_id
         )
     ).first()
-    order, recorded = (found[0], bool(found[1])) if found else (None, False)
-    if order is not None and amount != order.amount_fen:
+    intent, recorded = (found[0], bool(found[1])) if found else (None, False)
+    if intent is not None and amount != intent.amount_fen:
         # Tampered or wrong: record it for the operator, change nothing, and say FAIL.
-        _record(
-            merchant.account_id, order.id, TxnKind.payment, txn_id, amount, status, raw,
+        ledger.record(
+            merchant.account_id, intent.id, TxnKind.payment, txn_id, amount, status, raw,
             anomaly="amount_mismatch", provider_name=merchant.provider,
         )  # fmt: skip
         db.session.commit()
         return False
-    if order is not None and order.status is not OrderStatus.pending_payment and recorded:
+    if intent is not None and intent.state is not IntentState.pending and recorded:
         # A copy of a notification already applied (WeChat Pay sends several, Alipay sends
         # TRADE_FINISHED after TRADE_SUCCESS): one read, nothing to write.
         return True
     # A second notification of the same payment has the same provider id: the unique key makes
     # it a no-op even when two copies race past the check above.
-    new = _record(
-        merchant.account_id, order.id if order else None, TxnKind.payment, txn_id, amount, status, raw,
-        anomaly=None if order else "unknown_order", provider_name=merchant.provider,
+    new = ledger.record(
+        merchant.account_id, intent.id if intent else None, TxnKind.payment, txn_id, amount, status, raw,
+        anomaly=None if intent else "unknown_order", provider_name=merchant.provider,
     )  # fmt: skip
-    if order is None:
+    if intent is None:
         db.session.commit()
         if new:
             refunds.refund_unknown_payment(merchant, out_trade_no, amount, txn_id)
         return True
     # Applied even when the row existed: a copy after a half-finished first one completes it
-    # (paid() is a conditional transition, so a finished one is not applied twice).
-    if not orders.paid(order, txn_id):
-        db.session.refresh(order)
-        if order.status is OrderStatus.closed:  # paid after we closed it: money back
-            orders.refund(order, "paid after the order closed")
+    # (succeed() is a conditional transition, so a finished one is not applied twice).
+    _take(intent, txn_id)
     db.session.commit()
     return True
+
+
+def _take(intent: PaymentIntent, txn_id: str) -> None:
+    """The intent is paid: announce it inside the transaction; money for a closed one goes back
+    (its refund is committed, with the rest, before the provider is asked)."""
+    if intents.succeed(intent, txn_id) == "late":
+        refunds.refund_full(intent, "paid after the order closed")
 
 
 def _merchant(merchant_id: int, kind: Provider) -> Merchant | None:
@@ -363,8 +330,6 @@ def handle_wechatpay_v3(
     merchant_id: int, headers: dict[str, str], body: bytes
 ) -> tuple[int, dict[str, Any] | None]:
     """(HTTP status, body) for WeChat Pay: 204 and no body when accepted (or already applied)."""
-    from payments import refunds
-
     merchant = _merchant(merchant_id, Provider.wechatpay_v3)
     if merchant is None:
         return 404, {"code": "FAIL", "message": "unknown merchant"}
@@ -436,8 +401,6 @@ def handle_wechatpay_v2(merchant_id: int, body: bytes) -> tuple[int, str]:
 
 
 def handle_wechatpay_v2_refund(merchant_id: int, body: bytes) -> tuple[int, str]:
-    from payments import refunds
-
     merchant = _merchant(merchant_id, Provider.wechatpay_v2)
     if merchant is None:
         return 404, v2_fail("unknown merchant")
@@ -461,58 +424,86 @@ def handle_wechatpay_v2_refund(merchant_id: int, body: bytes) -> tuple[int, str]
     return (200, V2_OK) if ok else (400, v2_fail("refund does not match"))
 
 
-def reconcile_pending(order: Any) -> str:
-    """Active query for an order still pending: a lost notification never loses a sale."""
-    from store import orders
-
-    merchant = merchant_for(order.account_id, order.provider)
+def reconcile_pending(ref: intents.Ref) -> str:
+    """Active query for an intent still pending: a lost notification never loses a sale.
+    ``paid`` once it is applied here; otherwise the provider's state."""
+    intent = intents.of(ref)
+    merchant = merchant_for(intent.account_id, intent.provider.value)
     try:
-        result = provider(merchant).query(order.out_trade_no)
+        result = provider(merchant).query(intent.out_trade_no)
     except PaymentProviderError as exc:
         if (exc.detail or {}).get("code") in ("ORDER_NOT_EXIST", "ACQ.TRADE_NOT_EXIST"):
-            return "NOTPAY"  # the prepay never went through: nothing can be paid, the order may close
+            return "NOTPAY"  # the prepay never went through: nothing can be paid, it may close
         if merchant.provider is Provider.alipay:
             return "UNKNOWN"
         raise
     if merchant.provider is Provider.alipay:
         state, txn_id = str(result.get("trade_status", "UNKNOWN")), str(result.get("trade_no"))
-        paid = state in PAID_STATES and yuan_to_fen(str(result.get("total_amount"))) == order.amount_fen
+        paid = state in PAID_STATES and yuan_to_fen(str(result.get("total_amount"))) == intent.amount_fen
     elif merchant.provider is Provider.wechatpay_v2:
         state, txn_id = str(result.get("trade_state", "UNKNOWN")), str(result.get("transaction_id"))
-        paid = state == "SUCCESS" and str(result.get("total_fee")) == str(order.amount_fen)
+        paid = state == "SUCCESS" and str(result.get("total_fee")) == str(intent.amount_fen)
     else:
         state, txn_id = str(result.get("trade_state", "UNKNOWN")), str(result.get("transaction_id"))
-        paid = state == "SUCCESS" and (result.get("amount") or {}).get("total") == order.amount_fen
+        paid = state == "SUCCESS" and (result.get("amount") or {}).get("total") == intent.amount_fen
     if not paid:
         return state
-    _record(
-        order.account_id, order.id, TxnKind.payment, txn_id, order.amount_fen, state, dict(result),
+    ledger.record(
+        intent.account_id, intent.id, TxnKind.payment, txn_id, intent.amount_fen, state, dict(result),
         provider_name=merchant.provider,
     )  # fmt: skip
-    orders.paid(order, txn_id)  # conditional: applied once
+    _take(intent, txn_id)  # conditional: applied once
     return "paid"
 
 
-def close_at_provider(order: Any) -> Literal["closed", "paid", "open"]:
-    """Close an unpaid order at WeChat Pay first, so it cannot be paid after we close it:
-    ``closed`` — closed there (or nothing to close), the order may close here; ``paid`` — WeChat
-    Pay answered ORDERPAID (paid since we last asked, its notification not here yet), so it was
-    queried and is now marked paid; ``open`` — ORDERPAID but the query disagrees: it must not
-    close, and is asked about again later."""
-    if order.provider == Provider.alipay.value:
+def close_at_provider(ref: intents.Ref) -> Literal["closed", "paid", "open"]:
+    """Close an unpaid intent at the provider first, so it cannot be paid after we close it:
+    ``closed`` — closed there (or nothing to close), it may close here; ``paid`` — the provider
+    answered ORDERPAID (paid since we last asked, its notification not here yet), so it was queried
+    and is now paid; ``open`` — ORDERPAID but the query disagrees: it must not close, and is asked
+    about again later."""
+    intent = intents.of(ref)
+    if intent.provider is Provider.alipay:
         return "closed"  # an Alipay trade expires on its own (timeout_express); a late payment is refunded
     try:
-        provider(merchant_for(order.account_id, order.provider)).close(order.out_trade_no)
+        provider(merchant_for(intent.account_id, intent.provider.value)).close(intent.out_trade_no)
     except PaymentProviderError as exc:
         if (exc.detail or {}).get("code") == "ORDERPAID":
-            state = reconcile_pending(order)
+            state = reconcile_pending(intent)
             if state == "paid":
                 return "paid"
-            log.warning("order %s: close says ORDERPAID, query says %s", order.out_trade_no, state)
+            log.warning("intent %s: close says ORDERPAID, query says %s", intent.out_trade_no, state)
             return "open"
         if (exc.detail or {}).get("code") not in ("ORDER_NOT_EXIST", "ORDERCLOSED"):
             raise
     return "closed"
+
+
+SWEEP_AFTER = timedelta(minutes=2)
+
+
+def sweep_pending(limit: int = 500) -> dict[str, int]:
+    """Intents still pending after two minutes are asked about (a lost notification never loses a
+    sale); expired ones are closed — at the provider first, so they cannot be paid later. One
+    intent per transaction (a step boundary: each one's outcome commits on its own)."""
+    counts = {"paid": 0, "closed": 0}
+    now = utcnow()
+    for intent in intents.pending_before(now - SWEEP_AFTER, limit):
+        try:
+            if reconcile_pending(intent) == "paid":
+                counts["paid"] += 1
+            elif intent.expires_at < now:
+                # Paid between the query and the close (ORDERPAID): marked paid there, counted here.
+                outcome = close_at_provider(intent)
+                if outcome == "paid":
+                    counts["paid"] += 1
+                elif outcome == "closed" and intents.close(intent):
+                    counts["closed"] += 1
+            db.session.commit()
+        except Exception:  # noqa: BLE001 - one intent's trouble must not stop the sweep
+            db.session.rollback()
+            log.exception("sweeping payment %s failed", intent.out_trade_no)
+    return counts
 
 
 def handle_alipay(merchant_id: int, form: dict[str, str]) -> str:

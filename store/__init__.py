@@ -17,6 +17,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(h5.bp)  # H5 store pages: CSRF stays on for their forms
     app.register_blueprint(console.bp)
     pool_page.connect(console.pool_products_section)  # the products section of a fund pool's page
+    handlers.connect_payment_events()  # orders move with their payment intents, in one transaction
     csrf.exempt(mp.bp)  # the mini-program API is authenticated by its session token
     app.extensions["openapi"].register_blueprint(mp.bp)
     app.extensions["openapi"].register_blueprint(api.blp)  # staff: orders and refunds

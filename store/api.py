@@ -56,7 +56,7 @@ def _order(order: Any, unmasked: bool) -> dict[str, Any]:
                 "reason": r.reason,
                 "created_at": r.created_at.isoformat(),
             }
-            for r in refunds.of_order(order.id)
+            for r in refunds.of(order)
         ],
     }
 

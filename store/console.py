@@ -18,7 +18,7 @@ from marshmallow import ValidationError
 
 from accounts import access as acl
 from accounts.console import client_ip, console_blueprint, current_access, login_required, paginate
-from payments import refunds
+from payments import intents, refunds
 from store import catalogue, coupons, operations, orders, redemption
 from store.console_forms import (
     PRODUCT_FORM_NAMES,
@@ -438,8 +438,8 @@ def order_detail(account_id: int, order_id: int) -> ResponseReturnValue:
         account=account,
         order=_order_row(order, access.unmasked(account.id)),
         history=orders.history(order.id),
-        payments=orders.payment_rows(order.id),
-        refunds=refunds.of_order(order.id),
+        payments=intents.transactions(order),
+        refunds=refunds.of(order),
         refundable_fen=order.amount_fen - order.refunded_fen,
         can_refund=access.can(acl.REFUND, account.id)
         and order.status.value == "fulfilled"

@@ -1,4 +1,5 @@
-"""The store in chat: inquiry keywords and menu keys, and phone binding by SMS code.
+"""The store in chat (inquiry keywords and menu keys, phone binding by SMS code), and the payment
+events an order follows.
 
 Registered above the account matrix's handlers (priority 200), so an inquiry keyword is answered
 by the store even when a keyword rule would also match. Accounts without store settings are
@@ -10,8 +11,9 @@ from __future__ import annotations
 import re
 
 from accounts.subscribers import for_callback
-from store import services
-from store.models import InquiryKind
+from payments.signals import IntentEvent, RefundEvent, intent_closed, intent_succeeded, refund_settled
+from store import orders, services
+from store.models import InquiryKind, OrderStatus
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import enqueue_after_commit
 from wechat_service.router import CallbackContext, Reply, router
@@ -123,3 +125,43 @@ def on_click(ctx: CallbackContext) -> Reply | None:
     if kind is None or services.chat_config(ctx.account.id, ctx.account.config_version) is None:
         return None
     return _inquire(ctx, kind, "menu")
+
+
+# -- payment events: an order moves with its payment, inside payments' transaction ---------------
+
+
+def on_intent_succeeded(sender: str, *, event: IntentEvent) -> None:
+    """Paid: the order moves to paid and on to fulfilment; paid after it closed, it moves to
+    refunding (payments is sending the money back)."""
+    order = orders.of_purpose(event.purpose)
+    if order is None:
+        return
+    if not event.late:
+        orders.paid(order, event.provider_txn_id or "")
+    elif order.status is OrderStatus.closed:
+        orders.transition(
+            order.id, OrderStatus.closed, OrderStatus.refunding, {"reason": "paid after the order closed"}
+        )
+
+
+def on_intent_closed(sender: str, *, event: IntentEvent) -> None:
+    """Closed unpaid (at the provider too): the order closes, its stock and coupon go back."""
+    order = orders.of_purpose(event.purpose)
+    if order is not None:
+        orders.close(order)
+
+
+def on_refund_settled(sender: str, *, event: RefundEvent) -> None:
+    order = orders.of_purpose(event.purpose)
+    if order is None:
+        return
+    if event.succeeded:
+        orders.refund_settled(order.id, event.amount_fen, full=event.full)
+    else:
+        orders.refund_failed(order.id, event.amount_fen, event.why)
+
+
+def connect_payment_events() -> None:
+    intent_succeeded.connect(on_intent_succeeded)
+    intent_closed.connect(on_intent_closed)
+    refund_settled.connect(on_refund_settled)

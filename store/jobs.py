@@ -124,40 +124,14 @@ def sweep_points_holds() -> dict[str, int]:
 
 
 def sweep_orders() -> dict[str, int]:
-    """Cron: ask WeChat Pay about orders still pending (a lost notification never loses a sale);
-    close the ones unpaid after the timeout — at the provider first, so they cannot be paid later."""
-    from datetime import timedelta
-
+    """Cron: orders stuck refunding (the provider unreachable when asked) are asked again, under
+    the same refund number. Pending payments are payments' own sweep (``payments.jobs``): an order
+    follows its intent's events."""
     import sqlalchemy as sa
 
-    from payments import services as payments
     from store.models import Order, OrderStatus
-    from wechat_service.dbtypes import utcnow
 
-    counts = {"paid": 0, "closed": 0}
-    cutoff = utcnow() - timedelta(minutes=2)
-    pending = db.session.scalars(
-        sa.select(Order)
-        .where(Order.status == OrderStatus.pending_payment, Order.created_at < cutoff)
-        .order_by(Order.created_at)
-        .limit(500)
-    ).all()
-    expired = set(orders.expired())
-    for order in pending:
-        try:
-            if payments.reconcile_pending(order) == "paid":
-                counts["paid"] += 1
-            elif order.id in expired:
-                # Paid between the query and the close (ORDERPAID): marked paid there, counted here.
-                outcome = payments.close_at_provider(order)
-                if outcome == "paid":
-                    counts["paid"] += 1
-                elif outcome == "closed" and orders.close(order):
-                    counts["closed"] += 1
-            db.session.commit()
-        except Exception:  # noqa: BLE001 - one order's trouble must not stop the sweep
-            db.session.rollback()
-            log.exception("sweeping order %s failed", order.id)
+    counts: dict[str, int] = {}
     for order in db.session.scalars(
         sa.select(Order).where(Order.status == OrderStatus.refunding).order_by(Order.id).limit(200)
     ).all():

@@ -1,14 +1,16 @@
-"""Store tables (so far): store settings, phone bindings and the inquiry ledger."""
+"""Store tables: settings, phone bindings, inquiries, the catalogue, redeem codes, fulfilments,
+orders, coupons and points holds."""
 
 from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, column_property, mapped_column
 
+from payments.intents import refunded_fen_of
 from wechat_service.dbtypes import EncryptedText, UTCDateTime, utcnow
 from wechat_service.extensions import db
 from wechat_service.models import BigId, str_enum
@@ -218,7 +220,6 @@ class Order(db.Model):
     __table_args__ = (
         sa.UniqueConstraint("account_id", "subscriber_id", "client_key"),
         sa.CheckConstraint("amount_fen > 0", name="amount_positive"),
-        sa.CheckConstraint("refunded_fen >= 0 AND refunded_fen <= amount_fen", name="refund_within_amount"),
         sa.Index("ix_orders_status_created", "status", "created_at"),
     )
 
@@ -236,14 +237,19 @@ class Order(db.Model):
     status: Mapped[OrderStatus] = mapped_column(
         str_enum(OrderStatus, 24), default=OrderStatus.pending_payment
     )
-    prepay_id: Mapped[str | None] = mapped_column(sa.String(128))
     list_price_fen: Mapped[int | None]  # before the coupon
     discount_fen: Mapped[int] = mapped_column(default=0)
-    refunded_fen: Mapped[int] = mapped_column(default=0)  # reserved by refunds asked or done
+    if TYPE_CHECKING:
+        refunded_fen: int  # read from the payment intent (below)
     fulfilment_id: Mapped[int | None] = mapped_column(sa.ForeignKey("fulfilments.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# What is refunded (or reserved for a refund) lives on the payment intent; the order reads it
+# through payments' selectable, one correlated look-up by the unique trade number.
+Order.refunded_fen = column_property(refunded_fen_of(Order.out_trade_no))  # type: ignore[misc]
 
 
 class OrderEvent(db.Model):

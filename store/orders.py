@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from payments import intents, refunds
 from store import catalogue, signals
 from store import fulfilment as fulfilments
 from store.models import Order, OrderEvent, OrderStatus, PhoneBinding, Product
@@ -198,6 +199,15 @@ def create_order(
     )
     db.session.add(order)
     db.session.flush()
+    intents.create(
+        account_id,
+        provider=provider,
+        out_trade_no=order.out_trade_no,
+        amount_fen=order.amount_fen,
+        purpose=purpose_of(order.id),
+        expires_at=order.created_at + PAY_TIMEOUT,
+        payer_id=subscriber_id,
+    )
     if coupon is not None:
         coupons.record(coupon, order.id, subscriber_id, discount_fen)
     db.session.add(
@@ -215,6 +225,17 @@ def create_order(
         )
     )
     return order
+
+
+def purpose_of(order_id: int) -> str:
+    """The payment intent's purpose for an order (payments keeps it opaque)."""
+    return f"order:{order_id}"
+
+
+def of_purpose(purpose: str) -> Order | None:
+    """The order a payment event is about (None: the payment was not for an order)."""
+    kind, _, ident = purpose.partition(":")
+    return db.session.get(Order, int(ident)) if kind == "order" and ident.isdigit() else None
 
 
 def order_for(account_id: int, order_id: int) -> Order:
@@ -284,8 +305,9 @@ def settle(fulfilment_id: int) -> str | None:
 
 def refund(order: Order, reason: str) -> None:
     """Full refund of what is left through the provider. The order is `refunding` (committed) before
-    the provider is asked, and ends `refunded` only when the provider says SUCCESS; until then the
-    sweep asks again under the same refund number, which the provider treats as the same refund."""
+    the provider is asked, and ends `refunded` when payments announces the refund succeeded
+    (``payments.signals.refund_settled``); until then the sweep asks again under the same refund
+    number, which the provider treats as the same refund."""
     db.session.refresh(order)  # its status may have moved by a conditional UPDATE since it was loaded
     if not transition(order.id, order.status, OrderStatus.refunding, {"reason": reason}):
         raise InvalidTransitionError("the order changed meanwhile; reload it")
@@ -295,13 +317,11 @@ def refund(order: Order, reason: str) -> None:
 
 def complete_refund(order: Order, reason: str) -> bool:
     """Ask for (or after) the order's full refund; True once the order is refunded."""
-    from payments import refunds
-
     db.session.refresh(order)
     if (
         refunds.refund_full(order, reason) is None
         and order.status is OrderStatus.refunding
-        and all(r.status.value == "success" for r in refunds.of_order(order.id))
+        and refunds.all_succeeded(order)
     ):
         refund_settled(order.id, 0, full=True)  # partial refunds already returned everything
         db.session.commit()
@@ -309,27 +329,8 @@ def complete_refund(order: Order, reason: str) -> bool:
     return order.status is OrderStatus.refunded
 
 
-def reserve_refund(order_id: int, amount_fen: int) -> bool:
-    """Reserve ``amount_fen`` of the order for a refund; False if that is more than is left."""
-    return (
-        db.session.execute(
-            sa.update(Order)
-            .where(Order.id == order_id, Order.refunded_fen + amount_fen <= Order.amount_fen)
-            .values(refunded_fen=Order.refunded_fen + amount_fen)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        == 1
-    )
-
-
-def release_refund(order_id: int, amount_fen: int, why: str) -> None:
-    """A refund failed at the provider: its reservation comes back; the order notes why."""
-    db.session.execute(
-        sa.update(Order)
-        .where(Order.id == order_id)
-        .values(refunded_fen=Order.refunded_fen - amount_fen)
-        .execution_options(synchronize_session=False)
-    )
+def refund_failed(order_id: int, amount_fen: int, why: str) -> None:
+    """A refund failed at the provider (its reservation is already released): the order notes why."""
     _note(order_id, {"refund_failed": why, "amount_fen": amount_fen})
 
 
@@ -360,17 +361,6 @@ def _note(order_id: int, detail: dict[str, Any]) -> None:
                 at=utcnow(),
             )
         )
-
-
-def expired(limit: int = 200) -> list[int]:
-    cutoff = utcnow() - PAY_TIMEOUT
-    return list(
-        db.session.scalars(
-            sa.select(Order.id)
-            .where(Order.status == OrderStatus.pending_payment, Order.created_at < cutoff)
-            .limit(limit)
-        )
-    )
 
 
 def close(order: Order) -> bool:
@@ -404,18 +394,6 @@ def search(account_id: int, *, q: str | None = None, status: str | None = None) 
         except ValueError:
             raise InvalidInputError("unknown status", fields={"status": ["invalid"]}) from None
     return query.order_by(Order.created_at.desc(), Order.id.desc())
-
-
-def payment_rows(order_id: int) -> list[Any]:
-    from payments.models import PaymentTransaction
-
-    return list(
-        db.session.scalars(
-            sa.select(PaymentTransaction)
-            .where(PaymentTransaction.order_id == order_id)
-            .order_by(PaymentTransaction.id)
-        )
-    )
 
 
 EXPORT_COLUMNS = (

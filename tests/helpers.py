@@ -286,3 +286,23 @@ def set_messaging(sim_base: str, appid: str, **settings: Any) -> dict[str, Any]:
     resp = requests.put(f"{sim_base}/_sim/accounts/{appid}/messaging", json=settings, timeout=10)
     resp.raise_for_status()
     return resp.json()
+
+
+def age_order(order: Any, by: Any) -> None:
+    """Make an order and its payment intent look created ``by`` (a timedelta) ago (the intent's
+    expiry follows), for the sweeps to find. Not committed."""
+    import sqlalchemy as sa
+
+    from payments.models import PaymentIntent
+    from store.models import Order
+    from store.orders import PAY_TIMEOUT
+    from wechat_service.dbtypes import utcnow
+    from wechat_service.extensions import db
+
+    then = utcnow() - by
+    db.session.execute(sa.update(Order).where(Order.id == order.id).values(created_at=then))
+    db.session.execute(
+        sa.update(PaymentIntent)
+        .where(PaymentIntent.out_trade_no == order.out_trade_no)
+        .values(created_at=then, expires_at=then + PAY_TIMEOUT)
+    )

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from accounts.subscribers import touch
+from payments import jobs as payment_jobs
 from payments.models import PaymentTransaction
 from payments.providers.alipay import yuan_to_fen
 from payments.providers.wechatpay_v3 import NotificationError
@@ -121,16 +122,13 @@ def test_lost_alipay_notification_recovered_by_query(
 ) -> None:
     from datetime import timedelta
 
-    from wechat_service.dbtypes import utcnow
 
     order, url = _order(shop)
     requests.get(url, timeout=10)
     _form(simulator, order)  # paid at Alipay; the notification never arrives
-    db.session.execute(
-        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(minutes=5))
-    )
+    helpers.age_order(order, timedelta(minutes=5))
     db.session.commit()
-    assert jobs.sweep_orders()["paid"] == 1
+    assert payment_jobs.sweep_payments()["paid"] == 1
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
 

@@ -86,7 +86,7 @@ def _order_lifecycle(app: Flask, create_account: Any, simulator: str) -> tuple[i
     order = _fulfilled_order(app, shop, simulator, key="walk-key-0001")
     assert order.status is OrderStatus.fulfilled
     orders.refund(order, "walk")
-    refund = db.session.scalars(sa.select(Refund).where(Refund.order_id == order.id)).one()
+    refund = db.session.scalars(sa.select(Refund).where(Refund.out_trade_no == order.out_trade_no)).one()
     note = _finish(simulator, refund)
     assert _notify(app, shop, note["headers"], note["body"]).status_code == 204
     db.session.expire_all()

@@ -14,6 +14,7 @@ from accounts.models import Account, OrgUnit, Subscriber, SubscriberEvent
 from metrics import queries, rollups
 from metrics.models import MetricDaily
 from metrics.registry import REGISTRY
+from payments import intents
 from payments.models import PaymentTransaction
 from store.models import Inquiry, Order, OrderEvent, Product
 from wechat_service.extensions import db
@@ -91,6 +92,10 @@ def ledger(app: Any) -> Any:
             )
             db.session.add(order)
             db.session.flush()
+            intents.create(
+                sub.account_id, provider="wechatpay_v3", out_trade_no=order.out_trade_no, amount_fen=amount,
+                purpose=f"order:{order.id}", expires_at=order.created_at,
+            )  # fmt: skip
             return order
 
         def txn(
@@ -106,7 +111,7 @@ def ledger(app: Any) -> Any:
             db.session.add(
                 PaymentTransaction(
                     account_id=order.account_id,
-                    order_id=order.id,
+                    intent_id=intents.of(order).id,
                     provider="wechatpay_v3",
                     kind=kind,
                     provider_txn_id=f"X{self.n}",

@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from flask import Flask
 
 from accounts.subscribers import touch
-from payments.models import PaymentTransaction, Refund
+from payments import jobs as payment_jobs
+from payments.models import PaymentIntent, PaymentTransaction, Refund
 from store import catalogue, jobs, orders
 from store import services as store_services
 from store.models import Fulfilment, Order, OrderStatus
 from tests import helpers
-from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 
@@ -188,11 +188,9 @@ def test_lost_notification_is_recovered_by_the_active_query(
 ) -> None:
     order, _ = _order(shop)
     _notification(simulator, order)  # paid at WeChat Pay; the notification never arrives
-    db.session.execute(
-        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(minutes=5))
-    )
+    helpers.age_order(order, timedelta(minutes=5))
     db.session.commit()
-    assert jobs.sweep_orders()["paid"] == 1
+    assert payment_jobs.sweep_payments()["paid"] == 1
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
 
@@ -201,11 +199,9 @@ def test_unpaid_order_closes_and_gives_its_stock_back(app: Flask, shop: dict[str
     order, _ = _order(shop)
     db.session.expire_all()
     assert catalogue.product_for(shop["account"].id, shop["product"].id).stock == 4
-    db.session.execute(
-        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(hours=1))
-    )
+    helpers.age_order(order, timedelta(hours=1))
     db.session.commit()
-    assert jobs.sweep_orders()["closed"] == 1
+    assert payment_jobs.sweep_payments()["closed"] == 1
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.closed
     assert catalogue.product_for(shop["account"].id, shop["product"].id).stock == 5
@@ -272,9 +268,11 @@ def test_staff_refund_a_fulfilled_order_by_hand(
     entry = db.session.scalars(sa.select(AuditLog).where(AuditLog.action == "order.refund")).one()
     assert entry.after["amount_fen"] == 2990 and entry.after["reason"] == "customer complaint"
     page = manager.get(f"/console/accounts/{shop['account'].id}/orders/{order.id}").get_data(as_text=True)
-    refund = db.session.scalars(sa.select(Refund).where(Refund.order_id == order.id)).one()
+    refund = db.session.scalars(sa.select(Refund).where(Refund.out_trade_no == order.out_trade_no)).one()
     txns = db.session.scalars(
-        sa.select(PaymentTransaction).where(PaymentTransaction.order_id == order.id)
+        sa.select(PaymentTransaction)
+        .join(PaymentIntent, PaymentIntent.id == PaymentTransaction.intent_id)
+        .where(PaymentIntent.out_trade_no == order.out_trade_no)
     ).all()
     assert sorted(t.kind.value for t in txns) == ["payment", "refund"]
     # The page lists this refund and both provider transactions, by their numbers.
@@ -341,12 +339,10 @@ def test_sweep_counts_an_order_paid_through_the_orderpaid_close(
     order, _ = _order(shop)
     at_close = {"out_trade_no": order.out_trade_no, "at": "close"}
     requests.post(f"{simulator}/_sim/wechatpay/pay", json=at_close, timeout=10).raise_for_status()
-    db.session.execute(
-        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(hours=1))
-    )
+    helpers.age_order(order, timedelta(hours=1))
     db.session.commit()
-    assert jobs.sweep_orders() == {"paid": 1, "closed": 0}
+    assert payment_jobs.sweep_payments() == {"paid": 1, "closed": 0}
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
     assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1
-    assert jobs.sweep_orders() == {"paid": 0, "closed": 0}  # nothing pending is left to count
+    assert payment_jobs.sweep_payments() == {"paid": 0, "closed": 0}  # nothing pending is left to count

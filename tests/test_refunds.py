@@ -77,7 +77,7 @@ def test_partial_refunds_never_exceed_the_payment(app: Flask, shop: dict[str, An
         refunds.partial(order, 1, "one fen too many", staff_user_id=None)  # type: ignore[arg-type]
     db.session.expire_all()
     assert db.session.get(Order, order.id).refunded_fen == 4990
-    assert {r.status for r in refunds.of_order(order.id)} == {RefundStatus.processing}
+    assert {r.status for r in refunds.of(order)} == {RefundStatus.processing}
 
 
 def test_refund_success_notification_finishes_the_refund_once(
@@ -152,7 +152,7 @@ def test_payment_for_an_unknown_order_is_recorded_and_sent_back(
     row = db.session.scalars(
         sa.select(PaymentTransaction).where(PaymentTransaction.anomaly == "unknown_order")
     ).one()
-    refund = db.session.scalars(sa.select(Refund).where(Refund.order_id.is_(None))).one()
+    refund = db.session.scalars(sa.select(Refund).where(Refund.intent_id.is_(None))).one()
     assert row.amount_fen == 4990 and refund.amount_fen == 4990 and refund.out_trade_no == "WXGHOST000000001"
     assert _notify(app, shop, note["headers"], note["body"]).status_code == 204  # a resend: no second refund
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Refund)) == 1

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from accounts.subscribers import touch
+from payments import jobs as payment_jobs
 from store import catalogue, fulfilment, jobs, orders, redemption
 from store import services as store_services
 from store.boss import BossUnavailableError, boss
@@ -76,11 +77,9 @@ def test_an_order_whose_prepay_never_happened_still_closes(app: Flask, shop: dic
     order = orders.create_order(
         shop["account"].id, shop["sub"].id, shop["product"].id, "never-prepaid-1", "wechatpay_v3"
     )
-    db.session.execute(
-        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(hours=1))
-    )
+    helpers.age_order(order, timedelta(hours=1))
     db.session.commit()
-    assert jobs.sweep_orders()["closed"] == 1
+    assert payment_jobs.sweep_payments()["closed"] == 1
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.closed
 

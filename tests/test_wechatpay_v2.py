@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from flask import Flask
 
 from accounts.subscribers import touch
-from payments import refunds
+from payments import intents, refunds
+from payments import jobs as payment_jobs
 from payments.models import PaymentTransaction, Refund, RefundStatus
 from payments.providers.wechatpay_v2 import decrypt_req_info, sign, signature_valid
 from store import catalogue, jobs, orders
@@ -108,7 +109,7 @@ def test_prepay_gives_jsapi_parameters_signed_with_the_merchants_sign_type(shop:
     assert params["signType"] == shop["merchant"].sign_type
     fields = {k: params[k] for k in ("appId", "timeStamp", "nonceStr", "package", "signType")}
     assert params["paySign"] == sign(fields, shop["api_key"], shop["merchant"].sign_type)
-    assert db.session.get(Order, order.id).prepay_id == params["prepay_id"]
+    assert intents.of(order).prepay_id == params["prepay_id"]
 
 
 def test_notification_is_verified_applied_once_and_fulfilled(
@@ -182,22 +183,18 @@ def test_lost_notification_is_found_by_the_order_query(
 ) -> None:
     order, _ = _order(shop)
     _paid(simulator, order)  # paid; the notification never arrives
-    db.session.execute(
-        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(minutes=5))
-    )
+    helpers.age_order(order, timedelta(minutes=5))
     db.session.commit()
-    assert jobs.sweep_orders()["paid"] == 1
+    assert payment_jobs.sweep_payments()["paid"] == 1
     db.session.expire_all()
     assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
 
 
 def test_unpaid_order_is_closed_at_wechat_pay_first(app: Flask, shop: dict[str, Any], simulator: str) -> None:
     order, _ = _order(shop)
-    db.session.execute(
-        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(hours=1))
-    )
+    helpers.age_order(order, timedelta(hours=1))
     db.session.commit()
-    assert jobs.sweep_orders()["closed"] == 1
+    assert payment_jobs.sweep_payments()["closed"] == 1
     resp = requests.post(
         f"{simulator}/_sim/wechatpay/v2/pay", json={"out_trade_no": order.out_trade_no}, timeout=5
     )

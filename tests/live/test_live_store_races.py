@@ -248,7 +248,7 @@ def test_parallel_partial_refunds_never_exceed_the_payment(live: Live) -> None:
     ours = live.in_app(
         lambda: [
             (r.out_refund_no, r.amount_fen, r.status)
-            for r in db.session.scalars(sa.select(Refund).where(Refund.order_id == order_id))
+            for r in db.session.scalars(sa.select(Refund).where(Refund.out_trade_no == out_trade_no))
         ]
     )
     assert len(ledger) == 3 and sum(r["amount"] for r in ledger) == 9000, ledger  # 3 × 30.00 ≤ 100.00
