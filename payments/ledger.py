@@ -18,7 +18,8 @@ def record(
     status: str,
     raw: dict[str, Any],
     anomaly: str | None = None,
-    provider_name: Provider = Provider.wechatpay_v3,
+    *,
+    provider_name: Provider,
 ) -> bool:
     """One row per provider id; False if that id was already recorded (a duplicate).
 

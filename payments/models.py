@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from wechat_service.dbtypes import EncryptedText, UTCDateTime, utcnow
+from wechat_service.dbtypes import EncryptedJSON, UTCDateTime, utcnow
 from wechat_service.extensions import db
 from wechat_service.models import BigId, str_enum
 
@@ -25,6 +25,10 @@ class Provider(enum.StrEnum):
 
 
 class Merchant(db.Model):
+    """An account's merchant at one provider. ``mchid`` is the merchant number (Alipay: the seller
+    id), ``appid`` the app payers pay through; everything else the provider needs is its own
+    ``config`` (validated by the provider when saved, sealed whole at rest)."""
+
     __tablename__ = "merchants"
     __table_args__ = (sa.UniqueConstraint("account_id", "provider"),)
 
@@ -32,15 +36,8 @@ class Merchant(db.Model):
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     provider: Mapped[Provider] = mapped_column(str_enum(Provider, 16))
     mchid: Mapped[str] = mapped_column(sa.String(32))
-    appid: Mapped[str] = mapped_column(sa.String(32))  # the appid payers pay through (the account's)
-    serial_no: Mapped[str] = mapped_column(sa.String(64))  # the merchant API certificate's serial number
-    private_key: Mapped[str] = mapped_column(EncryptedText)  # PEM
-    apiv3_key: Mapped[str] = mapped_column(EncryptedText)
-    platform_public_key: Mapped[str] = mapped_column(sa.Text)  # WeChat Pay's public key (public)
-    platform_public_key_id: Mapped[str] = mapped_column(sa.String(64))
-    # v2 only: how requests are signed (MD5 or HMAC-SHA256). For v2 `apiv3_key` holds the API key,
-    # `private_key`/`platform_public_key` the API client certificate's key and certificate (PEM).
-    sign_type: Mapped[str | None] = mapped_column(sa.String(16))
+    appid: Mapped[str] = mapped_column(sa.String(32))
+    config: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -20,11 +20,11 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import sqlalchemy as sa
 
+from payments import merchants
 from payments.models import (
     CHINA,
     Merchant,
     PaymentTransaction,
-    Provider,
     ReconciliationItem,
     ReconciliationRun,
     ReconItemKind,
@@ -32,7 +32,8 @@ from payments.models import (
     TxnKind,
     provider_time_of,
 )
-from payments.providers.wechatpay_v3 import PaymentProviderError
+from payments.providers import kind_of
+from payments.providers.base import PaymentProviderError
 from wechat_service.errors import InvalidInputError
 from wechat_service.exports import csv_writer
 from wechat_service.extensions import db
@@ -107,21 +108,19 @@ def parse_alipay(text: str) -> list[Line]:
     return lines
 
 
+PARSERS = {"wechat": parse_wechat, "alipay": parse_alipay}  # by the provider's statement format
+
+
 def statement(merchant: Merchant, bill_date: date) -> list[Line] | None:
     """The day's lines for this merchant; None when the provider has no statement for the day."""
-    from payments.services import provider
-
-    client = provider(merchant)
-    day = (
-        bill_date.strftime("%Y%m%d") if merchant.provider is Provider.wechatpay_v2 else bill_date.isoformat()
-    )
-    text = client.statement(day)
+    text = merchants.client_for(merchant).day_statement(bill_date)
     if not text:
         return None
-    if merchant.provider is Provider.alipay:
-        return parse_alipay(text)  # an Alipay bill is one app's own
-    # A WeChat Pay statement covers the merchant number, which may serve several appids.
-    return [ln for ln in parse_wechat(text) if ln.appid in ("", merchant.appid)]
+    # A WeChat Pay statement covers the merchant number, which may serve several appids (an
+    # Alipay bill is one app's own: its lines carry no appid).
+    return [
+        ln for ln in PARSERS[kind_of(merchant.provider).statement](text) if ln.appid in ("", merchant.appid)
+    ]
 
 
 def day_window(bill_date: date) -> tuple[datetime, datetime]:

@@ -16,9 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from payments import intents, ledger, signals
-from payments.models import Merchant, PaymentIntent, Provider, Refund, RefundStatus, TxnKind
-from payments.providers.wechatpay_v3 import PaymentProviderError
+from payments import intents, ledger, merchants, signals
+from payments.models import Merchant, PaymentIntent, Refund, RefundStatus, TxnKind
+from payments.providers.base import PaymentProviderError
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import upsert
 from wechat_service.errors import ConflictError, InvalidInputError
@@ -133,41 +133,20 @@ def _by_number(out_refund_no: str) -> Refund | None:
 
 def ask(refund: Refund | None) -> RefundStatus | None:
     """Ask the provider (again) for a refund still processing; apply its answer."""
-    from payments import services
-
     if refund is None:
         return None
     db.session.refresh(refund)
     if refund.status is not RefundStatus.processing:
         return refund.status
-    merchant = services.merchant_for(refund.account_id, refund.provider.value)
-    client = services.provider(merchant)
+    client = merchants.client_for(merchants.merchant_for(refund.account_id, refund.provider))
     try:
-        if merchant.provider is Provider.alipay:
-            raw = client.refund(
-                out_trade_no=refund.out_trade_no,
-                out_request_no=refund.out_refund_no,
-                refund_fen=refund.amount_fen,
-                reason=refund.reason,
-            )
-            # Alipay refunds synchronously, but only fund_change=Y says this call moved the money; a
-            # repeat (our earlier answer was lost) says N, and then the refund query decides.
-            if raw.get("fund_change") == "Y":
-                status = "SUCCESS"
-            else:
-                raw = client.refund_status(refund.out_trade_no, refund.out_refund_no)
-                status = raw["status"]
-            # Its answer carries no refund id of its own: the trade and our request number name it.
-            provider_id = f"{raw.get('trade_no', '')}-{refund.out_refund_no}"[:64]
-        else:
-            raw = client.refund(
-                out_trade_no=refund.out_trade_no,
-                out_refund_no=refund.out_refund_no,
-                refund_fen=refund.amount_fen,
-                total_fen=refund.total_fen,
-                reason=refund.reason,
-            )
-            status, provider_id = str(raw.get("status")), str(raw.get("refund_id") or "")
+        answer = client.refund_money(
+            out_trade_no=refund.out_trade_no,
+            out_refund_no=refund.out_refund_no,
+            amount_fen=refund.amount_fen,
+            total_fen=refund.total_fen,
+            reason=refund.reason,
+        )
     except PaymentProviderError as exc:
         log.error("refund %s not accepted yet: %s", refund.out_refund_no, exc)
         db.session.execute(
@@ -175,7 +154,7 @@ def ask(refund: Refund | None) -> RefundStatus | None:
         )
         db.session.commit()
         return RefundStatus.processing
-    return settle(refund, status, provider_id, dict(raw))
+    return settle(refund, answer.status, answer.refund_id, answer.raw)
 
 
 def settle(refund: Refund, status: str, provider_refund_id: str, raw: dict[str, Any]) -> RefundStatus:
@@ -274,8 +253,6 @@ def notified(
 
 def sweep(limit: int = 100) -> dict[str, int]:
     """Refunds still processing after a minute: ask the provider where they stand."""
-    from payments import services
-
     counts: dict[str, int] = {}
     stale = list(
         db.session.scalars(
@@ -287,18 +264,12 @@ def sweep(limit: int = 100) -> dict[str, int]:
     )
     for refund in stale:
         try:
-            merchant = services.merchant_for(refund.account_id, refund.provider.value)
-            if merchant.provider is Provider.alipay:
-                outcome = ask(refund)  # Alipay's refund call is its own idempotent query
+            client = merchants.client_for(merchants.merchant_for(refund.account_id, refund.provider))
+            answer = client.refund_state(out_trade_no=refund.out_trade_no, out_refund_no=refund.out_refund_no)
+            if answer is None:
+                outcome = ask(refund)  # the provider never heard of it (or asking is its query): ask now
             else:
-                try:
-                    answer = services.provider(merchant).refund_status(refund.out_refund_no)
-                except PaymentProviderError as exc:
-                    if (exc.detail or {}).get("code") not in ("RESOURCE_NOT_EXISTS", "ORDER_NOT_EXIST"):
-                        raise
-                    outcome = ask(refund)  # the request never reached the provider: ask now
-                else:
-                    outcome = settle(refund, answer["status"], str(answer.get("refund_id") or ""), answer)
+                outcome = settle(refund, answer.status, answer.refund_id, answer.raw)
             key = outcome.value if outcome else "gone"
             counts[key] = counts.get(key, 0) + 1
         except Exception:  # noqa: BLE001 - one refund's trouble must not stop the others

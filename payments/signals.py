@@ -64,6 +64,7 @@ def announce_fund_pool_low(alert: dict[str, Any]) -> None:
     """Send ``fund_pool_low`` once the current transaction commits."""
     after_commit(lambda: fund_pool_low.send("payments", alert=alert))
 
+
 pool_page = _signals.signal("fund-pool-page")
 """A fund pool's console page is being drawn. Sender: ``"payments"``; keywords ``account`` and
 ``pool``. A receiver returns a section of HTML (``Markup`` rendered from its own template) or

@@ -41,9 +41,9 @@ from marshmallow import ValidationError as SchemaValidationError
 from accounts import subscribers
 from accounts.models import Account, AccountKind, AccountStatus
 from accounts.services import account_by_appid
+from payments import merchants
 from payments import services as payments
-from payments.models import Provider
-from payments.providers.wechatpay_v3 import PaymentProviderError
+from payments.providers.base import PaymentProviderError
 from store import catalogue, orders, redemption, services
 from store.models import InquiryKind, Order, OrderStatus, Product
 from wechat_service import oauth
@@ -335,22 +335,17 @@ class CheckoutSchema(Schema):
         unknown = RAISE
 
     client_key = Text(required=True, validate=validate.Length(min=8, max=64))
-    provider = Text(required=True, validate=validate.OneOf([p.value for p in Provider]))
+    provider = Text(required=True, validate=validate.OneOf(merchants.PROVIDERS))
     coupon = Text(load_default="", validate=validate.Length(max=32))
 
 
 def _providers(account_id: int) -> dict[str, str]:
     """The payment methods the account has a merchant for: one WeChat Pay (v3 first), Alipay."""
     out: dict[str, str] = {}
-    for provider in Provider:
-        label = PROVIDER_LABELS.get(provider.value, provider.value)
-        if label in out.values():
-            continue
-        try:
-            payments.merchant_for(account_id, provider.value)
-        except NotFoundError:
-            continue
-        out[provider.value] = label
+    for provider in merchants.providers_of(account_id):
+        label = PROVIDER_LABELS.get(provider, provider)
+        if label not in out.values():
+            out[provider] = label
     return out
 
 
@@ -459,7 +454,7 @@ def pay(user: H5User, order_id: int) -> ResponseReturnValue:
     if order.status is not OrderStatus.pending_payment:
         return redirect(url_for(".order_detail", appid=user.account.appid, order_id=order.id), 303)
     item = _product_of(order)
-    if order.provider == Provider.alipay.value:
+    if merchants.checkout_of(order.provider) == "redirect":
         if _in_wechat():  # Alipay's pages do not open inside WeChat: continue in a browser
             return _render(
                 user.account,
@@ -484,7 +479,7 @@ def alipay_redirect(appid: str, order_id: int) -> ResponseReturnValue:
     if claim != {"o": order_id, "a": account.id}:
         raise ServiceError("支付链接无效或已过期，请回到微信重新下单", code="link_expired", status=410)
     order = orders.order_for(account.id, order_id)
-    if order.provider != Provider.alipay.value:
+    if merchants.checkout_of(order.provider) != "redirect":
         raise NotFoundError("订单不存在")
     if order.status is not OrderStatus.pending_payment:
         return _message_page(

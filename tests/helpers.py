@@ -139,7 +139,7 @@ def register_merchant(sim_base: str, account_id: int, refund_status: str = "SUCC
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from payments import services as payments
+    from payments import merchants as payments
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private_pem = key.private_bytes(
@@ -179,7 +179,7 @@ def register_alipay(sim_base: str, account_id: int) -> dict[str, Any]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from payments import services as payments
+    from payments import merchants as payments
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private_pem = key.private_bytes(
@@ -213,7 +213,7 @@ def register_wechatpay_v2(
 ) -> dict[str, Any]:
     """A WeChat Pay API v2 merchant for the account: one API key shared with the simulator."""
     from accounts.models import Account
-    from payments import services as payments
+    from payments import merchants as payments
     from wechat_service.extensions import db
 
     mchid = str(1600000000 + secrets.randbelow(99999999))

@@ -13,9 +13,10 @@ from flask import Flask
 
 from accounts.subscribers import touch
 from payments import jobs as payment_jobs
+from payments import merchants
 from payments.models import PaymentTransaction
 from payments.providers.alipay import yuan_to_fen
-from payments.providers.wechatpay_v3 import NotificationError
+from payments.providers.base import NotificationError
 from store import catalogue, jobs, orders
 from store import services as store_services
 from store.models import Order, OrderStatus
@@ -122,7 +123,6 @@ def test_lost_alipay_notification_recovered_by_query(
 ) -> None:
     from datetime import timedelta
 
-
     order, url = _order(shop)
     requests.get(url, timeout=10)
     _form(simulator, order)  # paid at Alipay; the notification never arrives
@@ -151,7 +151,6 @@ def test_alipay_refund_whose_first_answer_was_lost_is_confirmed_by_the_refund_qu
     """Alipay says fund_change=Y only to the call that moved the money; asked again it says N,
     and only the refund query (REFUND_SUCCESS) may then mark the refund done."""
     from payments import refunds
-    from payments import services as payments
     from payments.models import Refund, RefundStatus
 
     order, url = _order(shop)
@@ -160,7 +159,7 @@ def test_alipay_refund_whose_first_answer_was_lost_is_confirmed_by_the_refund_qu
     db.session.expire_all()
     assert jobs.fulfil(db.session.get(Order, order.id).fulfilment_id) == "succeeded"
     order = db.session.get(Order, order.id)
-    client = payments.provider(shop["alipay_merchant"])
+    client = merchants.client_for(shop["alipay_merchant"])
     number = f"RP{order.out_trade_no[2:]}01"
     # Our first call reached Alipay and moved the money; its answer never came back to us.
     assert (
@@ -182,11 +181,9 @@ def _bare(pem: str) -> str:
 
 
 def test_bare_base64_keys_are_accepted_on_save(app: Flask, shop: dict[str, Any], simulator: str) -> None:
-    from payments import services as payments
-
     merchant = shop["alipay_merchant"]
-    public_pem, private_pem = merchant.platform_public_key, merchant.private_key
-    saved = payments.add_alipay_merchant(
+    public_pem, private_pem = merchant.config["alipay_public_key"], merchant.config["app_private_key"]
+    saved = merchants.add_alipay_merchant(
         shop["account"].id,
         app_id=shop["alipay_app_id"],
         seller_id=shop["seller_id"],
@@ -194,8 +191,8 @@ def test_bare_base64_keys_are_accepted_on_save(app: Flask, shop: dict[str, Any],
         alipay_public_key=_bare(public_pem),
     )
     db.session.commit()
-    assert saved.platform_public_key.startswith("-----BEGIN PUBLIC KEY-----")  # stored as PEM
-    assert _bare(saved.platform_public_key) == _bare(public_pem)
+    assert saved.config["alipay_public_key"].startswith("-----BEGIN PUBLIC KEY-----")  # stored as PEM
+    assert _bare(saved.config["alipay_public_key"]) == _bare(public_pem)
     order, url = _order(shop)
     assert requests.get(url, timeout=10).status_code == 200  # our request still signs
     assert _notify(app, shop, _form(simulator, order)) == "success"
@@ -207,7 +204,7 @@ def test_an_existing_row_with_a_bare_key_is_normalised_on_use(
     app: Flask, shop: dict[str, Any], simulator: str
 ) -> None:
     merchant = shop["alipay_merchant"]
-    merchant.platform_public_key = _bare(merchant.platform_public_key)  # saved before the check
+    merchant.config = {**merchant.config, "alipay_public_key": _bare(merchant.config["alipay_public_key"])}
     db.session.commit()
     order, url = _order(shop)
     requests.get(url, timeout=10)
@@ -217,15 +214,14 @@ def test_an_existing_row_with_a_bare_key_is_normalised_on_use(
 
 
 def test_a_key_that_is_not_one_is_refused_on_save(shop: dict[str, Any]) -> None:
-    from payments import services as payments
     from wechat_service.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError) as exc:
-        payments.add_alipay_merchant(
+        merchants.add_alipay_merchant(
             shop["account"].id,
             app_id=shop["alipay_app_id"],
             seller_id=shop["seller_id"],
-            app_private_key=shop["alipay_merchant"].private_key,
+            app_private_key=shop["alipay_merchant"].config["app_private_key"],
             alipay_public_key="MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA-not-a-key",
         )
     assert set(exc.value.fields) == {"alipay_public_key"}
@@ -235,7 +231,11 @@ def test_a_broken_key_answers_failure_not_500(app: Flask, shop: dict[str, Any], 
     order, url = _order(shop)
     requests.get(url, timeout=10)
     form = _form(simulator, order)
-    shop["alipay_merchant"].platform_public_key = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtruncated"
+    merchant = shop["alipay_merchant"]
+    merchant.config = {
+        **merchant.config,
+        "alipay_public_key": "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtruncated",
+    }
     db.session.commit()
     resp = app.test_client().post(f"/payments/alipay/{shop['alipay_merchant'].id}/notify", data=form)
     assert (resp.status_code, resp.get_data(as_text=True)) == (200, "failure")  # Alipay sends it again

@@ -156,7 +156,7 @@ def test_wechat_unreachable_is_a_503_in_the_error_shape(
 
 
 def test_outside_systems_map_to_502_or_503(app: Flask) -> None:
-    from payments.providers.wechatpay_v3 import PaymentProviderError
+    from payments.providers.base import PaymentProviderError
     from store.boss import BossError, BossUnavailableError
     from wechat_service.errors import upstream_error
     from wechat_service.gateway import BadTemplateError, BusyError

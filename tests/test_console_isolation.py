@@ -78,7 +78,7 @@ def account_x(create_account: Any) -> dict[str, Any]:
     pool = funds.create_pool(account.id, name="XSECRETpool", warning_fen=100, critical_fen=10)
     merchant = Merchant(
         account_id=account.id, provider="wechatpay_v3", mchid="XSECRETMCH", appid=fields["appid"],
-        serial_no="", private_key="", apiv3_key="", platform_public_key="", platform_public_key_id="",
+        config={},
     )  # fmt: skip
     db.session.add(merchant)
     db.session.flush()

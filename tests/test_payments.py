@@ -300,7 +300,8 @@ def test_a_broken_platform_key_answers_fail_not_500(app: Flask, shop: dict[str, 
     the notification again once the operator fixed the key; the order stays unpaid meanwhile."""
     order, _ = _order(shop)
     headers, body = _notification(simulator, order)
-    shop["merchant"].platform_public_key = "-----BEGIN PUBLIC KEY-----\nbroken\n-----END PUBLIC KEY-----"
+    broken = "-----BEGIN PUBLIC KEY-----\nbroken\n-----END PUBLIC KEY-----"
+    shop["merchant"].config = {**shop["merchant"].config, "platform_public_key": broken}
     db.session.commit()
     resp = _notify(app, shop, headers, body)
     assert resp.status_code == 503 and resp.get_json() == {

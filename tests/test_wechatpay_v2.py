@@ -106,9 +106,9 @@ def test_prepay_gives_jsapi_parameters_signed_with_the_merchants_sign_type(shop:
     assert (
         params["package"] == f"prepay_id={params['prepay_id']}" and params["appId"] == shop["fields"]["appid"]
     )
-    assert params["signType"] == shop["merchant"].sign_type
+    assert params["signType"] == shop["merchant"].config["sign_type"]
     fields = {k: params[k] for k in ("appId", "timeStamp", "nonceStr", "package", "signType")}
-    assert params["paySign"] == sign(fields, shop["api_key"], shop["merchant"].sign_type)
+    assert params["paySign"] == sign(fields, shop["api_key"], shop["merchant"].config["sign_type"])
     assert intents.of(order).prepay_id == params["prepay_id"]
 
 
@@ -286,7 +286,7 @@ def test_a_broken_configuration_answers_fail_not_500(app: Flask, create_account:
     shop = _shop(create_account, simulator, "MD5")
     order, _ = _order(shop)
     body = _paid(simulator, order)
-    shop["merchant"].sign_type = "SHA1"  # a row no form can write, say from an old import
+    shop["merchant"].config = {**shop["merchant"].config, "sign_type": "SHA1"}  # no form can write it
     db.session.commit()
     resp = _notify(app, shop, body)
     assert resp.status_code == 503

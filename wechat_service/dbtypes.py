@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +44,19 @@ class EncryptedText(TypeDecorator[str]):
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
         return None if value is None else open_secret(value)
+
+
+class EncryptedJSON(EncryptedText):
+    """A JSON object sealed whole (e.g. a payment provider's credentials): only ciphertext reaches
+    the database, and ``secrets rotate`` re-seals it like any EncryptedText."""
+
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else seal_secret(json.dumps(value, sort_keys=True))
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(open_secret(value))
 
 
 def utcnow() -> datetime:

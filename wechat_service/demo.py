@@ -260,7 +260,7 @@ def _demo_merchant(sim_base: str, account_id: int) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from payments import services as payments
+    from payments import merchants
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private_pem = key.private_bytes(
@@ -278,7 +278,7 @@ def _demo_merchant(sim_base: str, account_id: int) -> None:
         timeout=10,
     )
     platform.raise_for_status()
-    payments.add_merchant(
+    merchants.add_merchant(
         account_id,
         mchid=mchid,
         serial_no=secrets.token_hex(20).upper(),

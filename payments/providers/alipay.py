@@ -12,7 +12,8 @@ import base64
 import io
 import json
 import zipfile
-from typing import Any
+from datetime import date, datetime
+from typing import Any, Literal
 
 import requests
 from alipay.aop.api.AlipayClientConfig import AlipayClientConfig
@@ -35,9 +36,20 @@ from alipay.aop.api.request.AlipayTradeRefundRequest import AlipayTradeRefundReq
 from alipay.aop.api.request.AlipayTradeWapPayRequest import AlipayTradeWapPayRequest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding
 
-from payments.providers.wechatpay_v3 import NotificationError, PaymentProviderError
+from payments.providers.base import (
+    NOT_FOUND,
+    Answer,
+    Checkout,
+    Incoming,
+    Notice,
+    NotificationError,
+    PaymentProviderError,
+    PaymentState,
+    RefundState,
+)
+from payments.providers.keys import check_fields, private_key_pem, public_key_pem
 from wechat_service.money import fen_of, yuan
 
 PAID_STATES = ("TRADE_SUCCESS", "TRADE_FINISHED")
@@ -56,42 +68,6 @@ def yuan_to_fen(value: str) -> int:
 
 def fen_to_yuan(fen: int) -> str:
     return yuan(fen)
-
-
-def _der(text: str) -> bytes:
-    return base64.b64decode("".join(text.split()), validate=True)
-
-
-def public_key_pem(text: str) -> str:
-    """Alipay's public key as PEM, given as PEM or as the bare base64 Alipay's console shows;
-    ValueError if it is neither (an RSA public key, that is)."""
-    text = (text or "").strip()
-    if text.startswith("-----BEGIN"):
-        key = serialization.load_pem_public_key(text.encode())
-    else:
-        key = serialization.load_der_public_key(_der(text))
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError("not an RSA public key")
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-
-
-def private_key_pem(text: str) -> str:
-    """The app private key as the PKCS#1 PEM the SDK requires, given as PEM (PKCS#1 or #8) or as
-    bare base64; ValueError if it is neither."""
-    text = (text or "").strip()
-    if text.startswith("-----BEGIN"):
-        key = serialization.load_pem_private_key(text.encode(), password=None)
-    else:
-        key = serialization.load_der_private_key(_der(text), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("not an RSA private key")
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 class AlipayProvider:
@@ -243,3 +219,88 @@ class AlipayProvider:
         if form.get("app_id") != self.app_id or form.get("seller_id") != self.seller_id:
             raise NotificationError("not this merchant's notification")
         return form
+
+    # -- the provider interface (payments.providers.base.PaymentProvider) --------------------------
+
+    def prepare(
+        self,
+        *,
+        out_trade_no: str,
+        amount_fen: int,
+        description: str,
+        openid: str,
+        client_ip: str,
+        starts_at: datetime,
+        expires_at: datetime,
+        return_url: str | None,
+    ) -> Checkout:
+        """The wap pay URL: the browser goes there, then back to ``return_url``."""
+        url = self.wap_pay_url(
+            out_trade_no=out_trade_no, amount_fen=amount_fen, subject=description, return_url=return_url
+        )
+        return Checkout({"provider": "alipay", "url": url})
+
+    def read_notification(self, incoming: Incoming) -> Notice:
+        data = self.parse_notification(incoming.form)
+        amount = yuan_to_fen(data.get("total_amount", ""))  # NotificationError when not an amount
+        if data.get("trade_status") not in PAID_STATES:
+            return Notice("ignore")  # WAIT_BUYER_PAY, TRADE_CLOSED: nothing to apply
+        if not data.get("trade_no"):
+            return Notice("invalid", problem="trade_no missing")
+        return Notice(
+            "payment",
+            out_trade_no=data.get("out_trade_no", ""),
+            txn_id=data["trade_no"],
+            amount_fen=amount,
+            status=data["trade_status"],
+            raw=dict(data),
+        )
+
+    @staticmethod
+    def answer(status: int, message: str = "") -> Answer:
+        """Alipay wants exactly ``success`` (else it resends 8 times over 25 h). It reads the body
+        only: 200, unless the URL names no merchant (404) or the body is too large (413)."""
+        return Answer(
+            status if status in (404, 413) else 200, "success" if status < 300 else "failure", "text/plain"
+        )
+
+    def payment(self, out_trade_no: str, amount_fen: int) -> PaymentState:
+        try:
+            result = self.query(out_trade_no)
+        except PaymentProviderError as exc:
+            # Not there: nothing can be paid. Anything else: Alipay's answer is not a state.
+            return PaymentState("NOTPAY" if exc.code in NOT_FOUND else "UNKNOWN")
+        state = str(result.get("trade_status", "UNKNOWN"))
+        paid = state in PAID_STATES and yuan_to_fen(str(result.get("total_amount"))) == amount_fen
+        return PaymentState(state, str(result.get("trade_no")), amount_fen, paid, dict(result))
+
+    def close_trade(self, out_trade_no: str) -> Literal["closed", "paid"]:
+        return "closed"  # an Alipay trade expires on its own (timeout_express); a late payment is refunded
+
+    def refund_money(
+        self, *, out_trade_no: str, out_refund_no: str, amount_fen: int, total_fen: int, reason: str
+    ) -> RefundState:
+        raw = self.refund(
+            out_trade_no=out_trade_no, out_request_no=out_refund_no, refund_fen=amount_fen, reason=reason
+        )
+        # Alipay refunds synchronously, but only fund_change=Y says this call moved the money; a
+        # repeat (our earlier answer was lost) says N, and then the refund query decides.
+        if raw.get("fund_change") == "Y":
+            status = "SUCCESS"
+        else:
+            raw = self.refund_status(out_trade_no, out_refund_no)
+            status = raw["status"]
+        # Its answer carries no refund id of its own: the trade and our request number name it.
+        return RefundState(status, f"{raw.get('trade_no', '')}-{out_refund_no}"[:64], amount_fen, dict(raw))
+
+    def refund_state(self, *, out_trade_no: str, out_refund_no: str) -> RefundState | None:
+        return None  # Alipay's refund call is its own idempotent query: the refund is asked again
+
+    def day_statement(self, bill_date: date) -> str:
+        return self.statement(bill_date.isoformat())
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Alipay credentials: the app's private key (stored as the PKCS#1 PEM the SDK needs) and
+    Alipay's public key (PEM, or the bare base64 Alipay's console shows)."""
+    return check_fields(config, {"app_private_key": private_key_pem, "alipay_public_key": public_key_pem})

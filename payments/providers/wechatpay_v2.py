@@ -16,16 +16,28 @@ import secrets
 import tempfile
 import time
 from base64 import b64decode
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
 
+from cryptography import x509
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.padding import PKCS7
 from wechatpy.exceptions import WeChatPayException
 from wechatpy.pay import WeChatPay
 from wechatpy.pay.utils import calculate_signature, calculate_signature_hmac
 
-from payments.providers.wechatpay_v3 import NotificationError, PaymentProviderError
+from payments.providers.base import (
+    NOT_FOUND,
+    Answer,
+    Checkout,
+    Incoming,
+    Notice,
+    NotificationError,
+    PaymentProviderError,
+    PaymentState,
+    RefundState,
+)
+from payments.providers.keys import check_fields, optional, private_key_pem
 from wechat_service.callbacks import BadMessageError, parse_xml
 
 SIGN_TYPES = ("MD5", "HMAC-SHA256")
@@ -220,6 +232,161 @@ class WeChatPayV2:
         if data.get("appid") != self.appid or data.get("mch_id") != self.mchid:
             raise NotificationError("not this merchant's notification")
         return decrypt_req_info(data["req_info"], self.api_key)
+
+    # -- the provider interface (payments.providers.base.PaymentProvider) --------------------------
+
+    def prepare(
+        self,
+        *,
+        out_trade_no: str,
+        amount_fen: int,
+        description: str,
+        openid: str,
+        client_ip: str,
+        starts_at: datetime,
+        expires_at: datetime,
+        return_url: str | None,
+    ) -> Checkout:
+        params = self.jsapi(
+            out_trade_no=out_trade_no,
+            amount_fen=amount_fen,
+            openid=openid,
+            description=description,
+            expires_at=expires_at,
+            starts_at=starts_at,
+            client_ip=client_ip,
+        )
+        return Checkout(params, params["prepay_id"])
+
+    def read_notification(self, incoming: Incoming) -> Notice:
+        if incoming.refund_path:
+            info = self.parse_refund_notification(incoming.body)
+            status = {"CHANGE": "ABNORMAL", "REFUNDCLOSE": "CLOSED"}.get(info.get("refund_status", ""), "")
+            try:
+                amount = int(info.get("refund_fee", ""))
+            except ValueError:
+                amount = -1
+            return Notice(
+                "refund",
+                out_refund_no=info.get("out_refund_no", ""),
+                status=status or info.get("refund_status", ""),
+                refund_id=info.get("refund_id", ""),
+                amount_fen=amount,
+                raw=dict(info),
+            )
+        data = self.parse_notification(incoming.body)
+        if data.get("return_code") != "SUCCESS" or data.get("result_code") != "SUCCESS":
+            return Notice("ignore")  # a failed payment: nothing to apply
+        try:
+            amount = int(data.get("total_fee", ""))
+        except ValueError:
+            amount = 0
+        if amount <= 0 or not data.get("transaction_id"):
+            return Notice("invalid", problem="total_fee or transaction_id missing")
+        return Notice(
+            "payment",
+            out_trade_no=data.get("out_trade_no", ""),
+            txn_id=data["transaction_id"],
+            amount_fen=amount,
+            status="SUCCESS",
+            raw=dict(data),
+        )
+
+    @staticmethod
+    def answer(status: int, message: str = "") -> Answer:
+        """WeChat Pay v2 resends until it reads return_code SUCCESS."""
+        if status < 300:
+            return Answer(200, V2_OK, "text/xml")
+        return Answer(status, v2_fail(message), "text/xml")
+
+    def payment(self, out_trade_no: str, amount_fen: int) -> PaymentState:
+        try:
+            result = self.query(out_trade_no)
+        except PaymentProviderError as exc:
+            if exc.code in NOT_FOUND:
+                return PaymentState("NOTPAY")
+            raise
+        state = str(result.get("trade_state", "UNKNOWN"))
+        paid = state == "SUCCESS" and str(result.get("total_fee")) == str(amount_fen)
+        return PaymentState(state, str(result.get("transaction_id")), amount_fen, paid, dict(result))
+
+    def close_trade(self, out_trade_no: str) -> Literal["closed", "paid"]:
+        try:
+            self.close(out_trade_no)
+        except PaymentProviderError as exc:
+            if exc.code == "ORDERPAID":
+                return "paid"
+            if exc.code not in ("ORDER_NOT_EXIST", "ORDERCLOSED"):
+                raise
+        return "closed"
+
+    def refund_money(
+        self, *, out_trade_no: str, out_refund_no: str, amount_fen: int, total_fen: int, reason: str
+    ) -> RefundState:
+        raw = self.refund(
+            out_trade_no=out_trade_no,
+            out_refund_no=out_refund_no,
+            refund_fen=amount_fen,
+            total_fen=total_fen,
+            reason=reason,
+        )
+        return RefundState(str(raw.get("status")), str(raw.get("refund_id") or ""), amount_fen, dict(raw))
+
+    def refund_state(self, *, out_trade_no: str, out_refund_no: str) -> RefundState | None:
+        try:
+            answer = self.refund_status(out_refund_no)
+        except PaymentProviderError as exc:
+            if exc.code in NOT_FOUND:
+                return None
+            raise
+        return RefundState(answer["status"], str(answer.get("refund_id") or ""), answer.get("amount"), answer)
+
+    def day_statement(self, bill_date: date) -> str:
+        return self.statement(bill_date.strftime("%Y%m%d"))
+
+
+V2_OK = "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>"
+
+
+def v2_fail(message: str) -> str:
+    return (
+        "<xml><return_code><![CDATA[FAIL]]></return_code>"
+        f"<return_msg><![CDATA[{message}]]></return_msg></xml>"
+    )
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """WeChat Pay v2 credentials: the API key and how requests are signed; the API client
+    certificate and its key (PEM; WeChat Pay requires them for refunds) when given."""
+    return check_fields(
+        config,
+        {
+            "api_key": _api_key,
+            "sign_type": _sign_type,
+            "cert_pem": optional(_certificate),
+            "key_pem": optional(private_key_pem),
+        },
+    )
+
+
+def _api_key(value: str) -> str:
+    if len(value) != 32:
+        raise ValueError("the API key has 32 characters")
+    return value
+
+
+def _sign_type(value: str) -> str:
+    if value not in SIGN_TYPES:
+        raise ValueError("sign type is MD5 or HMAC-SHA256")
+    return value
+
+
+def _certificate(value: str) -> str:
+    try:
+        x509.load_pem_x509_certificate(value.strip().encode())
+    except ValueError:
+        raise ValueError("not a PEM certificate") from None
+    return value.strip()
 
 
 def _private_file(pem: str) -> str:

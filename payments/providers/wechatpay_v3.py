@@ -12,33 +12,27 @@ import hashlib
 import json
 import secrets
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Literal
 
 import requests
 from wechatpayv3 import WeChatPay, WeChatPayType
 
-from wechat_service.errors import register_upstream_error
+from payments.providers.base import (
+    NOT_FOUND,
+    Answer,
+    Checkout,
+    Incoming,
+    Notice,
+    NotificationError,
+    PaymentProviderError,
+    PaymentState,
+    RefundState,
+)
+from payments.providers.keys import check_fields, private_key_pem, public_key_pem
 
 NOTIFY_WINDOW = 300
 CHINA = timezone(timedelta(hours=8))
-
-
-class PaymentProviderError(Exception):
-    def __init__(self, message: str, status: int | None = None, detail: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.detail = detail
-
-
-# Not caught by a caller: a 502 in the one error shape (unreachable: 503).
-register_upstream_error(
-    PaymentProviderError, "The payment provider", lambda exc: "unreachable" in str(exc).lower()
-)
-
-
-class NotificationError(ValueError):
-    """The notification is not WeChat Pay's, or not for this merchant: refuse it (4xx)."""
 
 
 class WeChatPayV3:
@@ -199,3 +193,144 @@ class WeChatPayV3:
         if not data or not isinstance(data.get("resource"), dict):
             raise NotificationError("signature or decryption failed")
         return data
+
+    # -- the provider interface (payments.providers.base.PaymentProvider) --------------------------
+
+    def prepare(
+        self,
+        *,
+        out_trade_no: str,
+        amount_fen: int,
+        description: str,
+        openid: str,
+        client_ip: str,
+        starts_at: datetime,
+        expires_at: datetime,
+        return_url: str | None,
+    ) -> Checkout:
+        params = self.jsapi(
+            out_trade_no=out_trade_no,
+            amount_fen=amount_fen,
+            openid=openid,
+            description=description,
+            expires_at=expires_at,
+        )
+        return Checkout(params, params["prepay_id"])
+
+    def read_notification(self, incoming: Incoming) -> Notice:
+        data = self.parse_notification(incoming.headers, incoming.body)
+        txn = data["resource"]
+        if txn.get("mchid") != self.mchid:
+            return Notice("invalid", problem="not this merchant's transaction")
+        event = str(data.get("event_type", ""))
+        if event.startswith("REFUND."):
+            amount = (txn.get("amount") or {}).get("refund")
+            return Notice(
+                "refund",
+                out_refund_no=str(txn.get("out_refund_no", "")),
+                status=str(txn.get("refund_status", "")),
+                refund_id=str(txn.get("refund_id", "")),
+                amount_fen=amount if isinstance(amount, int) else -1,
+                raw=txn,
+            )
+        if event != "TRANSACTION.SUCCESS" or txn.get("trade_state") != "SUCCESS":
+            return Notice("ignore")
+        if txn.get("appid") != self.appid:
+            return Notice("invalid", problem="not this merchant's transaction")
+        amount = (txn.get("amount") or {}).get("total")
+        if not isinstance(amount, int) or amount <= 0 or not txn.get("transaction_id"):
+            return Notice("invalid", problem="amount or transaction id missing")
+        return Notice(
+            "payment",
+            out_trade_no=str(txn.get("out_trade_no")),
+            txn_id=str(txn["transaction_id"]),
+            amount_fen=amount,
+            status="SUCCESS",
+            raw=txn,
+        )
+
+    @staticmethod
+    def answer(status: int, message: str = "") -> Answer:
+        """200/204 with no body means received; anything else (4xx/5xx + code) is retried."""
+        if status < 300:
+            return Answer(204, None)
+        return Answer(status, {"code": "FAIL", "message": message})
+
+    def payment(self, out_trade_no: str, amount_fen: int) -> PaymentState:
+        try:
+            result = self.query(out_trade_no)
+        except PaymentProviderError as exc:
+            if exc.code in NOT_FOUND:
+                return PaymentState("NOTPAY")  # the prepay never went through: nothing can be paid
+            raise
+        state = str(result.get("trade_state", "UNKNOWN"))
+        paid = state == "SUCCESS" and (result.get("amount") or {}).get("total") == amount_fen
+        return PaymentState(state, str(result.get("transaction_id")), amount_fen, paid, dict(result))
+
+    def close_trade(self, out_trade_no: str) -> Literal["closed", "paid"]:
+        try:
+            self.close(out_trade_no)
+        except PaymentProviderError as exc:
+            if exc.code == "ORDERPAID":
+                return "paid"
+            if exc.code not in ("ORDER_NOT_EXIST", "ORDERCLOSED"):
+                raise
+        return "closed"
+
+    def refund_money(
+        self, *, out_trade_no: str, out_refund_no: str, amount_fen: int, total_fen: int, reason: str
+    ) -> RefundState:
+        raw = self.refund(
+            out_trade_no=out_trade_no,
+            out_refund_no=out_refund_no,
+            refund_fen=amount_fen,
+            total_fen=total_fen,
+            reason=reason,
+        )
+        return RefundState(str(raw.get("status")), str(raw.get("refund_id") or ""), amount_fen, dict(raw))
+
+    def refund_state(self, *, out_trade_no: str, out_refund_no: str) -> RefundState | None:
+        try:
+            answer = self.refund_status(out_refund_no)
+        except PaymentProviderError as exc:
+            if exc.code in NOT_FOUND:
+                return None  # the request never reached the provider: ask again
+            raise
+        return RefundState(answer["status"], str(answer.get("refund_id") or ""), answer.get("amount"), answer)
+
+    def day_statement(self, bill_date: date) -> str:
+        return self.statement(bill_date.isoformat())
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """WeChat Pay v3 credentials: the merchant API key pair's serial and private key, the APIv3
+    key, WeChat Pay's public key and its id. Keys normalised to PEM; InvalidInputError by field."""
+    return check_fields(
+        config,
+        {
+            "serial_no": _serial,
+            "private_key": lambda v: private_key_pem(v, pkcs8=True),
+            "apiv3_key": _apiv3_key,
+            "platform_public_key": public_key_pem,
+            "platform_public_key_id": lambda v: _nonempty(v, "the public key's id (PUB_KEY_ID_…)"),
+        },
+    )
+
+
+def _serial(value: str) -> str:
+    value = value.strip().upper()
+    if not value or len(value) > 64 or any(c not in "0123456789ABCDEF" for c in value):
+        raise ValueError("the certificate serial number is hexadecimal")
+    return value
+
+
+def _apiv3_key(value: str) -> str:
+    if len(value) != 32:
+        raise ValueError("the APIv3 key has 32 characters")
+    return value
+
+
+def _nonempty(value: str, what: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{what} is required")
+    return value.strip()
