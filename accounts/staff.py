@@ -346,6 +346,7 @@ def audit_query(
     user_id: int | None = None,
     account_id: int | None = None,
     action: str | None = None,
+    target: str | None = None,
 ) -> sa.Select[Any]:
     query = sa.select(AuditLog).order_by(AuditLog.at.desc(), AuditLog.id.desc())
     if account_ids is not None:
@@ -356,4 +357,6 @@ def audit_query(
         query = query.where(AuditLog.account_id == account_id)
     if action:
         query = query.where(AuditLog.action == action)
+    if target:
+        query = query.where(AuditLog.target == target)
     return query

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from accounts.models import ChannelQRCode, EventKind, Person, Subscriber, SubscriberEvent
+from accounts.models import ChannelQRCode, EventKind, Person, Subscriber, SubscriberEvent, SubscriberTag, Tag
 from wechat_service.dbtypes import UTCDateTime, utcnow
 from wechat_service.dbutil import upsert
 from wechat_service.extensions import db
@@ -290,3 +290,32 @@ def lock_subscriber(subscriber_id: int) -> None:
         .values(id=Subscriber.id)
         .execution_options(synchronize_session=False)
     )
+
+
+# -- selectables and look-ups for the domains above ------------------------------------------------
+
+
+def tagged(subscriber_id: Any, tag_ids: list[int]) -> sa.Exists:
+    """EXISTS: the subscriber (a column or a value) carries one of the tags."""
+    return sa.exists().where(SubscriberTag.subscriber_id == subscriber_id, SubscriberTag.tag_id.in_(tag_ids))
+
+
+def profiles(subscriber_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Per subscriber: openid, first follow, the channel QR code they came through, their tag
+    names (comma-separated) — in two queries, for template-message variables."""
+    out: dict[int, dict[str, Any]] = {
+        sid: {"openid": openid, "first_followed_at": followed, "channel": channel or "", "tags": ""}
+        for sid, openid, followed, channel in db.session.execute(
+            sa.select(Subscriber.id, Subscriber.openid, Subscriber.first_followed_at, ChannelQRCode.name)
+            .outerjoin(ChannelQRCode, ChannelQRCode.id == Subscriber.channel_id)
+            .where(Subscriber.id.in_(subscriber_ids))
+        )
+    }
+    for sid, tag in db.session.execute(
+        sa.select(SubscriberTag.subscriber_id, Tag.name)
+        .join(Tag, Tag.id == SubscriberTag.tag_id)
+        .where(SubscriberTag.subscriber_id.in_(subscriber_ids))
+    ):
+        if sid in out:
+            out[sid]["tags"] = ",".join(filter(None, [out[sid]["tags"], tag]))
+    return out

@@ -19,17 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from accounts import facts as account_facts
 from payments import facts as payment_facts
 from store import facts as store_facts
-from store.models import Order
 from templates_msg import facts as campaign_facts
-from templates_msg.models import Campaign, Delivery
-from templates_msg.reports import attributed, plus_days
-from wechat_service.extensions import db
-from wechat_service.facts import COUNT, Bucket, Feed, Source
+from wechat_service.facts import Feed, Source
 
 active_days = account_facts.active_days  # what metric_active_days keeps (rollups read it here)
 
@@ -321,9 +315,6 @@ manual("support_quality", "score", "On-site support quality score (0–100), ent
 # A delivery row changes as it goes (sent, reported, clicked): each metric buckets by the time of
 # its own step, and the refresh re-reads deliveries by their change sequence (FEEDS below).
 
-M = Delivery
-
-
 sourced(
     "campaign_sends", "messages", "Campaign template messages WeChat accepted (a msgid).", ledger="deliveries"
 )(campaign_facts.campaign_sends)
@@ -353,26 +344,19 @@ sourced(
 )(campaign_facts.transactional)
 
 
-def _attributed_orders(b: Bucket) -> Any:
-    # The campaign results page counts with the very same predicate (one definition, one query).
-    return attributed(Order, b.dialect)
-
-
-@sourced(
+sourced(
     "campaign_conversions",
     "orders",
     "Paid orders attributed to a campaign: placed by a recipient within the campaign's attribution "
     "window after their first click (or, without a click, the send); on the day the order was "
     "placed. An order attributed to two campaigns counts once here and once on each campaign's page.",
     ledger="orders",
+)(campaign_facts.campaign_conversions)  # the campaign results page counts with the same predicate
+
+
+sourced("campaign_revenue_fen", "fen", "Amount of the orders attributed to campaigns.", ledger="orders")(
+    campaign_facts.campaign_revenue
 )
-def _campaign_conversions(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(Order.account_id, Order.created_at, COUNT, _attributed_orders(b))
-
-
-@sourced("campaign_revenue_fen", "fen", "Amount of the orders attributed to campaigns.", ledger="orders")
-def _campaign_revenue(b: Bucket) -> sa.Select[Any]:
-    return b.grouped(Order.account_id, Order.created_at, sa.func.sum(Order.amount_fen), _attributed_orders(b))
 
 
 # -- feeds: how the incremental refresh finds new and changed rows --------------------------------
@@ -391,34 +375,9 @@ def _campaign_revenue(b: Bucket) -> sa.Select[Any]:
 # There are no first-time-vs-repeat buyer metrics; one would need a reach like re-follows'.
 
 
-def _attributable_orders(new: Any) -> sa.Select[Any]:
-    """Orders of the recipients of changed deliveries placed from the earlier of send and click to
-    the end of the window after the later: attributed before or after the change."""
-    dialect = db.session.get_bind().dialect.name
-    first = sa.case((M.first_clicked_at < M.sent_at, M.first_clicked_at), else_=M.sent_at)
-    last = sa.case((M.first_clicked_at > M.sent_at, M.first_clicked_at), else_=M.sent_at)
-    return (
-        sa.select(Order.account_id, sa.func.min(Order.created_at), sa.func.max(Order.created_at))
-        .select_from(M)
-        .join(Campaign, Campaign.id == M.campaign_id)
-        .join(Order, sa.and_(Order.subscriber_id == M.subscriber_id, Order.account_id == M.account_id))
-        .where(
-            new,
-            M.sent_at.is_not(None),
-            Order.created_at >= first,
-            Order.created_at < plus_days(last, Campaign.attribution_days, dialect),
-        )
-        .group_by(Order.account_id)
-    )
-
-
-# Each domain offers the feeds of its own ledgers; the deliveries' feed stays here for now, since a
-# changed delivery reaches the recipient's orders (the one place metrics still joins two domains).
-_DELIVERIES = Feed(
-    "deliveries", M.change_seq, M.changed_at, (M.sent_at, M.reported_at, M.first_clicked_at),
-    M.account_id, reaches=(_attributable_orders,),
-)  # fmt: skip
-_BY_NAME = {f.name: f for f in (*account_facts.FEEDS, *store_facts.FEEDS, *payment_facts.FEEDS, _DELIVERIES)}
+_BY_NAME = {
+    f.name: f for f in (*account_facts.FEEDS, *store_facts.FEEDS, *payment_facts.FEEDS, *campaign_facts.FEEDS)
+}
 FEEDS: tuple[Feed, ...] = tuple(
     _BY_NAME[name]
     for name in (

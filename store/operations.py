@@ -131,11 +131,12 @@ def export_batch(access: Access, account_id: int, batch_id: int, ip: str) -> tup
 
 def export_record(account_id: int, batch_id: int) -> Any:
     """The audit entry of the batch's export, or None: the one durable trace that it happened."""
-    from accounts.models import AuditLog
     from wechat_service.extensions import db
 
-    query = staff.audit_query(account_ids=None, account_id=account_id, action="redeem_batch.export")
-    return db.session.scalars(query.where(AuditLog.target == f"batch {batch_id}").limit(1)).first()
+    query = staff.audit_query(
+        account_ids=None, account_id=account_id, action="redeem_batch.export", target=f"batch {batch_id}"
+    )
+    return db.session.scalars(query.limit(1)).first()
 
 
 def void_batch(access: Access, account_id: int, batch_id: int, ip: str) -> int:

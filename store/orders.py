@@ -31,6 +31,7 @@ ALLOWED = {
     OrderStatus.refunding: {OrderStatus.refunded},
 }
 PAY_TIMEOUT = timedelta(minutes=30)
+PAID = (OrderStatus.paid, OrderStatus.fulfilling, OrderStatus.fulfilled)  # the subscriber has it or will
 
 
 class InvalidTransitionError(ServiceError):
@@ -419,3 +420,34 @@ def export_rows(
         ]
         for o, code, name in db.session.execute(query)
     ]  # fmt: skip
+
+
+# -- selectables for the domains above (set-based SQL over orders without their table) -----------
+
+
+def paid_orders() -> sa.Subquery:
+    """Paid orders (paid, being carried out, or carried out), as rows of ``id, account_id,
+    subscriber_id, product_id, amount_fen, created_at``: what campaign attribution and the metrics
+    built on it read."""
+    return (
+        sa.select(
+            Order.id,
+            Order.account_id,
+            Order.subscriber_id,
+            Order.product_id,
+            Order.amount_fen,
+            Order.created_at,
+        )
+        .where(Order.status.in_(PAID))
+        .subquery("paid_orders")
+    )
+
+
+def bought(subscriber_id: Any, product_ids: list[int], since: Any) -> sa.Exists:
+    """EXISTS: the subscriber (a column or a value) paid for one of the products since then."""
+    return sa.exists().where(
+        Order.subscriber_id == subscriber_id,
+        Order.product_id.in_(product_ids),
+        Order.status.in_(PAID),
+        Order.created_at >= since,
+    )

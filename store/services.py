@@ -402,3 +402,8 @@ def answer_later(account_id: int, subscriber_id: int, kind: InquiryKind) -> str:
     openid = subscriber_by_id(account_id, subscriber_id).openid
     api_client(account_id).message.send_text(openid, text)
     return text
+
+
+def phone_bound(subscriber_id: Any) -> sa.Exists:
+    """EXISTS: the subscriber (a column or a value) has a bound phone — a selectable for segments."""
+    return sa.exists().where(PhoneBinding.subscriber_id == subscriber_id)

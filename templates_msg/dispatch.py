@@ -28,6 +28,7 @@ import requests
 import sqlalchemy as sa
 from flask import current_app
 
+from accounts import subscribers
 from accounts.models import Account
 from templates_msg import services
 from templates_msg.models import (
@@ -379,33 +380,21 @@ def message_body(
 
 
 def _variables(account_id: int, subscriber_ids: list[int]) -> dict[int, dict[str, str]]:
-    """Per-recipient variables for a chunk, in two queries (only when the campaign uses them)."""
-    from accounts.models import ChannelQRCode, Subscriber, SubscriberTag, Tag
-
+    """Per-recipient variables for a chunk, in three queries (only when the campaign uses them)."""
     name = db.session.scalar(sa.select(Account.name).where(Account.id == account_id)) or ""
-    out: dict[int, dict[str, str]] = {}
-    rows = db.session.execute(
-        sa.select(Subscriber.id, Subscriber.openid, Subscriber.first_followed_at, ChannelQRCode.name)
-        .outerjoin(ChannelQRCode, ChannelQRCode.id == Subscriber.channel_id)
-        .where(Subscriber.id.in_(subscriber_ids))
-    ).all()
     tz = ZoneInfo(_timezone(account_id))
-    for sid, openid, followed, channel in rows:
-        out[sid] = {
-            "openid": openid,
+    return {
+        sid: {
+            "openid": p["openid"],
             "account_name": name,
-            "channel": channel or "",
-            "tags": "",
-            "follow_date": followed.astimezone(tz).strftime("%Y-%m-%d") if followed else "",
+            "channel": p["channel"],
+            "tags": p["tags"],
+            "follow_date": p["first_followed_at"].astimezone(tz).strftime("%Y-%m-%d")
+            if p["first_followed_at"]
+            else "",
         }
-    for sid, tag in db.session.execute(
-        sa.select(SubscriberTag.subscriber_id, Tag.name)
-        .join(Tag, Tag.id == SubscriberTag.tag_id)
-        .where(SubscriberTag.subscriber_id.in_(subscriber_ids))
-    ):
-        if sid in out:
-            out[sid]["tags"] = ",".join(filter(None, [out[sid]["tags"], tag]))
-    return out
+        for sid, p in subscribers.profiles(subscriber_ids).items()
+    }
 
 
 def _run_id(conn: redis.Redis) -> str:

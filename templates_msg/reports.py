@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from store import orders
 from templates_msg.models import (
     Campaign,
     Delivery,
@@ -174,12 +175,6 @@ def sweep_early_reports(max_age_days: int = 3) -> int:
 # -- results ---------------------------------------------------------------------------------------
 
 
-def _paid_statuses() -> list[Any]:
-    from store.models import OrderStatus
-
-    return [OrderStatus.paid, OrderStatus.fulfilling, OrderStatus.fulfilled]
-
-
 def stats(campaign_id: int) -> dict[str, Any]:
     """Everything the results page shows, in a handful of aggregate queries."""
     d = Delivery
@@ -321,7 +316,8 @@ def plus_days(ts: Any, days: Any, dialect: str) -> Any:
 
 def attributed(order: Any, dialect: str, campaign_id: int | None = None) -> Any:
     """The one definition of a campaign conversion, used by the campaign results and the metrics
-    rollups alike: a paid order (``order``: the Order entity) placed by a recipient the campaign
+    rollups alike: a paid order (``order``: the columns of store's ``paid_orders()``) placed by a
+    recipient the campaign
     reached, within the campaign's attribution window after the recipient's first click (or,
     without a click, the send). With ``campaign_id``: attributed to that campaign; without: to any
     campaign (an order attributed to two campaigns is one order of the matrix)."""
@@ -342,7 +338,7 @@ def attributed(order: Any, dialect: str, campaign_id: int | None = None) -> Any:
     )
     if campaign_id is not None:
         reached = reached.where(d.campaign_id == campaign_id)
-    return sa.and_(order.status.in_(_paid_statuses()), reached.exists())
+    return reached.exists()
 
 
 def attribution(campaign_id: int) -> dict[str, Any]:
@@ -350,8 +346,8 @@ def attribution(campaign_id: int) -> dict[str, Any]:
     dashboard sums, from the same predicate) and their amount; the conversion rate is the share of
     recipients with at least one; the control group's orders within the window after the campaign
     started are the baseline for the uplift."""
-    from store.models import Order
-
+    paid = orders.paid_orders()
+    order = paid.c
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None or campaign.started_at is None:
         return {
@@ -368,24 +364,20 @@ def attribution(campaign_id: int) -> dict[str, Any]:
     conversions, revenue, converted = db.session.execute(
         sa.select(
             sa.func.count(),
-            sa.func.coalesce(sa.func.sum(Order.amount_fen), 0),
-            sa.func.count(sa.distinct(Order.subscriber_id)),
-        ).where(attributed(Order, dialect, campaign_id))
+            sa.func.coalesce(sa.func.sum(order.amount_fen), 0),
+            sa.func.count(sa.distinct(order.subscriber_id)),
+        ).where(attributed(order, dialect, campaign_id))
     ).one()
     window_end = campaign.started_at + timedelta(days=campaign.attribution_days)
     control_converted = (
         db.session.scalar(
             sa.select(sa.func.count(sa.distinct(d.id)))
-            .join(
-                Order,
-                sa.and_(Order.subscriber_id == d.subscriber_id, Order.account_id == d.account_id),
-            )
+            .join(paid, sa.and_(order.subscriber_id == d.subscriber_id, order.account_id == d.account_id))
             .where(
                 d.campaign_id == campaign_id,
                 d.control.is_(True),
-                Order.status.in_(_paid_statuses()),
-                Order.created_at >= campaign.started_at,
-                Order.created_at < window_end,
+                order.created_at >= campaign.started_at,
+                order.created_at < window_end,
             )
         )
         or 0

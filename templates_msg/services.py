@@ -14,7 +14,10 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from accounts.models import Account, Subscriber, SubscriberTag
+from accounts import subscribers
+from accounts.models import Account, Subscriber
+from store import orders
+from store import services as store_services
 from templates_msg.models import (
     Campaign,
     CampaignAccount,
@@ -499,9 +502,7 @@ def segment_query(
     query = sa.select(s.id, s.openid, s.person_id).where(s.account_id == account_id, s.following.is_(True))
     tag_ids = [int(t) for t in segment.get("tag_ids") or []]
     if tag_ids:
-        query = query.where(
-            sa.exists().where(SubscriberTag.subscriber_id == s.id, SubscriberTag.tag_id.in_(tag_ids))
-        )
+        query = query.where(subscribers.tagged(s.id, tag_ids))
     if segment.get("followed_after"):
         query = query.where(s.first_followed_at >= _date(segment["followed_after"]))
     if segment.get("followed_before"):
@@ -515,17 +516,15 @@ def segment_query(
     if segment.get("channel_ids"):
         query = query.where(s.channel_id.in_([int(c) for c in segment["channel_ids"]]))
     if segment.get("bound_phone") is not None:
-        # The store's phone bindings, read-only: a segment is a query, and one EXISTS beats
-        # fetching every bound id through a service.
-        from store.models import PhoneBinding
-
-        bound = sa.exists().where(PhoneBinding.subscriber_id == s.id)
+        # The store's selectable: a segment is one query, and one EXISTS beats fetching every
+        # bound id through a service.
+        bound = store_services.phone_bound(s.id)
         query = query.where(bound if segment["bound_phone"] else ~bound)
     within = now - timedelta(days=int(segment.get("bought_within_days") or 90))
     if segment.get("bought_product_ids"):
-        query = query.where(_bought(s.id, segment["bought_product_ids"], within))
+        query = query.where(orders.bought(s.id, [int(p) for p in segment["bought_product_ids"]], within))
     if segment.get("not_bought_product_ids"):
-        query = query.where(~_bought(s.id, segment["not_bought_product_ids"], within))
+        query = query.where(~orders.bought(s.id, [int(p) for p in segment["not_bought_product_ids"]], within))
     if segment.get("frequency_cap_days"):
         since = now - timedelta(days=int(segment["frequency_cap_days"]))
         recent = sa.exists().where(
@@ -539,18 +538,6 @@ def segment_query(
         query = query.where(~recent)
     opted_out = sa.exists().where(OptOut.account_id == account_id, OptOut.openid == s.openid)
     return query.where(~opted_out)
-
-
-def _bought(subscriber_id: Any, product_ids: list[Any], since: datetime) -> Any:
-    from store.models import Order, OrderStatus
-
-    paid = [OrderStatus.paid, OrderStatus.fulfilling, OrderStatus.fulfilled]
-    return sa.exists().where(
-        Order.subscriber_id == subscriber_id,
-        Order.product_id.in_([int(p) for p in product_ids]),
-        Order.status.in_(paid),
-        Order.created_at >= since,
-    )
 
 
 def _date(value: Any) -> datetime:

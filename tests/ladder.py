@@ -34,7 +34,9 @@ LADDER: list[tuple[str, ...]] = [
 ]
 BASE = "wechat_service"
 TENANT_ROOT = "accounts"
-TENANT_ROOT_MODELS = frozenset({"Account", "OrgUnit", "Subscriber", "Person"})
+TENANT_ROOT_MODELS = frozenset(
+    {"Account", "OrgUnit", "Subscriber", "Person", "AccountKind", "AccountStatus"}  # and their columns' enums
+)
 # The composition stands on top and may import anything (files relative to the root).
 COMPOSITION_FILES = frozenset(
     {
