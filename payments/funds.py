@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from payments import signals
 from payments.models import AlertLevel, FundPool, FundPoolEntry, PoolEntryKind
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import upsert
+from wechat_service.dbutil import execute_dml, upsert
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
 from wechat_service.extensions import db
 from wechat_service.money import yuan
@@ -207,7 +207,7 @@ def _settle_level(pool_id: int, balance: int | None) -> None:
     current = pool.alert_level
     if target == current:
         return
-    moved = db.session.execute(
+    moved = execute_dml(
         sa.update(FundPool)
         .where(FundPool.id == pool_id, FundPool.alert_level == current)
         .values(alert_level=int(target))

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from store.models import Coupon, CouponKind, CouponUse
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db
 
@@ -105,7 +106,7 @@ def hold(account_id: int, subscriber_id: int, code: str, price_fen: int) -> tupl
         )
         if used >= coupon.per_person_limit:
             raise CouponError("已达到每人使用次数上限")
-    taken = db.session.execute(
+    taken = execute_dml(
         sa.update(Coupon)
         .where(
             Coupon.id == coupon.id,
@@ -137,7 +138,7 @@ def release(order_id: int) -> None:
     use = db.session.scalar(sa.select(CouponUse).where(CouponUse.order_id == order_id))
     if use is None:
         return
-    done = db.session.execute(
+    done = execute_dml(
         sa.update(CouponUse)
         .where(CouponUse.id == use.id, CouponUse.released.is_(False))
         .values(released=True)

@@ -20,6 +20,7 @@ from store import fulfilment as fulfilments
 from store.boss import BossError, BossUnavailableError, boss
 from store.models import Fulfilment, HoldStatus, PointsHold, Product
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, ServiceError
 from wechat_service.extensions import db
 
@@ -122,7 +123,7 @@ def _begin_fulfilment(hold: PointsHold, product: Product) -> bool:
     except IntegrityError:
         savepoint.rollback()
         return False
-    linked = db.session.execute(
+    linked = execute_dml(
         sa.update(PointsHold)
         .where(
             PointsHold.id == hold.id,
@@ -212,7 +213,7 @@ def _release(hold: PointsHold) -> bool:
 
 def _move(hold_id: int, target: HoldStatus) -> bool:
     return (
-        db.session.execute(
+        execute_dml(
             sa.update(PointsHold)
             .where(PointsHold.id == hold_id, PointsHold.status == HoldStatus.held)
             .values(status=target)

@@ -22,6 +22,7 @@ from store import catalogue, fulfilment
 from store.models import CodeStatus, FulfilmentStatus, ProductKind, RedeemBatch, RedeemCode
 from store.services import ThrottledError, binding_of, mask_phone
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.exports import csv_text
 from wechat_service.extensions import db, get_redis
@@ -196,7 +197,7 @@ def settle(fulfilment_id: int) -> str | None:
         )
         if latest != job.id:
             return None  # the code was redeemed again since: that attempt decides
-        released = db.session.execute(
+        released = execute_dml(
             sa.update(RedeemCode)
             .where(RedeemCode.id == job.source_id, RedeemCode.status == CodeStatus.redeemed)
             .values(status=CodeStatus.unused, redeemed_by=None, redeemed_at=None)
@@ -305,7 +306,7 @@ def void_batch(account_id: int, batch_id: int) -> int:
     also stops a code handed back later by a failed fulfilment (``settle``) from being redeemed."""
     batch = batch_for(account_id, batch_id)
     now = utcnow()
-    voided = db.session.execute(
+    voided = execute_dml(
         sa.update(RedeemCode)
         .where(RedeemCode.batch_id == batch.id, RedeemCode.status == CodeStatus.unused)
         .values(status=CodeStatus.void)

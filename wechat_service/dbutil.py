@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.sql import Executable
 
 from wechat_service.extensions import db
 
@@ -47,3 +49,9 @@ def upsert(
         return list(db.session.execute(stmt).all())
     db.session.execute(stmt)
     return []
+
+
+def execute_dml(stmt: Executable) -> CursorResult[Any]:
+    """``db.session.execute`` for an UPDATE, DELETE or INSERT, typed as what it answers there: a
+    CursorResult, whose ``rowcount`` the conditional updates check (Session.execute says Result)."""
+    return cast("CursorResult[Any]", db.session.execute(stmt))
