@@ -381,7 +381,7 @@ def evaluate_period(contract: Contract, period: ContractPeriod, now: Any = None)
     forecast = fees.weighted_attainment(
         [(Decimal(t["forecast_attainment"]), Decimal(t["weight"])) for t in targets]
     )
-    common = {
+    common: dict[str, Any] = {
         "price_fen": contract.price_fen,
         "fixed_share": Decimal(contract.fixed_share),
         "periods": periods,

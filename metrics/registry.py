@@ -391,7 +391,7 @@ def _campaign_revenue(b: Bucket) -> sa.Select[Any]:
 # There are no first-time-vs-repeat buyer metrics; one would need a reach like re-follows'.
 
 
-def _attributable_orders(new: Any) -> sa.Select[Any]:
+def _attributable_orders(new: Any) -> sa.Select:
     """Orders of the recipients of changed deliveries placed from the earlier of send and click to
     the end of the window after the later: attributed before or after the change."""
     dialect = db.session.get_bind().dialect.name

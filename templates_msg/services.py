@@ -493,7 +493,7 @@ SEGMENT_KEYS = {
 
 def segment_query(
     account_id: int, segment: dict[str, Any], exclude_campaign: int | None = None
-) -> sa.Select[Any]:
+) -> sa.Select:
     """Following subscribers of the account matching the segment, minus the suppression list.
     Columns: id, openid, person_id. Keyset-paginate it by id."""
     s = Subscriber

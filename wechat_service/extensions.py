@@ -15,6 +15,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from marshmallow import Schema, fields
 from rq import Queue
+from rq.types import FunctionReferenceType
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction
@@ -152,8 +153,9 @@ def after_commit(fn: Callable[[], Any], *, key: Hashable | None = None) -> None:
     pending[key if key is not None else object()] = fn
 
 
-def enqueue_after_commit(queue: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Enqueue a job once the current transaction commits; drop it if it rolls back."""
+def enqueue_after_commit(queue: str, func: FunctionReferenceType, *args: Any, **kwargs: Any) -> None:
+    """Enqueue a job once the current transaction commits; drop it if it rolls back. ``func`` is a
+    function or its dotted path, as RQ takes it."""
     get_redis()  # fail now, inside the request, rather than silently after commit
     after_commit(lambda: get_queue(queue).enqueue(func, *args, **kwargs))
 
