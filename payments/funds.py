@@ -149,7 +149,7 @@ def top_up(pool_id: int, amount_fen: int, ref: str, note: str | None = None) -> 
                 f"reference {ref!r} was recorded for {yuan(earlier)} 元: give this transfer its own",
                 fields={"ref": ["already used"]},
             )
-    pool = db.session.get(FundPool, pool_id)
+    pool = db.session.get_one(FundPool, pool_id)
     db.session.refresh(pool)
     return pool
 
@@ -201,7 +201,7 @@ def level_of(pool: FundPool, balance: int) -> AlertLevel:
 def _settle_level(pool_id: int, balance: int | None) -> None:
     """Raise the alert level when the balance fell below a threshold (one winner alerts), lower
     it when a top-up lifted the balance above one."""
-    pool = db.session.get(FundPool, pool_id)
+    pool = db.session.get_one(FundPool, pool_id)
     db.session.refresh(pool)
     target = level_of(pool, pool.balance_fen if balance is None else balance)
     current = pool.alert_level

@@ -110,7 +110,7 @@ def run(fulfilment_id: int) -> FulfilmentStatus:
     fulfilment = db.session.get(Fulfilment, fulfilment_id)
     if fulfilment is None or fulfilment.status in (FulfilmentStatus.succeeded, FulfilmentStatus.failed):
         return fulfilment.status if fulfilment else FulfilmentStatus.failed
-    product = db.session.get(Product, fulfilment.product_id)
+    product = db.session.get_one(Product, fulfilment.product_id)
     db.session.execute(
         sa.update(Fulfilment)
         .where(Fulfilment.id == fulfilment_id)

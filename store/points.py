@@ -177,7 +177,7 @@ def resolve(hold_id: int) -> str | None:
     answer = boss().query_request(_debit_key(hold.id))
     status = answer.get("status")
     if status == "succeeded":
-        return "fulfilled" if _begin_fulfilment(hold, db.session.get(Product, hold.product_id)) else None
+        return "fulfilled" if _begin_fulfilment(hold, db.session.get_one(Product, hold.product_id)) else None
     if status in ("failed", "unknown"):
         # "unknown": the BOSS never saw the key, and the exchange that sent it gave up long ago.
         return "released" if _release(hold) else None
@@ -190,8 +190,8 @@ def settle(fulfilment_id: int) -> str | None:
     job = db.session.get(Fulfilment, fulfilment_id)
     if job is None or job.source != "points":
         return None
-    hold = db.session.get(PointsHold, job.source_id)
-    product = db.session.get(Product, job.product_id)
+    hold = db.session.get_one(PointsHold, job.source_id)
+    product = db.session.get_one(Product, job.product_id)
     if job.status is FulfilmentStatus.succeeded and _move(hold.id, HoldStatus.settled):
         return f"积分兑换成功：{product.name}（{hold.points} 积分）。"
     if job.status is FulfilmentStatus.failed and hold.status is HoldStatus.held:

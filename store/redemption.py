@@ -145,16 +145,16 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
         pipe.expire(failures_key, 3600)
         pipe.execute()
         raise InvalidInputError("兑换码无效、已使用或已过期", fields={"code": ["invalid"]})
-    batch = db.session.get(RedeemBatch, claimed.batch_id)
+    batch = db.session.get_one(RedeemBatch, claimed.batch_id)
     # A code given back after a failed fulfilment is redeemed again under a new key: the BOSS
     # would only replay the failed first attempt for the old one.
     from store.models import Fulfilment
 
-    attempt = 1 + db.session.scalar(
+    attempt = 1 + db.session.scalars(
         sa.select(sa.func.count())
         .select_from(Fulfilment)
         .where(Fulfilment.source == "redemption", Fulfilment.source_id == claimed.id)
-    )
+    ).one()
     product = catalogue.product_for(account_id, batch.product_id)
     job = fulfilment.create(
         account_id=account_id,
@@ -181,7 +181,7 @@ def settle(fulfilment_id: int) -> str | None:
     job = db.session.get(Fulfilment, fulfilment_id)
     if job is None or job.source != "redemption":
         return None
-    product = db.session.get(Product, job.product_id)
+    product = db.session.get_one(Product, job.product_id)
     if job.status is FulfilmentStatus.succeeded:
         what = (
             f"{yuan(product.face_value_fen, short=True)} 元话费"
