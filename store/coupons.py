@@ -95,7 +95,7 @@ def hold(account_id: int, subscriber_id: int, code: str, price_fen: int) -> tupl
     if price_fen < coupon.min_spend_fen:
         raise CouponError(f"满 {coupon.min_spend_fen / 100:.2f} 元可用")
     if coupon.per_person_limit is not None:
-        used = db.session.scalar(
+        used = db.session.scalars(
             sa.select(sa.func.count())
             .select_from(CouponUse)
             .where(
@@ -103,7 +103,7 @@ def hold(account_id: int, subscriber_id: int, code: str, price_fen: int) -> tupl
                 CouponUse.subscriber_id == subscriber_id,
                 CouponUse.released.is_(False),
             )
-        )
+        ).one()
         if used >= coupon.per_person_limit:
             raise CouponError("已达到每人使用次数上限")
     taken = execute_dml(
@@ -156,7 +156,7 @@ def release(order_id: int) -> None:
 # -- console ---------------------------------------------------------------------------------------
 
 
-def coupons_query(account_id: int) -> sa.Select[tuple[Coupon]]:
+def coupons_query(account_id: int) -> sa.Select:
     return sa.select(Coupon).where(Coupon.account_id == account_id).order_by(Coupon.id.desc())
 
 
