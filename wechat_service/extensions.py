@@ -15,7 +15,6 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from marshmallow import Schema, fields
 from rq import Queue
-from rq.types import FunctionReferenceType
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction
@@ -36,6 +35,7 @@ db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING))
 
 if TYPE_CHECKING:
     from flask_sqlalchemy.model import Model as _FsaModel
+    from rq.types import FunctionReferenceType
     from sqlalchemy import Table
     from sqlalchemy.orm import DeclarativeBase
 
