@@ -26,7 +26,7 @@ from accounts.console import (
     page_body,
     paginate,
 )
-from accounts.models import Subscriber
+from accounts.models import Menu, ReplyRule, StaffUser, Subscriber
 from accounts.schemas import (
     AccountCreateSchema,
     AccountPageSchema,
@@ -236,7 +236,7 @@ def rule_list(account_id: int) -> ResponseReturnValue:
 @blp.arguments(RuleCreateSchema)
 @blp.response(201, RuleSchema)
 @signed_in
-def rule_create(data: dict[str, Any], account_id: int) -> ResponseReturnValue:
+def rule_create(data: dict[str, Any], account_id: int) -> ReplyRule:
     rule = operations.add_rule(current_access(), account_id, data, client_ip())
     db.session.commit()
     return rule
@@ -264,7 +264,7 @@ def rule_try(data: dict[str, Any], account_id: int) -> ResponseReturnValue:
 @blp.get("/accounts/<int:account_id>/menu")
 @blp.response(200, MenuSchema)
 @signed_in
-def menu_get(account_id: int) -> ResponseReturnValue:
+def menu_get(account_id: int) -> Menu | dict[str, Any]:
     account = acl.account_for(current_access(), account_id, acl.VIEW)
     return menus.get_menu(account.id) or {}
 
@@ -352,7 +352,7 @@ def staff_list() -> ResponseReturnValue:
 @blp.arguments(StaffCreateSchema)
 @blp.response(201, StaffSchema)
 @signed_in
-def staff_create(data: dict[str, Any]) -> ResponseReturnValue:
+def staff_create(data: dict[str, Any]) -> StaffUser:
     user = operations.create_staff(
         current_access(),
         data["username"],

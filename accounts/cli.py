@@ -233,7 +233,7 @@ def add_org_unit(code: str, name: str, kind: str, parent_code: str | None, as_js
 @click.option("--json", "as_json", is_flag=True)
 def list_org_units(as_json: bool) -> None:
     units = services.list_org_units()
-    data = [
+    data: list[dict[str, Any]] = [
         {
             "id": u.id,
             "code": u.code,
@@ -342,7 +342,7 @@ def list_users(as_json: bool) -> None:
     from accounts import staff
 
     users = staff.list_users()
-    data = [
+    data: list[dict[str, Any]] = [
         {
             "id": u.id,
             "username": u.username,

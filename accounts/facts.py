@@ -89,7 +89,7 @@ def active(b: Bucket) -> sa.Select[Any]:
     )
 
 
-def _later_follows(new: Any) -> sa.Select[Any]:
+def _later_follows(new: Any) -> sa.Select:
     """A follow makes the subscriber's later follows re-follows: their days change too."""
     later = sa.orm.aliased(SubscriberEvent)
     return (

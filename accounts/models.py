@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from wechat_service.dbtypes import EncryptedText, UTCDateTime, utcnow
-from wechat_service.extensions import db
+from wechat_service.extensions import Model
 from wechat_service.models import BigId, str_enum
 
 
@@ -38,7 +38,7 @@ class AccountStatus(enum.StrEnum):
     disabled = "disabled"
 
 
-class OrgUnit(db.Model):
+class OrgUnit(Model):
     __tablename__ = "org_units"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -51,7 +51,7 @@ class OrgUnit(db.Model):
     parent: Mapped[OrgUnit | None] = relationship(remote_side=[id])
 
 
-class Account(db.Model):
+class Account(Model):
     __tablename__ = "accounts"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -76,7 +76,7 @@ class Account(db.Model):
     org_unit: Mapped[OrgUnit | None] = relationship()
 
 
-class Person(db.Model):
+class Person(Model):
     """One human across the matrix, linked by WeChat's unionid."""
 
     __tablename__ = "persons"
@@ -86,7 +86,7 @@ class Person(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Subscriber(db.Model):
+class Subscriber(Model):
     __tablename__ = "subscribers"
     __table_args__ = (sa.UniqueConstraint("account_id", "openid"),)
 
@@ -106,7 +106,7 @@ class Subscriber(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Tag(db.Model):
+class Tag(Model):
     __tablename__ = "tags"
     __table_args__ = (sa.UniqueConstraint("account_id", "wechat_tag_id"),)
 
@@ -116,7 +116,7 @@ class Tag(db.Model):
     name: Mapped[str] = mapped_column(sa.String(64))
 
 
-class SubscriberTag(db.Model):
+class SubscriberTag(Model):
     __tablename__ = "subscriber_tags"
 
     subscriber_id: Mapped[int] = mapped_column(
@@ -137,7 +137,7 @@ class EventKind(enum.StrEnum):
     location = "location"
 
 
-class SubscriberEvent(db.Model):
+class SubscriberEvent(Model):
     """The append-only subscriber ledger: rows are inserted, never updated or deleted."""
 
     __tablename__ = "subscriber_events"
@@ -162,7 +162,7 @@ class SubscriberEvent(db.Model):
     detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
 
 
-class ChannelQRCode(db.Model):
+class ChannelQRCode(Model):
     """A parametric QR code for a channel (a store, a staff member); follows through it are attributed."""
 
     __tablename__ = "channel_qrcodes"
@@ -199,7 +199,7 @@ class ReplyType(enum.StrEnum):
     image = "image"
 
 
-class ReplyRule(db.Model):
+class ReplyRule(Model):
     __tablename__ = "reply_rules"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -218,7 +218,7 @@ class ReplyRule(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Menu(db.Model):
+class Menu(Model):
     """The account's menu tree as validated, and what was last published to WeChat."""
 
     __tablename__ = "menus"
@@ -231,7 +231,7 @@ class Menu(db.Model):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class FollowerSync(db.Model):
+class FollowerSync(Model):
     """Progress of a follower backfill, committed page by page so a restart resumes."""
 
     __tablename__ = "follower_syncs"
@@ -257,7 +257,7 @@ class Role(enum.StrEnum):
     support = "support"  # subscriber and order look-up, personal data masked, audited reveal
 
 
-class StaffUser(db.Model):
+class StaffUser(Model):
     __tablename__ = "staff_users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -277,7 +277,7 @@ class StaffUser(db.Model):
     totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
-class Grant(db.Model):
+class Grant(Model):
     """A role on one account, or on an org unit and so on every account under it."""
 
     __tablename__ = "grants"
@@ -296,7 +296,7 @@ class Grant(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class AuditLog(db.Model):
+class AuditLog(Model):
     """Every console write and every reveal of personal data; written in the change's transaction."""
 
     __tablename__ = "audit_log"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import cast
 
 import sqlalchemy as sa
 
@@ -92,5 +93,6 @@ def channel_stats(account_id: int) -> dict[int, dict[str, int]]:
     ).all()
     out: dict[int, dict[str, int]] = {}
     for channel_id, kind, n in rows:
-        out.setdefault(channel_id, {"follow": 0, "scan": 0})[kind.value] = n
+        channel = cast(int, channel_id)  # not NULL: the query leaves those out
+        out.setdefault(channel, {"follow": 0, "scan": 0})[kind.value] = n
     return out

@@ -222,7 +222,7 @@ class MenuLeafSchema(StrictSchema):
 
     @validates_schema
     def _needs(self, data: dict[str, Any], **_: Any) -> None:
-        kind = data.get("type")
+        kind = data.get("type", "")
         need = {"click": ["key"], "view": ["url"], "miniprogram": ["url", "appid", "pagepath"]}.get(kind, [])
         for field in need:
             if not data.get(field):

@@ -114,13 +114,13 @@ def authenticate(username: str, password: str, ip: str, totp_code: str | None = 
     # The same scrypt work whether the user exists or not: timing tells nothing.
     ok = check_password_hash(user.password_hash if user else _dummy_hash(), password or "")
     ok = bool(ok and user and user.is_active)
-    if ok and user.totp_secret:
+    if ok and user is not None and user.totp_secret:
         if not totp_code:
             # The password was right: not a failure, the code is still to come.
             _forgive(conn, user_key, ip_key)
             raise LoginError("enter the code from your authenticator app", code="totp_required")
         ok = accept_totp(user, totp_code)
-    if not ok:
+    if not ok or user is None:  # (ok implies a user)
         raise LoginError("wrong username, password or code")
     conn.delete(user_key)
     _forgive(conn, None, ip_key)
@@ -157,7 +157,7 @@ def change_password(user: StaffUser, current: str, new: str) -> None:
 def end_sessions(user: StaffUser) -> None:
     """Every session signed in before now stops working at its next request (logout, password
     change, an administrator's "sign out everywhere"). Atomic in SQL: two at once both count."""
-    user.session_generation = StaffUser.session_generation + 1  # type: ignore[assignment]
+    user.session_generation = StaffUser.session_generation + 1
     db.session.flush()
     db.session.refresh(user, ["session_generation"])
 

@@ -92,7 +92,7 @@ def for_callback(ctx: Any) -> SubscriberRef:
 def get_or_create_subscriber(account_id: int, openid: str) -> Subscriber:
     """The ORM object, for code that edits the subscriber (mini-program login, console)."""
     ref = touch(account_id, openid, None)
-    return db.session.get(Subscriber, ref.id, populate_existing=True)
+    return db.session.get_one(Subscriber, ref.id, populate_existing=True)
 
 
 def subscriber_by_id(account_id: int, subscriber_id: int) -> Subscriber:
@@ -103,7 +103,7 @@ def subscriber_by_id(account_id: int, subscriber_id: int) -> Subscriber:
 
 def person_id_for(unionid: str) -> int:
     upsert(Person, [{"unionid": unionid}], conflict=["unionid"])
-    return db.session.scalar(sa.select(Person.id).where(Person.unionid == unionid))
+    return db.session.scalars(sa.select(Person.id).where(Person.unionid == unionid)).one()
 
 
 def link_unionid(sub: Subscriber, unionid: str | None) -> None:

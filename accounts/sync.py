@@ -35,7 +35,7 @@ def start_sync(account_id: int) -> FollowerSync:
     return sync
 
 
-def run_sync(sync_id: int) -> FollowerSync:
+def run_sync(sync_id: int) -> FollowerSync | None:
     sync = db.session.get(FollowerSync, sync_id)
     if sync is None or sync.status != "running":
         return sync
@@ -61,7 +61,7 @@ def run_sync(sync_id: int) -> FollowerSync:
             db.session.commit()
     except Exception as exc:
         db.session.rollback()
-        sync = db.session.get(FollowerSync, sync_id)
+        sync = db.session.get_one(FollowerSync, sync_id)
         sync.error = f"{type(exc).__name__}: {exc}"[:2000]
         db.session.commit()
         raise

@@ -103,7 +103,7 @@ class FiguresSchema(Schema):
     class Meta:
         unknown = INCLUDE  # documented as an open object
 
-    def dump(self, obj: Any, *, many: bool | None = None) -> Any:  # type: ignore[override]
+    def dump(self, obj: Any, *, many: bool | None = None) -> Any:
         return obj
 
 

@@ -29,6 +29,7 @@ from metrics.queries import Tree, org_tree, period_values, unit_values
 from metrics.registry import DEFINITIONS, DEFINITIONS_VERSION, REGISTRY, SUM
 from metrics.rollups import today_in
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
 from wechat_service.extensions import db
 from wechat_service.money import yuan
@@ -380,7 +381,7 @@ def evaluate_period(contract: Contract, period: ContractPeriod, now: Any = None)
     forecast = fees.weighted_attainment(
         [(Decimal(t["forecast_attainment"]), Decimal(t["weight"])) for t in targets]
     )
-    common = {
+    common: dict[str, Any] = {
         "price_fen": contract.price_fen,
         "fixed_share": Decimal(contract.fixed_share),
         "periods": periods,
@@ -470,7 +471,7 @@ def close_period(
     snapshot = evaluate_period(contract, period, now)
     snapshot["period"]["status"] = PeriodStatus.closed.value
     # Conditional transition: two admins closing at once freeze one snapshot.
-    done = db.session.execute(
+    done = execute_dml(
         sa.update(ContractPeriod)
         .where(ContractPeriod.id == period.id, ContractPeriod.status == PeriodStatus.open)
         .values(

@@ -12,11 +12,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from wechat_service.dbtypes import UTCDateTime, utcnow
-from wechat_service.extensions import db
+from wechat_service.extensions import Model
 from wechat_service.models import BigId, str_enum
 
 
-class MetricDaily(db.Model):
+class MetricDaily(Model):
     """One metric of one account on one local day (the account's timezone); ``dim`` splits a metric
     (e.g. follows per channel QR code), '' is the total. Zero values are not stored. Derived from
     the ledgers only: `wechat-service metrics rebuild` recreates any range identically."""
@@ -33,7 +33,7 @@ class MetricDaily(db.Model):
     value: Mapped[int] = mapped_column(sa.BigInteger)
 
 
-class MetricActiveDay(db.Model):
+class MetricActiveDay(Model):
     """A subscriber who did something themselves on a local day: distinct active subscribers over
     any period are counted from here (a sum of daily counts would count someone twice). Derived
     from the ledger like metric_daily, and rewritten with it."""
@@ -47,7 +47,7 @@ class MetricActiveDay(db.Model):
     subscriber_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
 
 
-class MetricWatermark(db.Model):
+class MetricWatermark(Model):
     """How far the incremental refresh has read one ledger (by primary key, or for deliveries by
     their change sequence); the row ``definitions`` holds the definitions version the rollups were
     last recomputed under."""
@@ -59,7 +59,7 @@ class MetricWatermark(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class MetricReconciliation(db.Model):
+class MetricReconciliation(Model):
     """Our follows/unfollows/cumulative followers for a day against WeChat's datacube figures."""
 
     __tablename__ = "metric_reconciliations"
@@ -82,7 +82,7 @@ class FeeFormula(enum.StrEnum):
     floor = "floor"  # params {"floor": "0.60"}: below it nothing, above it linear (capped)
 
 
-class Contract(db.Model):
+class Contract(Model):
     """What the operator pays its service provider: a fixed share and a variable share on results."""
 
     __tablename__ = "metric_contracts"
@@ -113,7 +113,7 @@ class PeriodStatus(enum.StrEnum):
     closed = "closed"
 
 
-class ContractPeriod(db.Model):
+class ContractPeriod(Model):
     """One payment period of a contract (a quarter). Closing freezes its figures and fee in
     ``snapshot``; afterwards only adjustment entries change what is owed."""
 
@@ -138,7 +138,7 @@ class ContractPeriod(db.Model):
     definitions: Mapped[int | None]
 
 
-class Target(db.Model):
+class Target(Model):
     """A target for one metric over a month or quarter, for an account or an org unit, weighted."""
 
     __tablename__ = "metric_targets"
@@ -163,7 +163,7 @@ class Target(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class ManualValue(db.Model):
+class ManualValue(Model):
     """A figure no ledger holds (e.g. the on-site support quality score), entered in the console.
     Append-only: a correction is a new row; the latest row for (metric, scope, period) counts."""
 
@@ -185,7 +185,7 @@ class ManualValue(db.Model):
     entered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class PeriodAdjustment(db.Model):
+class PeriodAdjustment(Model):
     """A correction to a closed period's fee: explicit, signed, with its reason."""
 
     __tablename__ = "metric_period_adjustments"

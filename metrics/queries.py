@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -81,8 +81,8 @@ def period_values(
         ):
             out[aid][key] = int(value)
     for key in (k for k in keys if REGISTRY[k].manual):
-        for aid, value in manual_values(key, d0, d1, account_ids=ids).items():
-            out[aid][key] = value
+        for aid, manual in manual_values(key, d0, d1, account_ids=ids).items():
+            out[aid][key] = manual
     return out
 
 
@@ -100,7 +100,8 @@ def manual_values(
         .where(M.metric == key, col.in_(ids), M.starts_on == d0, M.ends_on == d1)
         .order_by(M.entered_at, M.id)
     )
-    return {scope: Decimal(value) for scope, value in rows}  # later rows overwrite earlier ones
+    # later rows overwrite earlier ones; scope is never NULL (it is in ids)
+    return {cast(int, scope): Decimal(value) for scope, value in rows}
 
 
 def daily_series(account_ids: Sequence[int], key: str, d0: date, d1: date) -> list[tuple[date, Number]]:
@@ -255,7 +256,7 @@ def rankings(
     if level == "account":
         ids = visible_account_ids(access)
         values = period_values(ids, [key], d0, d1)
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"id": a, "name": tree.accounts[a].name, "value": values[a][key]}
             for a in ids
             if a in tree.accounts

@@ -19,7 +19,7 @@ from accounts.models import Account
 from metrics.models import ContractPeriod, MetricActiveDay, MetricDaily, MetricWatermark, PeriodStatus
 from metrics.registry import DEFINITIONS_VERSION, FEEDS, REGISTRY, active_days
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import upsert
+from wechat_service.dbutil import execute_dml, upsert
 from wechat_service.extensions import db, get_redis
 from wechat_service.facts import Bucket
 
@@ -176,7 +176,7 @@ def _running_totals(ids: list[int], d0: date) -> int:
         sa.func.coalesce(base, 0) + running,
     ).where(n.account_id.in_(ids), n.metric == "net_follows", n.dim == "", n.day >= d0)
     return (
-        db.session.execute(
+        execute_dml(
             sa.insert(D).from_select(["account_id", "metric", "day", "dim", "value"], rows)
         ).rowcount
         or 0

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from payments import signals
 from payments.models import AlertLevel, FundPool, FundPoolEntry, PoolEntryKind
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import upsert
+from wechat_service.dbutil import execute_dml, upsert
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
 from wechat_service.extensions import db
 from wechat_service.money import yuan
@@ -149,7 +149,7 @@ def top_up(pool_id: int, amount_fen: int, ref: str, note: str | None = None) -> 
                 f"reference {ref!r} was recorded for {yuan(earlier)} 元: give this transfer its own",
                 fields={"ref": ["already used"]},
             )
-    pool = db.session.get(FundPool, pool_id)
+    pool = db.session.get_one(FundPool, pool_id)
     db.session.refresh(pool)
     return pool
 
@@ -201,13 +201,13 @@ def level_of(pool: FundPool, balance: int) -> AlertLevel:
 def _settle_level(pool_id: int, balance: int | None) -> None:
     """Raise the alert level when the balance fell below a threshold (one winner alerts), lower
     it when a top-up lifted the balance above one."""
-    pool = db.session.get(FundPool, pool_id)
+    pool = db.session.get_one(FundPool, pool_id)
     db.session.refresh(pool)
     target = level_of(pool, pool.balance_fen if balance is None else balance)
     current = pool.alert_level
     if target == current:
         return
-    moved = db.session.execute(
+    moved = execute_dml(
         sa.update(FundPool)
         .where(FundPool.id == pool_id, FundPool.alert_level == current)
         .values(alert_level=int(target))

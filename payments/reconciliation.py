@@ -134,7 +134,7 @@ def provider_time(row: PaymentTransaction) -> datetime:
     return provider_time_of(row.raw, row.created_at)
 
 
-def _ours(merchant: Merchant) -> sa.Select[tuple[PaymentTransaction]]:
+def _ours(merchant: Merchant) -> sa.Select:
     return sa.select(PaymentTransaction).where(
         PaymentTransaction.account_id == merchant.account_id,
         PaymentTransaction.provider == merchant.provider,

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from store.models import Product, ProductKind
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
 from wechat_service.extensions import db
 
@@ -209,7 +210,7 @@ def update_product(
             query = query.where(
                 Product.stock.is_(None) if stock_seen is None else Product.stock == stock_seen
             )
-        if db.session.execute(query.execution_options(synchronize_session=False)).rowcount != 1:
+        if execute_dml(query.execution_options(synchronize_session=False)).rowcount != 1:
             raise ConflictError(
                 "the stock changed while you were editing (orders took some): reload and try again",
                 fields={"stock": ["changed meanwhile"]},

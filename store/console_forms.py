@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate
@@ -40,7 +40,7 @@ class LocalDateTime(fields.NaiveDateTime):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
         naive = super()._deserialize(value, attr, data, **kwargs)
-        return naive.replace(tzinfo=ZoneInfo(self.parent.tz)).astimezone(UTC)  # type: ignore[attr-defined]
+        return naive.replace(tzinfo=ZoneInfo(cast("ConsoleForm", self.parent).tz)).astimezone(UTC)
 
 
 class ConsoleForm(Schema):
@@ -142,7 +142,7 @@ def field_errors(messages: Any, names: dict[str, str] | None = None) -> dict[str
     if not isinstance(messages, dict):
         return {"_schema": [str(messages)]}
     out: dict[str, list[str]] = {}
-    for key, value in messages.items():
+    for key, value in cast("dict[str, Any]", messages).items():  # keyed by field name
         name = (names or {}).get(key, key)
         out[name] = [str(m) for m in value] if isinstance(value, list) else [str(value)]
     return out

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from store.models import Coupon, CouponKind, CouponUse
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db
 
@@ -94,7 +95,7 @@ def hold(account_id: int, subscriber_id: int, code: str, price_fen: int) -> tupl
     if price_fen < coupon.min_spend_fen:
         raise CouponError(f"满 {coupon.min_spend_fen / 100:.2f} 元可用")
     if coupon.per_person_limit is not None:
-        used = db.session.scalar(
+        used = db.session.scalars(
             sa.select(sa.func.count())
             .select_from(CouponUse)
             .where(
@@ -102,10 +103,10 @@ def hold(account_id: int, subscriber_id: int, code: str, price_fen: int) -> tupl
                 CouponUse.subscriber_id == subscriber_id,
                 CouponUse.released.is_(False),
             )
-        )
+        ).one()
         if used >= coupon.per_person_limit:
             raise CouponError("已达到每人使用次数上限")
-    taken = db.session.execute(
+    taken = execute_dml(
         sa.update(Coupon)
         .where(
             Coupon.id == coupon.id,
@@ -137,7 +138,7 @@ def release(order_id: int) -> None:
     use = db.session.scalar(sa.select(CouponUse).where(CouponUse.order_id == order_id))
     if use is None:
         return
-    done = db.session.execute(
+    done = execute_dml(
         sa.update(CouponUse)
         .where(CouponUse.id == use.id, CouponUse.released.is_(False))
         .values(released=True)
@@ -155,7 +156,7 @@ def release(order_id: int) -> None:
 # -- console ---------------------------------------------------------------------------------------
 
 
-def coupons_query(account_id: int) -> sa.Select[tuple[Coupon]]:
+def coupons_query(account_id: int) -> sa.Select:
     return sa.select(Coupon).where(Coupon.account_id == account_id).order_by(Coupon.id.desc())
 
 

@@ -116,7 +116,7 @@ def points_spent(b: Bucket) -> sa.Select[Any]:
     return b.grouped(PointsHold.account_id, PointsHold.created_at, sa.func.sum(PointsHold.points))
 
 
-def _later_attempts(new: Any) -> sa.Select[Any]:
+def _later_attempts(new: Any) -> sa.Select:
     """A redemption attempt makes later attempts of the same code repeats: their days change."""
     later = sa.orm.aliased(Fulfilment)
     return (

@@ -17,6 +17,7 @@ from rq import Retry
 from store.boss import BossError, BossUnavailableError, BossUnknownOutcomeError, boss
 from store.models import Fulfilment, FulfilmentStatus, Product, ProductKind
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.extensions import db, enqueue_after_commit
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _finish(
     fulfilment_id: int, status: FulfilmentStatus, result: dict[str, Any] | None, error: str | None
 ) -> bool:
     """Conditional transition: only an open fulfilment finishes, and only once."""
-    done = db.session.execute(
+    done = execute_dml(
         sa.update(Fulfilment)
         .where(
             Fulfilment.id == fulfilment_id,
@@ -109,7 +110,7 @@ def run(fulfilment_id: int) -> FulfilmentStatus:
     fulfilment = db.session.get(Fulfilment, fulfilment_id)
     if fulfilment is None or fulfilment.status in (FulfilmentStatus.succeeded, FulfilmentStatus.failed):
         return fulfilment.status if fulfilment else FulfilmentStatus.failed
-    product = db.session.get(Product, fulfilment.product_id)
+    product = db.session.get_one(Product, fulfilment.product_id)
     db.session.execute(
         sa.update(Fulfilment)
         .where(Fulfilment.id == fulfilment_id)

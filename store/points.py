@@ -20,6 +20,7 @@ from store import fulfilment as fulfilments
 from store.boss import BossError, BossUnavailableError, boss
 from store.models import Fulfilment, HoldStatus, PointsHold, Product
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, ServiceError
 from wechat_service.extensions import db
 
@@ -122,7 +123,7 @@ def _begin_fulfilment(hold: PointsHold, product: Product) -> bool:
     except IntegrityError:
         savepoint.rollback()
         return False
-    linked = db.session.execute(
+    linked = execute_dml(
         sa.update(PointsHold)
         .where(
             PointsHold.id == hold.id,
@@ -176,7 +177,7 @@ def resolve(hold_id: int) -> str | None:
     answer = boss().query_request(_debit_key(hold.id))
     status = answer.get("status")
     if status == "succeeded":
-        return "fulfilled" if _begin_fulfilment(hold, db.session.get(Product, hold.product_id)) else None
+        return "fulfilled" if _begin_fulfilment(hold, db.session.get_one(Product, hold.product_id)) else None
     if status in ("failed", "unknown"):
         # "unknown": the BOSS never saw the key, and the exchange that sent it gave up long ago.
         return "released" if _release(hold) else None
@@ -189,8 +190,8 @@ def settle(fulfilment_id: int) -> str | None:
     job = db.session.get(Fulfilment, fulfilment_id)
     if job is None or job.source != "points":
         return None
-    hold = db.session.get(PointsHold, job.source_id)
-    product = db.session.get(Product, job.product_id)
+    hold = db.session.get_one(PointsHold, job.source_id)
+    product = db.session.get_one(Product, job.product_id)
     if job.status is FulfilmentStatus.succeeded and _move(hold.id, HoldStatus.settled):
         return f"积分兑换成功：{product.name}（{hold.points} 积分）。"
     if job.status is FulfilmentStatus.failed and hold.status is HoldStatus.held:
@@ -212,7 +213,7 @@ def _release(hold: PointsHold) -> bool:
 
 def _move(hold_id: int, target: HoldStatus) -> bool:
     return (
-        db.session.execute(
+        execute_dml(
             sa.update(PointsHold)
             .where(PointsHold.id == hold_id, PointsHold.status == HoldStatus.held)
             .values(status=target)

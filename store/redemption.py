@@ -22,6 +22,7 @@ from store import catalogue, fulfilment
 from store.models import CodeStatus, FulfilmentStatus, ProductKind, RedeemBatch, RedeemCode
 from store.services import ThrottledError, binding_of, mask_phone
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.exports import csv_text
 from wechat_service.extensions import db, get_redis
@@ -144,16 +145,16 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
         pipe.expire(failures_key, 3600)
         pipe.execute()
         raise InvalidInputError("兑换码无效、已使用或已过期", fields={"code": ["invalid"]})
-    batch = db.session.get(RedeemBatch, claimed.batch_id)
+    batch = db.session.get_one(RedeemBatch, claimed.batch_id)
     # A code given back after a failed fulfilment is redeemed again under a new key: the BOSS
     # would only replay the failed first attempt for the old one.
     from store.models import Fulfilment
 
-    attempt = 1 + db.session.scalar(
+    attempt = 1 + db.session.scalars(
         sa.select(sa.func.count())
         .select_from(Fulfilment)
         .where(Fulfilment.source == "redemption", Fulfilment.source_id == claimed.id)
-    )
+    ).one()
     product = catalogue.product_for(account_id, batch.product_id)
     job = fulfilment.create(
         account_id=account_id,
@@ -180,7 +181,7 @@ def settle(fulfilment_id: int) -> str | None:
     job = db.session.get(Fulfilment, fulfilment_id)
     if job is None or job.source != "redemption":
         return None
-    product = db.session.get(Product, job.product_id)
+    product = db.session.get_one(Product, job.product_id)
     if job.status is FulfilmentStatus.succeeded:
         what = (
             f"{yuan(product.face_value_fen, short=True)} 元话费"
@@ -196,7 +197,7 @@ def settle(fulfilment_id: int) -> str | None:
         )
         if latest != job.id:
             return None  # the code was redeemed again since: that attempt decides
-        released = db.session.execute(
+        released = execute_dml(
             sa.update(RedeemCode)
             .where(RedeemCode.id == job.source_id, RedeemCode.status == CodeStatus.redeemed)
             .values(status=CodeStatus.unused, redeemed_by=None, redeemed_at=None)
@@ -305,7 +306,7 @@ def void_batch(account_id: int, batch_id: int) -> int:
     also stops a code handed back later by a failed fulfilment (``settle``) from being redeemed."""
     batch = batch_for(account_id, batch_id)
     now = utcnow()
-    voided = db.session.execute(
+    voided = execute_dml(
         sa.update(RedeemCode)
         .where(RedeemCode.batch_id == batch.id, RedeemCode.status == CodeStatus.unused)
         .values(status=CodeStatus.void)

@@ -12,6 +12,7 @@ from accounts import access as acl
 from accounts.console import check_url_ids, client_ip, current_access, load_user, page_body, paginate
 from accounts.schemas import PageQuerySchema
 from templates_msg import operations, reports, services
+from templates_msg.models import Campaign
 from templates_msg.schemas import (
     AudienceQuerySchema,
     AudienceSchema,
@@ -86,7 +87,7 @@ def campaign_list(query: dict[str, Any]) -> ResponseReturnValue:
 @blp.post("/campaigns")
 @blp.arguments(CampaignCreateSchema)
 @blp.response(201, CampaignSchema)
-def campaign_create(data: dict[str, Any]) -> ResponseReturnValue:
+def campaign_create(data: dict[str, Any]) -> Campaign:
     if "segment" in data:
         data["segment"] = _segment_out(data["segment"])
     campaign = operations.create(current_access(), data, client_ip())
@@ -96,14 +97,14 @@ def campaign_create(data: dict[str, Any]) -> ResponseReturnValue:
 
 @blp.get("/campaigns/<int:campaign_id>")
 @blp.response(200, CampaignSchema)
-def campaign_get(campaign_id: int) -> ResponseReturnValue:
+def campaign_get(campaign_id: int) -> Campaign:
     return services.campaign_by_id(campaign_id)
 
 
 @blp.patch("/campaigns/<int:campaign_id>")
 @blp.arguments(CampaignUpdateSchema)
 @blp.response(200, CampaignSchema)
-def campaign_update(data: dict[str, Any], campaign_id: int) -> ResponseReturnValue:
+def campaign_update(data: dict[str, Any], campaign_id: int) -> Campaign:
     if "segment" in data:
         data["segment"] = _segment_out(data["segment"])
     campaign = operations.update(current_access(), campaign_id, data, client_ip())
@@ -114,7 +115,7 @@ def campaign_update(data: dict[str, Any], campaign_id: int) -> ResponseReturnVal
 @blp.post("/campaigns/<int:campaign_id>/<any(submit, approve, reject, pause, resume, cancel):action>")
 @blp.arguments(ReasonSchema)
 @blp.response(200, CampaignSchema)
-def campaign_action(data: dict[str, Any], campaign_id: int, action: str) -> ResponseReturnValue:
+def campaign_action(data: dict[str, Any], campaign_id: int, action: str) -> Campaign:
     campaign = operations.act(current_access(), campaign_id, action, client_ip(), data.get("reason", ""))
     db.session.commit()
     return campaign

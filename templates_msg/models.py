@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from wechat_service.dbtypes import UTCDateTime, utcnow
-from wechat_service.extensions import db
+from wechat_service.extensions import Model
 from wechat_service.models import BigId, str_enum
 
 
@@ -19,7 +19,7 @@ class TemplateKind(enum.StrEnum):
     subscribe = "subscribe"  # mini-program subscribe message (one-time authorisations)
 
 
-class MessageTemplate(db.Model):
+class MessageTemplate(Model):
     """A private template of an account, as last synced from WeChat."""
 
     __tablename__ = "message_templates"
@@ -48,7 +48,7 @@ class CampaignState(enum.StrEnum):
     failed = "failed"
 
 
-class Campaign(db.Model):
+class Campaign(Model):
     __tablename__ = "campaigns"
     __table_args__ = (
         sa.CheckConstraint("rate >= 0", name="rate_non_negative"),
@@ -91,7 +91,7 @@ class Campaign(db.Model):
     __mapper_args__ = {"version_id_col": version}
 
 
-class CampaignAccount(db.Model):
+class CampaignAccount(Model):
     """One account of a campaign: its template id, planning cursor, and pause (quota, quiet hours)."""
 
     __tablename__ = "campaign_accounts"
@@ -108,7 +108,7 @@ class CampaignAccount(db.Model):
     pause_reason: Mapped[str | None] = mapped_column(sa.String(128))
 
 
-class CampaignEvent(db.Model):
+class CampaignEvent(Model):
     """Every state change of a campaign, with who (None: the engine) and why; and every edit of a
     draft (from_state = to_state = draft) with the fields it changed, before → after."""
 
@@ -141,7 +141,7 @@ class ReportStatus(enum.StrEnum):
     other = "other"
 
 
-class Delivery(db.Model):
+class Delivery(Model):
     """One message to one openid: a campaign's recipient, or a transactional message."""
 
     __tablename__ = "deliveries"
@@ -221,7 +221,7 @@ for _dialect, _statements in DELIVERY_CHANGE_DDL.items():
         sa.event.listen(Delivery.__table__, "after_create", sa.DDL(_statement).execute_if(dialect=_dialect))
 
 
-class EarlyReport(db.Model):
+class EarlyReport(Model):
     """A delivery report that arrived before its send result was committed; applied later."""
 
     __tablename__ = "early_reports"
@@ -234,7 +234,7 @@ class EarlyReport(db.Model):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class OptOut(db.Model):
+class OptOut(Model):
     """Suppression list: opted out, refused (43101), not following (43004), bad openid (40003)."""
 
     __tablename__ = "campaign_opt_outs"
@@ -247,7 +247,7 @@ class OptOut(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class SubscribeAuthorization(db.Model):
+class SubscribeAuthorization(Model):
     """A mini-program user's one-time authorisations per template (each accept adds one)."""
 
     __tablename__ = "subscribe_authorizations"
@@ -264,7 +264,7 @@ class SubscribeAuthorization(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class TransactionalTemplate(db.Model):
+class TransactionalTemplate(Model):
     """Which template an account uses for a transactional notice (order_paid, order_fulfilled, …)."""
 
     __tablename__ = "transactional_templates"

@@ -21,7 +21,7 @@ from templates_msg.models import (
     SubscribeAuthorization,
 )
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import upsert
+from wechat_service.dbutil import execute_dml, upsert
 from wechat_service.exports import csv_writer
 from wechat_service.extensions import db
 from wechat_service.router import CallbackContext, Reply, router
@@ -44,7 +44,7 @@ def classify_report(raw: str) -> ReportStatus:
 
 def record_report(account_id: int, msgid: int, raw: str) -> bool:
     """One indexed UPDATE by (account, msgid); a report ahead of its send result is parked."""
-    matched = db.session.execute(
+    matched = execute_dml(
         sa.update(Delivery)
         .where(Delivery.account_id == account_id, Delivery.msgid == msgid)
         .values(report=classify_report(raw), report_raw=raw[:128], reported_at=utcnow())
@@ -158,7 +158,7 @@ def sweep_early_reports(max_age_days: int = 3) -> int:
     for account_id, msgid, raw in db.session.execute(
         sa.select(EarlyReport.account_id, EarlyReport.msgid, EarlyReport.raw).limit(5000)
     ).all():
-        if db.session.execute(
+        if execute_dml(
             sa.update(Delivery)
             .where(Delivery.account_id == account_id, Delivery.msgid == msgid)
             .values(report=classify_report(raw), report_raw=raw, reported_at=utcnow())

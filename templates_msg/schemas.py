@@ -162,7 +162,7 @@ class StatsSchema(Schema):
     sent = fields.Integer()
     failed = fields.Integer()
     skipped = fields.Integer()
-    unknown = fields.Integer()
+    unknown = fields.Integer()  # type: ignore[assignment]  # a field, though Schema has an ``unknown``
     delivered = fields.Integer()
     user_block = fields.Integer()
     system_failed = fields.Integer()

@@ -30,6 +30,7 @@ from templates_msg.models import (
     TemplateKind,
 )
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import after_commit, db, get_queue, get_redis
 
@@ -330,7 +331,7 @@ def transition(
     event; False if it was no longer in ``source``. A move the machine does not allow raises."""
     if target not in ALLOWED.get(source, set()):
         raise InvalidTransitionError(f"{source.value} → {target.value} is not allowed")
-    moved = db.session.execute(
+    moved = execute_dml(
         sa.update(Campaign)
         .where(Campaign.id == campaign_id, Campaign.state == source)
         .values(state=target, state_reason=reason, version=Campaign.version + 1, **values)
@@ -495,7 +496,7 @@ SEGMENT_KEYS = {
 
 def segment_query(
     account_id: int, segment: dict[str, Any], exclude_campaign: int | None = None
-) -> sa.Select[Any]:
+) -> sa.Select:
     """Following subscribers of the account matching the segment, minus the suppression list.
     Columns: id, openid, person_id. Keyset-paginate it by id."""
     s = Subscriber

@@ -152,6 +152,8 @@ def notify_order(notice: dict[str, Any]) -> str | None:
     if config is None:
         return None
     openid = db.session.scalar(sa.select(Subscriber.openid).where(Subscriber.id == notice["subscriber_id"]))
+    if openid is None:
+        return None  # the subscriber is gone: nobody to tell
     variables = {
         "out_trade_no": notice["out_trade_no"],
         "amount": yuan(notice["amount_fen"]),
@@ -192,7 +194,7 @@ def send_fund_alert(alert: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
-class _Default(dict):  # type: ignore[type-arg]
+class _Default(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
 
@@ -206,8 +208,8 @@ def set_template(
         conflict=["account_id", "notice"],
         update=["template_id", "data"],
     )
-    return db.session.scalar(
+    return db.session.scalars(
         sa.select(TransactionalTemplate).where(
             TransactionalTemplate.account_id == account_id, TransactionalTemplate.notice == notice
         )
-    )
+    ).one()

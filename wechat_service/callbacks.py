@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from xml.etree.ElementTree import ParseError
 
 import redis
@@ -229,6 +229,7 @@ def _dispatch(account: AccountInfo, msg: dict[str, str], key: str, deadline: flo
     unique (account, dedup key) of the inbox row stays the real guard when Redis forgot; if
     storing fails the key is dropped so WeChat's re-send is handled afresh.
     """
+    conn: redis.Redis | None  # None once Redis failed in this request
     conn = get_redis()
     seen = _seen_key(account, key)
     ttl = current_app.config["CALLBACK_DEDUP_TTL"]
@@ -320,7 +321,7 @@ def _reply_of_original(account: AccountInfo, key: str, deadline: float) -> str |
             except redis.RedisError:
                 conn = None  # do not wait on it again within this request
         if cached is not None and cached != PENDING:
-            return cached.decode()
+            return cast(bytes, cached).decode()  # no decode_responses: Redis answers bytes
         stored = _stored_reply(account, key)
         if stored is not None:
             return stored
@@ -455,6 +456,8 @@ def run_deferred(inbox_id: int) -> None:
     if claimed is None:
         return
     account = directory.by_id(claimed.account_id)
+    if account is None:
+        return  # the account was deleted since the claim, and its inbox rows with it
     ctx = CallbackContext(
         account=account,
         message=dict(claimed.payload),

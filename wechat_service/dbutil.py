@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.sql import Executable
 
 from wechat_service.extensions import db
 
@@ -34,7 +36,7 @@ def upsert(
     # Core on the table (not the ORM's bulk path), and one row as a plain VALUES: both keep the
     # compiled statement in SQLAlchemy's cache instead of compiling it on every call.
     stmt = insert(table).values(rows[0] if len(rows) == 1 else list(rows))
-    set_ = {c: stmt.excluded[c] for c in update}
+    set_: dict[str, Any] = {c: stmt.excluded[c] for c in update}
     set_.update({c: sa.func.coalesce(table.c[c], stmt.excluded[c]) for c in keep_existing})
     # custom: column -> f(existing columns, excluded columns), for conditional updates.
     set_.update({c: f(table.c, stmt.excluded) for c, f in (custom or {}).items()})
@@ -43,7 +45,12 @@ def upsert(
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
     if returning:
-        stmt = stmt.returning(*(table.c[c] for c in returning))
-        return list(db.session.execute(stmt).all())
+        return list(db.session.execute(stmt.returning(*(table.c[c] for c in returning))).all())
     db.session.execute(stmt)
     return []
+
+
+def execute_dml(stmt: Executable) -> CursorResult[Any]:
+    """``db.session.execute`` for an UPDATE, DELETE or INSERT, typed as what it answers there: a
+    CursorResult, whose ``rowcount`` the conditional updates check (Session.execute says Result)."""
+    return cast("CursorResult[Any]", db.session.execute(stmt))

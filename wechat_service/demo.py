@@ -243,7 +243,7 @@ def _purchase_demo(sim_base: str, failures: list[str]) -> None:
     status = None
     for _ in range(100):
         db.session.rollback()
-        status = db.session.get(Order, order.id).status.value
+        status = db.session.get_one(Order, order.id).status.value
         if status in ("fulfilled", "refunded", "fulfilment_failed"):
             break
         time.sleep(0.2)

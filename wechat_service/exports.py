@@ -78,6 +78,7 @@ def table_response(name: str, headers: Sequence[str], rows: Sequence[Sequence[An
 
     book = Workbook()
     sheet = book.active
+    assert sheet is not None  # a new Workbook starts with one sheet, active
     sheet.title = safe[:31] or "table"
     sheet.append(safe_row(headers))
     for row in rows:

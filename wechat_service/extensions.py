@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis
 from flask import Flask, current_app
@@ -32,6 +32,22 @@ NAMING = {
 }
 
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING))
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy.model import Model as _FsaModel
+    from rq.types import FunctionReferenceType
+    from sqlalchemy import Table
+    from sqlalchemy.orm import DeclarativeBase
+
+    class Model(_FsaModel, DeclarativeBase):
+        """What ``db.Model`` is at run time, as mypy can see it: it cannot take an instance's
+        attribute as a base class (python/mypy#8603)."""
+
+        __table__: ClassVar[Table]  # every model here names its table, so it is a Table
+
+else:
+    Model = db.Model
+
 migrate = Migrate(compare_type=True, render_as_batch=True)
 csrf = CSRFProtect()
 
@@ -137,8 +153,9 @@ def after_commit(fn: Callable[[], Any], *, key: Hashable | None = None) -> None:
     pending[key if key is not None else object()] = fn
 
 
-def enqueue_after_commit(queue: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Enqueue a job once the current transaction commits; drop it if it rolls back."""
+def enqueue_after_commit(queue: str, func: FunctionReferenceType, *args: Any, **kwargs: Any) -> None:
+    """Enqueue a job once the current transaction commits; drop it if it rolls back. ``func`` is a
+    function or its dotted path, as RQ takes it."""
     get_redis()  # fail now, inside the request, rather than silently after commit
     after_commit(lambda: get_queue(queue).enqueue(func, *args, **kwargs))
 

@@ -50,7 +50,7 @@ class Bucket:
         time_col: Any,
         value: ColumnElement[Any],
         *filters: ColumnElement[bool],
-        dim: ColumnElement[Any] | None = None,
+        dim: sa.ColumnExpressionArgument[Any] | None = None,
         select_from: FromClause | None = None,
     ) -> sa.Select[Any]:
         """``value`` per account, local day (and ``dim``) over rows of this bucket."""
@@ -65,7 +65,7 @@ class Bucket:
 
 
 Source = Callable[[Bucket], sa.Select[Any]]
-Reach = Callable[[Any], sa.Select[Any]]
+Reach = Callable[[Any], sa.Select]  # rows of (account_id, earliest, latest)
 
 
 @dataclass(frozen=True)

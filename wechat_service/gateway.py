@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -139,7 +139,7 @@ class TokenManager:
     def cached(self, appid: str) -> str | None:
         token, expires_at = self.redis.hmget(self.key(appid), "token", "expires_at")
         if token and float(expires_at or 0) - time.time() > self.early_refresh:
-            return token.decode()
+            return cast(bytes, token).decode()  # no decode_responses: Redis answers bytes
         return None
 
     def get(self, appid: str, secret: str) -> str:
@@ -209,7 +209,8 @@ class TokenManager:
         return bool(self._invalidate(keys=[self.key(appid)], args=[token]))
 
     def health(self, appid: str) -> dict[str, Any]:
-        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(f"wx:token-health:{appid}").items()}
+        health = cast("dict[bytes, bytes]", self.redis.hgetall(f"wx:token-health:{appid}"))  # bytes, as above
+        raw = {k.decode(): v.decode() for k, v in health.items()}
         out: dict[str, Any] = {
             "refreshes": int(raw.get("refreshes", 0)),
             "failures": int(raw.get("failures", 0)),
@@ -247,7 +248,7 @@ class GatewayClient(WeChatClient):
         self._current_token: str | None = None
 
     @property
-    def access_token(self) -> str:  # type: ignore[override]
+    def access_token(self) -> str:
         self._current_token = self.tokens.get(self.appid, self.secret)
         return self._current_token
 

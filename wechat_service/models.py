@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from wechat_service.dbtypes import EncryptedText, UTCDateTime, utcnow
-from wechat_service.extensions import db
+from wechat_service.extensions import Model
 
 # Ledger-sized primary keys: BIGINT on PostgreSQL, INTEGER on SQLite (where only INTEGER autoincrements).
 BigId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
@@ -37,7 +37,7 @@ class InboxState(enum.StrEnum):
     failed = "failed"
 
 
-class CallbackInbox(db.Model):
+class CallbackInbox(Model):
     """Every accepted callback, once: the unique (account, dedup key) is the real dedup guard."""
 
     __tablename__ = "callback_inbox"
@@ -64,7 +64,7 @@ class CallbackInbox(db.Model):
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class MpSession(db.Model):
+class MpSession(Model):
     """A mini-program login; the session key never leaves the server."""
 
     __tablename__ = "mp_sessions"

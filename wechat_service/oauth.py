@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 import requests
@@ -100,7 +100,7 @@ def _ticket_key(appid: str) -> str:
 def _cached_ticket(conn: redis.Redis, appid: str) -> str | None:
     ticket, expires_at = conn.hmget(_ticket_key(appid), "ticket", "expires_at")
     if ticket and float(expires_at or 0) - time.time() > TICKET_EARLY_REFRESH:
-        return ticket.decode()
+        return cast(bytes, ticket).decode()  # no decode_responses: Redis answers bytes
     return None
 
 
