@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from payments import signals
 from payments.models import IntentState, PaymentIntent, PaymentTransaction, Provider
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import NotFoundError
 from wechat_service.extensions import db
 
@@ -82,7 +83,7 @@ def event(intent: PaymentIntent, **extra: Any) -> signals.IntentEvent:
 
 def _move(intent_id: int, source: IntentState, target: IntentState, **values: Any) -> bool:
     return (
-        db.session.execute(
+        execute_dml(
             sa.update(PaymentIntent)
             .where(PaymentIntent.id == intent_id, PaymentIntent.state == source)
             .values(state=target, **values)
@@ -117,7 +118,7 @@ def close(intent: PaymentIntent) -> bool:
 def reserve_refund(intent_id: int, amount_fen: int) -> bool:
     """Reserve ``amount_fen`` of what was paid for a refund; False if that is more than is left."""
     return (
-        db.session.execute(
+        execute_dml(
             sa.update(PaymentIntent)
             .where(
                 PaymentIntent.id == intent_id,

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from wechat_service.dbtypes import EncryptedJSON, UTCDateTime, utcnow
-from wechat_service.extensions import db
+from wechat_service.extensions import Model
 from wechat_service.models import BigId, str_enum
 
 CHINA = ZoneInfo("Asia/Shanghai")  # providers' times without a zone are Beijing time
@@ -24,7 +24,7 @@ class Provider(enum.StrEnum):
     alipay = "alipay"
 
 
-class Merchant(db.Model):
+class Merchant(Model):
     """An account's merchant at one provider. ``mchid`` is the merchant number (Alipay: the seller
     id), ``appid`` the app payers pay through; everything else the provider needs is its own
     ``config`` (validated by the provider when saved, sealed whole at rest)."""
@@ -47,7 +47,7 @@ class IntentState(enum.StrEnum):
     closed = "closed"  # unpaid and closed, here and at the provider
 
 
-class PaymentIntent(db.Model):
+class PaymentIntent(Model):
     """What someone above payments asked to be paid: an amount, a payer, a provider and an opaque
     ``purpose`` (``order:123``) that only the asking domain reads. Notifications, queries, closing
     and refunds are checked against it; its state moves by conditional UPDATE, once."""
@@ -88,7 +88,7 @@ def _moved_at(context: Any) -> datetime:
     return provider_time_of(params.get("raw"), params.get("created_at") or utcnow())
 
 
-class PaymentTransaction(db.Model):
+class PaymentTransaction(Model):
     """The provider's record of money moving: one row per provider id; its raw payload kept."""
 
     __tablename__ = "payment_transactions"
@@ -120,7 +120,7 @@ class RefundStatus(enum.StrEnum):
     failed = "failed"  # closed or abnormal at the provider: the amount is released
 
 
-class Refund(db.Model):
+class Refund(Model):
     """One refund request (full or partial) under its own number; the provider treats a resend with
     the same number as the same refund, so asking again is always safe."""
 
@@ -151,7 +151,7 @@ class ReconStatus(enum.StrEnum):
     failed = "failed"  # the statement could not be fetched or read
 
 
-class ReconciliationRun(db.Model):
+class ReconciliationRun(Model):
     """One merchant's statement for one day matched against our ledger (re-running replaces it)."""
 
     __tablename__ = "reconciliation_runs"
@@ -178,7 +178,7 @@ class ReconItemKind(enum.StrEnum):
     amount_mismatch = "amount_mismatch"
 
 
-class ReconciliationItem(db.Model):
+class ReconciliationItem(Model):
     __tablename__ = "reconciliation_items"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -199,7 +199,7 @@ class AlertLevel(enum.IntEnum):
     critical = 2  # below the second
 
 
-class FundPool(db.Model):
+class FundPool(Model):
     """A prepaid budget (e.g. a partner's money behind a data-gift campaign) that the products it
     funds draw on; it can never go below zero, and crossing a threshold alerts its staff once."""
 
@@ -228,7 +228,7 @@ class PoolEntryKind(enum.StrEnum):
     alert = "alert"  # a threshold was crossed (amount 0; the level in `note`)
 
 
-class FundPoolEntry(db.Model):
+class FundPoolEntry(Model):
     """The pool's append-only ledger; (pool, kind, ref) is unique, so a retried debit is one debit."""
 
     __tablename__ = "fund_pool_entries"

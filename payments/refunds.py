@@ -20,7 +20,7 @@ from payments import intents, ledger, merchants, signals
 from payments.models import Merchant, PaymentIntent, Refund, RefundStatus, TxnKind
 from payments.providers.base import PaymentProviderError
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import upsert
+from wechat_service.dbutil import execute_dml, upsert
 from wechat_service.errors import ConflictError, InvalidInputError
 from wechat_service.extensions import db
 
@@ -68,6 +68,7 @@ def request(
             "that is more than what is left to refund on this order", fields={"amount": ["too large"]}
         )
     refund = _by_number(out_refund_no)
+    assert refund is not None  # inserted just now, or there already under this number
     if not inserted and (refund.amount_fen, refund.requested_by) != (amount_fen, requested_by):
         # Someone else took this number a moment ago for another refund: never answer with theirs.
         db.session.rollback()
@@ -160,7 +161,7 @@ def ask(refund: Refund | None) -> RefundStatus | None:
 def settle(refund: Refund, status: str, provider_refund_id: str, raw: dict[str, Any]) -> RefundStatus:
     """Apply the provider's word on a refund, once, announce it, and commit."""
     if status == "SUCCESS":
-        moved = db.session.execute(
+        moved = execute_dml(
             sa.update(Refund)
             .where(Refund.id == refund.id, Refund.status == RefundStatus.processing)
             .values(
@@ -182,7 +183,7 @@ def settle(refund: Refund, status: str, provider_refund_id: str, raw: dict[str, 
             )
             _announce(refund, succeeded=True)
     elif status in FINAL_FAILURES:
-        moved = db.session.execute(
+        moved = execute_dml(
             sa.update(Refund)
             .where(Refund.id == refund.id, Refund.status == RefundStatus.processing)
             .values(status=RefundStatus.failed, finished_at=utcnow())

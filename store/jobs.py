@@ -35,7 +35,7 @@ def _notify(fulfilment_id: int, text: str) -> None:
     from store.models import Fulfilment
     from wechat_service.gateway import WeChatAPIError
 
-    job = db.session.get(Fulfilment, fulfilment_id)
+    job = db.session.get_one(Fulfilment, fulfilment_id)
     try:
         openid = subscriber_by_id(job.account_id, job.subscriber_id).openid
         api_client(job.account_id).message.send_text(openid, text)

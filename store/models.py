@@ -12,7 +12,7 @@ from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from payments.intents import refunded_fen_of
 from wechat_service.dbtypes import EncryptedText, UTCDateTime, utcnow
-from wechat_service.extensions import db
+from wechat_service.extensions import Model
 from wechat_service.models import BigId, str_enum
 
 DEFAULT_INQUIRY_KEYWORDS = {
@@ -23,7 +23,7 @@ DEFAULT_INQUIRY_KEYWORDS = {
 }
 
 
-class StoreSettings(db.Model):
+class StoreSettings(Model):
     """Per account: whether the store answers in chat, and with which keywords and menu keys."""
 
     __tablename__ = "store_settings"
@@ -39,7 +39,7 @@ class StoreSettings(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-class PhoneBinding(db.Model):
+class PhoneBinding(Model):
     """A subscriber's verified phone number: encrypted at rest, found by a keyed hash."""
 
     __tablename__ = "phone_bindings"
@@ -74,7 +74,7 @@ class InquiryOutcome(enum.StrEnum):
     failed = "failed"
 
 
-class Inquiry(db.Model):
+class Inquiry(Model):
     """The inquiry ledger (append-only): every inquiry is counted; metrics read it."""
 
     __tablename__ = "inquiries"
@@ -102,7 +102,7 @@ class ProductKind(enum.StrEnum):
     voucher = "voucher"  # nothing carried out on the line (a coupon for later)
 
 
-class Product(db.Model):
+class Product(Model):
     """A catalogue item of an account (or of an org unit, shared by every account under it)."""
 
     __tablename__ = "products"
@@ -137,7 +137,7 @@ class Product(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class RedeemBatch(db.Model):
+class RedeemBatch(Model):
     __tablename__ = "redeem_batches"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -156,7 +156,7 @@ class CodeStatus(enum.StrEnum):
     void = "void"
 
 
-class RedeemCode(db.Model):
+class RedeemCode(Model):
     """One single-use code: only its keyed hash is stored (the clear codes leave once, as CSV)."""
 
     __tablename__ = "redeem_codes"
@@ -177,7 +177,7 @@ class FulfilmentStatus(enum.StrEnum):
     unknown = "unknown"  # asked, no answer yet: resolved by querying the BOSS, never by resending
 
 
-class Fulfilment(db.Model):
+class Fulfilment(Model):
     """Carrying a product out on a line through the BOSS, exactly once (its idempotency key)."""
 
     __tablename__ = "fulfilments"
@@ -215,7 +215,7 @@ class OrderStatus(enum.StrEnum):
     closed = "closed"  # unpaid, timed out or cancelled
 
 
-class Order(db.Model):
+class Order(Model):
     __tablename__ = "orders"
     __table_args__ = (
         sa.UniqueConstraint("account_id", "subscriber_id", "client_key"),
@@ -249,10 +249,10 @@ class Order(db.Model):
 
 # What is refunded (or reserved for a refund) lives on the payment intent; the order reads it
 # through payments' selectable, one correlated look-up by the unique trade number.
-Order.refunded_fen = column_property(refunded_fen_of(Order.out_trade_no))  # type: ignore[misc]
+Order.refunded_fen = column_property(refunded_fen_of(Order.out_trade_no))  # type: ignore[assignment]
 
 
-class OrderEvent(db.Model):
+class OrderEvent(Model):
     """The order's full state history: every transition a row."""
 
     __tablename__ = "order_events"
@@ -270,7 +270,7 @@ class CouponKind(enum.StrEnum):
     percent = "percent"  # value: percent off (1-99)
 
 
-class Coupon(db.Model):
+class Coupon(Model):
     __tablename__ = "coupons"
     __table_args__ = (
         sa.UniqueConstraint("account_id", "code"),
@@ -292,7 +292,7 @@ class Coupon(db.Model):
     enabled: Mapped[bool] = mapped_column(default=True)
 
 
-class CouponUse(db.Model):
+class CouponUse(Model):
     """A coupon on an order: held while the order lives, released when it closes or is refunded."""
 
     __tablename__ = "coupon_uses"
@@ -314,7 +314,7 @@ class HoldStatus(enum.StrEnum):
     released = "released"  # the fulfilment failed: credited back
 
 
-class PointsHold(db.Model):
+class PointsHold(Model):
     """Points exchanged for a product: debited first (the BOSS refuses a negative balance), then
     settled on fulfilment or credited back on failure — each step idempotent by its own key."""
 

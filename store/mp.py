@@ -11,7 +11,7 @@ from marshmallow import RAISE, Schema, fields, validate
 
 from accounts import mp_sessions as mp
 from store import services
-from store.models import InquiryKind
+from store.models import InquiryKind, Order
 from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
 from wechat_service.fields import Text
@@ -22,7 +22,8 @@ bp = Blueprint(
     url_prefix="/api/mp",
     description="The store for mini-programs: phone binding, inquiry, catalogue, orders, redeem, points",
 )
-MP_AUTH = [{"mpSession": []}]  # Authorization: Bearer <token from POST /api/mp/<appid>/session>
+# Authorization: Bearer <token from POST /api/mp/<appid>/session>
+MP_AUTH: list[dict[str, list[str]]] = [{"mpSession": []}]
 
 
 class PhoneSmsSchema(Schema):
@@ -210,7 +211,7 @@ class OrderCreateSchema(Schema):
     coupon = Text(load_default=None, validate=validate.Length(max=32))
 
 
-def _order_view(order: object) -> dict[str, object]:
+def _order_view(order: Order) -> dict[str, object]:
     from store import orders
 
     return {
@@ -280,7 +281,7 @@ def create_order(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     openid = subscriber_by_id(session.account_id, session.subscriber_id).openid
     from store.models import Product
 
-    product = db.session.get(Product, order.product_id)
+    product = db.session.get_one(Product, order.product_id)
     params = payments.prepay(order, openid, product.name)
     db.session.commit()
     return jsonify({"order": _order_view(order), "payment": params}), 201

@@ -17,6 +17,7 @@ from store import fulfilment as fulfilments
 from store.models import Order, OrderEvent, OrderStatus, PhoneBinding, Product
 from store.services import binding_of
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db
 from wechat_service.money import yuan
@@ -51,7 +52,7 @@ def transition(
     if target not in ALLOWED.get(source, set()):
         raise InvalidTransitionError(f"{source.value} → {target.value} is not a transition")
     moved = (
-        db.session.execute(
+        execute_dml(
             sa.update(Order)
             .where(Order.id == order_id, Order.status == source)
             .values(status=target, **values)
@@ -127,10 +128,10 @@ def claim(account_id: int, subscriber_id: int, product: Product) -> PhoneBinding
             )
             .scalar_subquery()
         )
-        if db.session.scalar(sa.select(ordered + exchanged)) >= product.per_subscriber_limit:
+        if db.session.scalars(sa.select(ordered + exchanged)).one() >= product.per_subscriber_limit:
             raise ServiceError("purchase limit reached", code="limit_reached", status=409)
     if product.stock is not None:
-        taken = db.session.execute(
+        taken = execute_dml(
             sa.update(Product)
             .where(Product.id == product.id, Product.stock > 0)
             .values(stock=Product.stock - 1)
@@ -256,7 +257,7 @@ def paid(order: Order, provider_txn_id: str) -> bool:
         paid_at=utcnow(),
     ):
         return False
-    product = db.session.get(Product, order.product_id)
+    product = db.session.get_one(Product, order.product_id)
     job = fulfilments.create(
         account_id=order.account_id,
         subscriber_id=order.subscriber_id,
@@ -288,8 +289,8 @@ def settle(fulfilment_id: int) -> str | None:
     job = db.session.get(Fulfilment, fulfilment_id)
     if job is None or job.source != "order":
         return None
-    order = db.session.get(Order, job.source_id)
-    product = db.session.get(Product, order.product_id)
+    order = db.session.get_one(Order, job.source_id)
+    product = db.session.get_one(Product, order.product_id)
     if job.status is FulfilmentStatus.succeeded:
         if transition(order.id, OrderStatus.fulfilling, OrderStatus.fulfilled, finished_at=utcnow()):
             return f"订单 {order.out_trade_no} 已完成：{product.name}，实付 {yuan(order.amount_fen)} 元。"

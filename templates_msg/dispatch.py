@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import redis
@@ -43,7 +43,7 @@ from templates_msg.models import (
     TemplateKind,
 )
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import upsert
+from wechat_service.dbutil import execute_dml, upsert
 from wechat_service.extensions import db, get_queue, get_redis
 from wechat_service.gateway import (
     BadTemplateError,
@@ -334,7 +334,7 @@ def _before_sending(exc: BaseException) -> bool:
 def client(account_id: int, cache: dict[int, GatewayClient]) -> GatewayClient:
     """One keep-alive client per account per job; campaign sends may use their own timeout."""
     if account_id not in cache:
-        account = db.session.get(Account, account_id)
+        account = db.session.get_one(Account, account_id)
         cfg = current_app.config
         cache[account_id] = GatewayClient(
             account.appid,
@@ -442,7 +442,7 @@ _RESULT = (
 )
 
 
-def _flush(account_id: int, claim_id: str, results: list[tuple[Any, Outcome]]) -> None:
+def _flush(account_id: int, claim_id: str | None, results: list[tuple[Any, Outcome]]) -> None:
     """Every result of a chunk in one statement, then reports that came in before it."""
     if not results:
         return
@@ -635,7 +635,7 @@ def _mark(out: Outcome) -> str:
 
 def _take_authorisation(account_id: int, openid: str, template_id: str) -> bool:
     """Spend one of the user's one-time authorisations for this template (conditional UPDATE)."""
-    taken = db.session.execute(
+    taken = execute_dml(
         sa.update(SubscribeAuthorization)
         .where(
             SubscribeAuthorization.account_id == account_id,
@@ -755,11 +755,11 @@ def recover(older_than: float = LEASE_SECONDS) -> dict[str, int]:
                 Delivery.claim == claim_id, Delivery.status == DeliveryStatus.sending
             )
         ).all()
-        trusted = bool(claim_id) and claim_id.split(":", 1)[0] == run_id
+        trusted = bool(claim_id and claim_id.split(":", 1)[0] == run_id)
         marks = conn.mget([f"tm:dm:{r.id}" for r in rows]) if trusted and rows else [None] * len(rows)
         results = []
         for row, mark in zip(rows, marks, strict=True):
-            out = _from_mark(mark.decode() if mark else None, trusted)
+            out = _from_mark(cast(bytes, mark).decode() if mark else None, trusted)  # Redis answers bytes
             results.append((row, out))
             counts[out.status.value] = counts.get(out.status.value, 0) + 1
         by_account: dict[int, list[tuple[Any, Outcome]]] = {}
@@ -796,7 +796,7 @@ def _died_mid_batch(conn: redis.Redis, job_id: str) -> bool:
     """A send job RQ still lists as started, whose last claim's lease has run out: its worker was
     killed (RQ notices only when the job's heartbeat expires, minutes later)."""
     claim_id = conn.get(BATCH_CLAIM.format(job_id))
-    return claim_id is not None and not conn.exists(f"tm:lease:{claim_id.decode()}")
+    return claim_id is not None and not conn.exists(f"tm:lease:{cast(bytes, claim_id).decode()}")
 
 
 def kick(campaign_id: int) -> int:

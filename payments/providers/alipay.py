@@ -13,7 +13,7 @@ import io
 import json
 import zipfile
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import requests
 from alipay.aop.api.AlipayClientConfig import AlipayClientConfig
@@ -36,7 +36,7 @@ from alipay.aop.api.request.AlipayTradeRefundRequest import AlipayTradeRefundReq
 from alipay.aop.api.request.AlipayTradeWapPayRequest import AlipayTradeWapPayRequest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from payments.providers.base import (
     NOT_FOUND,
@@ -98,7 +98,8 @@ class AlipayProvider:
         config.sign_type = "RSA2"
         config.timeout = timeout
         self.client = DefaultAlipayClient(config)
-        self.public_key = serialization.load_pem_public_key(alipay_public_key.encode())
+        key = serialization.load_pem_public_key(alipay_public_key.encode())
+        self.public_key = cast(rsa.RSAPublicKey, key)  # public_key_pem (above) accepted it as RSA
         self.gateway, self.timeout, self.http = gateway, timeout, requests.Session()
 
     def wap_pay_url(

@@ -1,9 +1,9 @@
 """The one interface every payment provider implements (WeChat Pay v3 and v2, Alipay).
 
-Payments' services speak only this: prepare a payment, read a notification, query, close, refund,
-ask about a refund, fetch a day's statement. What differs between providers — wire formats, what
-"paid" looks like, how a notification is answered, which credentials it needs — stays inside
-each provider's module, chosen through the registry (``payments.providers``).
+Payments' services speak only this: prepare a payment, read a notification and answer it, query,
+close, refund, ask about a refund, fetch a day's statement. What differs between providers — wire
+formats, what "paid" looks like, how a notification is answered, which credentials it needs —
+stays inside each provider's module, chosen through the registry (``payments.providers``).
 """
 
 from __future__ import annotations
@@ -131,19 +131,21 @@ class PaymentProvider(Protocol):
         """Ask about a trade; ``paid`` when the provider took exactly ``amount_fen``."""
         ...
 
-    def close(self, out_trade_no: str) -> Literal["closed", "paid"]:
+    def close_trade(self, out_trade_no: str) -> Literal["closed", "paid"]:
         """Close an unpaid trade: ``paid`` when the provider says it was paid meanwhile."""
         ...
 
-    def refund(
+    def refund_money(
         self, *, out_trade_no: str, out_refund_no: str, amount_fen: int, total_fen: int, reason: str
-    ) -> RefundState: ...
+    ) -> RefundState:
+        """Ask for a refund (again: the same number is the same refund); where it stands now."""
+        ...
 
     def refund_state(self, *, out_trade_no: str, out_refund_no: str) -> RefundState | None:
         """Where a refund stands; None when the provider never heard of it (ask again)."""
         ...
 
-    def statement(self, bill_date: date) -> str:
+    def day_statement(self, bill_date: date) -> str:
         """The day's statement as text; empty when there is none."""
         ...
 
