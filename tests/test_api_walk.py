@@ -19,9 +19,9 @@ from store.models import Order, OrderStatus
 from templates_msg import services, tracking
 from templates_msg.models import Campaign, CampaignState, Delivery
 from tests import helpers
-from tests.test_campaigns import _report, _run
-from tests.test_metrics_fees import make_contract
-from tests.test_refunds import _finish, _fulfilled_order, _notify
+from tests.metrics.test_fees import make_contract
+from tests.payments.test_refunds import _finish, _fulfilled_order, _notify
+from tests.templates_msg.test_campaigns import _report, _run
 from wechat_service.extensions import db
 
 OPENID = "oWALK000000001"

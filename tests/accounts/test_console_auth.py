@@ -18,7 +18,7 @@ from accounts.console import client_ip
 from accounts.models import AuditLog, StaffUser
 from tests import helpers
 from tests.console_helpers import PASSWORD, Staff, page_token
-from tests.test_store_h5 import H5
+from tests.store.test_h5 import H5
 from wechat_service.extensions import db
 
 NEW_PASSWORD = "another good pass 2"

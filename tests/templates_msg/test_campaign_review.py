@@ -21,7 +21,7 @@ from accounts.models import AuditLog
 from templates_msg import services
 from templates_msg.models import Campaign, CampaignState, Delivery
 from tests import helpers
-from tests.test_campaigns import _campaign, _run, _start
+from tests.templates_msg.test_campaigns import _campaign, _run, _start
 from wechat_service.extensions import db
 
 S = CampaignState

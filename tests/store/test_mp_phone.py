@@ -14,7 +14,7 @@ from flask import Flask
 from store import catalogue, orders
 from store import services as store_services
 from store.models import PhoneBinding
-from tests.test_mp import js_code, login
+from tests.accounts.test_mp import js_code, login
 from wechat_service.extensions import db
 
 

@@ -16,7 +16,7 @@ from metrics import contracts, queries, rollups
 from metrics import reports as metric_reports
 from metrics.registry import DEFINITIONS_VERSION, REGISTRY
 from store.models import Fulfilment, Product
-from tests.test_metrics_rollups import day_values, ledger, ts  # noqa: F401 - the fixture
+from tests.metrics.test_rollups import day_values, ledger, ts  # noqa: F401 - the fixture
 from wechat_service.extensions import db
 
 ADMIN = Access(0, True, {})

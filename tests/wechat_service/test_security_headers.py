@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 
 from tests.helpers import ROOT
-from tests.test_store_h5 import H5
+from tests.store.test_h5 import H5
 
 TEMPLATES = sorted(
     p for p in ROOT.glob("*/templates/**/*.html") if ".venv" not in p.parts and "tests" not in p.parts

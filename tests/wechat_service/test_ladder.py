@@ -26,7 +26,7 @@ MAX_CROSS_PACKAGE_LOOPS = 1
 MAX_FUNCTION_LEVEL_PROJECT_IMPORTS = 164  # import statements inside functions
 MAX_UNCOMMENTED_FUNCTION_LEVEL_PROJECT_IMPORTS = 145
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/wechat_service/ → the repository
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typing import Any
 
 from metrics import rollups
 from templates_msg.models import Campaign, Delivery, DeliveryStatus, ReportStatus
-from tests.test_metrics_rollups import day_values, ledger, ts  # noqa: F401 - the fixture
+from tests.metrics.test_rollups import day_values, ledger, ts  # noqa: F401 - the fixture
 from wechat_service.extensions import db
 
 
@@ -90,7 +90,7 @@ def test_a_refresh_long_after_the_change_still_counts_it(
     import sqlalchemy as sa
 
     from metrics.models import MetricDaily, MetricWatermark
-    from tests.test_metrics_rollups import rows
+    from tests.metrics.test_rollups import rows
     from wechat_service.dbtypes import utcnow
 
     account = ledger.account()

@@ -62,7 +62,7 @@ def test_batches_keep_only_keyed_hashes(shop: dict[str, Any]) -> None:
 def test_redeem_in_chat_tops_up_once_and_sends_a_receipt(
     shop: dict[str, Any], app: Flask, simulator: str
 ) -> None:
-    from tests.test_store_inquiry import _text
+    from tests.store.test_inquiry import _text
 
     phone = "13800139001"
     store_services.bind_phone(shop["account"].id, shop["sub"].id, phone, method="sms")
