@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask, request
 
-from accounts import staff
+from accounts import services, staff
 from accounts.console import client_ip
 from accounts.models import AuditLog, StaffUser
 from tests import helpers
@@ -326,3 +326,20 @@ def test_secret_tails_only_for_roles_that_manage_settings(
             assert answer[name] == "set" and listed[name] == "set", name
             assert tail not in json.dumps(answer) and f"*{tail}" not in page
     assert answer["previous_aes_key"] == ""
+
+
+# -- the session cookie carries no secret ---------------------------------------------------------
+
+
+def test_a_new_aes_key_never_travels_in_the_session_cookie(
+    app: Flask, create_staff: Any, create_account: Any
+) -> None:
+    account, _, _ = create_account("safe")
+    admin = create_staff(admin=True)
+    resp = admin.form(f"/console/accounts/{account.id}/rotate-aes-key")
+    db.session.expire_all()
+    new_key = services.account_by_appid(account.appid).aes_key
+    assert resp.status_code == 200 and new_key in resp.get_data(as_text=True)
+    serializer = app.session_interface.get_signing_serializer(app)
+    cookie = admin.client.get_cookie("ws_console")
+    assert new_key not in str(serializer.loads(cookie.value))

@@ -584,3 +584,30 @@ def test_the_rule_list_marks_a_regex_rule_that_timed_out(create_staff: Any, crea
     assert page.count("timed out: skipped") == 1 and replies.slow_rule_ids(account.id) == {slow}
     manager.form(f"/console/accounts/{account.id}/replies/{slow}/disable")
     assert replies.slow_rule_ids(account.id) == set()  # changing the rule clears the note
+
+
+def test_a_catastrophic_regex_gives_up_instead_of_hanging(create_account: Any) -> None:
+    account, _, _ = create_account("plain")
+    with pytest.raises(InvalidInputError):  # refused when saved …
+        replies.add_rule(
+            account.id, name="evil", keywords=["^(a+)+$"], match_mode="regex", reply={"content": "x"}
+        )
+    # … and one saved before that check gives up when matched.
+    db.session.add(
+        ReplyRule(
+            account_id=account.id,
+            name="evil",
+            keywords=["^(a+)+$"],
+            match_mode="regex",
+            reply_type="text",
+            reply={"content": "x"},
+        )
+    )
+    replies.add_rule(account.id, name="fallback", kind="default", reply={"content": "default"})
+    db.session.commit()
+    started = time.monotonic()
+    rule = replies.match_text(
+        account.id, services.account_by_appid(account.appid).config_version, "a" * 60 + "!"
+    )
+    # Backtracking would take longer than the universe has left; the timeout makes it a non-match.
+    assert rule.name == "fallback" and time.monotonic() - started < 60

@@ -3,6 +3,7 @@ refresh on token errors, bounded retries when busy, typed errors, token health."
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -223,3 +224,23 @@ def test_menu_get_without_a_menu_returns_none(app: Flask, create_account: Any) -
     the gateway's typed errors must not break the wrapped library's own handling."""
     account, _, _ = create_account("plain")
     assert services.api_client(account.id).menu.get() is None
+
+
+def test_unreachable_wechat_errors_carry_no_access_token(app: Flask, create_account: Any) -> None:
+    from wechat_service.gateway import GatewayClient, UnreachableError, token_manager
+
+    account, fields, _ = create_account("plain")
+    app.extensions["redis"].hset(
+        f"wx:token:{fields['appid']}", mapping={"token": "SECRET_TOKEN_abc", "expires_at": time.time() + 7200}
+    )
+    client = GatewayClient(
+        fields["appid"],
+        fields["app_secret"],
+        api_base="http://127.0.0.1:9",
+        tokens=token_manager(),
+        timeout=1,
+        busy_retries=0,
+    )
+    with pytest.raises(UnreachableError) as exc:
+        client.menu.get()
+    assert "SECRET_TOKEN_abc" not in str(exc.value) and "access_token" not in str(exc.value)
