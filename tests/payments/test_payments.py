@@ -17,7 +17,7 @@ from flask import Flask
 
 from accounts.subscribers import touch
 from payments.models import PaymentTransaction, Refund
-from store import catalogue, jobs, orders
+from store import catalogue, fulfilment, jobs, orders
 from store import services as store_services
 from store.models import Fulfilment, Order, OrderStatus
 from tests import helpers
@@ -350,3 +350,67 @@ def test_sweep_counts_an_order_paid_through_the_orderpaid_close(
     assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
     assert db.session.scalar(sa.select(sa.func.count()).select_from(PaymentTransaction)) == 1
     assert jobs.sweep_orders() == {"paid": 0, "closed": 0}  # nothing pending is left to count
+
+
+def test_notifications_for_the_wrong_kind_of_merchant_or_a_huge_id_are_404(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    alipay = helpers.register_alipay(simulator, shop["account"].id)
+    db.session.commit()
+    client = app.test_client()
+    resp = client.post(
+        f"/payments/wechatpay/v3/{alipay['alipay_merchant'].id}/notify",
+        data=b"{}",
+        headers={"Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048"},
+    )
+    assert resp.status_code == 404
+    assert client.post("/payments/wechatpay/v3/99999999999999999999/notify", data=b"{}").status_code == 404
+    assert client.post("/payments/alipay/99999999999999999999/notify", data={"a": "b"}).status_code == 404
+
+
+def test_an_order_whose_prepay_never_happened_still_closes(app: Flask, shop: dict[str, Any]) -> None:
+    order = orders.create_order(
+        shop["account"].id, shop["sub"].id, shop["product"].id, "never-prepaid-1", "wechatpay_v3"
+    )
+    db.session.execute(
+        sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(hours=1))
+    )
+    db.session.commit()
+    assert jobs.sweep_orders()["closed"] == 1
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.closed
+
+
+def test_a_fulfilment_finished_but_never_settled_is_settled_by_the_sweep(
+    app: Flask, shop: dict[str, Any], simulator: str
+) -> None:
+    from payments import services as payments
+
+    order = orders.create_order(
+        shop["account"].id, shop["sub"].id, shop["product"].id, "settle-key-01", "wechatpay_v3"
+    )
+    payments.prepay(order, shop["sub"].openid, "x")
+    db.session.commit()
+    note = requests.post(
+        f"{simulator}/_sim/wechatpay/pay",
+        json={"out_trade_no": order.out_trade_no, "deliver": False},
+        timeout=10,
+    ).json()
+    app.test_client().post(
+        f"/payments/wechatpay/v3/{shop['merchant'].id}/notify",
+        headers=note["headers"],
+        data=note["body"].encode(),
+    )
+    db.session.expire_all()
+    order = db.session.get(Order, order.id)
+    fulfilment.run(order.fulfilment_id)  # carried out; the worker dies before settling the order
+    db.session.execute(
+        sa.update(Fulfilment)
+        .where(Fulfilment.id == order.fulfilment_id)
+        .values(finished_at=utcnow() - timedelta(minutes=10))
+    )
+    db.session.commit()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilling
+    jobs.sweep_fulfilments()
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status is OrderStatus.fulfilled

@@ -15,7 +15,15 @@ from flask import Flask
 from accounts.models import SubscriberEvent
 from simulator.driver import event_fields, message_xml, open_reply, signed_request
 from store import services
-from store.boss import BossError, BossUnknownOutcomeError, HttpBoss, boss, normalise_phone, sign
+from store.boss import (
+    BossError,
+    BossUnavailableError,
+    BossUnknownOutcomeError,
+    HttpBoss,
+    boss,
+    normalise_phone,
+    sign,
+)
 from store.models import Inquiry, PhoneBinding
 from tests import helpers
 from wechat_service.extensions import db, get_queue
@@ -279,3 +287,31 @@ def test_parallel_code_guesses_cannot_exceed_the_attempt_limit(app: Flask, creat
         t.join()
     assert outcomes.count("wrong") + outcomes.count("bound") <= VERIFY_ATTEMPTS
     assert outcomes.count("throttled") >= 1 and "bound" not in outcomes
+
+
+def test_rate_limits_from_the_boss_are_retryable(app: Flask) -> None:
+    boss().send_sms("13800139702")
+    with pytest.raises(BossUnavailableError) as exc:
+        boss().send_sms("13800139702")  # one a minute
+    assert exc.value.code == "RATE_LIMITED" and exc.value.retryable
+
+
+def test_idempotency_keys_belong_to_their_client(app: Flask, simulator: str) -> None:
+    """Two deployments sharing one BOSS number their keys alike (redeem-1-1…): the contract scopes a
+    key to the calling client, so the second one's top-up is carried out, not replayed."""
+    import secrets
+
+    other_id, other_secret = f"staging-{secrets.token_hex(4)}", secrets.token_hex(16)
+    requests.post(
+        f"{simulator}/_sim/boss/clients", json={"app_id": other_id, "secret": other_secret}, timeout=5
+    ).raise_for_status()
+    ours = HttpBoss(f"{simulator}/boss", "wechat-service-test", helpers.BOSS_SECRET)
+    theirs = HttpBoss(f"{simulator}/boss", other_id, other_secret)
+    phone, key = "13800139207", f"redeem-{secrets.token_hex(4)}-1"
+    before = requests.get(f"{simulator}/_sim/boss/lines/{phone}", timeout=5).json()["balance_fen"]
+    assert not ours.topup(phone, 500, key).get("replayed")
+    assert not theirs.topup(phone, 500, key).get("replayed")  # another client: carried out
+    assert ours.topup(phone, 500, key).get("replayed")  # the same client again: replayed
+    assert theirs.query_request(key)["status"] == "succeeded"
+    after = requests.get(f"{simulator}/_sim/boss/lines/{phone}", timeout=5).json()["balance_fen"]
+    assert after == before + 1000

@@ -219,3 +219,19 @@ def test_an_export_that_cannot_be_handed_out_is_kept_for_a_retry(shop: dict[str,
     assert redemption.export_expires_in(first.id) is not None
     _, text, _ = redemption.take_export(shop["account"].id, second.id)
     assert codes[0] in text and redemption.export_expires_in(second.id) is None
+
+
+def test_a_code_given_back_can_be_redeemed_again(shop: dict[str, Any]) -> None:
+    _, codes = redemption.create_batch(shop["account"].id, shop["product"].id, name="b", count=1)
+    store_services.bind_phone(shop["account"].id, shop["sub"].id, "13800000000", method="sms")  # refused
+    first = redemption.redeem(shop["account"].id, shop["sub"].id, codes[0], "mp")
+    db.session.commit()
+    assert jobs.fulfil(first["fulfilment_id"]) == "failed"
+    store_services.bind_phone(shop["account"].id, shop["sub"].id, "13800139701", method="sms")
+    second = redemption.redeem(shop["account"].id, shop["sub"].id, codes[0], "mp")
+    db.session.commit()
+    assert jobs.fulfil(second["fulfilment_id"]) == "succeeded"
+    keys = db.session.scalars(sa.select(Fulfilment.idempotency_key).order_by(Fulfilment.id)).all()
+    assert len(set(keys)) == 2
+    db.session.expire_all()
+    assert db.session.scalar(sa.select(RedeemCode.status)) is CodeStatus.redeemed
