@@ -1,8 +1,10 @@
-"""Campaigns in-process: templates, the state machine, approval, segments, dispatch against the
-simulator over HTTP (real PostgreSQL, Redis), error classification, reports, clicks, attribution."""
+"""Campaigns in-process: templates, the state machine, approval (four eyes also when the approver
+edited the draft), segments, dispatch against the simulator over HTTP (real PostgreSQL, Redis),
+error classification, reports, clicks, attribution."""
 
 from __future__ import annotations
 
+import html
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -159,6 +161,132 @@ def test_approval_needs_the_right_and_another_user(
         sa.text("select action from audit_log where action like 'campaign.%' order by id")
     ).all()
     assert audit[:3] == ["campaign.create", "campaign.submit", "campaign.approve"]
+
+
+# -- four eyes when the approver edited the draft --------------------------------------------------
+
+
+@pytest.fixture
+def team(app: Flask, create_account: Any, simulator: str, create_staff: Any) -> dict[str, Any]:
+    account, fields, _ = create_account("plain")
+    helpers.seed_campaign_account(simulator, account.id, fields["appid"], 3, "o4E" + fields["appid"][-6:])
+    aid = account.id
+    return {
+        "account_id": aid,
+        "marketer": create_staff("marketer", account_id=aid),
+        "editor": create_staff("marketer", account_id=aid, can_approve=True),
+        "third": create_staff("marketer", account_id=aid, can_approve=True),
+    }
+
+
+def _user_id(staff: Any) -> int:
+    from accounts.models import StaffUser
+
+    return db.session.scalar(sa.select(StaffUser.id).where(StaffUser.username == staff.username))
+
+
+def _draft_edited_by_the_approver(team: dict[str, Any]) -> int:
+    """The review's scenario: a marketer drafts, a user with the approve right changes the text
+    and the link, the marketer submits."""
+    marketer, editor = team["marketer"], team["editor"]
+    resp = marketer.api(
+        "POST",
+        "/api/v1/campaigns",
+        {
+            "name": "autumn",
+            "account_ids": [team["account_id"]],
+            "template_id": "TPL_PROMO",
+            "data": {"first": "秋季流量包", "keyword1": "10G"},
+        },
+    )
+    assert resp.status_code == 201, resp.get_json()
+    cid, version = resp.get_json()["id"], resp.get_json()["version"]
+    resp = editor.api(
+        "PATCH",
+        f"/api/v1/campaigns/{cid}",
+        {
+            "version": version,
+            "data": {"first": "点击领取大奖", "keyword1": "10G"},
+            "link_url": "https://evil.example/win",
+        },
+    )
+    assert resp.status_code == 200, resp.get_json()
+    resp = marketer.api("POST", f"/api/v1/campaigns/{cid}/submit", {})
+    assert resp.get_json()["state"] == "pending_approval"
+    return cid
+
+
+def test_who_edited_the_draft_cannot_approve_it_through_the_api(team: dict[str, Any]) -> None:
+    cid = _draft_edited_by_the_approver(team)
+    resp = team["editor"].api("POST", f"/api/v1/campaigns/{cid}/approve", {})
+    assert resp.status_code == 403 and resp.get_json()["error"]["code"] == "four_eyes"
+    assert db.session.get(Campaign, cid, populate_existing=True).state is S.pending_approval
+    # The history names the editor and each changed field, before → after.
+    edits = [e for e in services.history(cid) if e.changes]
+    assert len(edits) == 1
+    assert edits[0].actor_id == _user_id(team["editor"]) and edits[0].at is not None
+    assert edits[0].changes == {
+        "data": [{"first": "秋季流量包", "keyword1": "10G"}, {"first": "点击领取大奖", "keyword1": "10G"}],
+        "link_url": [None, "https://evil.example/win"],
+    }
+    # A third user with the right approves: the legitimate path.
+    resp = team["third"].api("POST", f"/api/v1/campaigns/{cid}/approve", {})
+    assert resp.status_code == 200 and resp.get_json()["state"] == "scheduled"
+    assert resp.get_json()["approved_by"] == _user_id(team["third"])
+
+
+def test_who_edited_the_draft_cannot_approve_it_in_the_console(team: dict[str, Any]) -> None:
+    cid = _draft_edited_by_the_approver(team)
+    editor, third = team["editor"], team["third"]
+    page = editor.get(f"/console/campaigns/{cid}").get_data(as_text=True)
+    assert f"/console/campaigns/{cid}/approve" not in page and 'id="four-eyes"' in page
+    # The edit is in the history with its fields, before → after.
+    page = html.unescape(page)
+    assert '<li class="change" data-field="data"><code>data</code>: {"first": "秋季流量包"' in page
+    assert (
+        '<li class="change" data-field="link_url"><code>link_url</code>: null → https://evil.example/win'
+        in page
+    )
+    resp = editor.form(f"/console/campaigns/{cid}/approve")
+    assert resp.status_code == 302
+    assert db.session.get(Campaign, cid, populate_existing=True).state is S.pending_approval
+    assert 'class="flash error"' in editor.get(f"/console/campaigns/{cid}").get_data(as_text=True)
+    page = third.get(f"/console/campaigns/{cid}").get_data(as_text=True)
+    assert f"/console/campaigns/{cid}/approve" in page
+    third.form(f"/console/campaigns/{cid}/approve")
+    assert db.session.get(Campaign, cid, populate_existing=True).state is S.scheduled
+
+
+def test_an_edit_after_sending_back_bars_the_editor_from_the_next_approval(team: dict[str, Any]) -> None:
+    """Sent back to draft, edited by the approver who sent it back: that version needs other eyes;
+    an approver who only read it (or who edited an earlier, approved version) may approve."""
+    marketer, editor, third = team["marketer"], team["editor"], team["third"]
+    cid = marketer.api(
+        "POST",
+        "/api/v1/campaigns",
+        {
+            "name": "x",
+            "account_ids": [team["account_id"]],
+            "template_id": "TPL_PROMO",
+            "data": {"first": "a"},
+        },
+    ).get_json()["id"]
+    marketer.api("POST", f"/api/v1/campaigns/{cid}/submit", {})
+    assert editor.api("POST", f"/api/v1/campaigns/{cid}/reject", {"reason": "wording"}).status_code == 200
+    version = db.session.get(Campaign, cid, populate_existing=True).version
+    resp = editor.api("PATCH", f"/api/v1/campaigns/{cid}", {"version": version, "data": {"first": "b"}})
+    assert resp.status_code == 200
+    # Saving the same values again changes nothing and is no edit.
+    resp = third.api(
+        "PATCH", f"/api/v1/campaigns/{cid}", {"version": resp.get_json()["version"], "data": {"first": "b"}}
+    )
+    assert resp.status_code == 200
+    assert [e.actor_id for e in services.history(cid) if e.changes] == [_user_id(editor)]
+    marketer.api("POST", f"/api/v1/campaigns/{cid}/submit", {})
+    assert (
+        editor.api("POST", f"/api/v1/campaigns/{cid}/approve", {}).get_json()["error"]["code"] == "four_eyes"
+    )
+    assert third.api("POST", f"/api/v1/campaigns/{cid}/approve", {}).get_json()["state"] == "scheduled"
 
 
 def test_audience_counts_follow_the_segment(app: Flask, promo: dict[str, Any], create_staff: Any) -> None:
