@@ -11,36 +11,31 @@ import requests
 import sqlalchemy as sa
 from flask import Flask
 
-from accounts.subscribers import touch
 from payments.models import PaymentTransaction
 from payments.providers.alipay import yuan_to_fen
 from payments.providers.wechatpay_v3 import NotificationError
-from store import catalogue, jobs, orders
+from store import jobs
 from store import services as store_services
 from store.models import Order, OrderStatus
-from tests import helpers
+from tests import factories
 from wechat_service.extensions import db
 
 
 @pytest.fixture
-def shop(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
-    account, fields, _ = create_account("plain")
-    alipay = helpers.register_alipay(simulator, account.id)
-    product = catalogue.add_product(
-        account_id=account.id, code="t20", name="20 元话费", kind="topup", price_fen=1999, face_value_fen=2000
+def shop(app: Flask, simulator: str) -> dict[str, Any]:
+    return factories.shop(
+        simulator,
+        pay=["alipay"],
+        product={"code": "t20", "price_fen": 1999, "face_value_fen": 2000},
+        openid="oALI0000000001",
+        phone="13800139400",
     )
-    sub = touch(account.id, "oALI0000000001", None)
-    store_services.bind_phone(account.id, sub.id, "13800139400", method="sms")
-    db.session.commit()
-    return {"account": account, "product": product, "sub": sub, **alipay}
 
 
 def _order(shop: dict[str, Any]) -> tuple[Order, str]:
     from payments import services as payments
 
-    order = orders.create_order(
-        shop["account"].id, shop["sub"].id, shop["product"].id, "alipay-key-0001", "alipay"
-    )
+    order = factories.order(shop["sub"], shop["product"], "alipay-key-0001", "alipay")
     url = payments.prepay(order, "oALI0000000001", "20 元话费")["url"]
     db.session.commit()
     return order, url

@@ -11,28 +11,27 @@ import sqlalchemy as sa
 from flask import Flask
 
 from accounts.models import AuditLog
-from accounts.subscribers import touch
 from payments import services as payments
 from payments.models import FundPool, Refund
 from payments.reconciliation import CHINA
-from store import catalogue, jobs, orders
-from store import services as store_services
+from store import catalogue, jobs
 from store.models import Order
-from tests import helpers
+from tests import factories, helpers
 from wechat_service.extensions import db
 
 OPENID = "oCONSOLEPAY001"
 
 
-def _fulfilled(app: Flask, create_account: Any, simulator: str) -> tuple[Any, Order]:
-    account, _, _ = create_account("plain")
-    merchant = helpers.register_merchant(simulator, account.id, refund_status="PROCESSING")
-    product = catalogue.add_product(
-        account_id=account.id, code="c30", name="30 元话费", kind="topup", price_fen=2990, face_value_fen=3000
+def _fulfilled(app: Flask, simulator: str) -> tuple[Any, Order]:
+    shop = factories.shop(
+        simulator,
+        refund_status="PROCESSING",
+        product={"code": "c30", "price_fen": 2990, "face_value_fen": 3000},
+        openid=OPENID,
+        phone="13800139205",
     )
-    sub = touch(account.id, OPENID, None)
-    store_services.bind_phone(account.id, sub.id, "13800139205", method="sms")
-    order = orders.create_order(account.id, sub.id, product.id, "console-pay-0001", "wechatpay_v3")
+    account = shop["account"]
+    order = factories.order(shop["sub"], shop["product"], "console-pay-0001")
     payments.prepay(order, OPENID, "30 元话费")
     db.session.commit()
     note = requests.post(
@@ -41,7 +40,7 @@ def _fulfilled(app: Flask, create_account: Any, simulator: str) -> tuple[Any, Or
         timeout=10,
     ).json()
     resp = app.test_client().post(
-        f"/payments/wechatpay/v3/{merchant['merchant'].id}/notify",
+        f"/payments/wechatpay/v3/{shop['merchant'].id}/notify",
         headers=note["headers"],
         data=note["body"].encode(),
     )
@@ -52,10 +51,8 @@ def _fulfilled(app: Flask, create_account: Any, simulator: str) -> tuple[Any, Or
     return account, db.session.get(Order, order.id)
 
 
-def test_partial_refund_from_the_order_page(
-    app: Flask, create_account: Any, simulator: str, create_staff: Any
-) -> None:
-    account, order = _fulfilled(app, create_account, simulator)
+def test_partial_refund_from_the_order_page(app: Flask, simulator: str, create_staff: Any) -> None:
+    account, order = _fulfilled(app, simulator)
     url = f"/console/accounts/{account.id}/orders/{order.id}"
     support = create_staff("support", account_id=account.id)
     assert support.form(url, {"reason": "goodwill", "amount": "5.00"}).status_code in (302, 403)
@@ -80,7 +77,7 @@ def test_partial_refund_from_the_order_page(
 def test_reconciliation_pages_and_csv(
     app: Flask, create_account: Any, simulator: str, create_staff: Any
 ) -> None:
-    account, order = _fulfilled(app, create_account, simulator)
+    account, order = _fulfilled(app, simulator)
     other, _, _ = create_account("plain")
     manager = create_staff("account_manager", account_id=account.id)
     base = f"/console/accounts/{account.id}/reconciliation"
@@ -125,7 +122,7 @@ def test_fund_pool_pages(app: Flask, create_account: Any, create_staff: Any) -> 
 
 
 def test_a_refund_asked_while_wechat_pay_is_unreachable_is_audited_and_finished_later(
-    app: Flask, create_account: Any, simulator: str, create_staff: Any, monkeypatch: Any
+    app: Flask, simulator: str, create_staff: Any, monkeypatch: Any
 ) -> None:
     from datetime import timedelta
 
@@ -133,7 +130,7 @@ def test_a_refund_asked_while_wechat_pay_is_unreachable_is_audited_and_finished_
     from payments.models import RefundStatus
     from wechat_service.dbtypes import utcnow
 
-    account, order = _fulfilled(app, create_account, simulator)
+    account, order = _fulfilled(app, simulator)
     manager = create_staff("account_manager", account_id=account.id)
     monkeypatch.setitem(app.config, "WECHATPAY_API_BASE", f"http://127.0.0.1:{helpers.free_port()}/wechatpay")
     resp = manager.form(

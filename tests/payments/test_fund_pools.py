@@ -10,13 +10,12 @@ import requests
 import sqlalchemy as sa
 from flask import Flask
 
-from accounts.subscribers import touch
 from payments import funds
 from payments.models import AlertLevel, FundPool, FundPoolEntry, PoolEntryKind
 from store import catalogue, fulfilment, redemption
-from store import services as store_services
 from store.models import Fulfilment, FulfilmentStatus
 from templates_msg import jobs as campaign_jobs
+from tests import factories
 from wechat_service.errors import ConflictError, InvalidInputError
 from wechat_service.extensions import db, get_queue
 
@@ -124,9 +123,8 @@ def test_gift_fulfilment_draws_and_a_failure_gives_back(
     )  # fmt: skip
     product.fund_pool_id = pool_id
     _, codes = redemption.create_batch(account.id, product.id, name="gift", count=3, valid_days=30)
-    good, failing = touch(account.id, "oGIFT000000001", None), touch(account.id, "oGIFT000000002", None)
-    store_services.bind_phone(account.id, good.id, "13800139204", method="sms")
-    store_services.bind_phone(account.id, failing.id, "13800000000", method="sms")  # BOSS: unknown line
+    good = factories.subscriber(account.id, "oGIFT000000001", "13800139204")
+    failing = factories.subscriber(account.id, "oGIFT000000002", "13800000000")  # BOSS: unknown line
     db.session.commit()
     first = redemption.redeem(account.id, good.id, codes[0], "api")["fulfilment_id"]
     db.session.commit()

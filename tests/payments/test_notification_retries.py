@@ -13,12 +13,9 @@ from flask import Flask
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from accounts.subscribers import touch
 from payments import services as payments
-from store import catalogue, orders
-from store import services as store_services
 from store.models import Order, OrderStatus
-from tests import helpers
+from tests import factories, helpers
 from wechat_service.extensions import db
 
 
@@ -46,17 +43,17 @@ def receiver() -> Any:
 
 
 def test_unacknowledged_notification_is_resent_until_accepted(
-    app: Flask, create_account: Any, simulator: str, receiver: FlakyReceiver, monkeypatch: pytest.MonkeyPatch
+    app: Flask, simulator: str, receiver: FlakyReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(app.config, "PUBLIC_BASE_URL", f"http://127.0.0.1:{receiver.port}")
-    account, _, _ = create_account("plain")
-    merchant = helpers.register_merchant(simulator, account.id)["merchant"]
-    product = catalogue.add_product(
-        account_id=account.id, code="r1", name="1 元话费", kind="topup", price_fen=100, face_value_fen=100
+    shop = factories.shop(
+        simulator,
+        product={"code": "r1", "price_fen": 100, "face_value_fen": 100},
+        openid="oRETRY00000001",
+        phone="13800139206",
     )
-    sub = touch(account.id, "oRETRY00000001", None)
-    store_services.bind_phone(account.id, sub.id, "13800139206", method="sms")
-    order = orders.create_order(account.id, sub.id, product.id, "retry-key-0001", "wechatpay_v3")
+    merchant, product = shop["merchant"], shop["product"]
+    order = factories.order(shop["sub"], product, "retry-key-0001")
     payments.prepay(order, "oRETRY00000001", product.name)
     db.session.commit()
     first = requests.post(

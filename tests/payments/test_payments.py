@@ -15,41 +15,37 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from flask import Flask
 
-from accounts.subscribers import touch
 from payments.models import PaymentTransaction, Refund
 from store import catalogue, fulfilment, jobs, orders
 from store import services as store_services
 from store.models import Fulfilment, Order, OrderStatus
-from tests import helpers
+from tests import factories
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 
 
 @pytest.fixture
-def shop(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
-    account, fields, _ = create_account("plain", kind="mini_program")
-    merchant = helpers.register_merchant(simulator, account.id)
-    product = catalogue.add_product(
-        account_id=account.id,
-        code="t30",
-        name="30 元话费",
-        kind="topup",
-        price_fen=2990,
-        face_value_fen=3000,
-        stock=5,
-        per_subscriber_limit=3,
+def shop(app: Flask, simulator: str) -> dict[str, Any]:
+    return factories.shop(
+        simulator,
+        kind="mini_program",
+        product={
+            "code": "t30",
+            "price_fen": 2990,
+            "face_value_fen": 3000,
+            "stock": 5,
+            "per_subscriber_limit": 3,
+        },
+        openid="oPAY0000000001",
+        phone="13800139200",
     )
-    sub = touch(account.id, "oPAY0000000001", None)
-    store_services.bind_phone(account.id, sub.id, "13800139200", method="sms")
-    db.session.commit()
-    return {"account": account, "fields": fields, "product": product, "sub": sub, **merchant}
 
 
 def _order(shop: dict[str, Any], key: str = "client-key-0001") -> tuple[Order, dict[str, Any]]:
     from payments import services as payments
 
-    order = orders.create_order(shop["account"].id, shop["sub"].id, shop["product"].id, key, "wechatpay_v3")
+    order = factories.order(shop["sub"], shop["product"], key)
     params = payments.prepay(order, "oPAY0000000001", "30 元话费")
     db.session.commit()
     return order, params
@@ -83,9 +79,7 @@ def test_prepay_gives_signed_jsapi_parameters(shop: dict[str, Any]) -> None:
     shop["public_key"].verify(
         base64.b64decode(params["paySign"]), message.encode(), padding.PKCS1v15(), hashes.SHA256()
     )  # raises if the merchant did not sign it
-    again = orders.create_order(
-        shop["account"].id, shop["sub"].id, shop["product"].id, "client-key-0001", "wechatpay_v3"
-    )
+    again = factories.order(shop["sub"], shop["product"], "client-key-0001")
     assert again.id == order.id  # the client's idempotency key
 
 
@@ -213,13 +207,9 @@ def test_unpaid_order_closes_and_gives_its_stock_back(app: Flask, shop: dict[str
 
 def test_limits_and_stock(app: Flask, shop: dict[str, Any]) -> None:
     for i in range(3):
-        orders.create_order(
-            shop["account"].id, shop["sub"].id, shop["product"].id, f"limit-key-{i:04d}", "wechatpay_v3"
-        )
+        factories.order(shop["sub"], shop["product"], f"limit-key-{i:04d}")
     with pytest.raises(ServiceError) as exc:
-        orders.create_order(
-            shop["account"].id, shop["sub"].id, shop["product"].id, "limit-key-9999", "wechatpay_v3"
-        )
+        factories.order(shop["sub"], shop["product"], "limit-key-9999")
     assert exc.value.code == "limit_reached"
 
 
@@ -355,7 +345,7 @@ def test_sweep_counts_an_order_paid_through_the_orderpaid_close(
 def test_notifications_for_the_wrong_kind_of_merchant_or_a_huge_id_are_404(
     app: Flask, shop: dict[str, Any], simulator: str
 ) -> None:
-    alipay = helpers.register_alipay(simulator, shop["account"].id)
+    alipay = factories.merchant(simulator, shop["account"].id, "alipay")
     db.session.commit()
     client = app.test_client()
     resp = client.post(
@@ -369,9 +359,7 @@ def test_notifications_for_the_wrong_kind_of_merchant_or_a_huge_id_are_404(
 
 
 def test_an_order_whose_prepay_never_happened_still_closes(app: Flask, shop: dict[str, Any]) -> None:
-    order = orders.create_order(
-        shop["account"].id, shop["sub"].id, shop["product"].id, "never-prepaid-1", "wechatpay_v3"
-    )
+    order = factories.order(shop["sub"], shop["product"], "never-prepaid-1")
     db.session.execute(
         sa.update(Order).where(Order.id == order.id).values(created_at=utcnow() - timedelta(hours=1))
     )
@@ -386,9 +374,7 @@ def test_a_fulfilment_finished_but_never_settled_is_settled_by_the_sweep(
 ) -> None:
     from payments import services as payments
 
-    order = orders.create_order(
-        shop["account"].id, shop["sub"].id, shop["product"].id, "settle-key-01", "wechatpay_v3"
-    )
+    order = factories.order(shop["sub"], shop["product"], "settle-key-01")
     payments.prepay(order, shop["sub"].openid, "x")
     db.session.commit()
     note = requests.post(

@@ -11,15 +11,13 @@ import requests
 import sqlalchemy as sa
 from flask import Flask
 
-from accounts.subscribers import touch
 from payments import reconciliation, refunds
 from payments import services as payments
 from payments.models import ReconciliationRun, ReconItemKind, ReconStatus
 from payments.reconciliation import CHINA, parse_alipay, parse_wechat
-from store import catalogue, jobs, orders
-from store import services as store_services
+from store import jobs
 from store.models import Order
-from tests import helpers
+from tests import factories
 from wechat_service.extensions import db
 
 OPENID = "oRECON00000001"
@@ -29,30 +27,23 @@ def _today() -> Any:
     return datetime.now(CHINA).date()
 
 
-def _shop(create_account: Any, simulator: str, provider: str) -> dict[str, Any]:
-    account, fields, _ = create_account("plain")
-    if provider == "wechatpay_v3":
-        merchant = helpers.register_merchant(simulator, account.id)
-        key = merchant["mchid"]
-    elif provider == "wechatpay_v2":
-        merchant = helpers.register_wechatpay_v2(simulator, account.id)
-        key = merchant["mchid"]
-    else:
-        merchant = helpers.register_alipay(simulator, account.id)
-        merchant["merchant"], key = merchant["alipay_merchant"], merchant["alipay_app_id"]
-    product = catalogue.add_product(
-        account_id=account.id, code="rc", name="10 元话费", kind="topup", price_fen=990, face_value_fen=1000
+def _shop(simulator: str, provider: str) -> dict[str, Any]:
+    shop = factories.shop(
+        simulator,
+        pay=[provider],
+        product={"code": "rc", "price_fen": 990, "face_value_fen": 1000},
+        openid=OPENID,
+        phone="13800139203",
     )
-    sub = touch(account.id, OPENID, None)
-    store_services.bind_phone(account.id, sub.id, "13800139203", method="sms")
-    db.session.commit()
-    return {"account": account, "product": product, "sub": sub, "provider": provider, "key": key, **merchant}
+    if provider == "alipay":
+        shop["merchant"], shop["key"] = shop["alipay_merchant"], shop["alipay_app_id"]
+    else:
+        shop["key"] = shop["mchid"]
+    return {**shop, "provider": provider}
 
 
 def _pay(app: Flask, shop: dict[str, Any], simulator: str, n: int, notify: bool = True) -> Order:
-    order = orders.create_order(
-        shop["account"].id, shop["sub"].id, shop["product"].id, f"recon-{n:08d}", shop["provider"]
-    )
+    order = factories.order(shop["sub"], shop["product"], f"recon-{n:08d}", shop["provider"])
     pay = payments.prepay(order, OPENID, "10 元话费")
     db.session.commit()
     if shop["provider"] == "alipay":
@@ -104,10 +95,8 @@ def _faults(simulator: str, shop: dict[str, Any], **faults: Any) -> None:
 
 
 @pytest.mark.parametrize("provider", ["wechatpay_v3", "wechatpay_v2", "alipay"])
-def test_a_clean_day_matches_every_line(
-    app: Flask, create_account: Any, simulator: str, provider: str
-) -> None:
-    shop = _shop(create_account, simulator, provider)
+def test_a_clean_day_matches_every_line(app: Flask, simulator: str, provider: str) -> None:
+    shop = _shop(simulator, provider)
     paid = [_pay(app, shop, simulator, i) for i in range(3)]
     jobs.fulfil(paid[0].fulfilment_id)
     refunded = db.session.get(Order, paid[0].id)
@@ -123,10 +112,8 @@ def test_a_clean_day_matches_every_line(
 
 
 @pytest.mark.parametrize("provider", ["wechatpay_v3", "wechatpay_v2", "alipay"])
-def test_injected_discrepancies_are_each_found(
-    app: Flask, create_account: Any, simulator: str, provider: str
-) -> None:
-    shop = _shop(create_account, simulator, provider)
+def test_injected_discrepancies_are_each_found(app: Flask, simulator: str, provider: str) -> None:
+    shop = _shop(simulator, provider)
     matched = _pay(app, shop, simulator, 1)
     dropped = _pay(app, shop, simulator, 2)
     altered = _pay(app, shop, simulator, 3)
@@ -148,10 +135,8 @@ def test_injected_discrepancies_are_each_found(
     assert db.session.scalar(sa.select(sa.func.count()).select_from(ReconciliationRun)) == 1
 
 
-def test_a_day_without_a_statement_and_an_unreadable_one(
-    app: Flask, create_account: Any, simulator: str
-) -> None:
-    shop = _shop(create_account, simulator, "wechatpay_v3")
+def test_a_day_without_a_statement_and_an_unreadable_one(app: Flask, simulator: str) -> None:
+    shop = _shop(simulator, "wechatpay_v3")
     run = reconciliation.reconcile(shop["merchant"].id, _today())
     assert run.status is ReconStatus.matched and run.statement_rows == 0
     with pytest.raises(ValueError):
@@ -180,15 +165,13 @@ def test_the_statement_formats_parse_exactly() -> None:
     ]
 
 
-def test_a_payment_recorded_after_midnight_belongs_to_the_day_it_was_paid(
-    app: Flask, create_account: Any, simulator: str
-) -> None:
+def test_a_payment_recorded_after_midnight_belongs_to_the_day_it_was_paid(app: Flask, simulator: str) -> None:
     from datetime import UTC, date, timedelta
 
     from payments.models import PaymentTransaction, Provider, TxnKind
     from payments.reconciliation import _ledger, day_window, provider_time
 
-    shop = _shop(create_account, simulator, "wechatpay_v3")
+    shop = _shop(simulator, "wechatpay_v3")
     d = date(2026, 3, 9)
     start, end = day_window(d)
     rows = {
@@ -217,12 +200,10 @@ def test_a_payment_recorded_after_midnight_belongs_to_the_day_it_was_paid(
     assert provider_time(row) == datetime(2026, 3, 9, 15, 59, 59, tzinfo=UTC)
 
 
-def test_no_statement_while_money_moved_is_a_failed_run_retried_hourly(
-    app: Flask, create_account: Any, simulator: str
-) -> None:
+def test_no_statement_while_money_moved_is_a_failed_run_retried_hourly(app: Flask, simulator: str) -> None:
     from datetime import UTC, timedelta
 
-    shop = _shop(create_account, simulator, "wechatpay_v3")
+    shop = _shop(simulator, "wechatpay_v3")
     paid = _pay(app, shop, simulator, 1)
     _faults(simulator, shop, drop=[paid.out_trade_no])  # the statement is not there yet
     run = reconciliation.reconcile(shop["merchant"].id, _today())
@@ -231,21 +212,19 @@ def test_no_statement_while_money_moved_is_a_failed_run_retried_hourly(
     early = datetime.now(CHINA).replace(hour=9, minute=0).astimezone(UTC)
     assert reconciliation.reconcile_day(now=early) == {}
     tomorrow_noon = (datetime.now(CHINA) + timedelta(days=1)).replace(hour=12).astimezone(UTC)
-    clean = _shop(create_account, simulator, "wechatpay_v2")
+    clean = _shop(simulator, "wechatpay_v2")
     _pay(app, clean, simulator, 2)
     assert reconciliation.reconcile(clean["merchant"].id, _today()).status is ReconStatus.matched
     # Tomorrow: the unpublished one is tried again, the finished one is left alone.
     assert reconciliation.reconcile_day(now=tomorrow_noon) == {"failed": 1}
 
 
-def test_a_statement_that_does_not_match_its_hash_is_refused(
-    app: Flask, create_account: Any, simulator: str
-) -> None:
+def test_a_statement_that_does_not_match_its_hash_is_refused(app: Flask, simulator: str) -> None:
     """WeChat Pay v3 announces the bill's SHA-1 (hash_value): a damaged download fails the run with
     the reason, and nothing read from it is recorded."""
     from payments.models import ReconciliationItem
 
-    shop = _shop(create_account, simulator, "wechatpay_v3")
+    shop = _shop(simulator, "wechatpay_v3")
     _pay(app, shop, simulator, 1)
     _faults(simulator, shop, corrupt=True)
     run = reconciliation.reconcile(shop["merchant"].id, _today())

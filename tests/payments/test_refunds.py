@@ -10,13 +10,11 @@ import requests
 import sqlalchemy as sa
 from flask import Flask
 
-from accounts.subscribers import touch
 from payments import refunds
 from payments.models import PaymentTransaction, Refund, RefundStatus
-from store import catalogue, jobs, orders
-from store import services as store_services
+from store import jobs, orders
 from store.models import Order, OrderStatus
-from tests import helpers
+from tests import factories
 from wechat_service.errors import InvalidInputError
 from wechat_service.extensions import db
 
@@ -24,22 +22,20 @@ OPENID = "oREFUND0000001"
 
 
 @pytest.fixture
-def shop(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
-    account, fields, _ = create_account("plain")
-    merchant = helpers.register_merchant(simulator, account.id, refund_status="PROCESSING")
-    product = catalogue.add_product(
-        account_id=account.id, code="r50", name="50 元话费", kind="topup", price_fen=4990, face_value_fen=5000
+def shop(app: Flask, simulator: str) -> dict[str, Any]:
+    return factories.shop(
+        simulator,
+        refund_status="PROCESSING",
+        product={"code": "r50", "price_fen": 4990, "face_value_fen": 5000},
+        openid=OPENID,
+        phone="13800139202",
     )
-    sub = touch(account.id, OPENID, None)
-    store_services.bind_phone(account.id, sub.id, "13800139202", method="sms")
-    db.session.commit()
-    return {"account": account, "fields": fields, "product": product, "sub": sub, **merchant}
 
 
 def _fulfilled_order(app: Flask, shop: dict[str, Any], simulator: str, key: str = "refund-key-0001") -> Order:
     from payments import services as payments
 
-    order = orders.create_order(shop["account"].id, shop["sub"].id, shop["product"].id, key, "wechatpay_v3")
+    order = factories.order(shop["sub"], shop["product"], key)
     payments.prepay(order, OPENID, "50 元话费")
     db.session.commit()
     note = requests.post(
@@ -134,9 +130,7 @@ def test_payment_for_an_unknown_order_is_recorded_and_sent_back(
 ) -> None:
     from payments import services as payments
 
-    order = orders.create_order(
-        shop["account"].id, shop["sub"].id, shop["product"].id, "ghost-key-001", "wechatpay_v3"
-    )
+    order = factories.order(shop["sub"], shop["product"], "ghost-key-001")
     payments.prepay(order, OPENID, "50 元话费")
     db.session.commit()
     note = requests.post(

@@ -15,14 +15,13 @@ import requests
 import sqlalchemy as sa
 from flask import Flask
 
-from accounts.subscribers import touch
 from payments import refunds
 from payments.models import PaymentTransaction, Refund, RefundStatus
 from payments.providers.wechatpay_v2 import decrypt_req_info, sign, signature_valid
-from store import catalogue, jobs, orders
+from store import jobs, orders
 from store import services as store_services
 from store.models import Order, OrderStatus
-from tests import helpers
+from tests import factories
 from wechat_service.dbtypes import utcnow
 from wechat_service.extensions import db
 
@@ -56,29 +55,27 @@ def test_signature_matches_the_official_example() -> None:
     assert not signature_valid(params, "192006250b4c09247ec02edce69f6a2d")  # unsigned
 
 
-def _shop(
-    create_account: Any, simulator: str, sign_type: str, refund_status: str = "SUCCESS"
-) -> dict[str, Any]:
-    account, fields, _ = create_account("plain")
-    merchant = helpers.register_wechatpay_v2(simulator, account.id, sign_type, refund_status)
-    product = catalogue.add_product(
-        account_id=account.id, code="v2t", name="20 元话费", kind="topup", price_fen=1990, face_value_fen=2000
+def _shop(simulator: str, sign_type: str, refund_status: str = "SUCCESS") -> dict[str, Any]:
+    return factories.shop(
+        simulator,
+        pay=["wechatpay_v2"],
+        sign_type=sign_type,
+        refund_status=refund_status,
+        product={"code": "v2t", "price_fen": 1990, "face_value_fen": 2000},
+        openid=OPENID,
+        phone="13800139201",
     )
-    sub = touch(account.id, OPENID, None)
-    store_services.bind_phone(account.id, sub.id, "13800139201", method="sms")
-    db.session.commit()
-    return {"account": account, "fields": fields, "product": product, "sub": sub, **merchant}
 
 
 @pytest.fixture(params=["MD5", "HMAC-SHA256"])
-def shop(request: pytest.FixtureRequest, app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
-    return _shop(create_account, simulator, request.param)
+def shop(request: pytest.FixtureRequest, app: Flask, simulator: str) -> dict[str, Any]:
+    return _shop(simulator, request.param)
 
 
 def _order(shop: dict[str, Any], key: str = "v2-key-000001") -> tuple[Order, dict[str, Any]]:
     from payments import services as payments
 
-    order = orders.create_order(shop["account"].id, shop["sub"].id, shop["product"].id, key, "wechatpay_v2")
+    order = factories.order(shop["sub"], shop["product"], key, "wechatpay_v2")
     params = payments.prepay(order, OPENID, "20 元话费", client_ip="10.0.0.8")
     db.session.commit()
     return order, params
@@ -143,11 +140,9 @@ def test_payment_time_is_beijing_wall_time_and_counts_on_it(
     assert abs(moved - utcnow()) < timedelta(minutes=5)  # the same instant, stored in UTC
 
 
-def test_hmac_notification_for_an_md5_merchant_is_accepted(
-    app: Flask, create_account: Any, simulator: str
-) -> None:
+def test_hmac_notification_for_an_md5_merchant_is_accepted(app: Flask, simulator: str) -> None:
     """WeChat Pay signs with what the order asked for; wechatpy checks MD5 only — we check both."""
-    shop = _shop(create_account, simulator, "MD5")
+    shop = _shop(simulator, "MD5")
     order, _ = _order(shop)
     body = _paid(simulator, order, sign_type="HMAC-SHA256")
     assert "<sign_type><![CDATA[HMAC-SHA256]]>" in body
@@ -204,10 +199,8 @@ def test_unpaid_order_is_closed_at_wechat_pay_first(app: Flask, shop: dict[str, 
     assert resp.status_code == 409  # closed at WeChat Pay: it can no longer be paid
 
 
-def test_failed_fulfilment_refund_finishes_by_the_refund_notification(
-    app: Flask, create_account: Any, simulator: str
-) -> None:
-    shop = _shop(create_account, simulator, "MD5", refund_status="PROCESSING")
+def test_failed_fulfilment_refund_finishes_by_the_refund_notification(app: Flask, simulator: str) -> None:
+    shop = _shop(simulator, "MD5", refund_status="PROCESSING")
     store_services.bind_phone(
         shop["account"].id, shop["sub"].id, "13800000000", method="sms"
     )  # BOSS: unknown
@@ -238,10 +231,8 @@ def test_failed_fulfilment_refund_finishes_by_the_refund_notification(
     assert kinds == ["payment", "refund"]
 
 
-def test_refund_sweep_finishes_a_refund_whose_notification_was_lost(
-    app: Flask, create_account: Any, simulator: str
-) -> None:
-    shop = _shop(create_account, simulator, "HMAC-SHA256")  # the simulator finishes refunds at once
+def test_refund_sweep_finishes_a_refund_whose_notification_was_lost(app: Flask, simulator: str) -> None:
+    shop = _shop(simulator, "HMAC-SHA256")  # the simulator finishes refunds at once
     order, _ = _order(shop)
     assert _notify(app, shop, _paid(simulator, order)).status_code == 200
     db.session.expire_all()
@@ -285,8 +276,8 @@ def test_a_second_v2_prepay_of_the_same_order_is_the_same_request(shop: dict[str
     assert again["prepay_id"] == first["prepay_id"]
 
 
-def test_a_broken_configuration_answers_fail_not_500(app: Flask, create_account: Any, simulator: str) -> None:
-    shop = _shop(create_account, simulator, "MD5")
+def test_a_broken_configuration_answers_fail_not_500(app: Flask, simulator: str) -> None:
+    shop = _shop(simulator, "MD5")
     order, _ = _order(shop)
     body = _paid(simulator, order)
     shop["merchant"].sign_type = "SHA1"  # a row no form can write, say from an old import
@@ -298,12 +289,10 @@ def test_a_broken_configuration_answers_fail_not_500(app: Flask, create_account:
     assert db.session.get(Order, order.id).status is OrderStatus.pending_payment
 
 
-def test_closing_an_order_wechat_pay_reports_paid_marks_it_paid(
-    app: Flask, create_account: Any, simulator: str
-) -> None:
+def test_closing_an_order_wechat_pay_reports_paid_marks_it_paid(app: Flask, simulator: str) -> None:
     from payments import services as payments
 
-    shop = _shop(create_account, simulator, "HMAC-SHA256")
+    shop = _shop(simulator, "HMAC-SHA256")
     order, _ = _order(shop)
     _paid(simulator, order)  # paid at WeChat Pay; the notification is not here yet
     assert payments.close_at_provider(order) == "paid"  # closeorder answered ORDERPAID

@@ -14,10 +14,9 @@ import sqlalchemy as sa
 
 from accounts import services as account_services
 from accounts.models import AuditLog
-from accounts.subscribers import touch
 from store import catalogue, coupons, orders, redemption
-from store import services as store_services
 from store.models import CodeStatus, Coupon, Product, RedeemBatch, RedeemCode
+from tests import factories
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import InvalidInputError
 from wechat_service.extensions import db
@@ -26,14 +25,7 @@ from wechat_service.extensions import db
 @pytest.fixture
 def shop(create_account: Any, create_staff: Any) -> dict[str, Any]:
     account, _, _ = create_account("plain")
-    product = catalogue.add_product(
-        account_id=account.id,
-        code="topup-10",
-        name="10 元话费",
-        kind="topup",
-        price_fen=980,
-        face_value_fen=1000,
-    )
+    product = factories.topup(account.id, "topup-10", 980, 1000)
     db.session.commit()
     return {
         "account": account,
@@ -367,8 +359,7 @@ def test_batch_codes_are_exported_once_and_really_redeem(shop: dict[str, Any]) -
     assert "Already exported: downloaded by " + manager.username in page and "Download CSV" not in page
     assert len(_audits("redeem_batch.export")) == 1 and len(_audits("redeem_batch.create")) == 1
     # The exported codes redeem through the store, once each.
-    sub = touch(account.id, "oCONSOLE000001", None)
-    store_services.bind_phone(account.id, sub.id, "13800138123", method="sms")
+    sub = factories.subscriber(account.id, "oCONSOLE000001", "13800138123")
     db.session.commit()
     result = redemption.redeem(account.id, sub.id, codes[0], "mp")
     assert result["product"] == "10 元话费" and result["phone"] == "138****8123"
@@ -423,8 +414,7 @@ def test_voiding_a_batch_stops_its_unused_codes(shop: dict[str, Any]) -> None:
     manager, base, account = shop["manager"], shop["base"], shop["account"]
     batch_id = _create_batch(shop, count=3)
     codes = _codes(manager.form(f"{base}/redeem-batches/{batch_id}/export"))
-    sub = touch(account.id, "oCONSOLE000002", None)
-    store_services.bind_phone(account.id, sub.id, "13800138124", method="sms")
+    sub = factories.subscriber(account.id, "oCONSOLE000002", "13800138124")
     redemption.redeem(account.id, sub.id, codes[0], "mp")
     db.session.commit()
     assert manager.form(f"{base}/redeem-batches/{batch_id}/void").status_code == 302
@@ -539,13 +529,8 @@ def test_coupon_usage_counts_and_deactivation(shop: dict[str, Any]) -> None:
     coupon = db.session.scalar(sa.select(Coupon).where(Coupon.code == "SPRING5"))
     made = []
     for i in range(2):
-        sub = touch(account.id, f"oCOUPONUSE{i:04d}", None)
-        store_services.bind_phone(account.id, sub.id, f"1380013{8200 + i}", method="sms")
-        made.append(
-            orders.create_order(
-                account.id, sub.id, shop["product"].id, f"key-{i:08d}", "wechatpay_v3", coupon_code="spring5"
-            )
-        )
+        sub = factories.subscriber(account.id, f"oCOUPONUSE{i:04d}", f"1380013{8200 + i}")
+        made.append(factories.order(sub, shop["product"], f"key-{i:08d}", coupon_code="spring5"))
     db.session.commit()
     assert orders.close(made[1])  # an unpaid order closing gives its coupon use back
     db.session.commit()
@@ -585,9 +570,8 @@ def test_an_edit_does_not_overwrite_stock_taken_by_orders_meanwhile(shop: dict[s
     }
     # Two orders take stock while the operator edits the price.
     for i in range(2):
-        sub = touch(account.id, f"oSTOCK{i:08d}", None)
-        store_services.bind_phone(account.id, sub.id, f"1380013{8300 + i}", method="sms")
-        orders.create_order(account.id, sub.id, product.id, f"stock-key-{i:04d}", "wechatpay_v3")
+        sub = factories.subscriber(account.id, f"oSTOCK{i:08d}", f"1380013{8300 + i}")
+        factories.order(sub, product, f"stock-key-{i:04d}")
     db.session.commit()
     assert manager.form(f"{base}/products/{product.id}", form | {"price": "9.50"}).status_code == 302
     db.session.refresh(product)

@@ -10,11 +10,10 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from accounts.subscribers import touch
-from store import catalogue, coupons, orders
-from store import services as store_services
+from store import coupons, orders
 from store.coupons import CouponError
 from store.models import Coupon, Order
+from tests import factories
 from wechat_service.dbtypes import utcnow
 from wechat_service.extensions import db
 
@@ -22,13 +21,10 @@ from wechat_service.extensions import db
 @pytest.fixture
 def shop(app: Flask, create_account: Any) -> dict[str, Any]:
     account, _, _ = create_account("plain")
-    product = catalogue.add_product(
-        account_id=account.id, code="p50", name="50 元话费", kind="topup", price_fen=4999, face_value_fen=5000
-    )
+    product = factories.topup(account.id, "p50", 4999, 5000)
     subs = []
     for i in range(3):
-        sub = touch(account.id, f"oCOUPON{i:06d}", None)
-        store_services.bind_phone(account.id, sub.id, f"1380013{9500 + i}", method="sms")
+        sub = factories.subscriber(account.id, f"oCOUPON{i:06d}", f"1380013{9500 + i}")
         subs.append(sub)
     db.session.commit()
     return {"account": account, "product": product, "subs": subs}
@@ -50,9 +46,7 @@ def _coupon(shop: dict[str, Any], **kw: Any) -> Coupon:
 
 
 def _buy(shop: dict[str, Any], sub: int, key: str, code: str | None) -> Order:
-    order = orders.create_order(
-        shop["account"].id, shop["subs"][sub].id, shop["product"].id, key, "wechatpay_v3", coupon_code=code
-    )
+    order = factories.order(shop["subs"][sub], shop["product"], key, coupon_code=code)
     db.session.commit()
     return order
 

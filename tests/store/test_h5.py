@@ -22,12 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from flask import Flask
 
 from accounts.models import Subscriber
-from accounts.subscribers import touch
 from store import catalogue, coupons, redemption
-from store import services as store_services
 from store.h5 import safe_next
 from store.models import Order, OrderStatus, PhoneBinding
-from tests import helpers
+from tests import factories
 from tests.console_helpers import page_token
 from wechat_service.dbtypes import utcnow
 from wechat_service.extensions import db
@@ -85,21 +83,15 @@ class H5:
 
 
 @pytest.fixture
-def shop(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
-    account, fields, _ = create_account("plain", kind="service")
-    merchant = helpers.register_merchant(simulator, account.id)
-    alipay = helpers.register_alipay(simulator, account.id)
-    product = catalogue.add_product(
-        account_id=account.id,
-        code="t30",
-        name="30 元话费",
-        kind="topup",
-        price_fen=2990,
-        face_value_fen=3000,
-        stock=10,
+def shop(app: Flask, simulator: str) -> dict[str, Any]:
+    shop = factories.shop(
+        simulator,
+        kind="service",
+        pay=["wechatpay_v3", "alipay"],
+        product={"code": "t30", "price_fen": 2990, "face_value_fen": 3000, "stock": 10},
     )
     coupons.add_coupon(
-        account.id,
+        shop["account"].id,
         code="SAVE5",
         name="立减 5 元",
         kind="fixed",
@@ -108,12 +100,11 @@ def shop(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
         valid_until=utcnow() + timedelta(days=1),
     )
     db.session.commit()
-    return {"account": account, "appid": fields["appid"], "product": product, **merchant, **alipay}
+    return {**shop, "appid": shop["fields"]["appid"]}
 
 
 def _bound(shop: dict[str, Any], openid: str) -> int:
-    sub = touch(shop["account"].id, openid, None)
-    store_services.bind_phone(shop["account"].id, sub.id, _phone(), method="sms")
+    sub = factories.subscriber(shop["account"].id, openid, _phone())
     db.session.commit()
     return sub.id
 

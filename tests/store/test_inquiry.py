@@ -25,7 +25,7 @@ from store.boss import (
     sign,
 )
 from store.models import Inquiry, PhoneBinding
-from tests import helpers
+from tests import factories, helpers
 from wechat_service.extensions import db, get_queue
 
 PHONE = "13800138123"
@@ -143,10 +143,7 @@ def test_slow_boss_answers_later_by_customer_service_message(
         timeout=5,
     )
     openid = "oSLOW00000000"
-    from accounts.subscribers import touch
-
-    sub = touch(account.id, openid, None)
-    services.bind_phone(account.id, sub.id, "13800138125", method="sms")
+    sub = factories.subscriber(account.id, openid, "13800138125")
     db.session.commit()
     requests.post(
         f"{simulator}/_sim/boss/faults",
@@ -167,12 +164,9 @@ def test_slow_boss_answers_later_by_customer_service_message(
 
 
 def test_menu_click_inquiry(app: Flask, create_account: Any) -> None:
-    from accounts.subscribers import touch
-
     account, _, target = create_account("compatible")
     services.enable_store(account.id)
-    sub = touch(account.id, "oMENU000000000000001", None)
-    services.bind_phone(account.id, sub.id, "13800138126", method="sms")
+    factories.subscriber(account.id, "oMENU000000000000001", "13800138126")
     db.session.commit()
     xml = message_xml(target, "oMENU000000000000001", event_fields("click", {"key": "INQUIRY_POINTS"}, 0))
     args, body = signed_request(target, xml)

@@ -11,9 +11,10 @@ import requests
 import sqlalchemy as sa
 from flask import Flask
 
-from store import catalogue, orders
+from store import orders
 from store import services as store_services
 from store.models import PhoneBinding
+from tests import factories
 from tests.accounts.test_mp import js_code, login
 from wechat_service.extensions import db
 
@@ -72,9 +73,7 @@ def test_the_number_is_masked_to_everyone_else(
     )
     account = signed_in["account"]
     (binding,) = bindings()
-    product = catalogue.add_product(
-        account_id=account.id, code="t10", name="10 元话费", kind="topup", price_fen=1000, face_value_fen=1000
-    )
+    product = factories.topup(account.id, "t10", 1000, 1000)
     orders.create_order(account.id, binding.subscriber_id, product.id, "client-key-0001", "wechatpay_v3")
     db.session.commit()
     support = create_staff("support", account_id=account.id)

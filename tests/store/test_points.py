@@ -10,10 +10,9 @@ import requests
 import sqlalchemy as sa
 from flask import Flask
 
-from accounts.subscribers import touch
 from store import catalogue, jobs, points
-from store import services as store_services
 from store.models import HoldStatus, PointsHold
+from tests import factories
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
 
@@ -39,8 +38,7 @@ def shop(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
     dear = catalogue.add_product(
         account_id=account.id, code="dear", name="dear", kind="voucher", price_fen=1, points_price=have + 1
     )
-    sub = touch(account.id, "oPOINTS0000001", None)
-    store_services.bind_phone(account.id, sub.id, phone, method="sms")
+    sub = factories.subscriber(account.id, "oPOINTS0000001", phone)
     db.session.commit()
     return {"account": account, "cheap": cheap, "dear": dear, "sub": sub, "phone": phone, "have": have}
 
@@ -112,7 +110,6 @@ def _exchangeable(shop: dict[str, Any], **fields: Any) -> Any:
 
 
 def test_exchange_takes_stock_like_an_order(shop: dict[str, Any]) -> None:
-    from store import orders
     from store.models import Product
 
     product = _exchangeable(shop, code="stock1", stock=1)
@@ -124,12 +121,11 @@ def test_exchange_takes_stock_like_an_order(shop: dict[str, Any]) -> None:
     assert exc.value.code == "sold_out"
     db.session.rollback()
     with pytest.raises(ServiceError) as exc:  # and the paid path sees the same stock
-        orders.create_order(shop["account"].id, shop["sub"].id, product.id, "order-stock-03", "wechatpay_v3")
+        factories.order(shop["sub"], product, "order-stock-03")
     assert exc.value.code == "sold_out"
 
 
 def test_exchange_counts_towards_the_per_subscriber_limit(shop: dict[str, Any]) -> None:
-    from store import orders
 
     product = _exchangeable(shop, code="limit1", per_subscriber_limit=1)
     points.exchange(shop["account"].id, shop["sub"].id, product.id, "points-limit-0001")
@@ -139,7 +135,7 @@ def test_exchange_counts_towards_the_per_subscriber_limit(shop: dict[str, Any]) 
     assert exc.value.code == "limit_reached"
     db.session.rollback()
     with pytest.raises(ServiceError) as exc:  # one limit across orders and exchanges
-        orders.create_order(shop["account"].id, shop["sub"].id, product.id, "order-limit-03", "wechatpay_v3")
+        factories.order(shop["sub"], product, "order-limit-03")
     assert exc.value.code == "limit_reached"
 
 

@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from flask import Flask
 
 from accounts import services as account_services
-from accounts.subscribers import touch
 from store import catalogue, fulfilment, jobs, redemption
 from store import services as store_services
 from store.models import CodeStatus, Fulfilment, FulfilmentStatus, RedeemCode
+from tests import factories
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import InvalidInputError, ServiceError
 from wechat_service.extensions import db
@@ -26,15 +26,8 @@ from wechat_service.extensions import db
 def shop(app: Flask, create_account: Any, simulator: str) -> dict[str, Any]:
     account, fields, target = create_account("plain")
     store_services.enable_store(account.id)
-    product = catalogue.add_product(
-        account_id=account.id,
-        code="topup-10",
-        name="10 元话费",
-        kind="topup",
-        price_fen=980,
-        face_value_fen=1000,
-    )
-    sub = touch(account.id, "oSHOP00000000", None)
+    product = factories.topup(account.id, "topup-10", 980, 1000)
+    sub = factories.subscriber(account.id, "oSHOP00000000")
     requests.post(
         f"{simulator}/_sim/accounts/{fields['appid']}/followers",
         json={"count": 1, "prefix": "oSHOP"},

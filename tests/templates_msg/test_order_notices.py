@@ -8,14 +8,12 @@ from typing import Any
 import requests
 from flask import Flask
 
-from accounts.subscribers import touch
 from payments import services as payments
-from store import catalogue, jobs, orders
-from store import services as store_services
+from store import jobs
 from store.models import Order
 from templates_msg import jobs as campaign_jobs
 from templates_msg import transactional
-from tests import helpers
+from tests import factories
 from wechat_service.extensions import db, get_queue
 
 OPENID = "oNOTE000000001"
@@ -34,16 +32,13 @@ def test_paid_and_fulfilled_orders_notify_the_subscriber_once(
     requests.post(  # the subscriber follows at WeChat: oNOTE000000000, oNOTE000000001
         f"{simulator}/_sim/accounts/{appid}/followers", json={"count": 2, "prefix": "oNOTE0"}, timeout=5
     ).raise_for_status()
-    merchant = helpers.register_merchant(simulator, account.id)["merchant"]
+    merchant = factories.merchant(simulator, account.id)["merchant"]
     transactional.set_template(
         account.id, "order_paid", "TPL_PAID", {"first": "订单 {out_trade_no} 已支付 {amount} 元（{product}）"}
     )
-    product = catalogue.add_product(
-        account_id=account.id, code="n30", name="30 元话费", kind="topup", price_fen=2990, face_value_fen=3000
-    )
-    sub = touch(account.id, OPENID, None)
-    store_services.bind_phone(account.id, sub.id, "13800139210", method="sms")
-    order = orders.create_order(account.id, sub.id, product.id, "notice-key-0001", "wechatpay_v3")
+    product = factories.topup(account.id, "n30", 2990, 3000)
+    sub = factories.subscriber(account.id, OPENID, "13800139210")
+    order = factories.order(sub, product, "notice-key-0001")
     payments.prepay(order, OPENID, product.name)
     db.session.commit()
     get_queue("high").empty()
@@ -95,20 +90,17 @@ def test_fulfilled_and_refunded_notices_arrive_once_each(
     requests.post(
         f"{simulator}/_sim/accounts/{appid}/followers", json={"count": 3, "prefix": "oNOTE0"}, timeout=5
     ).raise_for_status()
-    merchant = helpers.register_merchant(simulator, account.id)["merchant"]
+    merchant = factories.merchant(simulator, account.id)["merchant"]
     transactional.set_template(account.id, "order_fulfilled", "TPL_DONE", {"first": "{out_trade_no} 已办理"})
     transactional.set_template(
         account.id, "order_refunded", "TPL_BACK", {"first": "{out_trade_no} 退 {amount} 元"}
     )
-    product = catalogue.add_product(
-        account_id=account.id, code="n10", name="10 元话费", kind="topup", price_fen=990, face_value_fen=1000
-    )
-    done_sub, back_sub = touch(account.id, "oNOTE000000001", None), touch(account.id, "oNOTE000000002", None)
-    store_services.bind_phone(account.id, done_sub.id, "13800139211", method="sms")
-    store_services.bind_phone(account.id, back_sub.id, "13800000000", method="sms")  # the BOSS refuses it
+    product = factories.topup(account.id, "n10", 990, 1000)
+    done_sub = factories.subscriber(account.id, "oNOTE000000001", "13800139211")
+    back_sub = factories.subscriber(account.id, "oNOTE000000002", "13800000000")  # the BOSS refuses it
     made = []
     for sub, openid in ((done_sub, "oNOTE000000001"), (back_sub, "oNOTE000000002")):
-        order = orders.create_order(account.id, sub.id, product.id, f"notice-{sub.id:08d}", "wechatpay_v3")
+        order = factories.order(sub, product, f"notice-{sub.id:08d}")
         payments.prepay(order, openid, product.name)
         db.session.commit()
         note = requests.post(

