@@ -13,7 +13,7 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests import helpers
+from tests import factories, helpers
 
 
 @pytest.fixture(scope="session")
@@ -112,18 +112,9 @@ def redis_conn(app: Flask) -> redis.Redis:
 @pytest.fixture
 def create_account(app: Flask, simulator: str) -> Any:
     """Factory: an account in the service and the simulator; returns (account, fields, target)."""
-    from accounts import services
 
     def factory(mode: str = "plain", **overrides: Any):  # type: ignore[no-untyped-def]
-        fields = helpers.account_fields(mode, **overrides)
-        org = fields.pop("org_unit_code", None)
-        account = services.add_account(**fields, org_unit_code=org)
-        from wechat_service.extensions import db
-
-        db.session.commit()
-        callback = f"http://service.test/wechat/{fields['appid']}/callback"
-        helpers.register_with_simulator(simulator, fields, callback)
-        return account, fields, helpers.target_for(fields, callback)
+        return factories.account(simulator, mode, **overrides)
 
     return factory
 

@@ -5,7 +5,7 @@ with module-level and function-level imports, and reports: imports that climb th
 of another domain's models, loops between files of different packages, function-level imports of
 project modules, the longest functions and ``commit()`` calls outside the boundary modules.
 
-``scripts/ladder [--json] [--root PATH]`` prints it; tests/test_ladder.py ratchets the counts.
+``scripts/ladder [--json] [--root PATH]`` prints it; tests/wechat_service/test_ladder.py ratchets the counts.
 """
 
 from __future__ import annotations

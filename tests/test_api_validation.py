@@ -221,3 +221,53 @@ def test_openapi_states_the_services_rules(app: Flask) -> None:
     assert _prop(doc, manual, "metric")["enum"] == [k for k, m in REGISTRY.items() if m.manual]
     session = _body(doc, "/api/mp/{appid}/session")
     assert _prop(doc, session, "code")["maxLength"] == 128
+
+
+# -- malformed console input ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        (
+            "form",
+            "/console/accounts/{a}/menu",
+            {"0-top": "x", "0-sub": "", "0-name": "A", "0-type": "click", "0-value": "K"},
+        ),
+        ("api", "/api/v1/accounts/{a}/menu", {"button": [{"type": ["click"], "name": "A", "key": "K"}]}),
+        ("api", "/api/v1/accounts/{a}", {"timezone": "America"}),
+        (
+            "api",
+            "/api/v1/accounts/{a}/rules",
+            {"name": "r" * 200, "keywords": ["k"], "reply": {"content": "c"}},
+        ),
+        (
+            "api",
+            "/api/v1/accounts/{a}/rules",
+            {"name": "r", "priority": 10**12, "keywords": ["k"], "reply": {"content": "c"}},
+        ),
+        ("get", "/console/accounts/{a}/subscribers?page=2&endpoint=x&_method=POST", None),
+        ("get", "/api/v1/accounts?page=100000000000000000000", None),
+        ("get", "/console/accounts/99999999999999", None),
+        ("get", "/api/v1/accounts/99999999999999", None),
+    ],
+)
+def test_malformed_console_input_is_a_4xx_not_a_500(
+    probe: tuple[str, str, Any], create_staff: Any, create_account: Any
+) -> None:
+    account, _, _ = create_account("plain")
+    admin = create_staff(admin=True)
+    kind, url, body = probe
+    url = url.format(a=account.id)
+    if kind == "form":
+        resp = admin.form(url, body)
+    elif kind == "api":
+        method = "PUT" if url.endswith("/menu") else "POST" if url.endswith("/rules") else "PATCH"
+        resp = admin.api(method, url, body)
+    else:
+        resp = admin.get(url)
+    assert resp.status_code < 500, resp.get_data(as_text=True)[:300]
+    if kind == "form":  # the form comes back with the problem shown
+        assert resp.status_code == 200 and "invalid slot" in resp.get_data(as_text=True)
+    elif kind == "api" or "999999" in url:
+        assert 400 <= resp.status_code < 500

@@ -11,17 +11,15 @@ from flask import Flask, url_for
 
 from accounts import services as account_services
 from accounts.models import StaffUser, Subscriber
-from accounts.subscribers import touch
 from payments.models import Refund
-from store import catalogue, orders
-from store import services as store_services
+from store import orders
 from store.models import Order, OrderStatus
 from templates_msg import services, tracking
 from templates_msg.models import Campaign, CampaignState, Delivery
-from tests import helpers
-from tests.test_campaigns import _report, _run
-from tests.test_metrics_fees import make_contract
-from tests.test_refunds import _finish, _fulfilled_order, _notify
+from tests import factories, helpers
+from tests.metrics.test_fees import make_contract
+from tests.payments.test_refunds import _finish, _fulfilled_order, _notify
+from tests.templates_msg.test_campaigns import _report, _run
 from wechat_service.extensions import db
 
 OPENID = "oWALK000000001"
@@ -72,17 +70,16 @@ def _campaign_lifecycle(app: Flask, create_staff: Any, account: Any, target: Any
     return cid
 
 
-def _order_lifecycle(app: Flask, create_account: Any, simulator: str) -> tuple[int, int]:
+def _order_lifecycle(app: Flask, simulator: str) -> tuple[int, int]:
     """Paid with WeChat Pay, fulfilled by the BOSS, refunded (the refund notification)."""
-    account, fields, _ = create_account("plain")
-    merchant = helpers.register_merchant(simulator, account.id, refund_status="PROCESSING")
-    product = catalogue.add_product(
-        account_id=account.id, code="w50", name="50 元话费", kind="topup", price_fen=4990, face_value_fen=5000
+    shop = factories.shop(
+        simulator,
+        refund_status="PROCESSING",
+        product={"code": "w50", "price_fen": 4990, "face_value_fen": 5000},
+        openid=OPENID,
+        phone="13800139299",
     )
-    sub = touch(account.id, OPENID, None)
-    store_services.bind_phone(account.id, sub.id, "13800139299", method="sms")
-    db.session.commit()
-    shop = {"account": account, "fields": fields, "product": product, "sub": sub, **merchant}
+    account = shop["account"]
     order = _fulfilled_order(app, shop, simulator, key="walk-key-0001")
     assert order.status is OrderStatus.fulfilled
     orders.refund(order, "walk")
@@ -102,7 +99,7 @@ def test_every_api_get_route_answers_without_a_server_error(
     account, fields, target = create_account("plain", org_unit_code="walk-gd")
     helpers.seed_campaign_account(simulator, account.id, fields["appid"], 30, "oW" + fields["appid"][-6:])
     cid = _campaign_lifecycle(app, create_staff, account, target)
-    shop_account_id, order_id = _order_lifecycle(app, create_account, simulator)
+    shop_account_id, order_id = _order_lifecycle(app, simulator)
     contract = make_contract()
     db.session.commit()
     from metrics import contracts

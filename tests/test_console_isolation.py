@@ -11,6 +11,7 @@ from flask import Flask
 
 from accounts import menus, qrcodes, replies, staff
 from accounts.models import Grant, Subscriber, SubscriberEvent
+from tests import factories
 from wechat_service.dbtypes import utcnow
 from wechat_service.extensions import db
 
@@ -44,19 +45,11 @@ def account_x(create_account: Any) -> dict[str, Any]:
     )
     menus.save_menu(account.id, {"button": [{"type": "click", "name": "XSECmenu", "key": "XSECRETkey"}]})
     code = qrcodes.create_channel_qrcode(account.id, name="XSECRETstore", scene="xsecret-scene")
-    from store import catalogue, orders
     from store import services as store_services
 
-    product = catalogue.add_product(
-        account_id=account.id,
-        code="xsecret-product",
-        name="XSECRETproduct",
-        kind="topup",
-        price_fen=100,
-        face_value_fen=100,
-    )
+    product = factories.topup(account.id, "xsecret-product", 100, 100, name="XSECRETproduct")
     store_services.bind_phone(account.id, sub.id, "13912345678", method="sms")
-    order = orders.create_order(account.id, sub.id, product.id, "xsecret-client-key", "wechatpay_v3")
+    order = factories.order(sub, product, "xsecret-client-key")
     from datetime import timedelta
 
     from store import coupons, redemption

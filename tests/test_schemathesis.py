@@ -22,9 +22,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from accounts import menus, replies
 from accounts.subscribers import touch
-from store import catalogue, orders
-from store import services as store_services
-from tests import helpers
+from tests import factories, helpers
 from wechat_service.extensions import db
 
 ROLES = ("administrator", "account_manager", "marketer", "analyst", "support")
@@ -70,12 +68,9 @@ def world(app: Flask, create_account: Any, create_staff: Any, simulator: str) ->
     menus.save_menu(account.id, {"button": [{"type": "click", "name": "a", "key": "k"}]})
     subscriber = touch(account.id, "oFUZZ000000001", None)
     mp, mp_fields, _ = create_account("plain", kind="mini_program")
-    product = catalogue.add_product(
-        account_id=mp.id, code="t10", name="10 元话费", kind="topup", price_fen=980, face_value_fen=1000
-    )
-    buyer = touch(mp.id, "oFUZZ000000002", None)
-    store_services.bind_phone(mp.id, buyer.id, "13800139201", method="sms")
-    order = orders.create_order(mp.id, buyer.id, product.id, "fuzz-key-0001", "wechatpay_v3")
+    product = factories.topup(mp.id, "t10", 980, 1000)
+    buyer = factories.subscriber(mp.id, "oFUZZ000000002", "13800139201")
+    order = factories.order(buyer, product, "fuzz-key-0001")
     contract = contracts.create_contract(
         None,
         {
