@@ -8,16 +8,17 @@ from typing import Any
 
 from flask import Flask, request
 
+from wechat_service.extensions import csrf
+from wechat_service.periodic import declare
+from wechat_service.router import directory
+
 
 def init_app(app: Flask) -> None:
     """Models, callback handlers and the callback endpoint's account look-ups, console pages and
     API, mini-program sessions, CLI commands, the token keeper."""
-    from accounts import api, handlers, jobs, models, mp, services, views  # noqa: F401 - handlers register
-    from accounts.cli import account_cli, orgunit_cli, user_cli
-    from accounts.console import load_user
-    from wechat_service.extensions import csrf
-    from wechat_service.periodic import declare
-    from wechat_service.router import directory
+    # Its own modules (handlers register, models add their tables): they import this package, so
+    # they load here, once the app is being built.
+    from accounts import api, cli, console, handlers, jobs, models, mp, services, views  # noqa: F401
 
     directory.register(services.callback_account, services.callback_account_by_id)
     app.register_blueprint(views.bp)
@@ -25,9 +26,9 @@ def init_app(app: Flask) -> None:
     csrf.exempt(mp.bp)  # mini-program sessions: wx.login codes and bearer tokens, no browser session
     app.extensions["openapi"].register_blueprint(mp.bp)
     declare(app, jobs.refresh_tokens, "default", interval=120)
-    for command in (account_cli, orgunit_cli, user_cli):
+    for command in (cli.account_cli, cli.orgunit_cli, cli.user_cli):
         app.cli.add_command(command)
 
     @app.context_processor
     def _console_user() -> dict[str, Any]:
-        return {"console_user": load_user() if request.path.startswith("/console") else None}
+        return {"console_user": console.load_user() if request.path.startswith("/console") else None}

@@ -27,6 +27,7 @@ from accounts.console import (
     paginate,
 )
 from accounts.models import Menu, ReplyRule, StaffUser, Subscriber
+from accounts.overview import matrix_overview
 from accounts.schemas import (
     AccountCreateSchema,
     AccountPageSchema,
@@ -56,9 +57,10 @@ from accounts.schemas import (
     TryResultSchema,
     TrySchema,
 )
+from wechat_service.errors import ServiceError
 from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
-from wechat_service.gateway import token_health
+from wechat_service.gateway import WeChatAPIError, token_health
 
 blp = Blueprint("console_api", __name__, url_prefix="/api/v1", description="Console API (session + CSRF)")
 
@@ -107,7 +109,6 @@ def session_info() -> ResponseReturnValue:
 @blp.response(200, OverviewRowSchema(many=True))
 @signed_in
 def overview() -> ResponseReturnValue:
-    from accounts.overview import matrix_overview
 
     return matrix_overview(current_access(), token_health)
 
@@ -283,8 +284,6 @@ def menu_put(data: dict[str, Any], account_id: int) -> ResponseReturnValue:
 @blp.response(200, MenuSchema)
 @signed_in
 def menu_publish(account_id: int) -> ResponseReturnValue:
-    from wechat_service.errors import ServiceError
-    from wechat_service.gateway import WeChatAPIError
 
     try:
         menu = operations.publish_menu(current_access(), account_id, client_ip())
@@ -320,8 +319,6 @@ def qrcode_list(account_id: int) -> ResponseReturnValue:
 @blp.response(201, QRCodeSchema)
 @signed_in
 def qrcode_create(data: dict[str, Any], account_id: int) -> ResponseReturnValue:
-    from wechat_service.errors import ServiceError
-    from wechat_service.gateway import WeChatAPIError
 
     try:
         code = operations.create_qrcode(current_access(), account_id, data, client_ip())

@@ -9,11 +9,13 @@ from typing import Any
 import click
 from flask.cli import AppGroup
 
-from accounts import services, sync
-from accounts.models import AccountStatus
+from accounts import services, staff, sync
+from accounts.jobs import sync_followers as job
+from accounts.models import AccountStatus, StaffUser
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db, enqueue_after_commit
 from wechat_service.gateway import token_health
+from wechat_service.wxcrypto import generate_aes_key as gen
 
 account_cli = AppGroup("account", help="Manage the account matrix.")
 orgunit_cli = AppGroup("orgunit", help="Manage the org tree (group → province → city).")
@@ -50,7 +52,6 @@ def _fail(exc: ServiceError) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def add_account(as_json: bool, generate_aes_key: bool, **fields: Any) -> None:
     """Add an account and print the callback URL to paste into the WeChat admin."""
-    from wechat_service.wxcrypto import generate_aes_key as gen
 
     if generate_aes_key and not fields.get("aes_key"):
         fields["aes_key"] = gen()
@@ -185,7 +186,6 @@ def rotate_aes_key(appid: str, new_key: str | None, show_key: bool, as_json: boo
 @click.option("--json", "as_json", is_flag=True)
 def sync_followers(appid: str, wait: bool, as_json: bool) -> None:
     """Backfill existing followers (user/get + user/info/batchget); resumable."""
-    from accounts.jobs import sync_followers as job
 
     try:
         account = services.account_by_appid(appid)
@@ -261,7 +261,6 @@ def _password(password: str | None) -> str:
 
 
 def _create(username: str, password: str | None, display_name: str, admin: bool, as_json: bool) -> None:
-    from accounts import staff
 
     try:
         user = staff.create_user(username, _password(password), display_name=display_name, is_admin=admin)
@@ -311,9 +310,6 @@ def grant(
 ) -> None:
     import sqlalchemy as sa
 
-    from accounts import staff
-    from accounts.models import StaffUser
-
     try:
         user = db.session.scalar(sa.select(StaffUser).where(StaffUser.username == username.lower()))
         if user is None:
@@ -339,7 +335,6 @@ def grant(
 @user_cli.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_users(as_json: bool) -> None:
-    from accounts import staff
 
     users = staff.list_users()
     data: list[dict[str, Any]] = [

@@ -13,6 +13,7 @@ from accounts import access as acl
 from accounts import menus, qrcodes, replies, services, staff
 from accounts.access import Access
 from accounts.models import Account, AccountStatus, ReplyRule, StaffUser, Subscriber
+from wechat_service.callbacks import dry_run
 from wechat_service.errors import NotFoundError
 
 SETTING_FIELDS = ("name", "kind", "original_id", "message_mode", "timezone")
@@ -140,7 +141,6 @@ def try_message(access: Access, account_id: int, text: str) -> dict[str, Any]:
     """What a subscriber typing ``text`` would get: the callback router in dry-run mode, so the
     store's keywords (and every other registered handler) answer here as in chat, and nothing is
     written, sent or queued."""
-    from wechat_service.callbacks import dry_run
 
     account = acl.account_for(access, account_id, acl.VIEW)
     info = services.callback_account_by_id(account.id)

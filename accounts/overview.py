@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from accounts.access import Access, scoped_accounts
 from accounts.models import Account, EventKind, OrgUnit, Subscriber, SubscriberEvent
 from accounts.services import org_path
+from wechat_service.callbacks import inbox_stats
 from wechat_service.dbtypes import utcnow
 from wechat_service.extensions import db
 
@@ -22,7 +23,6 @@ def _today_start(tz: str, now: datetime) -> datetime:
 
 def matrix_overview(access: Access, token_health: Any = None) -> list[dict[str, Any]]:
     """Rows grouped by org unit path; the counts come from a few grouped queries, not one per account."""
-    from wechat_service.callbacks import inbox_stats
 
     accounts = list(db.session.scalars(scoped_accounts(access)))
     if not accounts:

@@ -8,7 +8,7 @@ from typing import cast
 
 import sqlalchemy as sa
 
-from accounts.models import ChannelQRCode
+from accounts.models import ChannelQRCode, EventKind, SubscriberEvent
 from accounts.services import api_client, scoped
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError
@@ -80,7 +80,6 @@ def list_channel_qrcodes(account_id: int) -> list[ChannelQRCode]:
 
 def channel_stats(account_id: int) -> dict[int, dict[str, int]]:
     """Scans and follows per channel QR code, from the ledger."""
-    from accounts.models import EventKind, SubscriberEvent
 
     rows = db.session.execute(
         sa.select(SubscriberEvent.channel_id, SubscriberEvent.kind, sa.func.count())

@@ -18,6 +18,7 @@ from wechat_service import wxcrypto
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError
 from wechat_service.extensions import db
+from wechat_service.gateway import client_for
 from wechat_service.router import AccountInfo
 from wechat_service.secrets import mask
 
@@ -362,7 +363,6 @@ def active_token_accounts() -> list[tuple[str, str]]:
 
 def api_client(account_id: int) -> Any:
     """The WeChat API gateway client for an account."""
-    from wechat_service.gateway import client_for
 
     account = db.session.get(Account, account_id)
     if account is None:

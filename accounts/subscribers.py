@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from accounts.models import ChannelQRCode, EventKind, Person, Subscriber, SubscriberEvent, SubscriberTag, Tag
+from accounts.services import get_scoped
 from wechat_service.dbtypes import UTCDateTime, utcnow
 from wechat_service.dbutil import upsert
 from wechat_service.extensions import db
@@ -96,7 +97,6 @@ def get_or_create_subscriber(account_id: int, openid: str) -> Subscriber:
 
 
 def subscriber_by_id(account_id: int, subscriber_id: int) -> Subscriber:
-    from accounts.services import get_scoped
 
     return get_scoped(Subscriber, account_id, subscriber_id)
 
@@ -232,7 +232,6 @@ def search_subscribers(
 ) -> sa.Select[Any]:
     """Subscribers of one account by openid or unionid (prefix; ``exact`` for roles that only see
     masked ids, so ids cannot be recovered a character at a time), tag name, channel QR code."""
-    from accounts.models import SubscriberTag, Tag
 
     query = sa.select(Subscriber).where(Subscriber.account_id == account_id)
     if q and exact:
@@ -268,7 +267,6 @@ def events_of(account_id: int, subscriber_id: int) -> sa.Select[Any]:
 
 
 def tags_of(subscriber_ids: list[int]) -> dict[int, list[str]]:
-    from accounts.models import SubscriberTag, Tag
 
     out: dict[int, list[str]] = {}
     rows = db.session.execute(

@@ -27,9 +27,10 @@ from accounts.console import (
     sign_out,
 )
 from accounts.models import ChannelQRCode, StaffUser, Subscriber
+from accounts.overview import account_names, matrix_overview
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import db
-from wechat_service.gateway import token_health
+from wechat_service.gateway import WeChatAPIError, token_health
 
 bp = console_blueprint("console", __name__)
 _fail = form_failed
@@ -167,7 +168,6 @@ def totp_disable() -> ResponseReturnValue:
 @bp.get("/")
 @login_required
 def overview() -> ResponseReturnValue:
-    from accounts.overview import matrix_overview
 
     rows = matrix_overview(current_access(), token_health)
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -456,7 +456,6 @@ def menu_editor(account_id: int) -> ResponseReturnValue:
 @bp.post("/accounts/<int:account_id>/menu/publish")
 @login_required
 def menu_publish(account_id: int) -> ResponseReturnValue:
-    from wechat_service.gateway import WeChatAPIError
 
     access = current_access()
     acl.account_for(access, account_id, acl.MENUS)
@@ -479,7 +478,6 @@ def menu_publish(account_id: int) -> ResponseReturnValue:
 @bp.route("/accounts/<int:account_id>/qrcodes", methods=["GET", "POST"])
 @login_required
 def qrcode_list(account_id: int) -> ResponseReturnValue:
-    from wechat_service.gateway import WeChatAPIError
 
     access = current_access()
     account = acl.account_for(access, account_id, acl.VIEW)
@@ -636,7 +634,6 @@ def audit_log() -> ResponseReturnValue:
     )
     page = paginate(query, per_page=50)
     users = {u.id: u.username for u in staff.list_users()}
-    from accounts.overview import account_names
 
     names = account_names([e.account_id for e in page.items if e.account_id])
     return render_template("accounts/audit.html", page=page, users=users, names=names, args=args)

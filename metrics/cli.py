@@ -9,6 +9,10 @@ from datetime import date
 import click
 from flask.cli import with_appcontext
 
+from accounts.models import Account
+from metrics import rollups
+from metrics.datacube import reconcile_recent
+from metrics.jobs import refresh_rollups
 from wechat_service.extensions import db
 
 
@@ -25,9 +29,6 @@ def metrics_cli() -> None:
 def rebuild(day_from: date, day_to: date, appids: tuple[str, ...]) -> None:
     """Recompute the rollups of [--from, --to] from the ledgers (same result as the incremental refresh)."""
     import sqlalchemy as sa
-
-    from accounts.models import Account
-    from metrics import rollups
 
     d0, d1 = day_from.date(), day_to.date()  # type: ignore[attr-defined]
     if d1 < d0:
@@ -50,7 +51,6 @@ def rebuild(day_from: date, day_to: date, appids: tuple[str, ...]) -> None:
 @with_appcontext
 def refresh() -> None:
     """Run the incremental refresh now."""
-    from metrics.jobs import refresh_rollups
 
     click.echo(json.dumps(refresh_rollups()))
 
@@ -59,6 +59,5 @@ def refresh() -> None:
 @with_appcontext
 def reconcile() -> None:
     """Compare the last week with WeChat's datacube now."""
-    from metrics.datacube import reconcile_recent
 
     click.echo(json.dumps(reconcile_recent()))

@@ -9,6 +9,7 @@ from typing import Any
 
 from accounts.access import METRICS, Access
 from metrics import contracts, datacube, queries
+from metrics.fees import weighted_attainment
 from metrics.models import Contract, PeriodStatus
 from metrics.queries import Tree
 from metrics.registry import DEFINITIONS, DEFINITIONS_VERSION, REGISTRY
@@ -149,7 +150,6 @@ def overview(access: Access, now: Any = None) -> dict[str, Any]:
 def _attainment(targets: list[dict[str, Any]]) -> dict[str, Any]:
     if not targets:
         return {"attainment": None, "pacing": None}
-    from metrics.fees import weighted_attainment
 
     att = weighted_attainment([(Decimal(t["attainment"]), Decimal(t["weight"])) for t in targets])
     paced = [(Decimal(t["pacing"]), Decimal(t["weight"])) for t in targets if t["pacing"] is not None]

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from flask import Flask
 
+from wechat_service.extensions import csrf
+from wechat_service.periodic import declare
+
 
 def init_app(app: Flask) -> None:
     """Models, provider notification endpoints, console pages, periodic jobs."""
-    from payments import console, endpoints, jobs, models  # noqa: F401 - models register their tables
-    from wechat_service.extensions import csrf
-    from wechat_service.periodic import declare
+    # Its own modules (models add their tables): they import this package, so they load here.
+    from payments import console, endpoints, jobs, models  # noqa: F401
 
     app.register_blueprint(endpoints.bp)
     csrf.exempt(endpoints.bp)  # providers' notifications carry their own signatures, no browser session

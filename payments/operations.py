@@ -11,13 +11,12 @@ from accounts.access import Access
 from payments import funds, reconciliation
 from payments.models import FundPool, Merchant, ReconciliationRun
 from wechat_service.errors import ConflictError
+from wechat_service.extensions import db
 
 
 def reconcile(access: Access, account_id: int, bill_date: date, ip: str) -> list[ReconciliationRun]:
     """Run (or re-run) the day for each of the account's merchants; each run commits itself."""
     import sqlalchemy as sa
-
-    from wechat_service.extensions import db
 
     account = acl.account_for(access, account_id, acl.FINANCE)
     merchant_ids = db.session.scalars(sa.select(Merchant.id).where(Merchant.account_id == account.id)).all()

@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 
 from simulator.driver import deliver, event_fields, message_xml
 from simulator.state import SimAccount
-from simulator.wechat import state
+from simulator.wechat import MESSAGING_DEFAULTS, messaging, state
 
 bp = Blueprint("sim_admin", __name__, url_prefix="/_sim")
 
@@ -245,8 +245,6 @@ def read_account(appid: str) -> ResponseReturnValue:
 def set_messaging(appid: str) -> ResponseReturnValue:
     """Settings of template sends: minute_quota, daily_quota, busy_rate, timeout_after_accept,
     timeout_ms, latency_ms, reports (on|off), report_delay_ms, report_mix, record."""
-    from simulator.wechat import MESSAGING_DEFAULTS, messaging
-
     _account(appid)
     data = _json()
     unknown = set(data) - set(MESSAGING_DEFAULTS) - {"reset_counters"}
@@ -264,8 +262,6 @@ def set_messaging(appid: str) -> ResponseReturnValue:
 
 @bp.get("/accounts/<appid>/messaging")
 def read_messaging(appid: str) -> ResponseReturnValue:
-    from simulator.wechat import MESSAGING_DEFAULTS, messaging
-
     _account(appid)
     cfg = messaging(appid)
     with state().lock:
@@ -286,8 +282,6 @@ def subscribe_popup(appid: str) -> ResponseReturnValue:
     """The mini-program user answers the subscribe popup: one more one-time authorisation per
     accepted template; the event goes to the callback URL as XML (one <List> per template)."""
     from xml.sax.saxutils import escape
-
-    from simulator.wechat import messaging
 
     account = _account(appid)
     data = _json()

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from flask import Flask
 
+from payments.signals import pool_page
+from wechat_service.extensions import csrf
+from wechat_service.periodic import declare
+from wechat_service.rotation import rekey_with
+
 
 def init_app(app: Flask) -> None:
     """Models, callback handlers, H5 pages, mini-program API, console pages, periodic jobs."""
-    from payments.signals import pool_page
+    # Its own modules (handlers register, models add their tables): they import this package, so
+    # they load here, once the app is being built.
     from store import api, console, h5, handlers, jobs, models, mp, services  # noqa: F401
-    from wechat_service.extensions import csrf
-    from wechat_service.periodic import declare
-    from wechat_service.rotation import rekey_with
 
     app.register_blueprint(h5.bp)  # H5 store pages: CSRF stays on for their forms
     app.register_blueprint(console.bp)

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from accounts.models import Account, OrgUnit
 from store.models import Product, ProductKind
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml
@@ -79,7 +80,6 @@ def add_product(
 
 def visible_products(account_id: int) -> sa.Select[Any]:
     """The account's own products and those of every org unit above it."""
-    from accounts.models import Account, OrgUnit
 
     units: list[int] = []
     unit_id = db.session.scalar(sa.select(Account.org_unit_id).where(Account.id == account_id))

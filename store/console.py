@@ -18,6 +18,8 @@ from marshmallow import ValidationError
 
 from accounts import access as acl
 from accounts.console import client_ip, console_blueprint, current_access, login_required, paginate
+from accounts.services import list_org_units
+from accounts.staff import user_by_id
 from payments import intents, refunds
 from store import catalogue, coupons, operations, orders, redemption
 from store.console_forms import (
@@ -34,6 +36,7 @@ from store.models import CouponKind, ProductKind
 from store.services import mask_phone
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ServiceError
+from wechat_service.exports import csv_response
 from wechat_service.extensions import db
 
 bp = console_blueprint("store_console", __name__)
@@ -74,7 +77,6 @@ def _render(template: str, account: Any, **context: Any) -> str:
 @bp.get("/accounts/<int:account_id>/products")
 @login_required
 def product_list(account_id: int) -> ResponseReturnValue:
-    from accounts.services import list_org_units
 
     access = current_access()
     account = acl.account_for(access, account_id, acl.VIEW)
@@ -249,7 +251,6 @@ def batch_detail(account_id: int, batch_id: int) -> ResponseReturnValue:
 
 
 def _username(user_id: int | None) -> str:
-    from accounts.staff import user_by_id
 
     return user_by_id(user_id).username if user_id else "?"
 
@@ -306,8 +307,6 @@ def batch_void(account_id: int, batch_id: int) -> ResponseReturnValue:
 @login_required
 def orders_csv(account_id: int) -> ResponseReturnValue:
     """The Orders page's search as CSV: same permission and phone masking as the page."""
-    from store import orders
-    from wechat_service.exports import csv_response
 
     access = current_access()
     account = acl.account_for(access, account_id, acl.ORDERS)

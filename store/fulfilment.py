@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from rq import Retry
 
+from payments import funds
 from store.boss import BossError, BossUnavailableError, BossUnknownOutcomeError, boss
 from store.models import Fulfilment, FulfilmentStatus, Product, ProductKind
 from wechat_service.dbtypes import utcnow
@@ -95,7 +96,6 @@ def _pool_ref(fulfilment: Fulfilment) -> str:
 
 def _failed(fulfilment: Fulfilment, product: Product, error: str) -> FulfilmentStatus:
     """Finish as failed; a draw on the product's fund pool comes back."""
-    from payments import funds
 
     if _finish(fulfilment.id, FulfilmentStatus.failed, None, error) and product.fund_pool_id:
         funds.give_back(product.fund_pool_id, _pool_ref(fulfilment))
@@ -105,7 +105,6 @@ def _failed(fulfilment: Fulfilment, product: Product, error: str) -> FulfilmentS
 
 def run(fulfilment_id: int) -> FulfilmentStatus:
     """One attempt. Raises RetryLaterError when the outcome is not known yet."""
-    from payments import funds
 
     fulfilment = db.session.get(Fulfilment, fulfilment_id)
     if fulfilment is None or fulfilment.status in (FulfilmentStatus.succeeded, FulfilmentStatus.failed):

@@ -12,7 +12,7 @@ import re
 
 from accounts.subscribers import for_callback
 from payments.signals import IntentEvent, RefundEvent, intent_closed, intent_succeeded, refund_settled
-from store import orders, services
+from store import orders, redemption, services
 from store.models import InquiryKind, OrderStatus
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import enqueue_after_commit
@@ -68,8 +68,6 @@ def on_text(ctx: CallbackContext) -> Reply | None:
         return _dry_text(ctx, config, text)
     try:
         if text.startswith(REDEEM_KEYWORD):
-            from store import redemption
-
             done = redemption.redeem(
                 ctx.account.id, for_callback(ctx).id, text[len(REDEEM_KEYWORD) :], "chat"
             )

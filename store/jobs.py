@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from accounts.services import api_client
+from accounts.subscribers import subscriber_by_id
 from store import fulfilment, orders, points, redemption, services
-from store.models import InquiryKind
+from store.boss import BossError
+from store.models import Fulfilment, FulfilmentStatus, InquiryKind, Order, OrderStatus, PointsHold
+from wechat_service.dbtypes import utcnow
 from wechat_service.extensions import db, get_queue
+from wechat_service.gateway import WeChatAPIError
 
 log = logging.getLogger(__name__)
 RETRY = fulfilment.RETRY
@@ -30,10 +35,6 @@ def fulfil(fulfilment_id: int) -> str:
 
 def _notify(fulfilment_id: int, text: str) -> None:
     """The receipt, as a customer-service message; a subscriber out of reach is not an error."""
-    from accounts.services import api_client
-    from accounts.subscribers import subscriber_by_id
-    from store.models import Fulfilment
-    from wechat_service.gateway import WeChatAPIError
 
     job = db.session.get_one(Fulfilment, fulfilment_id)
     try:
@@ -49,9 +50,6 @@ def sweep_fulfilments() -> int:
     from datetime import timedelta
 
     import sqlalchemy as sa
-
-    from store.models import Fulfilment, FulfilmentStatus, Order, OrderStatus, PointsHold
-    from wechat_service.dbtypes import utcnow
 
     ids = fulfilment.stale()
     for fid in ids:
@@ -101,7 +99,6 @@ def sweep_points_holds() -> dict[str, int]:
     """Cron: points holds whose exchange never learned whether the BOSS debited them (unreachable,
     its follow-up query too) are resolved by asking the BOSS: fulfilled if debited, else released
     (stock back). One commit per hold; a hold the BOSS still cannot answer for waits."""
-    from store.boss import BossError
 
     counts = {"fulfilled": 0, "released": 0}
     ids = points.stranded()
@@ -128,8 +125,6 @@ def sweep_orders() -> dict[str, int]:
     the same refund number. Pending payments are payments' own sweep (``payments.jobs``): an order
     follows its intent's events."""
     import sqlalchemy as sa
-
-    from store.models import Order, OrderStatus
 
     counts: dict[str, int] = {}
     for order in db.session.scalars(

@@ -10,8 +10,11 @@ from flask.typing import ResponseReturnValue
 from marshmallow import RAISE, Schema, fields, validate
 
 from accounts import mp_sessions as mp
-from store import services
-from store.models import InquiryKind, Order
+from accounts.subscribers import subscriber_by_id
+from payments import services as payments
+from store import catalogue, orders, points, redemption, services
+from store.models import InquiryKind, Order, Product
+from wechat_service.errors import NotFoundError
 from wechat_service.extensions import ApiBlueprint as Blueprint
 from wechat_service.extensions import db
 from wechat_service.fields import Text
@@ -191,7 +194,6 @@ class RedeemSchema(Schema):
 @bp.response(202, RedeemedSchema)
 @bp.doc(security=MP_AUTH)
 def redeem(data: dict[str, Any], appid: str) -> ResponseReturnValue:
-    from store import redemption
 
     session = _session(appid)
     result = redemption.redeem(session.account_id, session.subscriber_id, data["code"], "mp")
@@ -212,7 +214,6 @@ class OrderCreateSchema(Schema):
 
 
 def _order_view(order: Order) -> dict[str, object]:
-    from store import orders
 
     return {
         "id": order.id,
@@ -233,7 +234,6 @@ def _order_view(order: Order) -> dict[str, object]:
 @bp.response(200, MpProductSchema(many=True))
 @bp.doc(security=MP_AUTH)
 def products(appid: str) -> ResponseReturnValue:
-    from store import catalogue
 
     session = _session(appid)
     items = [
@@ -262,9 +262,6 @@ def products(appid: str) -> ResponseReturnValue:
 @bp.doc(security=MP_AUTH)
 def create_order(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     """Create (idempotently, by client_key) and get the parameters for wx.requestPayment."""
-    from accounts.subscribers import subscriber_by_id
-    from payments import services as payments
-    from store import orders
 
     session = _session(appid)
     order = orders.create_order(
@@ -279,7 +276,6 @@ def create_order(data: dict[str, Any], appid: str) -> ResponseReturnValue:
     if order.status.value != "pending_payment":
         return jsonify({"order": _order_view(order), "payment": None}), 200
     openid = subscriber_by_id(session.account_id, session.subscriber_id).openid
-    from store.models import Product
 
     product = db.session.get_one(Product, order.product_id)
     params = payments.prepay(order, openid, product.name)
@@ -291,13 +287,10 @@ def create_order(data: dict[str, Any], appid: str) -> ResponseReturnValue:
 @bp.response(200, OrderViewSchema)
 @bp.doc(security=MP_AUTH)
 def get_order(appid: str, order_id: int) -> ResponseReturnValue:
-    from store import orders
 
     session = _session(appid)
     order = orders.order_for(session.account_id, order_id)
     if order.subscriber_id != session.subscriber_id:
-        from wechat_service.errors import NotFoundError
-
         raise NotFoundError("no such order")
     return jsonify(_order_view(order))
 
@@ -315,7 +308,6 @@ class PointsExchangeSchema(Schema):
 @bp.response(202, PointsHoldSchema)
 @bp.doc(security=MP_AUTH)
 def points_exchange(data: dict[str, Any], appid: str) -> ResponseReturnValue:
-    from store import points
 
     session = _session(appid)
     hold = points.exchange(session.account_id, session.subscriber_id, data["product_id"], data["client_key"])

@@ -12,6 +12,7 @@ from accounts.access import Access
 from payments import funds, refunds
 from store import catalogue, coupons, orders, redemption
 from store.models import Coupon, OrderStatus, Product, RedeemBatch
+from wechat_service.dbtypes import utcnow
 from wechat_service.extensions import db
 
 
@@ -131,7 +132,6 @@ def export_batch(access: Access, account_id: int, batch_id: int, ip: str) -> tup
 
 def export_record(account_id: int, batch_id: int) -> Any:
     """The audit entry of the batch's export, or None: the one durable trace that it happened."""
-    from wechat_service.extensions import db
 
     query = staff.audit_query(
         account_ids=None, account_id=account_id, action="redeem_batch.export", target=f"batch {batch_id}"
@@ -163,7 +163,6 @@ def _coupon(coupon: Coupon) -> dict[str, Any]:
 
 
 def create_coupon(access: Access, account_id: int, fields: dict[str, Any], ip: str) -> Coupon:
-    from wechat_service.dbtypes import utcnow
 
     account = acl.account_for(access, account_id, acl.STORE)
     fields = dict(fields)

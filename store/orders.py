@@ -11,11 +11,22 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from accounts.subscribers import lock_subscriber
 from payments import intents, refunds
-from store import catalogue, signals
+from store import catalogue, coupons, signals
 from store import fulfilment as fulfilments
-from store.models import Order, OrderEvent, OrderStatus, PhoneBinding, Product
-from store.services import binding_of
+from store.models import (
+    Fulfilment,
+    FulfilmentStatus,
+    HoldStatus,
+    Order,
+    OrderEvent,
+    OrderStatus,
+    PhoneBinding,
+    PointsHold,
+    Product,
+)
+from store.services import binding_of, mask_phone
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
@@ -98,7 +109,6 @@ def claim(account_id: int, subscriber_id: int, product: Product) -> PhoneBinding
     (``lock_subscriber``): on sale, a bound phone, the per-subscriber limit counted over both
     orders and points exchanges still standing, and one unit of stock taken (given back by
     ``give_back_stock`` when the purchase ends without the subscriber keeping it)."""
-    from store.models import HoldStatus, PointsHold
 
     if not catalogue.on_sale(product):
         raise ServiceError("this product is not on sale", code="not_on_sale", status=409)
@@ -161,7 +171,6 @@ def create_order(
     coupon_code: str | None = None,
 ) -> Order:
     """Idempotent on the client's key; stock and per-subscriber limits enforced atomically."""
-    from accounts.subscribers import lock_subscriber
 
     if not client_key or len(client_key) > 64:
         raise InvalidInputError("client_key: 1 to 64 characters", fields={"client_key": ["invalid"]})
@@ -180,7 +189,6 @@ def create_order(
         return existing
     product = catalogue.product_for(account_id, product_id)
     binding = claim(account_id, subscriber_id, product)
-    from store import coupons
 
     coupon, discount_fen = (
         coupons.hold(account_id, subscriber_id, coupon_code, product.price_fen) if coupon_code else (None, 0)
@@ -276,7 +284,6 @@ def paid(order: Order, provider_txn_id: str) -> bool:
 
 def release_stock(order: Order) -> None:
     """Stock and coupon go back when an order ends without the subscriber keeping it."""
-    from store import coupons
 
     coupons.release(order.id)
     give_back_stock(order.product_id)
@@ -284,7 +291,6 @@ def release_stock(order: Order) -> None:
 
 def settle(fulfilment_id: int) -> str | None:
     """After the fulfilment ended: fulfilled with a receipt, or failed and refunded in full."""
-    from store.models import Fulfilment, FulfilmentStatus
 
     job = db.session.get(Fulfilment, fulfilment_id)
     if job is None or job.source != "order":
@@ -338,7 +344,6 @@ def refund_failed(order_id: int, amount_fen: int, why: str) -> None:
 
 def refund_settled(order_id: int, amount_fen: int, *, full: bool) -> None:
     """The provider paid a refund back. The full refund finishes the order; a partial one is noted."""
-    from store import coupons
 
     if full:
         if transition(
@@ -409,7 +414,6 @@ def export_rows(
 ) -> list[list[Any]]:
     """The orders a search finds, one row each for the console's and the API's CSV (written by
     wechat_service.exports, formula-safe); the phone masked unless the caller's role allows."""
-    from store.services import mask_phone
 
     query = search(account_id, q=q, status=status).add_columns(Product.code, Product.name)
     query = query.join(Product, Product.id == Order.product_id)

@@ -18,7 +18,7 @@ from accounts.subscribers import lock_subscriber
 from store import catalogue, orders
 from store import fulfilment as fulfilments
 from store.boss import BossError, BossUnavailableError, boss
-from store.models import Fulfilment, HoldStatus, PointsHold, Product
+from store.models import Fulfilment, FulfilmentStatus, HoldStatus, PointsHold, Product
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, ServiceError
@@ -185,7 +185,6 @@ def resolve(hold_id: int) -> str | None:
 
 
 def settle(fulfilment_id: int) -> str | None:
-    from store.models import FulfilmentStatus
 
     job = db.session.get(Fulfilment, fulfilment_id)
     if job is None or job.source != "points":

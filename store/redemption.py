@@ -19,7 +19,15 @@ import sqlalchemy as sa
 from flask import current_app
 
 from store import catalogue, fulfilment
-from store.models import CodeStatus, FulfilmentStatus, ProductKind, RedeemBatch, RedeemCode
+from store.models import (
+    CodeStatus,
+    Fulfilment,
+    FulfilmentStatus,
+    Product,
+    ProductKind,
+    RedeemBatch,
+    RedeemCode,
+)
 from store.services import ThrottledError, binding_of, mask_phone
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml
@@ -150,11 +158,14 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
     # would only replay the failed first attempt for the old one.
     from store.models import Fulfilment
 
-    attempt = 1 + db.session.scalars(
-        sa.select(sa.func.count())
-        .select_from(Fulfilment)
-        .where(Fulfilment.source == "redemption", Fulfilment.source_id == claimed.id)
-    ).one()
+    attempt = (
+        1
+        + db.session.scalars(
+            sa.select(sa.func.count())
+            .select_from(Fulfilment)
+            .where(Fulfilment.source == "redemption", Fulfilment.source_id == claimed.id)
+        ).one()
+    )
     product = catalogue.product_for(account_id, batch.product_id)
     job = fulfilment.create(
         account_id=account_id,
@@ -176,7 +187,6 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
 
 def settle(fulfilment_id: int) -> str | None:
     """After the fulfilment ended: a receipt, or the code back to the subscriber."""
-    from store.models import Fulfilment, Product
 
     job = db.session.get(Fulfilment, fulfilment_id)
     if job is None or job.source != "redemption":

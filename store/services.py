@@ -18,6 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 
+from accounts.services import api_client, bump_config
+from accounts.subscribers import subscriber_by_id
 from store.boss import BossError, BossUnavailableError, boss, normalise_phone
 from store.models import (
     DEFAULT_INQUIRY_KEYWORDS,
@@ -30,6 +32,13 @@ from store.models import (
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db, get_redis
+from wechat_service.gateway import (
+    BusyError,
+    InvalidCodeError,
+    RateLimitedError,
+    UnreachableError,
+    WeChatAPIError,
+)
 from wechat_service.money import yuan
 
 CACHE_TTL = 60
@@ -93,7 +102,6 @@ def chat_config(account_id: int, config_version: int) -> ChatConfig | None:
 def enable_store(
     account_id: int, inquiry_keywords: dict[str, list[str]] | None = None, bind_keyword: str = "绑定"
 ) -> StoreSettings:
-    from accounts.services import bump_config
 
     keywords = inquiry_keywords or DEFAULT_INQUIRY_KEYWORDS
     unknown = set(keywords) - set(InquiryKind.__members__)
@@ -231,14 +239,6 @@ def bind_phone_from_wechat(account_id: int, subscriber_id: int, code: str) -> Ph
     must carry this mini-program's appid in its watermark: a number issued to another app (a
     replayed or swapped answer) is never bound. Nothing is written unless every check passes.
     """
-    from accounts.services import api_client
-    from wechat_service.gateway import (
-        BusyError,
-        InvalidCodeError,
-        RateLimitedError,
-        UnreachableError,
-        WeChatAPIError,
-    )
 
     client = api_client(account_id)
     try:
@@ -386,8 +386,6 @@ def inquire(
 def answer_later(account_id: int, subscriber_id: int, kind: InquiryKind) -> str:
     """The slow path: ask the BOSS without the callback's short timeout and send the answer as a
     customer-service message (allowed within 48 h of the subscriber's message)."""
-    from accounts.services import api_client
-    from accounts.subscribers import subscriber_by_id
 
     binding = binding_of(account_id, subscriber_id)
     if binding is None:

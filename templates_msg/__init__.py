@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from flask import Flask
 
+from payments.signals import fund_pool_low
+from store.signals import order_moved
+from wechat_service.periodic import declare
+
 
 def init_app(app: Flask) -> None:
     """Models, callback handlers, console pages and API, click tracking, periodic jobs."""
-    from payments.signals import fund_pool_low
-    from store.signals import order_moved
+    # Its own modules (handlers register, models add their tables): they import this package, so
+    # they load here, once the app is being built.
     from templates_msg import api, console, handlers, jobs, models, tracking, transactional  # noqa: F401
-    from wechat_service.periodic import declare
 
     # Notices are pushed: the store and payments announce, and this domain sends.
     order_moved.connect(transactional.on_order_moved)

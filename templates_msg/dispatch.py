@@ -42,9 +42,11 @@ from templates_msg.models import (
     SubscribeAuthorization,
     TemplateKind,
 )
+from templates_msg.reports import apply_early_reports, sweep_early_reports
+from templates_msg.tracking import token_for
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml, upsert
-from wechat_service.extensions import db, get_queue, get_redis
+from wechat_service.extensions import db, enqueue_after_commit, get_queue, get_redis
 from wechat_service.gateway import (
     BadTemplateError,
     BusyError,
@@ -183,7 +185,6 @@ def give_back_budget(account_id: int, n: int) -> None:
 def plan(campaign_id: int) -> int:
     """Materialise recipients into delivery rows, one batch per committed step (keyset on subscriber
     id, resumable from ``plan_cursor``); each batch's send job is queued as soon as it commits."""
-    from wechat_service.extensions import enqueue_after_commit
 
     campaign = services.campaign_by_id(campaign_id)
     if campaign.state is not CampaignState.sending or campaign.planned:
@@ -357,7 +358,6 @@ def send_one(api: GatewayClient, kind: TemplateKind, body: dict[str, Any]) -> Ou
 
 
 def click_url(delivery_id: int) -> str:
-    from templates_msg.tracking import token_for
 
     return f"{current_app.config['PUBLIC_BASE_URL']}/t/{token_for(delivery_id)}"
 
@@ -476,8 +476,6 @@ def _flush(account_id: int, claim_id: str | None, results: list[tuple[Any, Outco
         )
     msgids = [out.msgid for _, out in results if out.msgid]
     if msgids:
-        from templates_msg.reports import apply_early_reports
-
         apply_early_reports(account_id, msgids)
 
 
@@ -876,7 +874,6 @@ def start(campaign_id: int) -> bool:
 def tick() -> dict[str, int]:
     """Cron: start due campaigns, recover dead jobs' rows, resume paused accounts, re-queue lost jobs,
     apply reports that arrived before their send result."""
-    from templates_msg.reports import sweep_early_reports
 
     out = {"started": 0, "kicked": 0}
     due = db.session.scalars(

@@ -8,9 +8,13 @@ from typing import Any
 from accounts import access as acl
 from accounts import staff
 from accounts.access import Access
+from accounts.models import Account
+from accounts.services import org_unit_by_code, subtree_ids
 from templates_msg import services
 from templates_msg.models import Campaign
+from templates_msg.schemas import CampaignSchema
 from wechat_service.errors import NotFoundError
+from wechat_service.extensions import db
 
 
 def _authorise(access: Access, account_ids: list[int], permission: str) -> None:
@@ -44,10 +48,6 @@ def _audit(access: Access, action: str, campaign: Campaign, ip: str, **extra: An
 def resolve_accounts(access: Access, account_ids: list[int] | None, org_unit: str | None) -> list[int]:
     if org_unit:
         import sqlalchemy as sa
-
-        from accounts.models import Account
-        from accounts.services import org_unit_by_code, subtree_ids
-        from wechat_service.extensions import db
 
         unit = org_unit_by_code(org_unit)
         units = subtree_ids(unit.id)
@@ -132,6 +132,5 @@ def sync_templates(access: Access, account_id: int, ip: str) -> dict[str, int]:
 
 def dump(campaign: Campaign) -> dict[str, Any]:
     """The campaign as JSON-ready data, for answers built by hand (lists)."""
-    from templates_msg.schemas import CampaignSchema
 
     return CampaignSchema().dump(campaign)

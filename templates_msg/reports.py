@@ -11,6 +11,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from accounts.masking import mask_id
+from accounts.models import Account
 from store import orders
 from templates_msg.models import (
     Campaign,
@@ -277,7 +279,6 @@ def progress(campaign_id: int, counts: dict[str, int] | None = None) -> dict[str
 
 
 def per_account(campaign_id: int) -> list[dict[str, Any]]:
-    from accounts.models import Account
 
     d = Delivery
     rows = db.session.execute(
@@ -428,7 +429,6 @@ def export_csv(campaign_id: int, chunk: int = 5000, openids: dict[int, str] | No
     """Every delivery with its status, streamed in keyset pages (flat memory). ``openids`` says
     per account id how the openid column shows: ``full``, ``masked`` (the default, as the
     console masks it) or ``none`` (empty)."""
-    from accounts.masking import mask_id
 
     shows = openids or {}
 

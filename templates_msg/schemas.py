@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from accounts.schemas import ORG_CODE, StrictSchema
+from templates_msg import services
 from wechat_service.fields import Day, Instant, Text
 
 ID = validate.Range(min=1, max=2**31 - 1)  # the id columns' range
@@ -144,7 +145,6 @@ class CampaignSchema(Schema):
     account_ids = fields.Method("_account_ids", metadata={"type": "array", "items": {"type": "integer"}})
 
     def _account_ids(self, campaign: Any) -> list[int]:
-        from templates_msg import services
 
         return services.account_ids_of(campaign.id)
 

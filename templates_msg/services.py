@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from accounts import subscribers
 from accounts.models import Account, Subscriber
+from accounts.services import api_client
 from store import orders
 from store import services as store_services
 from templates_msg.models import (
@@ -32,7 +33,7 @@ from templates_msg.models import (
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
-from wechat_service.extensions import after_commit, db, get_queue, get_redis
+from wechat_service.extensions import after_commit, db, enqueue_after_commit, get_queue, get_redis
 
 # -- templates -------------------------------------------------------------------------------------
 
@@ -60,7 +61,6 @@ def parse_fields(content: str) -> list[dict[str, str]]:
 
 def sync_templates(account_id: int) -> dict[str, int]:
     """Fetch the account's private templates from WeChat; templates gone from WeChat are marked."""
-    from accounts.services import api_client
 
     result = api_client(account_id).get("template/get_all_private_template")
     remote = {t["template_id"]: t for t in result.get("template_list") or []}
@@ -421,7 +421,6 @@ def approve(campaign_id: int, actor_id: int) -> Campaign:
         raise ServiceError(barred, code="four_eyes", status=403)
     if not transition(campaign_id, S.pending_approval, S.scheduled, actor_id, approved_by=actor_id):
         raise InvalidTransitionError(f"the campaign is {campaign.state.value}, not pending approval")
-    from wechat_service.extensions import enqueue_after_commit
 
     campaign = _reloaded(campaign)
     if campaign.scheduled_at is None or campaign.scheduled_at <= utcnow():
@@ -447,7 +446,6 @@ def pause(campaign_id: int, actor_id: int | None, reason: str = "paused by staff
 def resume(campaign_id: int, actor_id: int | None) -> Campaign:
     if not transition(campaign_id, S.paused, S.sending, actor_id, "resumed"):
         raise InvalidTransitionError("only a paused campaign can be resumed")
-    from wechat_service.extensions import enqueue_after_commit
 
     enqueue_after_commit("default", "templates_msg.jobs.kick_campaign", campaign_id)
     return _reloaded(campaign_by_id(campaign_id))
@@ -494,9 +492,7 @@ SEGMENT_KEYS = {
 }
 
 
-def segment_query(
-    account_id: int, segment: dict[str, Any], exclude_campaign: int | None = None
-) -> sa.Select:
+def segment_query(account_id: int, segment: dict[str, Any], exclude_campaign: int | None = None) -> sa.Select:
     """Following subscribers of the account matching the segment, minus the suppression list.
     Columns: id, openid, person_id. Keyset-paginate it by id."""
     s = Subscriber

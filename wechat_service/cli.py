@@ -9,9 +9,14 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 
+from accounts.services import account_by_appid
 from wechat_service.app import create_app
 from wechat_service.config import ConfigError
 from wechat_service.extensions import RedisMissingError, db
+from wechat_service.gateway import token_manager
+from wechat_service.rotation import rotate_all
+from wechat_service.supervisor import supervise
+from wechat_service.worker import run_cron, run_worker
 
 
 def _create_app() -> Flask:
@@ -78,7 +83,6 @@ def web(host: str, port: int, workers: int | None, threads: int) -> None:
 @with_appcontext
 def worker(queues: tuple[str, ...], burst: bool) -> None:
     """RQ worker (scheduler enabled), every job inside an app context."""
-    from wechat_service.worker import run_worker
 
     _require_redis()
     run_worker(current_app._get_current_object(), list(queues) or ["high", "default", "low"], burst)  # type: ignore[attr-defined]
@@ -88,7 +92,6 @@ def worker(queues: tuple[str, ...], burst: bool) -> None:
 @with_appcontext
 def cron() -> None:
     """RQ's cron scheduler with our periodic jobs; a second one stands by."""
-    from wechat_service.worker import run_cron
 
     _require_redis()
     run_cron(current_app._get_current_object())  # type: ignore[attr-defined]
@@ -127,7 +130,6 @@ def simulator(host: str, port: int) -> None:
 @click.option("--sim-port", default=8100, type=int)
 def run(demo: bool, once: bool, port: int, sim_port: int) -> None:
     """Development supervisor: web + worker + cron (+ simulator and demo)."""
-    from wechat_service.supervisor import supervise
 
     sys.exit(supervise(demo=demo, once=once, port=port, sim_port=sim_port))
 
@@ -149,7 +151,6 @@ def generate_key() -> None:
 @with_appcontext
 def rotate() -> None:
     """Re-encrypt every stored secret under the first master key."""
-    from wechat_service.rotation import rotate_all
 
     counts = rotate_all()
     db.session.commit()
@@ -165,8 +166,6 @@ def token(appid: str, refresh: bool) -> None:
     """Show (or refresh) an account's access-token health."""
     import json
 
-    from accounts.services import account_by_appid
-    from wechat_service.gateway import token_manager
 
     _require_redis()
     account = account_by_appid(appid)

@@ -12,8 +12,15 @@ import requests
 
 from accounts import menus, qrcodes, replies, services, subscribers
 from accounts.models import ChannelQRCode
+from accounts.subscribers import touch
+from payments import merchants
+from payments import services as payments
+from store import catalogue, orders
+from store import services as store
+from store.models import Order, Product
 from wechat_service.errors import NotFoundError
 from wechat_service.extensions import db
+from wechat_service.wxcrypto import generate_aes_key
 
 DEMO_ACCOUNTS = [
     {
@@ -69,7 +76,6 @@ def _setup_account(spec: dict[str, Any], sim_base: str) -> Any:
     try:
         account = services.account_by_appid(spec["appid"])
     except NotFoundError:
-        from wechat_service.wxcrypto import generate_aes_key
 
         account = services.add_account(
             name=spec["name"],
@@ -150,7 +156,6 @@ def _store_demo(sim_base: str, failures: list[str]) -> None:
     """Bind a phone by SMS code and ask for the remaining data, on the safe-mode account."""
     from flask import current_app
 
-    from store import services as store
 
     spec = DEMO_ACCOUNTS[2]
     cfg = current_app.config
@@ -190,11 +195,6 @@ def _purchase_demo(sim_base: str, failures: list[str]) -> None:
     """A mini-program user buys a top-up with WeChat Pay; the BOSS carries it out."""
     import time
 
-    from accounts.subscribers import touch
-    from payments import services as payments
-    from store import catalogue, orders
-    from store import services as store
-    from store.models import Order, Product
 
     cfg_appid = "wx0de7000000000004"
     try:
@@ -260,7 +260,6 @@ def _demo_merchant(sim_base: str, account_id: int) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from payments import merchants
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private_pem = key.private_bytes(

@@ -20,6 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction
 from webargs.flaskparser import FlaskParser
 
+from wechat_service.errors import _page, _wants_page
+
 log = logging.getLogger(__name__)
 
 # Deterministic constraint names keep Alembic autogenerate and SQLite batch mode stable.
@@ -71,8 +73,6 @@ class JsonApi(Api):
 
     def handle_http_exception(self, error: Any):  # type: ignore[no-untyped-def]
         from flask import jsonify
-
-        from wechat_service.errors import _page, _wants_page
 
         if _wants_page():
             return _page(error.code or 500, error.name or "error", error.description or "")

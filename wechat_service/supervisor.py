@@ -18,7 +18,9 @@ from pathlib import Path
 
 import requests
 
+from wechat_service.app import create_app
 from wechat_service.config import ConfigError
+from wechat_service.demo import run_demo
 
 
 def _wait_http(url: str, timeout: float = 30.0) -> bool:
@@ -65,7 +67,6 @@ def supervise(*, demo: bool, once: bool, port: int, sim_port: int) -> int:
 
     from flask_migrate import upgrade
 
-    from wechat_service.app import create_app
 
     try:
         app = create_app()
@@ -108,7 +109,6 @@ def supervise(*, demo: bool, once: bool, port: int, sim_port: int) -> int:
             flush=True,
         )
         if demo:
-            from wechat_service.demo import run_demo
 
             with app.app_context():
                 ok = run_demo(sim_base=f"http://127.0.0.1:{sim_port}", check=once)

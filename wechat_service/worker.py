@@ -17,7 +17,9 @@ from rq import Queue, Worker
 from rq.cron import CronScheduler
 from rq.job import Job
 
+from wechat_service.app import create_app
 from wechat_service.extensions import db
+from wechat_service.periodic import declared
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,6 @@ class AppJob(Job):
     def perform(self) -> Any:
         global _pid_with_fresh_pool
         if _app is None:
-            from wechat_service.app import create_app
 
             set_app(create_app())
         assert _app is not None
@@ -92,7 +93,6 @@ def release_lease(conn: Redis, name: str) -> bool:
 
 def periodic_jobs(scheduler: CronScheduler, app: Flask | None = None) -> None:
     """Register every periodic job the domains declared in their ``init_app``."""
-    from wechat_service.periodic import declared
 
     for job in declared(app or _app or current_app._get_current_object()):  # type: ignore[attr-defined]
         when = {"interval": job.interval} if job.interval is not None else {"cron": job.cron}
