@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from accounts.models import FollowerSync, Person, Subscriber, SubscriberTag, Tag
 from accounts.services import api_client
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import upsert
+from wechat_service.dbutil import step_boundary, upsert
 from wechat_service.extensions import db
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def start_sync(account_id: int) -> FollowerSync:
     return sync
 
 
+@step_boundary("a long follower sync: each page of openids is durable before the next is fetched")
 def run_sync(sync_id: int) -> FollowerSync | None:
     sync = db.session.get(FollowerSync, sync_id)
     if sync is None or sync.status != "running":

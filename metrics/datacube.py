@@ -16,7 +16,7 @@ from metrics.models import MetricReconciliation
 from metrics.queries import daily_series
 from metrics.rollups import today_in
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import upsert
+from wechat_service.dbutil import step_boundary, upsert
 from wechat_service.extensions import db
 from wechat_service.gateway import WeChatAPIError, client_for
 
@@ -105,6 +105,7 @@ def flagged_counts(account_ids: list[int]) -> dict[int, int]:
     )
 
 
+@step_boundary("one account-day at a time: a failing account does not lose the others' results")
 def reconcile_recent(days: int = SPAN) -> dict[str, Any]:
     """Every active official account, the last ``days`` days up to yesterday (Beijing time)."""
     yesterday = today_in("Asia/Shanghai") - timedelta(days=1)

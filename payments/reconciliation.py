@@ -34,6 +34,7 @@ from payments.models import (
 )
 from payments.providers import kind_of
 from payments.providers.base import PaymentProviderError
+from wechat_service.dbutil import step_boundary
 from wechat_service.errors import InvalidInputError
 from wechat_service.exports import csv_writer
 from wechat_service.extensions import db
@@ -173,6 +174,7 @@ def _recorded_anytime(
     return found
 
 
+@step_boundary("the day's report is replaced whole, and a failure is recorded as such")
 def reconcile(merchant_id: int, bill_date: date) -> ReconciliationRun:
     """Fetch, match and store one merchant's day; commits. A statement that cannot be fetched or
     read gives a ``failed`` run with the reason (and the cron tries again the next day)."""

@@ -20,7 +20,7 @@ from payments import intents, ledger, merchants, signals
 from payments.models import Merchant, PaymentIntent, Refund, RefundStatus, TxnKind
 from payments.providers.base import PaymentProviderError
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import execute_dml, upsert
+from wechat_service.dbutil import execute_dml, step_boundary, upsert
 from wechat_service.errors import ConflictError, InvalidInputError
 from wechat_service.extensions import db
 
@@ -33,6 +33,7 @@ def full_refund_no(out_trade_no: str) -> str:
     return f"RF{out_trade_no[2:]}"[:64]
 
 
+@step_boundary("the amount is reserved and the refund on record before the provider is asked")
 def request(
     ref: intents.Ref, amount_fen: int, reason: str, *, out_refund_no: str, requested_by: int | None = None
 ) -> Refund:
@@ -102,6 +103,7 @@ def partial(ref: intents.Ref, amount_fen: int, reason: str, staff_user_id: int) 
     return request(intent, amount_fen, reason, out_refund_no=number, requested_by=staff_user_id)
 
 
+@step_boundary("the refund is on record before the provider is asked")
 def refund_unknown_payment(merchant: Merchant, out_trade_no: str, amount_fen: int, txn_id: str) -> None:
     """Money for an order we never created: send it back (the anomaly is already recorded)."""
     number = f"RX{txn_id}"[:64]
@@ -132,6 +134,7 @@ def _by_number(out_refund_no: str) -> Refund | None:
     return db.session.scalar(sa.select(Refund).where(Refund.out_refund_no == out_refund_no))
 
 
+@step_boundary("the provider's answer (or the failed attempt) is recorded before anything else happens")
 def ask(refund: Refund | None) -> RefundStatus | None:
     """Ask the provider (again) for a refund still processing; apply its answer."""
     if refund is None:
@@ -158,6 +161,7 @@ def ask(refund: Refund | None) -> RefundStatus | None:
     return settle(refund, answer.status, answer.refund_id, answer.raw)
 
 
+@step_boundary("the provider's word on a refund, with the order's move, in one commit")
 def settle(refund: Refund, status: str, provider_refund_id: str, raw: dict[str, Any]) -> RefundStatus:
     """Apply the provider's word on a refund, once, announce it, and commit."""
     if status == "SUCCESS":
@@ -218,6 +222,7 @@ def _announce(refund: Refund, *, succeeded: bool, why: str = "") -> None:
     )
 
 
+@step_boundary("a provider notification: answered only once its effect is committed")
 def notified(
     merchant: Merchant,
     *,

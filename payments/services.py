@@ -21,6 +21,7 @@ from payments.models import IntentState, Merchant, PaymentIntent, PaymentTransac
 from payments.providers import kind_of
 from payments.providers.base import Answer, Incoming, NotificationError
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import step_boundary
 from wechat_service.extensions import db
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def prepay(
     return checkout.params
 
 
+@step_boundary("a provider notification: acknowledged only once the payment and its order's move committed")
 def _apply_payment(
     merchant: Merchant, out_trade_no: str, txn_id: str, amount: int, status: str, raw: dict[str, Any]
 ) -> bool:
@@ -191,6 +193,7 @@ def close_at_provider(ref: intents.Ref) -> Literal["closed", "paid", "open"]:
 SWEEP_AFTER = timedelta(minutes=2)
 
 
+@step_boundary("one intent per transaction: one intent's trouble does not undo the others")
 def sweep_pending(limit: int = 500) -> dict[str, int]:
     """Intents still pending after two minutes are asked about (a lost notification never loses a
     sale); expired ones are closed — at the provider first, so they cannot be paid later. One

@@ -18,7 +18,7 @@ from payments import funds
 from store.boss import BossError, BossUnavailableError, BossUnknownOutcomeError, boss
 from store.models import Fulfilment, FulfilmentStatus, Product, ProductKind
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import execute_dml
+from wechat_service.dbutil import execute_dml, step_boundary
 from wechat_service.extensions import db, enqueue_after_commit
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def _pool_ref(fulfilment: Fulfilment) -> str:
     return f"fulfilment-{fulfilment.id}"
 
 
+@step_boundary("the failure and the fund pool's give-back are durable before the order is told")
 def _failed(fulfilment: Fulfilment, product: Product, error: str) -> FulfilmentStatus:
     """Finish as failed; a draw on the product's fund pool comes back."""
 
@@ -103,6 +104,9 @@ def _failed(fulfilment: Fulfilment, product: Product, error: str) -> FulfilmentS
     return FulfilmentStatus.failed
 
 
+@step_boundary(
+    "stages against the BOSS: the attempt is recorded before the BOSS is called, its outcome right after"
+)
 def run(fulfilment_id: int) -> FulfilmentStatus:
     """One attempt. Raises RetryLaterError when the outcome is not known yet."""
 

@@ -28,7 +28,7 @@ from store.models import (
 )
 from store.services import binding_of, mask_phone
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import execute_dml
+from wechat_service.dbutil import execute_dml, step_boundary
 from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db
 from wechat_service.money import yuan
@@ -311,6 +311,7 @@ def settle(fulfilment_id: int) -> str | None:
     return None
 
 
+@step_boundary("the order is refunding (committed) before the provider is asked")
 def refund(order: Order, reason: str) -> None:
     """Full refund of what is left through the provider. The order is `refunding` (committed) before
     the provider is asked, and ends `refunded` when payments announces the refund succeeded
@@ -323,6 +324,7 @@ def refund(order: Order, reason: str) -> None:
     complete_refund(order, reason)
 
 
+@step_boundary("the order's refund finishes in its own commit once payments has settled it")
 def complete_refund(order: Order, reason: str) -> bool:
     """Ask for (or after) the order's full refund; True once the order is refunded."""
     db.session.refresh(order)

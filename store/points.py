@@ -20,13 +20,14 @@ from store import fulfilment as fulfilments
 from store.boss import BossError, BossUnavailableError, boss
 from store.models import Fulfilment, FulfilmentStatus, HoldStatus, PointsHold, Product
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import execute_dml
+from wechat_service.dbutil import execute_dml, step_boundary
 from wechat_service.errors import ConflictError, InvalidInputError, ServiceError
 from wechat_service.extensions import db
 
 log = logging.getLogger(__name__)
 
 
+@step_boundary("the hold is on record before the BOSS debits the points, and the debit's outcome right after")
 def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: str) -> PointsHold:
     """Idempotent on the client's key; the same guards as a paid order (``orders.claim``: stock,
     per-subscriber limit, the subscriber serialised), then the debit at the BOSS."""
@@ -105,6 +106,7 @@ def _release_key(hold_id: int) -> str:
     return f"points-release-{hold_id:08d}"
 
 
+@step_boundary("the hold's fulfilment exists before it is enqueued")
 def _begin_fulfilment(hold: PointsHold, product: Product) -> bool:
     """The debit is certain: the hold gets its fulfilment, enqueued after commit. Once, whoever
     gets here first (the exchange or any number of sweeps): the fulfilment's unique key and a

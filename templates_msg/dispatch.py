@@ -45,7 +45,7 @@ from templates_msg.models import (
 from templates_msg.reports import apply_early_reports, sweep_early_reports
 from templates_msg.tracking import token_for
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import execute_dml, upsert
+from wechat_service.dbutil import execute_dml, step_boundary, upsert
 from wechat_service.extensions import db, enqueue_after_commit, get_queue, get_redis
 from wechat_service.gateway import (
     BadTemplateError,
@@ -182,6 +182,7 @@ def give_back_budget(account_id: int, n: int) -> None:
 # -- planning --------------------------------------------------------------------------------------
 
 
+@step_boundary("planning in batches: each batch's rows are durable before the next is planned")
 def plan(campaign_id: int) -> int:
     """Materialise recipients into delivery rows, one batch per committed step (keyset on subscriber
     id, resumable from ``plan_cursor``); each batch's send job is queued as soon as it commits."""
@@ -401,6 +402,7 @@ def _run_id(conn: redis.Redis) -> str:
     return str(conn.info("server").get("run_id", "?"))[:40]
 
 
+@step_boundary("rows are claimed (committed) before any is sent, so no two jobs send one row")
 def claim(campaign_id: int, account_id: int, batch_no: int, limit: int, claim_id: str) -> list[Any]:
     """Take up to ``limit`` pending rows of the batch for this job, committed before any send."""
     pick = (
@@ -495,6 +497,7 @@ def _in_quiet_hours(campaign: Campaign, account_id: int) -> datetime | None:
     return until
 
 
+@step_boundary("the pause is durable before the job stops")
 def pause_account(campaign_id: int, account_id: int, until: datetime, reason: str) -> None:
     """This account of the campaign waits until ``until``; RQ's scheduler resumes it then (the
     cron tick is the safety net)."""
@@ -509,6 +512,7 @@ def pause_account(campaign_id: int, account_id: int, until: datetime, reason: st
     get_queue("default").enqueue_at(until, "templates_msg.jobs.kick_campaign", campaign_id)
 
 
+@step_boundary("claim, send, mark: each chunk's marks are durable before the next chunk")
 def send_batch(campaign_id: int, account_id: int, batch_no: int) -> dict[str, int]:
     """Send a batch's pending rows, chunk by chunk; safe to run twice or concurrently."""
     conn = get_redis()
@@ -631,6 +635,7 @@ def _mark(out: Outcome) -> str:
     return f"{'k' if out.status is DeliveryStatus.skipped else 'f'}:{out.errcode or 0}"
 
 
+@step_boundary("the approval is claimed before sending starts")
 def _take_authorisation(account_id: int, openid: str, template_id: str) -> bool:
     """Spend one of the user's one-time authorisations for this template (conditional UPDATE)."""
     taken = execute_dml(
@@ -666,6 +671,7 @@ def _error_rate_exceeded(conn: redis.Redis, campaign: Campaign) -> bool:
     return n >= minimum and bad / n > campaign.error_threshold
 
 
+@step_boundary("a send's outcome (sent, failed, paused) is durable before the next row")
 def _act(campaign_id: int, account_id: int, batch_no: int, action: str, rows: list[Any]) -> None:
 
     now = utcnow()
@@ -707,6 +713,7 @@ def _act(campaign_id: int, account_id: int, batch_no: int, action: str, rows: li
         db.session.commit()
 
 
+@step_boundary("the campaign's completion is one conditional commit")
 def maybe_complete(campaign_id: int) -> bool:
     """Completed once everything is planned and no row is pending or in flight."""
     campaign = db.session.get(Campaign, campaign_id, populate_existing=True)
@@ -733,6 +740,7 @@ def maybe_complete(campaign_id: int) -> bool:
 # -- recovery and the periodic tick ----------------------------------------------------------------
 
 
+@step_boundary("recovered rows are released before new jobs pick them")
 def recover(older_than: float = LEASE_SECONDS) -> dict[str, int]:
     """Rows left ``sending`` by a job that died: resolved from their Redis marks (see the module)."""
     conn = get_redis()
@@ -797,6 +805,7 @@ def _died_mid_batch(conn: redis.Redis, job_id: str) -> bool:
     return claim_id is not None and not conn.exists(f"tm:lease:{cast(bytes, claim_id).decode()}")
 
 
+@step_boundary("the campaign's move is durable before its jobs are enqueued")
 def kick(campaign_id: int) -> int:
     """Queue what a sending campaign needs: its planning, and a send job for every batch with
     pending rows on an account that is not paused — unless such a job is queued or running."""
@@ -855,6 +864,7 @@ def kick(campaign_id: int) -> int:
     return queued
 
 
+@step_boundary("the campaign is running (committed) before its planning job starts")
 def start(campaign_id: int) -> bool:
     """scheduled → sending when due, then plan."""
     campaign = db.session.get(Campaign, campaign_id, populate_existing=True)
@@ -871,6 +881,7 @@ def start(campaign_id: int) -> bool:
     return True
 
 
+@step_boundary("each due campaign moves in its own commit")
 def tick() -> dict[str, int]:
     """Cron: start due campaigns, recover dead jobs' rows, resume paused accounts, re-queue lost jobs,
     apply reports that arrived before their send result."""

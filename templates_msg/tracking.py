@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from templates_msg.models import Campaign, Delivery
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import step_boundary
 from wechat_service.extensions import db
 
 bp = Blueprint("templates_msg_tracking", __name__)
@@ -54,6 +55,7 @@ def record_click(delivery_id: int) -> str | None:
     return (row.payload or {}).get("url")
 
 
+@step_boundary("a request (the subscriber's click): recorded before the redirect")
 @bp.get("/t/<token>")
 def click(token: str) -> ResponseReturnValue:
     delivery_id = delivery_of(token)

@@ -12,7 +12,7 @@ from rq import Retry
 from templates_msg import dispatch
 from templates_msg.models import Delivery, DeliveryStatus, TemplateKind, TransactionalTemplate
 from wechat_service.dbtypes import utcnow
-from wechat_service.dbutil import upsert
+from wechat_service.dbutil import step_boundary, upsert
 from wechat_service.extensions import db, enqueue_after_commit, get_queue, get_redis
 from wechat_service.money import yuan
 
@@ -60,6 +60,7 @@ def enqueue(delivery_id: int) -> None:
     enqueue_after_commit("high", "templates_msg.jobs.send_transactional", delivery_id, retry=TX_RETRY)
 
 
+@step_boundary("the same claim/mark discipline as campaigns: claimed before it is sent, marked right after")
 def send(delivery_id: int) -> str:
     """Send one transactional message now; the same claim/mark/flush discipline as campaigns."""
     conn = get_redis()
@@ -119,6 +120,7 @@ def send(delivery_id: int) -> str:
     return out.status.value
 
 
+@step_boundary("the message is on record before it is sent in this job")
 def send_now(
     account_id: int, openid: str, template_id: str, data: dict[str, Any], idem_key: str, **kw: Any
 ) -> str:

@@ -151,6 +151,18 @@ def is_composition(rel_file: str) -> bool:
     return rel_file in COMPOSITION_FILES or rel_file.startswith(COMPOSITION_DIRS)
 
 
+def _is_step_boundary(decorator: ast.expr) -> bool:
+    """``@step_boundary("why")`` (wechat_service.dbutil): a named step that commits its own work.
+    Only with a reason given as a non-empty string."""
+    return (
+        isinstance(decorator, ast.Call)
+        and getattr(decorator.func, "id", getattr(decorator.func, "attr", None)) == "step_boundary"
+        and len(decorator.args) == 1
+        and isinstance(decorator.args[0], ast.Constant)
+        and bool(str(decorator.args[0].value).strip())
+    )
+
+
 class _Walker(ast.NodeVisitor):
     """Collects imports (with their depth), function lengths and ``.commit()`` calls of one file."""
 
@@ -158,15 +170,20 @@ class _Walker(ast.NodeVisitor):
         self.imports: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
         self.functions: list[tuple[str, int, int]] = []  # (qualified name, line, length)
         self.commits: list[tuple[int, str]] = []  # (line, enclosing function)
+        self.step_commits: list[tuple[int, str]] = []  # inside a @step_boundary("why") function
         self._stack: list[str] = []
+        self._steps = 0  # @step_boundary functions entered
         self._depth = 0  # functions entered
 
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         self._stack.append(node.name)
         qualname = ".".join(self._stack)
         self.functions.append((qualname, node.lineno, (node.end_lineno or node.lineno) - node.lineno + 1))
+        step = any(_is_step_boundary(d) for d in node.decorator_list)
         self._depth += 1
+        self._steps += step
         self.generic_visit(node)
+        self._steps -= step
         self._depth -= 1
         self._stack.pop()
 
@@ -191,7 +208,8 @@ class _Walker(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         if isinstance(node.func, ast.Attribute) and node.func.attr == "commit":
-            self.commits.append((node.lineno, ".".join(self._stack) or "<module>"))
+            where = (node.lineno, ".".join(self._stack) or "<module>")
+            (self.step_commits if self._steps else self.commits).append(where)
         self.generic_visit(node)
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from wechat_service import wxcrypto
 from wechat_service.dbtypes import utcnow
+from wechat_service.dbutil import step_boundary
 from wechat_service.extensions import db, enqueue_after_commit, get_redis
 from wechat_service.models import CallbackInbox, InboxState
 from wechat_service.router import AccountInfo, CallbackContext, directory, router
@@ -378,6 +379,7 @@ def dry_run(account: AccountInfo, msg: dict[str, str]) -> CallbackContext:
 _INBOX_INSERT = CallbackInbox.__table__.insert().returning(CallbackInbox.__table__.c.id)
 
 
+@step_boundary("the inbox row is durable before WeChat gets its answer")
 def _store(account: AccountInfo, msg: dict[str, str], key: str, routed: _Routed) -> None:
     """The inbox row (with the reply, for re-sends) and what the handlers queued for it, in one
     transaction. Core statements built once: this is the hot path."""
@@ -427,6 +429,7 @@ def _answer(
     return CallbackResult(200, reply_xml, "application/xml; charset=utf-8")
 
 
+@step_boundary("the claim (attempt counted) commits before the handlers run")
 def run_deferred(inbox_id: int) -> None:
     """Run the deferred handlers of an inbox row (from an RQ job); safe to run twice.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -11,6 +11,22 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.sql import Executable
 
 from wechat_service.extensions import db
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def step_boundary(why: str) -> Callable[[F], F]:
+    """Marks a function that commits its own work, and says why. Views, API handlers, jobs and
+    commands commit; services only flush — except at a step boundary: a step of a longer piece of
+    work whose outcome must be durable before the next one starts (money reserved before the
+    provider is asked, rows claimed before they are sent, a notification stored before it is
+    handled). The ladder check (tests/ladder.py) counts commits outside such functions."""
+
+    def mark(fn: F) -> F:
+        fn.__step_boundary__ = why  # type: ignore[attr-defined]  # read by people and the ladder check
+        return fn
+
+    return mark
 
 
 def upsert(
