@@ -128,8 +128,9 @@ def main() -> None:
     from flask_migrate import upgrade
 
     from accounts import services as account_services
-    from templates_msg import dispatch, services
+    from templates_msg import services
     from templates_msg.models import CampaignState, Delivery
+    from templates_msg.sending import planning, recovery
     from tests import helpers
     from wechat_service.app import create_app
     from wechat_service.dbtypes import utcnow
@@ -224,7 +225,7 @@ def main() -> None:
                     ) if b is CampaignState.sending else services.transition(campaign.id, a, b)
                 db.session.commit()
                 t0 = time.perf_counter()
-                dispatch.plan(campaign.id)
+                planning.plan(campaign.id)
                 planning = time.perf_counter() - t0
                 base = accepted(sim, appid)
                 workers = [
@@ -232,7 +233,7 @@ def main() -> None:
                     for _ in range(n_workers)
                 ]
                 poll = Poller(sim, appid, [w.pid for w in workers])
-                poll.wait(base, size, on_stall=lambda cid=campaign.id: dispatch.kick(cid))
+                poll.wait(base, size, on_stall=lambda cid=campaign.id: recovery.kick(cid))
                 engine_rate, engine_rss = poll.rate(base, size), poll.peak_rss
                 for w in workers:
                     w.terminate()

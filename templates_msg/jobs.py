@@ -4,32 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from templates_msg import dispatch, transactional
+from templates_msg import transactional
+from templates_msg.sending import planning, recovery, sender
 from wechat_service.extensions import db
 
 
 def start_campaign(campaign_id: int) -> bool:
-    return dispatch.start(campaign_id)
+    return recovery.start(campaign_id)
 
 
 def plan_campaign(campaign_id: int) -> int:
-    return dispatch.plan(campaign_id)
+    return planning.plan(campaign_id)
 
 
 def send_batch(campaign_id: int, account_id: int, batch_no: int) -> dict[str, int]:
     try:
-        return dispatch.send_batch(campaign_id, account_id, batch_no)
+        return sender.send_batch(campaign_id, account_id, batch_no)
     finally:
         db.session.remove()
 
 
 def kick_campaign(campaign_id: int) -> int:
-    return dispatch.kick(campaign_id)
+    return recovery.kick(campaign_id)
 
 
 def tick_campaigns() -> dict[str, int]:
-    """Cron: see dispatch.tick."""
-    return dispatch.tick()
+    """Cron: see templates_msg.sending.recovery.tick."""
+    return recovery.tick()
 
 
 def send_transactional(delivery_id: int) -> str:

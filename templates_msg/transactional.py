@@ -9,8 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from rq import Retry
 
-from templates_msg import dispatch
 from templates_msg.models import Delivery, DeliveryStatus, TemplateKind, TransactionalTemplate
+from templates_msg.sending import budget, sender
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import step_boundary, upsert
 from wechat_service.extensions import db, enqueue_after_commit, get_queue, get_redis
@@ -68,7 +68,7 @@ def send(delivery_id: int) -> str:
     if row is None or row.status is not DeliveryStatus.pending:
         return "done"
     account_id = row.account_id
-    if dispatch.take_budget(account_id, 1, transactional=True) == 0:
+    if budget.take_budget(account_id, 1, transactional=True) == 0:
         db.session.execute(
             sa.update(Delivery)
             .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.pending)
@@ -77,8 +77,8 @@ def send(delivery_id: int) -> str:
         )
         db.session.commit()
         return "failed"
-    claim_id = f"{dispatch._run_id(conn)}:tx{delivery_id}"
-    conn.set(f"tm:lease:{claim_id}", 1, ex=dispatch.LEASE_SECONDS)
+    claim_id = f"{sender.redis_run_id(conn)}:tx{delivery_id}"
+    conn.set(f"tm:lease:{claim_id}", 1, ex=sender.LEASE_SECONDS)
     claimed = db.session.execute(
         sa.update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.pending)
@@ -90,7 +90,7 @@ def send(delivery_id: int) -> str:
     ).first()
     db.session.commit()
     if claimed is None:
-        dispatch.give_back_budget(account_id, 1)
+        budget.give_back_budget(account_id, 1)
         return "done"
     payload = claimed.payload or {}
     body: dict[str, Any] = {
@@ -103,19 +103,19 @@ def send(delivery_id: int) -> str:
         "client_msg_id": f"tm{delivery_id}",
     }
     if payload.get("url"):
-        body["url"] = dispatch.click_url(delivery_id)
+        body["url"] = sender.click_url(delivery_id)
     conn.set(f"tm:dm:{delivery_id}", "s", ex=86400)
-    out = dispatch.send_one(dispatch.client(account_id, {}), TemplateKind.official, body)
-    conn.set(f"tm:dm:{delivery_id}", dispatch._mark(out), ex=86400)
+    out = sender.send_one(sender.client(account_id, {}), TemplateKind.official, body)
+    conn.set(f"tm:dm:{delivery_id}", sender.mark_of(out), ex=86400)
     if out.status not in (DeliveryStatus.sent, DeliveryStatus.unknown):
-        dispatch.give_back_budget(account_id, 1)
-    if out.action == "retry" and claimed.attempts < dispatch.MAX_ATTEMPTS:
-        dispatch._flush(account_id, claim_id, [(claimed, out)])
+        budget.give_back_budget(account_id, 1)
+    if out.action == "retry" and claimed.attempts < sender.MAX_ATTEMPTS:
+        sender.flush(account_id, claim_id, [(claimed, out)])
         db.session.commit()
         raise RuntimeError(f"transient failure sending {delivery_id}: {out.reason}")  # RQ's Retry backs off
     if out.status is DeliveryStatus.pending:
-        out = dispatch.Outcome(DeliveryStatus.failed, errcode=out.errcode, reason=out.reason)
-    dispatch._flush(account_id, claim_id, [(claimed, out)])
+        out = sender.Outcome(DeliveryStatus.failed, errcode=out.errcode, reason=out.reason)
+    sender.flush(account_id, claim_id, [(claimed, out)])
     db.session.commit()
     return out.status.value
 

@@ -50,9 +50,9 @@ def _campaign_lifecycle(app: Flask, create_staff: Any, account: Any, target: Any
     assert marketer.api("POST", f"/api/v1/campaigns/{cid}/submit", {}).status_code == 200
     resp = approver.api("POST", f"/api/v1/campaigns/{cid}/approve", {})
     assert resp.status_code == 200, resp.get_json()
-    from templates_msg import dispatch
+    from templates_msg.sending import recovery
 
-    assert dispatch.start(cid)
+    assert recovery.start(cid)
     _run(cid)
     campaign = db.session.get(Campaign, cid, populate_existing=True)
     assert campaign.state is CampaignState.completed

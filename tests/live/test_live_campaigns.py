@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from rq import Worker
 
 from accounts import services as account_services
-from templates_msg import dispatch, services
+from templates_msg import services
 from templates_msg.models import Campaign, CampaignAccount, CampaignState, Delivery, DeliveryStatus
+from templates_msg.sending import planning, recovery, sender
 from tests import helpers
 from tests.live.conftest import Live
 from wechat_service.dbtypes import utcnow
@@ -50,7 +51,7 @@ def _setup(live: Live, count: int, rate: int, batch_size: int = 100, **messaging
         db.session.commit()
         # The live app is shared by the whole session: the batch size holds for this plan only.
         with _config(live, CAMPAIGN_BATCH_SIZE=batch_size):
-            dispatch.plan(campaign.id)
+            planning.plan(campaign.id)
         return campaign.id
 
     before = live.app.config.get("CAMPAIGN_BATCH_SIZE")
@@ -101,8 +102,8 @@ def _tick_until_done(live: Live, cid: int, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         if _state(live, cid) is S.completed:
             return
-        live.in_app(lambda: dispatch.recover(older_than=0) and None)
-        live.in_app(lambda: dispatch.kick(cid))
+        live.in_app(lambda: recovery.recover(older_than=0) and None)
+        live.in_app(lambda: recovery.kick(cid))
         time.sleep(1)
     raise AssertionError(f"campaign not completed: {_statuses(live, cid)}")
 
@@ -167,13 +168,13 @@ def test_sigkilled_worker_mid_batch_loses_and_duplicates_nothing(live: Live) -> 
     # dead job's, for recovery to resolve.
     stuck = live.wait_for(
         lambda: {} if conn.exists(f"tm:lease:{next(iter(at_kill.values()))}") else at_kill,
-        dispatch.LEASE_SECONDS + 15,
+        sender.LEASE_SECONDS + 15,
         "the dead job's lease to run out",
     )
     live.start("w3", "worker")
     _tick_until_done(live, cid)
     statuses = _exactly_once(live, cid, appid, 600)
-    assert statuses["sent"] >= 600 - dispatch.CHUNK
+    assert statuses["sent"] >= 600 - sender.CHUNK
     resolved = dict(
         live.in_app(
             lambda: db.session.execute(
@@ -228,7 +229,7 @@ def test_recovery_resolves_planted_stuck_rows_from_their_marks(live: Live) -> No
         template_id = db.session.scalar(
             sa.select(CampaignAccount.template_id).where(CampaignAccount.campaign_id == cid)
         )
-        api = dispatch.client(services.account_ids_of(cid)[0], {})
+        api = sender.client(services.account_ids_of(cid)[0], {})
         marks: dict[str, str] = {}
         for name, group in groups.items():
             claim = {"alive": alive, "lost_with_redis": other_redis}.get(name, dead)
@@ -245,8 +246,8 @@ def test_recovery_resolves_planted_stuck_rows_from_their_marks(live: Live) -> No
             for r in group:
                 if name in ("sent", "in_flight", "lost_with_redis"):
                     # These reached WeChat before the job died (through the real send path).
-                    out = dispatch.send_one(
-                        api, campaign.kind, dispatch.message_body(campaign, template_id, r, None)
+                    out = sender.send_one(
+                        api, campaign.kind, sender.message_body(campaign, template_id, r, None)
                     )
                     assert out.status is DeliveryStatus.sent, out
                     mark = f"ok:{out.msgid}" if name == "sent" else "s"
@@ -262,7 +263,7 @@ def test_recovery_resolves_planted_stuck_rows_from_their_marks(live: Live) -> No
 
     groups = live.in_app(plant)
     before = Counter(_sent_openids(live, appid))
-    counts = live.in_app(lambda: dispatch.recover(older_than=0))
+    counts = live.in_app(lambda: recovery.recover(older_than=0))
     assert counts == {"pending": 12, "sent": 4, "unknown": 8, "skipped": 3, "failed": 2}, counts
 
     def status_of(ids: list[int]) -> dict[int, tuple[DeliveryStatus, int | None]]:
@@ -364,7 +365,7 @@ def test_45009_pauses_then_resumes_by_itself(live: Live) -> None:
         db.session.commit()
 
     live.in_app(midnight)
-    live.in_app(dispatch.tick)  # the cron job
+    live.in_app(recovery.tick)  # the cron job
     live.wait_for(lambda: _state(live, cid) is S.completed, 60, "completion")
     assert _exactly_once(live, cid, appid, 300)["sent"] == 300
 
@@ -405,7 +406,7 @@ def test_private_redis_restart_mid_campaign(live: Live, tmp_path: Any) -> None:
         live.procs["w-private2"] = private.start("w-private2", "worker")
         _tick_until_done(private, cid)
         statuses = _exactly_once(private, cid, appid, 500)
-        assert statuses["sent"] >= 500 - 2 * dispatch.CHUNK
+        assert statuses["sent"] >= 500 - 2 * sender.CHUNK
     finally:
         server.kill()
         server.wait()
@@ -444,14 +445,14 @@ def test_reports_come_back_through_the_callback_endpoint(live: Live) -> None:
         services.transition(campaign.id, S.draft, S.pending_approval)
         services.transition(campaign.id, S.pending_approval, S.scheduled)
         db.session.commit()
-        dispatch.start(campaign.id)
+        recovery.start(campaign.id)
         return campaign.id
 
     cid = live.in_app(make)
     _tick_until_done(live, cid)
 
     def reported() -> int:
-        live.in_app(lambda: (dispatch.tick(), None))
+        live.in_app(lambda: (recovery.tick(), None))
         return (
             live.scalar(
                 sa.select(sa.func.count()).where(Delivery.campaign_id == cid, Delivery.report.is_not(None))

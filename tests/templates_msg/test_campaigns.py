@@ -15,8 +15,9 @@ from flask import Flask
 
 from accounts.models import Subscriber
 from simulator.driver import event_fields, message_xml, signed_request
-from templates_msg import dispatch, reports, services, tracking
+from templates_msg import reports, services, tracking
 from templates_msg.models import Campaign, CampaignAccount, CampaignState, Delivery, OptOut
+from templates_msg.sending import budget, planning, recovery, sender
 from tests import helpers
 from wechat_service.extensions import db
 
@@ -85,18 +86,18 @@ def _start(campaign: Campaign) -> None:
     services.transition(campaign.id, S.draft, S.pending_approval)
     services.transition(campaign.id, S.pending_approval, S.scheduled)
     db.session.commit()
-    assert dispatch.start(campaign.id)
+    assert recovery.start(campaign.id)
 
 
 def _run(campaign_id: int) -> None:
     """What the workers would do, in this process: plan, then every batch."""
-    dispatch.plan(campaign_id)
+    planning.plan(campaign_id)
     for account_id, batch in db.session.execute(
         sa.select(Delivery.account_id, Delivery.batch_no)
         .where(Delivery.campaign_id == campaign_id)
         .distinct()
     ).all():
-        dispatch.send_batch(campaign_id, account_id, batch)
+        sender.send_batch(campaign_id, account_id, batch)
 
 
 def _statuses(campaign_id: int) -> dict[str, int]:
@@ -550,7 +551,7 @@ def test_token_bucket_holds_the_rate(app: Flask) -> None:
 
     start = time.monotonic()
     for _ in range(30):
-        dispatch.acquire("t", 1, 20)
+        budget.acquire("t", 1, 20)
     elapsed = time.monotonic() - start
     assert elapsed >= (30 - 20) / 20 * 0.9  # a full bucket (one second's worth), then 20/s
 

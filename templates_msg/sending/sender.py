@@ -1,4 +1,4 @@
-"""Dispatch: planning into delivery rows, throttled sending, recovery after a crash.
+"""The sender: claim, send, mark, flush — throttled, exactly once per delivery.
 
 Exactly once rests on the database and on a per-delivery mark in Redis:
 
@@ -16,11 +16,10 @@ Exactly once rests on the database and on a per-delivery mark in Redis:
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis
@@ -37,16 +36,16 @@ from templates_msg.models import (
     CampaignState,
     Delivery,
     DeliveryStatus,
-    EarlyReport,
     OptOut,
     SubscribeAuthorization,
     TemplateKind,
 )
-from templates_msg.reports import apply_early_reports, sweep_early_reports
+from templates_msg.reports import apply_early_reports
+from templates_msg.sending.budget import acquire, give_back_budget, local_day, take_budget, timezone_of
 from templates_msg.tracking import token_for
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml, step_boundary, upsert
-from wechat_service.extensions import db, enqueue_after_commit, get_queue, get_redis
+from wechat_service.extensions import db, get_queue, get_redis
 from wechat_service.gateway import (
     BadTemplateError,
     BusyError,
@@ -62,232 +61,15 @@ from wechat_service.gateway import (
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 500  # subscribers planned per batch; one send job per batch (≥100, see DESIGN)
 CHUNK = 25  # rows claimed per transaction inside a send job: the most a crash leaves unresolved
 LEASE_SECONDS = 15
 MAX_ATTEMPTS = 3
-DEFAULT_DAILY_QUOTA = 100_000
-TRANSACTIONAL_RESERVE = 0.05  # of the daily quota, kept for transactional messages
-
-# -- Redis: token bucket and daily budget ----------------------------------------------------------
-
-# One bucket per (campaign, account), shared by every worker. Redis' own clock (TIME) so that
-# workers on different machines agree; a full bucket holds one second's worth of tokens.
-BUCKET_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rate, want = tonumber(ARGV[1]), tonumber(ARGV[2])
-local burst = math.max(1, rate)
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1]) or burst
-local ts = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local granted = math.min(want, math.floor(tokens))
-tokens = tokens - granted
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], 120)
-local wait = 0
-if granted < want then wait = math.ceil((1 - tokens) / rate * 1000) end
-return {granted, wait}
-"""
-
-# Take n from today's budget if it fits under the limit; -1 when the counter is not seeded yet.
-BUDGET_LUA = """
-local used = redis.call('GET', KEYS[1])
-if not used then return -1 end
-used = tonumber(used)
-local limit, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-local granted = math.max(0, math.min(n, limit - used))
-if granted > 0 then redis.call('INCRBY', KEYS[1], granted) end
-return granted
-"""
+BATCH_CLAIM = "tm:batch-claim:{}"  # the claim id a send job holds for its batch (recovery reads it)
 
 
-def _script(name: str, source: str) -> Any:
-    conn = get_redis()
-    cache = current_app.extensions.setdefault("templates_msg_scripts", {})
-    if name not in cache:
-        cache[name] = conn.register_script(source)
-    return cache[name]
-
-
-def take_tokens(campaign_id: int | str, account_id: int, rate: float, want: int = 1) -> tuple[int, float]:
-    """(granted, seconds to wait before asking again)."""
-    granted, wait_ms = _script("bucket", BUCKET_LUA)(
-        keys=[f"tm:tb:{campaign_id}:{account_id}"], args=[rate, want]
-    )
-    return int(granted), int(wait_ms) / 1000
-
-
-def acquire(campaign_id: int | str, account_id: int, rate: float) -> None:
-    """Block until one token is ours (rate 0: unthrottled)."""
-    if rate <= 0:
-        return
-    while True:
-        granted, wait = take_tokens(campaign_id, account_id, rate)
-        if granted:
-            return
-        time.sleep(min(max(wait, 0.001), 1.0))
-
-
-def _local_day(account_id: int) -> tuple[str, datetime]:
-    tz = ZoneInfo(_timezone(account_id))
-    now = datetime.now(tz)
-    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return now.strftime("%Y%m%d"), midnight
-
-
-def _timezone(account_id: int) -> str:
-    cache = current_app.extensions.setdefault("templates_msg_tz", {})
-    if account_id not in cache:
-        cache[account_id] = (
-            db.session.scalar(sa.select(Account.timezone).where(Account.id == account_id)) or "Asia/Shanghai"
-        )
-    return cache[account_id]
-
-
-def daily_quota() -> int:
-    return int(current_app.config.get("CAMPAIGN_DAILY_QUOTA", DEFAULT_DAILY_QUOTA))
-
-
-def take_budget(account_id: int, n: int, transactional: bool = False) -> int:
-    """Up to ``n`` sends from the account's daily budget. Campaigns stop short of the quota by a
-    reserve that transactional messages may use. Seeded from the database's count of today's
-    sends when Redis has no counter (a restart), so the budget survives a Redis restart."""
-    day, midnight = _local_day(account_id)
-    key = f"tm:budget:{account_id}:{day}"
-    limit = daily_quota() if transactional else int(daily_quota() * (1 - TRANSACTIONAL_RESERVE))
-    take = _script("budget", BUDGET_LUA)
-    granted = int(take(keys=[key], args=[limit, n]))
-    if granted < 0:
-        start = midnight - timedelta(days=1)
-        used = db.session.scalar(
-            sa.select(sa.func.count()).where(
-                Delivery.account_id == account_id,
-                Delivery.sent_at >= start,
-                Delivery.status.in_([DeliveryStatus.sent, DeliveryStatus.unknown]),
-            )
-        )
-        get_redis().set(key, int(used or 0), nx=True, ex=2 * 86400)
-        granted = int(take(keys=[key], args=[limit, n]))
-    return max(granted, 0)
-
-
-def give_back_budget(account_id: int, n: int) -> None:
-    if n > 0:
-        day, _ = _local_day(account_id)
-        get_redis().decrby(f"tm:budget:{account_id}:{day}", n)
-
-
-# -- planning --------------------------------------------------------------------------------------
-
-
-@step_boundary("planning in batches: each batch's rows are durable before the next is planned")
-def plan(campaign_id: int) -> int:
-    """Materialise recipients into delivery rows, one batch per committed step (keyset on subscriber
-    id, resumable from ``plan_cursor``); each batch's send job is queued as soon as it commits."""
-
-    campaign = services.campaign_by_id(campaign_id)
-    if campaign.state is not CampaignState.sending or campaign.planned:
-        return 0
-    segment, cid = dict(campaign.segment or {}), campaign.id
-    sample_cut = campaign.sample_pct * 100
-    control_cut = sample_cut * campaign.control_pct // 100
-    dedup = campaign.dedup_unionid
-    batch_size = int(current_app.config.get("CAMPAIGN_BATCH_SIZE", BATCH_SIZE))
-    made = 0
-    for ca in services.campaign_accounts(cid):
-        while not ca.planned:
-            base = services.segment_query(ca.account_id, segment, exclude_campaign=cid)
-            rows = db.session.execute(
-                base.where(sa.literal_column("subscribers.id") > ca.plan_cursor)
-                .order_by(sa.literal_column("subscribers.id"))
-                .limit(batch_size)
-            ).all()
-            if not rows:
-                ca.planned = True
-                db.session.commit()
-                break
-            seen: set[int] = set()
-            if dedup:
-                persons = [r.person_id for r in rows if r.person_id]
-                seen = (
-                    set(
-                        db.session.scalars(
-                            sa.select(Delivery.person_id).where(
-                                Delivery.campaign_id == cid, Delivery.person_id.in_(persons)
-                            )
-                        )
-                    )
-                    if persons
-                    else set()
-                )
-            batch, values = ca.next_batch, []
-            for r in rows:
-                b = services.bucket(cid, r.openid)
-                if b >= sample_cut:
-                    continue
-                if dedup and r.person_id:
-                    if r.person_id in seen:
-                        continue
-                    seen.add(r.person_id)
-                control = b < control_cut
-                values.append(
-                    {
-                        "campaign_id": cid,
-                        "account_id": ca.account_id,
-                        "subscriber_id": r.id,
-                        "person_id": r.person_id,
-                        "openid": r.openid,
-                        "batch_no": batch,
-                        "control": control,
-                        "status": DeliveryStatus.skipped if control else DeliveryStatus.pending,
-                        "reason": "control_group" if control else None,
-                        "attempts": 0,
-                        "clicks": 0,
-                        "kind": "campaign",
-                        "created_at": utcnow(),
-                    }
-                )
-            upsert(Delivery, values, conflict=["campaign_id", "account_id", "openid"])
-            ca.plan_cursor = rows[-1].id
-            ca.next_batch = batch + 1
-            if any(not v["control"] for v in values):
-                enqueue_after_commit(
-                    "default",
-                    "templates_msg.jobs.send_batch",
-                    cid,
-                    ca.account_id,
-                    batch,
-                    job_id=_job_id(cid, ca.account_id, batch),
-                )
-            made += len(values)
-            db.session.commit()
-            if _halted(cid):
-                return made
-    db.session.execute(
-        sa.update(Campaign)
-        .where(Campaign.id == cid)
-        .values(planned=True)
-        .execution_options(synchronize_session=False)
-    )
-    db.session.commit()
-    maybe_complete(cid)
-    return made
-
-
-def _job_id(campaign_id: int, account_id: int, batch_no: int) -> str:
+def send_job_id(campaign_id: int, account_id: int, batch_no: int) -> str:
+    """The send job of one batch (its RQ id: a batch is sent by one job at a time)."""
     return f"tm-send-{campaign_id}-{account_id}-{batch_no}"
-
-
-def _halted(campaign_id: int) -> bool:
-    try:
-        return get_redis().exists(services.HALT.format(campaign_id)) == 1
-    except redis.RedisError:
-        return False
-
-
-# -- sending ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -383,7 +165,7 @@ def message_body(
 def _variables(account_id: int, subscriber_ids: list[int]) -> dict[int, dict[str, str]]:
     """Per-recipient variables for a chunk, in three queries (only when the campaign uses them)."""
     name = db.session.scalar(sa.select(Account.name).where(Account.id == account_id)) or ""
-    tz = ZoneInfo(_timezone(account_id))
+    tz = ZoneInfo(timezone_of(account_id))
     return {
         sid: {
             "openid": p["openid"],
@@ -398,7 +180,7 @@ def _variables(account_id: int, subscriber_ids: list[int]) -> dict[int, dict[str
     }
 
 
-def _run_id(conn: redis.Redis) -> str:
+def redis_run_id(conn: redis.Redis) -> str:
     return str(conn.info("server").get("run_id", "?"))[:40]
 
 
@@ -444,7 +226,7 @@ _RESULT = (
 )
 
 
-def _flush(account_id: int, claim_id: str | None, results: list[tuple[Any, Outcome]]) -> None:
+def flush(account_id: int, claim_id: str | None, results: list[tuple[Any, Outcome]]) -> None:
     """Every result of a chunk in one statement, then reports that came in before it."""
     if not results:
         return
@@ -485,7 +267,7 @@ def _in_quiet_hours(campaign: Campaign, account_id: int) -> datetime | None:
     """When the account's night ends, if it is night there now."""
     if campaign.quiet_start is None or campaign.quiet_end is None:
         return None
-    tz = ZoneInfo(_timezone(account_id))
+    tz = ZoneInfo(timezone_of(account_id))
     now = datetime.now(tz)
     start, end = campaign.quiet_start, campaign.quiet_end
     quiet = (start <= now.hour or now.hour < end) if start > end else (start <= now.hour < end)
@@ -516,7 +298,7 @@ def pause_account(campaign_id: int, account_id: int, until: datetime, reason: st
 def send_batch(campaign_id: int, account_id: int, batch_no: int) -> dict[str, int]:
     """Send a batch's pending rows, chunk by chunk; safe to run twice or concurrently."""
     conn = get_redis()
-    run_id = _run_id(conn)
+    run_id = redis_run_id(conn)
     apis: dict[int, GatewayClient] = {}
     counts = {"sent": 0, "failed": 0, "skipped": 0, "unknown": 0, "released": 0}
     while True:
@@ -537,13 +319,13 @@ def send_batch(campaign_id: int, account_id: int, batch_no: int) -> dict[str, in
             break
         budget = take_budget(account_id, CHUNK)
         if budget == 0:
-            _, midnight = _local_day(account_id)
+            _, midnight = local_day(account_id)
             pause_account(campaign_id, account_id, midnight, "daily budget used")
             break
         claim_id = f"{run_id}:{uuid.uuid4().hex}"
         conn.set(f"tm:lease:{claim_id}", 1, ex=LEASE_SECONDS)
         # Which claim this batch's job holds: kick() tells a dead job from a running one by it.
-        conn.set(BATCH_CLAIM.format(_job_id(campaign_id, account_id, batch_no)), claim_id, ex=86400)
+        conn.set(BATCH_CLAIM.format(send_job_id(campaign_id, account_id, batch_no)), claim_id, ex=86400)
         rows = claim(campaign_id, account_id, batch_no, budget, claim_id)
         if not rows:
             give_back_budget(account_id, budget)
@@ -611,7 +393,7 @@ def _send_chunk(
         out = send_one(
             api, campaign.kind, message_body(campaign, template_id, row, variables.get(row.subscriber_id))
         )
-        conn.set(f"tm:dm:{row.id}", _mark(out), ex=86400)
+        conn.set(f"tm:dm:{row.id}", mark_of(out), ex=86400)
         results.append((row, out))
         if out.status in (DeliveryStatus.sent, DeliveryStatus.unknown):
             used += 1
@@ -619,13 +401,13 @@ def _send_chunk(
             counts[out.status.value] = counts.get(out.status.value, 0) + 1
         if out.action:
             action = out.action  # the rest of the chunk is released on the next pass
-    _flush(account_id, claim_id, results)
+    flush(account_id, claim_id, results)
     _count_errors(conn, campaign.id, results)
     counts["_used"] = used
     return action
 
 
-def _mark(out: Outcome) -> str:
+def mark_of(out: Outcome) -> str:
     if out.status is DeliveryStatus.sent:
         return f"ok:{out.msgid or 0}"
     if out.status is DeliveryStatus.unknown:
@@ -676,7 +458,7 @@ def _act(campaign_id: int, account_id: int, batch_no: int, action: str, rows: li
 
     now = utcnow()
     if action == "pause_day":
-        _, midnight = _local_day(account_id)
+        _, midnight = local_day(account_id)
         pause_account(campaign_id, account_id, midnight, "45009: daily quota reached")
     elif action == "pause_minute":
         pause_account(campaign_id, account_id, now + timedelta(seconds=60), "45011: minute quota reached")
@@ -735,176 +517,3 @@ def maybe_complete(campaign_id: int) -> bool:
         )
     db.session.commit()
     return done
-
-
-# -- recovery and the periodic tick ----------------------------------------------------------------
-
-
-@step_boundary("recovered rows are released before new jobs pick them")
-def recover(older_than: float = LEASE_SECONDS) -> dict[str, int]:
-    """Rows left ``sending`` by a job that died: resolved from their Redis marks (see the module)."""
-    conn = get_redis()
-    run_id = _run_id(conn)
-    cutoff = utcnow() - timedelta(seconds=older_than)
-    counts: dict[str, int] = {}
-    claims = db.session.scalars(
-        sa.select(Delivery.claim)
-        .where(Delivery.status == DeliveryStatus.sending, Delivery.claimed_at < cutoff)
-        .distinct()
-        .limit(500)
-    ).all()
-    for claim_id in claims:
-        if claim_id and conn.exists(f"tm:lease:{claim_id}"):
-            continue  # its job is alive
-        rows = db.session.execute(
-            sa.select(Delivery.id, Delivery.account_id, Delivery.openid, Delivery.attempts).where(
-                Delivery.claim == claim_id, Delivery.status == DeliveryStatus.sending
-            )
-        ).all()
-        trusted = bool(claim_id and claim_id.split(":", 1)[0] == run_id)
-        marks = conn.mget([f"tm:dm:{r.id}" for r in rows]) if trusted and rows else [None] * len(rows)
-        results = []
-        for row, mark in zip(rows, marks, strict=True):
-            out = _from_mark(cast(bytes, mark).decode() if mark else None, trusted)  # Redis answers bytes
-            results.append((row, out))
-            counts[out.status.value] = counts.get(out.status.value, 0) + 1
-        by_account: dict[int, list[tuple[Any, Outcome]]] = {}
-        for row, out in results:
-            by_account.setdefault(row.account_id, []).append((row, out))
-        for account_id, items in by_account.items():
-            _flush(account_id, claim_id, items)
-        db.session.commit()
-    return counts
-
-
-def _from_mark(mark: str | None, trusted: bool) -> Outcome:
-    if not trusted:
-        return Outcome(DeliveryStatus.unknown, reason="send job lost with Redis: may have been sent")
-    if mark is None or mark == "r":
-        return Outcome(DeliveryStatus.pending, reason=None)
-    if mark == "s":
-        return Outcome(DeliveryStatus.unknown, reason="send job died mid-request: may have been sent")
-    kind, _, value = mark.partition(":")
-    if kind == "ok":
-        return Outcome(DeliveryStatus.sent, msgid=int(value) or None)
-    code = int(value) if value.lstrip("-").isdigit() else None
-    return Outcome(
-        DeliveryStatus.skipped if kind == "k" else DeliveryStatus.failed,
-        errcode=code,
-        reason=f"errcode {code}",
-    )
-
-
-BATCH_CLAIM = "tm:batch-claim:{}"
-
-
-def _died_mid_batch(conn: redis.Redis, job_id: str) -> bool:
-    """A send job RQ still lists as started, whose last claim's lease has run out: its worker was
-    killed (RQ notices only when the job's heartbeat expires, minutes later)."""
-    claim_id = conn.get(BATCH_CLAIM.format(job_id))
-    return claim_id is not None and not conn.exists(f"tm:lease:{cast(bytes, claim_id).decode()}")
-
-
-@step_boundary("the campaign's move is durable before its jobs are enqueued")
-def kick(campaign_id: int) -> int:
-    """Queue what a sending campaign needs: its planning, and a send job for every batch with
-    pending rows on an account that is not paused — unless such a job is queued or running."""
-    from rq.job import Job, JobStatus
-
-    campaign = db.session.get(Campaign, campaign_id, populate_existing=True)
-    if campaign is None or campaign.state is not CampaignState.sending:
-        db.session.commit()
-        return 0
-    queue = get_queue("default")
-    queued = 0
-
-    def live(job_id: str) -> bool:
-        try:
-            status = Job.fetch(job_id, connection=queue.connection).get_status()
-        except Exception:  # noqa: BLE001 - no such job (expired, or Redis lost it)
-            return False
-        if status == JobStatus.STARTED and _died_mid_batch(queue.connection, job_id):
-            return False  # RQ still calls it started (for minutes): its rows need a new job
-        return status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
-
-    if not campaign.planned and not live(f"tm-plan-{campaign_id}"):
-        queue.enqueue(
-            "templates_msg.jobs.plan_campaign", campaign_id, job_id=f"tm-plan-{campaign_id}", job_timeout=3600
-        )
-        queued += 1
-    now = utcnow()
-    for ca in services.campaign_accounts(campaign_id):
-        if ca.paused_until and ca.paused_until > now:
-            continue
-        if ca.paused_until:
-            ca.paused_until, ca.pause_reason = None, None
-        batches = db.session.scalars(
-            sa.select(Delivery.batch_no)
-            .where(
-                Delivery.campaign_id == campaign_id,
-                Delivery.account_id == ca.account_id,
-                Delivery.status == DeliveryStatus.pending,
-            )
-            .distinct()
-        ).all()
-        for batch in batches:
-            job_id = _job_id(campaign_id, ca.account_id, batch)
-            if not live(job_id):
-                queue.enqueue(
-                    "templates_msg.jobs.send_batch",
-                    campaign_id,
-                    ca.account_id,
-                    batch,
-                    job_id=job_id,
-                    job_timeout=3600,
-                )
-                queued += 1
-    db.session.commit()
-    maybe_complete(campaign_id)
-    return queued
-
-
-@step_boundary("the campaign is running (committed) before its planning job starts")
-def start(campaign_id: int) -> bool:
-    """scheduled → sending when due, then plan."""
-    campaign = db.session.get(Campaign, campaign_id, populate_existing=True)
-    if campaign is None or campaign.state is not CampaignState.scheduled:
-        return False
-    if campaign.scheduled_at and campaign.scheduled_at > utcnow():
-        return False
-    if not services.transition(
-        campaign_id, CampaignState.scheduled, CampaignState.sending, None, None, started_at=utcnow()
-    ):
-        return False
-    db.session.commit()
-    kick(campaign_id)
-    return True
-
-
-@step_boundary("each due campaign moves in its own commit")
-def tick() -> dict[str, int]:
-    """Cron: start due campaigns, recover dead jobs' rows, resume paused accounts, re-queue lost jobs,
-    apply reports that arrived before their send result."""
-
-    out = {"started": 0, "kicked": 0}
-    due = db.session.scalars(
-        sa.select(Campaign.id).where(
-            Campaign.state == CampaignState.scheduled,
-            sa.or_(Campaign.scheduled_at.is_(None), Campaign.scheduled_at <= utcnow()),
-        )
-    ).all()
-    db.session.commit()
-    for cid in due:
-        out["started"] += int(start(cid))
-    out.update(recover())
-    for cid in db.session.scalars(
-        sa.select(Campaign.id).where(Campaign.state == CampaignState.sending)
-    ).all():
-        out["kicked"] += kick(cid)
-    out["early_reports"] = sweep_early_reports()
-    db.session.commit()
-    return out
-
-
-def early_report_count() -> int:
-    return db.session.scalar(sa.select(sa.func.count()).select_from(EarlyReport)) or 0
