@@ -1,10 +1,8 @@
 """The H5 store: server-rendered pages for official-account subscribers inside WeChat's browser.
 
-Who the subscriber is comes from OAuth2 ``snsapi_base`` (silent: WeChat redirects back with a code
-that we exchange for the openid). The H5 session lives in its own signed cookie (``ws_h5``, path
-/h5/, apart from the console's: wechat_service/security.py), one entry per appid (``h5:<appid>``
-→ account id, subscriber id, when), so one browser can hold several accounts' stores at once.
-Forms are POST with the CSRF token. The work is done by the same services as the mini-program
+Who the subscriber is comes from the accounts' H5 front door (accounts/h5.py: OAuth2
+``snsapi_base`` and the per-appid H5 session); pages here are ``@h5_page`` views that get an
+``H5User``. Forms are POST with the CSRF token. The work is done by the same services as the mini-program
 API (store/mp.py); their errors render as a friendly page.
 """
 
@@ -13,12 +11,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import wraps
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from flask import (
@@ -29,7 +22,6 @@ from flask import (
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
 from flask.typing import ResponseReturnValue
@@ -38,9 +30,10 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from marshmallow import RAISE, Schema, validate
 from marshmallow import ValidationError as SchemaValidationError
 
+from accounts import h5 as front_door
 from accounts import subscribers
-from accounts.models import Account, AccountKind, AccountStatus
-from accounts.services import account_by_appid
+from accounts.h5 import H5User
+from accounts.models import Account
 from payments import merchants
 from payments import services as payments
 from payments.providers.base import PaymentProviderError
@@ -48,7 +41,6 @@ from store import catalogue, orders, redemption, services
 from store.models import InquiryKind, Order, OrderStatus, Product
 from wechat_service import oauth
 from wechat_service.errors import (
-    ForbiddenError,
     InvalidInputError,
     NotFoundError,
     ServiceError,
@@ -61,14 +53,9 @@ from wechat_service.money import yuan
 
 bp = Blueprint("store_h5", __name__, url_prefix="/h5", template_folder="templates")
 
-SESSION_TTL = 2 * 3600  # then WeChat is asked again (silently: snsapi_base shows nothing)
-SESSION_REFRESH = 600
-STATE_TTL = 600  # an OAuth round trip left unfinished this long is void
-MAX_PENDING_LOGINS = 4  # several tabs may be logging in at once
 PREPAY_CACHE_TTL = 25 * 60  # below the order's 30-minute payment window
 ALIPAY_LINK_TTL = 30 * 60
 QUERY_THROTTLE = 5  # seconds between active payment queries for one order while its page polls
-MAX_ID = 2**31 - 1
 BRIDGE_KEYS = ("appId", "timeStamp", "nonceStr", "package", "signType", "paySign")
 FINAL = {OrderStatus.fulfilled, OrderStatus.refunded, OrderStatus.closed}
 STATUS_LABELS = {
@@ -103,135 +90,25 @@ BY_STATUS = {
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
-@dataclass(frozen=True)
-class H5User:
-    account: Account
-    subscriber_id: int
-
-    @property
-    def account_id(self) -> int:
-        return self.account.id
-
-
 @bp.context_processor
 def _helpers() -> dict[str, Any]:
     return {"yuan": yuan, "status_label": lambda s: STATUS_LABELS.get(str(s), str(s))}
 
 
-# -- session and OAuth ---------------------------------------------------------------------------
+# -- sign-in: the accounts' H5 front door (accounts/h5.py) ---------------------------------------
 
-
-def _session_key(appid: str) -> str:
-    return f"h5:{appid}"
-
-
-def _account(appid: str) -> Account:
-    account = account_by_appid(appid)
-    if account.kind is AccountKind.mini_program:
-        raise NotFoundError("no such store")
-    if account.status is not AccountStatus.active:
-        raise ForbiddenError("该公众号已停用")
-    return account
-
-
-def _session_user(account: Account) -> H5User | None:
-    entry = session.get(_session_key(account.appid))
-    if not isinstance(entry, dict) or entry.get("a") != account.id:
-        return None
-    age = time.time() - float(entry.get("t", 0))
-    if not 0 <= age <= SESSION_TTL:
-        return None
-    if age > SESSION_REFRESH:  # sliding: an active subscriber is not sent round WeChat mid-purchase
-        session[_session_key(account.appid)] = {**entry, "t": time.time()}
-    return H5User(account, int(entry["s"]))
-
-
-def safe_next(appid: str, target: str | None) -> str:
-    """Only a relative path inside this account's store; anything else means the catalogue."""
-    default = url_for("store_h5.index", appid=appid)
-    if not target or len(target) > 512:
-        return default
-    parts = urlsplit(target)
-    if (
-        parts.scheme
-        or parts.netloc
-        or not parts.path.startswith(f"/h5/{appid}/")
-        or "//" in target
-        or "\\" in target
-        or ".." in parts.path
-        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)
-    ):
-        return default
-    return target
-
-
-def _login_redirect(account: Account, target: str | None) -> ResponseReturnValue:
-    """Off to WeChat's authorize page; ``state`` is a nonce bound to this browser's session and
-    the page to come back to."""
-    now = time.time()
-    nonce = secrets.token_urlsafe(16)
-    pending = {
-        k: v
-        for k, v in (session.get("h5_oauth") or {}).items()
-        if isinstance(v, list) and len(v) == 3 and now - float(v[2]) < STATE_TTL
-    }
-    pending[nonce] = [account.appid, safe_next(account.appid, target), now]
-    session["h5_oauth"] = dict(sorted(pending.items(), key=lambda kv: kv[1][2])[-MAX_PENDING_LOGINS:])
-    callback = current_app.config["PUBLIC_BASE_URL"] + url_for("store_h5.oauth_callback", appid=account.appid)
-    return redirect(oauth.authorize_url(account.appid, callback, nonce), 302)
-
-
-def h5_page(view: Callable[..., ResponseReturnValue]) -> Callable[..., ResponseReturnValue]:
-    """The view gets the H5 user instead of the appid; without a session, the subscriber is sent
-    through OAuth and comes back to the page (a form POST comes back to the catalogue)."""
-
-    @wraps(view)
-    def wrapper(appid: str, **kwargs: Any) -> ResponseReturnValue:
-        if any(isinstance(v, int) and not 0 < v <= MAX_ID for v in kwargs.values()):
-            raise NotFoundError("页面不存在")
-        account = _account(appid)
-        user = _session_user(account)
-        if user is None:
-            if _wants_json():
-                raise ServiceError("请重新进入页面", code="session_required", status=401)
-            return _login_redirect(
-                account, request.full_path.rstrip("?") if request.method == "GET" else None
-            )
-        return view(user, **kwargs)
-
-    return wrapper
+h5_page = front_door.page(wants_json=lambda: _wants_json())
 
 
 @bp.get("/<appid>/login")
 def login(appid: str) -> ResponseReturnValue:
     """Start (or restart) OAuth; menus may link here with ``next``."""
-    return _login_redirect(_account(appid), request.args.get("next"))
+    return front_door.begin_login(front_door.h5_account(appid), request.args.get("next"))
 
 
 @bp.get("/<appid>/oauth/callback")
 def oauth_callback(appid: str) -> ResponseReturnValue:
-    account = _account(appid)
-    nonce = request.args.get("state", "")
-    pending = dict(session.get("h5_oauth") or {})
-    entry = pending.pop(nonce, None) if nonce else None
-    session["h5_oauth"] = pending  # a state is good for one callback, even a failed one
-    if (
-        not isinstance(entry, list)
-        or len(entry) != 3
-        or entry[0] != appid
-        or time.time() - float(entry[2]) > STATE_TTL
-    ):
-        raise ServiceError("登录状态已失效，请重新进入页面", code="invalid_state", status=400)
-    code = request.args.get("code", "")
-    if not code:
-        raise oauth.OAuthCodeError("未获得微信授权，请重新进入页面")
-    openid = oauth.openid_for_code(account.appid, account.app_secret, code)
-    # A page visit is not a message: last_interaction_at (the 48-hour window) stays as it is.
-    subscriber = subscribers.touch(account.id, openid, None)
-    db.session.commit()
-    session.permanent = True
-    session[_session_key(appid)] = {"a": account.id, "s": subscriber.id, "t": time.time()}
-    return redirect(safe_next(appid, entry[1]), 302)
+    return front_door.finish_login(appid)
 
 
 # -- rendering and errors ------------------------------------------------------------------------
@@ -471,7 +348,7 @@ def pay(user: H5User, order_id: int) -> ResponseReturnValue:
 @bp.get("/<appid>/orders/<int:order_id>/alipay")
 def alipay_redirect(appid: str, order_id: int) -> ResponseReturnValue:
     """Opened from the system browser (no WeChat session there): the signed token names the order."""
-    account = _account(appid)
+    account = front_door.h5_account(appid)
     try:
         claim = _alipay_signer().loads(request.args.get("t", ""), max_age=ALIPAY_LINK_TTL)
     except BadSignature:  # also SignatureExpired
@@ -497,7 +374,7 @@ def alipay_redirect(appid: str, order_id: int) -> ResponseReturnValue:
 def alipay_done(appid: str, order_id: int) -> ResponseReturnValue:
     """Where Alipay sends the system browser back: the order's state, and the way back to WeChat.
     A notification may not have arrived yet, so a pending order is asked about once."""
-    account = _account(appid)
+    account = front_door.h5_account(appid)
     try:
         claim = _alipay_signer().loads(request.args.get("t", ""), max_age=ALIPAY_LINK_TTL)
     except BadSignature:
@@ -660,7 +537,7 @@ def phone_verify(user: H5User) -> ResponseReturnValue:
         return _phone_page(user, exc.status, error=exc)
     flash("手机号绑定成功", "ok")
     target = data["next"] or url_for(".phone", appid=user.account.appid)
-    return redirect(safe_next(user.account.appid, target), 303)
+    return redirect(front_door.safe_next(user.account.appid, target), 303)
 
 
 class RedeemSchema(Schema):

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from flask import Flask
 
+from accounts.h5 import safe_next
 from accounts.models import Subscriber
 from store import catalogue, coupons, redemption
-from store.h5 import safe_next
 from store.models import Order, OrderStatus, PhoneBinding
 from tests import factories
 from tests.console_helpers import page_token
