@@ -21,6 +21,7 @@ from flask import current_app
 from accounts.services import api_client, bump_config
 from accounts.subscribers import subscriber_by_id
 from store.boss import BossError, BossUnavailableError, boss, normalise_phone
+from store.errors import StoreErrorCode
 from store.models import (
     DEFAULT_INQUIRY_KEYWORDS,
     Inquiry,
@@ -30,7 +31,7 @@ from store.models import (
     StoreSettings,
 )
 from wechat_service.dbtypes import utcnow
-from wechat_service.errors import InvalidInputError, NotFoundError, ServiceError
+from wechat_service.errors import ErrorCode, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db, get_redis
 from wechat_service.gateway import (
     BusyError,
@@ -61,7 +62,7 @@ return 0
 
 
 class ThrottledError(ServiceError):
-    code = "too_many_attempts"
+    code = ErrorCode.too_many_attempts
     status = 429
 
 
@@ -182,9 +183,11 @@ def _take_sms_quota(conn: Any, account_id: int, subscriber_id: int, phone: str) 
     if hit == 1:
         raise ThrottledError("验证码发送太频繁，请一小时后再试")
     if hit == 2:
-        raise ThrottledError("该手机号接收验证码太频繁，请一小时后再试", code="phone_sms_limited")
+        raise ThrottledError(
+            "该手机号接收验证码太频繁，请一小时后再试", code=StoreErrorCode.phone_sms_limited
+        )
     if hit == 3:
-        raise ThrottledError("验证码发送繁忙，请稍后再试", code="account_sms_limited")
+        raise ThrottledError("验证码发送繁忙，请稍后再试", code=StoreErrorCode.account_sms_limited)
 
 
 def has_pending_binding(account_id: int, subscriber_id: int) -> bool:
@@ -245,16 +248,20 @@ def bind_phone_from_wechat(account_id: int, subscriber_id: int, code: str) -> Ph
         info = client.get_user_phone_number(code).get("phone_info") or {}
     except InvalidCodeError:
         raise ServiceError(
-            "invalid or used phone code; tap the button again", code="invalid_code", status=400
+            "invalid or used phone code; tap the button again", code=ErrorCode.invalid_code, status=400
         ) from None
     except (BusyError, UnreachableError, RateLimitedError):
-        raise ServiceError("WeChat is busy, try again", code="upstream_unavailable", status=503) from None
+        raise ServiceError(
+            "WeChat is busy, try again", code=ErrorCode.upstream_unavailable, status=503
+        ) from None
     except WeChatAPIError as exc:
         raise ServiceError(
-            f"WeChat refused the phone code ({exc.errcode})", code="upstream_error", status=502
+            f"WeChat refused the phone code ({exc.errcode})", code=ErrorCode.upstream_error, status=502
         ) from None
     if (info.get("watermark") or {}).get("appid") != client.appid:
-        raise ServiceError("the phone number was issued to another app", code="appid_mismatch", status=400)
+        raise ServiceError(
+            "the phone number was issued to another app", code=StoreErrorCode.appid_mismatch, status=400
+        )
     if str(info.get("countryCode") or "86") != "86":
         raise InvalidInputError("请使用中国大陆手机号", fields={"code": ["not a mainland number"]})
     try:
