@@ -286,16 +286,22 @@ def rehash_phones() -> int:
     return n
 
 
+# The BOSS's refusals a subscriber can act on: each its own code. Any other BOSS failure (busy,
+# unreachable, a malformed or unsigned answer, a code we do not know) is boss_unavailable.
+BOSS_PROBLEMS = {
+    "UNKNOWN_NUMBER": (StoreErrorCode.boss_unknown_number, "该号码不是本网用户", 400),
+    "INVALID_CODE": (StoreErrorCode.boss_invalid_code, "验证码错误", 400),
+    "CODE_EXPIRED": (StoreErrorCode.boss_code_expired, "验证码已过期，请重新获取", 400),
+    "TOO_MANY_ATTEMPTS": (StoreErrorCode.boss_too_many_attempts, "尝试次数过多，请稍后再试", 429),
+    "RATE_LIMITED": (StoreErrorCode.boss_rate_limited, "操作太频繁，请稍后再试", 429),
+}
+
+
 def _boss_problem(exc: BossError) -> ServiceError:
-    messages = {
-        "UNKNOWN_NUMBER": ("该号码不是本网用户", 400),
-        "INVALID_CODE": ("验证码错误", 400),
-        "CODE_EXPIRED": ("验证码已过期，请重新获取", 400),
-        "TOO_MANY_ATTEMPTS": ("尝试次数过多，请稍后再试", 429),
-        "RATE_LIMITED": ("操作太频繁，请稍后再试", 429),
-    }
-    message, status = messages.get(exc.code, ("业务系统暂时不可用，请稍后再试", 503))
-    return ServiceError(message, code=f"boss_{exc.code.lower()}", status=status)
+    code, message, status = BOSS_PROBLEMS.get(
+        exc.code, (StoreErrorCode.boss_unavailable, "业务系统暂时不可用，请稍后再试", 503)
+    )
+    return ServiceError(message, code=code, status=status)
 
 
 # -- inquiries -----------------------------------------------------------------------------------
