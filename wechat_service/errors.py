@@ -39,16 +39,17 @@ class ErrorCode(enum.StrEnum):
 
 
 class ServiceError(Exception):
-    """A domain error with a machine code and an HTTP status."""
+    """A domain error with a machine code (a member of a ``StrEnum``: ``ErrorCode`` or a domain's own
+    ``…ErrorCode`` in its ``errors`` module) and an HTTP status."""
 
-    code: str = ErrorCode.error
+    code: enum.StrEnum = ErrorCode.error
     status = 400
 
     def __init__(
         self,
         message: str,
         *,
-        code: str | None = None,
+        code: enum.StrEnum | None = None,
         status: int | None = None,
         fields: dict[str, Any] | None = None,
     ) -> None:
