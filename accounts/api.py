@@ -26,6 +26,7 @@ from accounts.console import (
     page_body,
     paginate,
 )
+from accounts.errors import AccountErrorCode
 from accounts.models import Menu, ReplyRule, StaffUser, Subscriber
 from accounts.overview import matrix_overview
 from accounts.schemas import (
@@ -289,7 +290,9 @@ def menu_publish(account_id: int) -> ResponseReturnValue:
         menu = operations.publish_menu(current_access(), account_id, client_ip())
     except WeChatAPIError as exc:
         raise ServiceError(
-            f"WeChat refused the menu: {exc.errcode} {exc.errmsg}", code="wechat_error", status=502
+            f"WeChat refused the menu: {exc.errcode} {exc.errmsg}",
+            code=AccountErrorCode.wechat_error,
+            status=502,
         ) from None
     db.session.commit()
     return menu
@@ -324,7 +327,7 @@ def qrcode_create(data: dict[str, Any], account_id: int) -> ResponseReturnValue:
         code = operations.create_qrcode(current_access(), account_id, data, client_ip())
     except WeChatAPIError as exc:
         raise ServiceError(
-            f"WeChat refused: {exc.errcode} {exc.errmsg}", code="wechat_error", status=502
+            f"WeChat refused: {exc.errcode} {exc.errmsg}", code=AccountErrorCode.wechat_error, status=502
         ) from None
     db.session.commit()
     return {

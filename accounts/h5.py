@@ -23,6 +23,7 @@ from flask import current_app, redirect, request, session
 from flask.typing import ResponseReturnValue
 
 from accounts import subscribers
+from accounts.errors import AccountErrorCode
 from accounts.models import Account, AccountKind, AccountStatus
 from accounts.services import account_by_appid
 from wechat_service import oauth
@@ -126,7 +127,7 @@ def finish_login(appid: str) -> ResponseReturnValue:
         or entry[0] != appid
         or time.time() - float(entry[2]) > STATE_TTL
     ):
-        raise ServiceError("登录状态已失效，请重新进入页面", code="invalid_state", status=400)
+        raise ServiceError("登录状态已失效，请重新进入页面", code=AccountErrorCode.invalid_state, status=400)
     code = request.args.get("code", "")
     if not code:
         raise oauth.OAuthCodeError("未获得微信授权，请重新进入页面")
@@ -155,7 +156,7 @@ def page(
             user = session_user(account)
             if user is None:
                 if wants_json():
-                    raise ServiceError("请重新进入页面", code="session_required", status=401)
+                    raise ServiceError("请重新进入页面", code=AccountErrorCode.session_required, status=401)
                 return begin_login(
                     account, request.full_path.rstrip("?") if request.method == "GET" else None
                 )

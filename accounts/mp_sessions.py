@@ -13,9 +13,10 @@ from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from accounts import subscribers
+from accounts.errors import AccountErrorCode
 from accounts.services import account_by_appid
 from wechat_service.dbtypes import utcnow
-from wechat_service.errors import ForbiddenError, InvalidInputError, NotFoundError, ServiceError
+from wechat_service.errors import ErrorCode, ForbiddenError, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db
 from wechat_service.gateway import InvalidCodeError, UnreachableError, WeChatAPIError, client_for
 from wechat_service.models import MpSession
@@ -24,7 +25,7 @@ __all__ = ["MpSession", "login", "profile", "session_from_token"]
 
 
 class SessionError(ServiceError):
-    code = "invalid_session"
+    code = AccountErrorCode.invalid_session
     status = 401
 
 
@@ -45,18 +46,18 @@ def login(appid: str, code: str) -> dict[str, Any]:
     except InvalidCodeError as exc:
         if exc.errcode == 40163:
             raise ServiceError(
-                "this login code was already used; call wx.login again", code="code_used", status=409
+                "this login code was already used; call wx.login again", code=ErrorCode.code_used, status=409
             ) from None
         raise ServiceError(
-            "invalid login code; call wx.login again", code="invalid_code", status=400
+            "invalid login code; call wx.login again", code=ErrorCode.invalid_code, status=400
         ) from None
     except UnreachableError:
         raise ServiceError(
-            "WeChat is unreachable, try again", code="upstream_unavailable", status=503
+            "WeChat is unreachable, try again", code=ErrorCode.upstream_unavailable, status=503
         ) from None
     except WeChatAPIError as exc:
         raise ServiceError(
-            f"WeChat refused the login ({exc.errcode})", code="upstream_error", status=502
+            f"WeChat refused the login ({exc.errcode})", code=ErrorCode.upstream_error, status=502
         ) from None
     sub = subscribers.get_or_create_subscriber(account.id, result["openid"])
     subscribers.link_unionid(sub, result.get("unionid"))

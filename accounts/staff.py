@@ -11,9 +11,10 @@ import pyotp
 import sqlalchemy as sa
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from accounts.errors import AccountErrorCode
 from accounts.models import Account, AuditLog, Grant, OrgUnit, Role, StaffUser
 from wechat_service.dbtypes import utcnow
-from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
+from wechat_service.errors import ConflictError, ErrorCode, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db, get_redis
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]{2,63}$")
@@ -33,12 +34,12 @@ REDACTED_FIELDS = {
 
 
 class ThrottledError(ServiceError):
-    code = "too_many_attempts"
+    code = ErrorCode.too_many_attempts
     status = 429
 
 
 class LoginError(ServiceError):
-    code = "invalid_login"
+    code = AccountErrorCode.invalid_login
     status = 401
 
 
@@ -118,7 +119,9 @@ def authenticate(username: str, password: str, ip: str, totp_code: str | None = 
         if not totp_code:
             # The password was right: not a failure, the code is still to come.
             _forgive(conn, user_key, ip_key)
-            raise LoginError("enter the code from your authenticator app", code="totp_required")
+            raise LoginError(
+                "enter the code from your authenticator app", code=AccountErrorCode.totp_required
+            )
         ok = accept_totp(user, totp_code)
     if not ok or user is None:  # (ok implies a user)
         raise LoginError("wrong username, password or code")

@@ -26,9 +26,10 @@ from accounts.console import (
     sign_in,
     sign_out,
 )
+from accounts.errors import AccountErrorCode
 from accounts.models import ChannelQRCode, StaffUser, Subscriber
 from accounts.overview import account_names, matrix_overview
-from wechat_service.errors import ServiceError
+from wechat_service.errors import ErrorCode, ServiceError
 from wechat_service.extensions import db
 from wechat_service.gateway import WeChatAPIError, token_health
 
@@ -54,7 +55,7 @@ def login() -> ResponseReturnValue:
             flash(exc.message, "error")
             return render_template("accounts/login.html", errors=errors, need_code=need_code), 429
         except staff.LoginError as exc:
-            need_code = exc.code == "totp_required"
+            need_code = exc.code == AccountErrorCode.totp_required
             errors = _fail(exc)
             if not need_code:
                 # Every password (or code) check that failed, with who was tried and from where.
@@ -595,7 +596,7 @@ def staff_detail(user_id: int) -> ResponseReturnValue:
             elif action == "revoke":
                 grant_id = form.get("grant_id", "")
                 if not grant_id.isdigit():
-                    raise ServiceError("no such grant", code="not_found", status=404)
+                    raise ServiceError("no such grant", code=ErrorCode.not_found, status=404)
                 operations.revoke(access, user.id, int(grant_id), client_ip())
             elif action in ("activate", "deactivate"):
                 operations.set_staff_active(access, user.id, action == "activate", client_ip())

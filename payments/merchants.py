@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from accounts.models import Account
+from payments.errors import PaymentErrorCode
 from payments.models import Merchant, Provider
 from payments.providers import Settings, Urls, kind_of
 from payments.providers.base import PaymentProvider
@@ -23,7 +24,7 @@ class MerchantConfigError(ServiceError):
     operator has to fix it; notifications meanwhile get the provider's failure reply (so the
     provider retries), never a 500."""
 
-    code = "merchant_misconfigured"
+    code = PaymentErrorCode.merchant_misconfigured
     status = 503
 
 

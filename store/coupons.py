@@ -10,6 +10,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from store.errors import StoreErrorCode
 from store.models import Coupon, CouponKind, CouponUse
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml
@@ -20,7 +21,7 @@ CODE_RE = re.compile(r"^[A-Z0-9][A-Z0-9_-]{2,31}$")
 
 
 class CouponError(ServiceError):
-    code = "coupon_not_applicable"
+    code = StoreErrorCode.coupon_not_applicable
     status = 409
 
 

@@ -38,6 +38,7 @@ from payments import merchants
 from payments import services as payments
 from payments.providers.base import PaymentProviderError
 from store import catalogue, orders, redemption, services
+from store.errors import StoreErrorCode
 from store.models import InquiryKind, Order, OrderStatus, Product
 from wechat_service import oauth
 from wechat_service.errors import (
@@ -50,6 +51,8 @@ from wechat_service.errors import (
 from wechat_service.extensions import db, get_redis
 from wechat_service.fields import Text
 from wechat_service.money import yuan
+
+UNAVAILABLE, EXPIRED = StoreErrorCode.payment_unavailable, StoreErrorCode.link_expired
 
 bp = Blueprint("store_h5", __name__, url_prefix="/h5", template_folder="templates")
 
@@ -290,9 +293,9 @@ def _jsapi_params(user: H5User, order: Order, item: Product) -> dict[str, str]:
     try:
         params = payments.prepay(order, openid, item.name, client_ip=request.remote_addr or "127.0.0.1")
     except NotFoundError:
-        raise ServiceError("该公众号暂未开通微信支付", code="payment_unavailable", status=409) from None
+        raise ServiceError("该公众号暂未开通微信支付", code=UNAVAILABLE, status=409) from None
     except (PaymentProviderError, requests.RequestException):
-        raise ServiceError("微信支付暂时不可用，请稍后再试", code="payment_unavailable", status=502) from None
+        raise ServiceError("微信支付暂时不可用，请稍后再试", code=UNAVAILABLE, status=502) from None
     db.session.commit()  # the prepay_id
     bridge = {k: str(params[k]) for k in BRIDGE_KEYS}
     conn.set(key, json.dumps(bridge), ex=PREPAY_CACHE_TTL)
@@ -321,7 +324,7 @@ def _alipay_url(order: Order, item: Product) -> str:
     try:
         return payments.prepay(order, "", item.name, return_url=back)["url"]
     except NotFoundError:
-        raise ServiceError("该公众号暂未开通支付宝支付", code="payment_unavailable", status=409) from None
+        raise ServiceError("该公众号暂未开通支付宝支付", code=UNAVAILABLE, status=409) from None
 
 
 @bp.get("/<appid>/orders/<int:order_id>/pay")
@@ -354,7 +357,7 @@ def alipay_redirect(appid: str, order_id: int) -> ResponseReturnValue:
     except BadSignature:  # also SignatureExpired
         claim = None
     if claim != {"o": order_id, "a": account.id}:
-        raise ServiceError("支付链接无效或已过期，请回到微信重新下单", code="link_expired", status=410)
+        raise ServiceError("支付链接无效或已过期，请回到微信重新下单", code=EXPIRED, status=410)
     order = orders.order_for(account.id, order_id)
     if merchants.checkout_of(order.provider) != "redirect":
         raise NotFoundError("订单不存在")
@@ -380,7 +383,7 @@ def alipay_done(appid: str, order_id: int) -> ResponseReturnValue:
     except BadSignature:
         claim = None
     if claim != {"o": order_id, "a": account.id}:
-        raise ServiceError("链接无效或已过期，请回到微信查看订单", code="link_expired", status=410)
+        raise ServiceError("链接无效或已过期，请回到微信查看订单", code=EXPIRED, status=410)
     order = orders.order_for(account.id, order_id)
     if order.status is OrderStatus.pending_payment:
         try:

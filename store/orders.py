@@ -15,6 +15,7 @@ from accounts.subscribers import lock_subscriber
 from payments import intents, refunds
 from store import catalogue, coupons, signals
 from store import fulfilment as fulfilments
+from store.errors import StoreErrorCode
 from store.models import (
     Fulfilment,
     FulfilmentStatus,
@@ -29,7 +30,7 @@ from store.models import (
 from store.services import binding_of, mask_phone
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml, step_boundary
-from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
+from wechat_service.errors import ConflictError, ErrorCode, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db
 from wechat_service.money import yuan
 
@@ -47,7 +48,7 @@ PAID = (OrderStatus.paid, OrderStatus.fulfilling, OrderStatus.fulfilled)  # the 
 
 
 class InvalidTransitionError(ServiceError):
-    code = "invalid_transition"
+    code = ErrorCode.invalid_transition
     status = 409
 
 
@@ -111,10 +112,10 @@ def claim(account_id: int, subscriber_id: int, product: Product) -> PhoneBinding
     ``give_back_stock`` when the purchase ends without the subscriber keeping it)."""
 
     if not catalogue.on_sale(product):
-        raise ServiceError("this product is not on sale", code="not_on_sale", status=409)
+        raise ServiceError("this product is not on sale", code=StoreErrorCode.not_on_sale, status=409)
     binding = binding_of(account_id, subscriber_id)
     if binding is None:
-        raise ServiceError("bind a phone number first", code="phone_required", status=409)
+        raise ServiceError("bind a phone number first", code=StoreErrorCode.phone_required, status=409)
     if product.per_subscriber_limit is not None:
         ordered = (
             sa.select(sa.func.count())
@@ -139,7 +140,7 @@ def claim(account_id: int, subscriber_id: int, product: Product) -> PhoneBinding
             .scalar_subquery()
         )
         if db.session.scalars(sa.select(ordered + exchanged)).one() >= product.per_subscriber_limit:
-            raise ServiceError("purchase limit reached", code="limit_reached", status=409)
+            raise ServiceError("purchase limit reached", code=StoreErrorCode.limit_reached, status=409)
     if product.stock is not None:
         taken = execute_dml(
             sa.update(Product)
@@ -148,7 +149,7 @@ def claim(account_id: int, subscriber_id: int, product: Product) -> PhoneBinding
             .execution_options(synchronize_session=False)
         )
         if taken.rowcount != 1:
-            raise ServiceError("sold out", code="sold_out", status=409)
+            raise ServiceError("sold out", code=StoreErrorCode.sold_out, status=409)
     return binding
 
 

@@ -18,6 +18,7 @@ from accounts.subscribers import lock_subscriber
 from store import catalogue, orders
 from store import fulfilment as fulfilments
 from store.boss import BossError, BossUnavailableError, boss
+from store.errors import StoreErrorCode
 from store.models import Fulfilment, FulfilmentStatus, HoldStatus, PointsHold, Product
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml, step_boundary
@@ -48,7 +49,9 @@ def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: s
         return existing
     product = catalogue.product_for(account_id, product_id)
     if not product.points_price:
-        raise ServiceError("this product cannot be exchanged for points", code="not_exchangeable", status=409)
+        raise ServiceError(
+            "this product cannot be exchanged for points", code=StoreErrorCode.not_exchangeable, status=409
+        )
     binding = orders.claim(account_id, subscriber_id, product)
     hold = PointsHold(
         account_id=account_id,
@@ -76,14 +79,16 @@ def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: s
                 outcome = "pending"
             if outcome == "pending":  # not known yet: the hold stays held and the sweep resolves it
                 raise ServiceError(
-                    "积分系统暂时不可用，请稍后再试", code="boss_unavailable", status=503
+                    "积分系统暂时不可用，请稍后再试", code=StoreErrorCode.boss_unavailable, status=503
                 ) from None
         if outcome != "succeeded":
             _release(hold)  # nothing was taken
             db.session.commit()
             if exc.code == "INSUFFICIENT_POINTS":
-                raise ServiceError("积分不足", code="insufficient_points", status=409) from None
-            raise ServiceError(f"积分兑换失败（{exc.code}）", code="boss_refused", status=409) from None
+                raise ServiceError("积分不足", code=StoreErrorCode.insufficient_points, status=409) from None
+            raise ServiceError(
+                f"积分兑换失败（{exc.code}）", code=StoreErrorCode.boss_refused, status=409
+            ) from None
     if not _begin_fulfilment(hold, product):
         # The sweep resolved this hold first (only possible long after its grace period).
         db.session.refresh(hold)
@@ -94,7 +99,7 @@ def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: s
                 )
             except BossError:
                 log.error("points hold %s: released, its late debit not credited back", hold.id)
-            raise ServiceError("积分兑换失败，请稍后再试", code="boss_refused", status=409)
+            raise ServiceError("积分兑换失败，请稍后再试", code=StoreErrorCode.boss_refused, status=409)
     return hold
 
 

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from store import catalogue, fulfilment
+from store.errors import StoreErrorCode
 from store.models import (
     CodeStatus,
     Fulfilment,
@@ -131,7 +132,9 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
     binding = binding_of(account_id, subscriber_id)
     if binding is None:
         # Checked first: a code is never consumed for a subscriber who cannot receive it.
-        raise ServiceError("兑换前请先绑定手机号：回复「绑定 手机号」", code="phone_required", status=409)
+        raise ServiceError(
+            "兑换前请先绑定手机号：回复「绑定 手机号」", code=StoreErrorCode.phone_required, status=409
+        )
     now = utcnow()
     valid_batches = sa.select(RedeemBatch.id).where(
         RedeemBatch.account_id == account_id, RedeemBatch.valid_from <= now, RedeemBatch.valid_until > now
@@ -291,14 +294,14 @@ def take_export(account_id: int, batch_id: int) -> tuple[RedeemBatch, str, str]:
         raise ServiceError(
             "the codes of this batch were already downloaded (or their hour passed): they are not "
             "kept anywhere; void the batch and create a new one if they were lost",
-            code="already_exported",
+            code=StoreErrorCode.already_exported,
             status=410,
         )
     try:
         payload = json.loads(open_secret(sealed.decode()))
         if payload["batch_id"] != batch.id or payload["count"] != batch.count:
             raise ServiceError(
-                "the stored export does not match this batch", code="export_mismatch", status=409
+                "the stored export does not match this batch", code=StoreErrorCode.export_mismatch, status=409
             )
         return batch, export_csv(batch, payload["codes"]), sealed.decode()
     except Exception:

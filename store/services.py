@@ -21,6 +21,7 @@ from flask import current_app
 from accounts.services import api_client, bump_config
 from accounts.subscribers import subscriber_by_id
 from store.boss import BossError, BossUnavailableError, boss, normalise_phone
+from store.errors import StoreErrorCode
 from store.models import (
     DEFAULT_INQUIRY_KEYWORDS,
     Inquiry,
@@ -30,7 +31,7 @@ from store.models import (
     StoreSettings,
 )
 from wechat_service.dbtypes import utcnow
-from wechat_service.errors import InvalidInputError, NotFoundError, ServiceError
+from wechat_service.errors import ErrorCode, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db, get_redis
 from wechat_service.gateway import (
     BusyError,
@@ -61,7 +62,7 @@ return 0
 
 
 class ThrottledError(ServiceError):
-    code = "too_many_attempts"
+    code = ErrorCode.too_many_attempts
     status = 429
 
 
@@ -182,9 +183,11 @@ def _take_sms_quota(conn: Any, account_id: int, subscriber_id: int, phone: str) 
     if hit == 1:
         raise ThrottledError("验证码发送太频繁，请一小时后再试")
     if hit == 2:
-        raise ThrottledError("该手机号接收验证码太频繁，请一小时后再试", code="phone_sms_limited")
+        raise ThrottledError(
+            "该手机号接收验证码太频繁，请一小时后再试", code=StoreErrorCode.phone_sms_limited
+        )
     if hit == 3:
-        raise ThrottledError("验证码发送繁忙，请稍后再试", code="account_sms_limited")
+        raise ThrottledError("验证码发送繁忙，请稍后再试", code=StoreErrorCode.account_sms_limited)
 
 
 def has_pending_binding(account_id: int, subscriber_id: int) -> bool:
@@ -245,16 +248,20 @@ def bind_phone_from_wechat(account_id: int, subscriber_id: int, code: str) -> Ph
         info = client.get_user_phone_number(code).get("phone_info") or {}
     except InvalidCodeError:
         raise ServiceError(
-            "invalid or used phone code; tap the button again", code="invalid_code", status=400
+            "invalid or used phone code; tap the button again", code=ErrorCode.invalid_code, status=400
         ) from None
     except (BusyError, UnreachableError, RateLimitedError):
-        raise ServiceError("WeChat is busy, try again", code="upstream_unavailable", status=503) from None
+        raise ServiceError(
+            "WeChat is busy, try again", code=ErrorCode.upstream_unavailable, status=503
+        ) from None
     except WeChatAPIError as exc:
         raise ServiceError(
-            f"WeChat refused the phone code ({exc.errcode})", code="upstream_error", status=502
+            f"WeChat refused the phone code ({exc.errcode})", code=ErrorCode.upstream_error, status=502
         ) from None
     if (info.get("watermark") or {}).get("appid") != client.appid:
-        raise ServiceError("the phone number was issued to another app", code="appid_mismatch", status=400)
+        raise ServiceError(
+            "the phone number was issued to another app", code=StoreErrorCode.appid_mismatch, status=400
+        )
     if str(info.get("countryCode") or "86") != "86":
         raise InvalidInputError("请使用中国大陆手机号", fields={"code": ["not a mainland number"]})
     try:
@@ -279,16 +286,22 @@ def rehash_phones() -> int:
     return n
 
 
+# The BOSS's refusals a subscriber can act on: each its own code. Any other BOSS failure (busy,
+# unreachable, a malformed or unsigned answer, a code we do not know) is boss_unavailable.
+BOSS_PROBLEMS = {
+    "UNKNOWN_NUMBER": (StoreErrorCode.boss_unknown_number, "该号码不是本网用户", 400),
+    "INVALID_CODE": (StoreErrorCode.boss_invalid_code, "验证码错误", 400),
+    "CODE_EXPIRED": (StoreErrorCode.boss_code_expired, "验证码已过期，请重新获取", 400),
+    "TOO_MANY_ATTEMPTS": (StoreErrorCode.boss_too_many_attempts, "尝试次数过多，请稍后再试", 429),
+    "RATE_LIMITED": (StoreErrorCode.boss_rate_limited, "操作太频繁，请稍后再试", 429),
+}
+
+
 def _boss_problem(exc: BossError) -> ServiceError:
-    messages = {
-        "UNKNOWN_NUMBER": ("该号码不是本网用户", 400),
-        "INVALID_CODE": ("验证码错误", 400),
-        "CODE_EXPIRED": ("验证码已过期，请重新获取", 400),
-        "TOO_MANY_ATTEMPTS": ("尝试次数过多，请稍后再试", 429),
-        "RATE_LIMITED": ("操作太频繁，请稍后再试", 429),
-    }
-    message, status = messages.get(exc.code, ("业务系统暂时不可用，请稍后再试", 503))
-    return ServiceError(message, code=f"boss_{exc.code.lower()}", status=status)
+    code, message, status = BOSS_PROBLEMS.get(
+        exc.code, (StoreErrorCode.boss_unavailable, "业务系统暂时不可用，请稍后再试", 503)
+    )
+    return ServiceError(message, code=code, status=status)
 
 
 # -- inquiries -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from accounts.models import Account, Subscriber
 from accounts.services import api_client
 from store import orders
 from store import services as store_services
+from templates_msg.errors import TemplateMsgErrorCode
 from templates_msg.models import (
     Campaign,
     CampaignAccount,
@@ -32,7 +33,7 @@ from templates_msg.models import (
 )
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import execute_dml
-from wechat_service.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
+from wechat_service.errors import ConflictError, ErrorCode, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import after_commit, db, enqueue_after_commit, get_queue, get_redis
 
 # -- templates -------------------------------------------------------------------------------------
@@ -315,7 +316,7 @@ ALLOWED: dict[CampaignState, set[CampaignState]] = {
 
 
 class InvalidTransitionError(ServiceError):
-    code = "invalid_transition"
+    code = ErrorCode.invalid_transition
     status = 409
 
 
@@ -418,7 +419,7 @@ def approve(campaign_id: int, actor_id: int) -> Campaign:
     campaign = campaign_by_id(campaign_id)
     barred = approval_barred(campaign, actor_id)
     if barred:
-        raise ServiceError(barred, code="four_eyes", status=403)
+        raise ServiceError(barred, code=TemplateMsgErrorCode.four_eyes, status=403)
     if not transition(campaign_id, S.pending_approval, S.scheduled, actor_id, approved_by=actor_id):
         raise InvalidTransitionError(f"the campaign is {campaign.state.value}, not pending approval")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import uuid
 from collections.abc import Callable
@@ -14,17 +15,41 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger(__name__)
 
 
-class ServiceError(Exception):
-    """A domain error with a machine code and an HTTP status."""
+class ErrorCode(enum.StrEnum):
+    """The base's machine codes: the generic ones, those shared by several domains, and those the
+    base's own modules raise. Each domain keeps its own codes in its ``errors`` module (e.g.
+    ``store.errors.StoreErrorCode``); a value is defined once, in the lowest package that needs it.
+    Members are ``str``s equal to their value, so the JSON body and ``== "not_found"`` are unchanged."""
 
-    code = "error"
+    error = "error"
+    invalid_input = "invalid_input"
+    not_found = "not_found"
+    conflict = "conflict"
+    forbidden = "forbidden"
+    internal_error = "internal_error"
+    # WeChat (or another outside system) refused, or could not be reached
+    upstream_error = "upstream_error"
+    upstream_unavailable = "upstream_unavailable"
+    # a single-use code from WeChat (OAuth, wx.login, phone number) was wrong, expired or used
+    invalid_code = "invalid_code"
+    code_used = "code_used"
+    # shared by several domains
+    too_many_attempts = "too_many_attempts"
+    invalid_transition = "invalid_transition"
+
+
+class ServiceError(Exception):
+    """A domain error with a machine code (a member of a ``StrEnum``: ``ErrorCode`` or a domain's own
+    ``…ErrorCode`` in its ``errors`` module) and an HTTP status."""
+
+    code: enum.StrEnum = ErrorCode.error
     status = 400
 
     def __init__(
         self,
         message: str,
         *,
-        code: str | None = None,
+        code: enum.StrEnum | None = None,
         status: int | None = None,
         fields: dict[str, Any] | None = None,
     ) -> None:
@@ -36,22 +61,22 @@ class ServiceError(Exception):
 
 
 class InvalidInputError(ServiceError):
-    code = "invalid_input"
+    code = ErrorCode.invalid_input
     status = 400
 
 
 class NotFoundError(ServiceError):
-    code = "not_found"
+    code = ErrorCode.not_found
     status = 404
 
 
 class ConflictError(ServiceError):
-    code = "conflict"
+    code = ErrorCode.conflict
     status = 409
 
 
 class ForbiddenError(ServiceError):
-    code = "forbidden"
+    code = ErrorCode.forbidden
     status = 403
 
 
@@ -87,8 +112,10 @@ def upstream_error(exc: BaseException) -> tuple[int, dict[str, Any]] | None:
     for exc_type, system, unavailable in UPSTREAM_ERRORS:
         if isinstance(exc, exc_type):
             if unavailable(exc):
-                return 503, error_body("upstream_unavailable", f"{system} is unavailable; try again later")
-            return 502, error_body("upstream_error", f"{system} refused the request")
+                return 503, error_body(
+                    ErrorCode.upstream_unavailable, f"{system} is unavailable; try again later"
+                )
+            return 502, error_body(ErrorCode.upstream_error, f"{system} refused the request")
     return None
 
 
@@ -116,7 +143,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(SchemaValidationError)
     def _schema_error(exc: SchemaValidationError):  # type: ignore[no-untyped-def]
         fields = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        return jsonify(error_body("invalid_input", "the request has invalid fields", fields)), 400
+        return jsonify(error_body(ErrorCode.invalid_input, "the request has invalid fields", fields)), 400
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
@@ -144,4 +171,4 @@ def register_error_handlers(app: Flask) -> None:
             raise exc
         incident = uuid.uuid4().hex[:12]
         log.exception("unhandled error, incident %s", incident)
-        return jsonify(error_body("internal_error", f"internal error (incident {incident})")), 500
+        return jsonify(error_body(ErrorCode.internal_error, f"internal error (incident {incident})")), 500

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction
 from webargs.flaskparser import FlaskParser
 
-from wechat_service.errors import _page, _wants_page
+from wechat_service.errors import ErrorCode, _page, _wants_page
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class JsonApi(Api):
         if not isinstance(fields, dict):  # e.g. ["Invalid JSON body."] for a body that is not an object
             fields = {"_schema": fields}
         invalid = error.code == 422 or (error.code == 400 and bool(fields))  # a schema refused the input
-        code = "invalid_input" if invalid else (error.name or "error").lower().replace(" ", "_")
+        code = ErrorCode.invalid_input if invalid else (error.name or "error").lower().replace(" ", "_")
         message = "the request has invalid fields" if invalid else error.description or error.name
         body = {"error": {"code": code, "message": message, "fields": fields}}
         resp = jsonify(body)

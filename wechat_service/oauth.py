@@ -22,7 +22,7 @@ from flask import current_app
 from wechatpy.exceptions import WeChatOAuthException
 from wechatpy.oauth import WeChatOAuth
 
-from wechat_service.errors import ServiceError
+from wechat_service.errors import ErrorCode, ServiceError
 from wechat_service.extensions import get_redis
 from wechat_service.gateway import UnreachableError, WeChatAPIError, client_for, describe_failure
 
@@ -35,7 +35,7 @@ JS_API_LIST = ["chooseWXPay", "closeWindow", "hideMenuItems"]
 class OAuthCodeError(ServiceError):
     """40029 invalid or expired code, 40163 code already used: the page must start over."""
 
-    code = "invalid_code"
+    code = ErrorCode.invalid_code
     status = 400
 
 
@@ -73,20 +73,24 @@ def openid_for_code(appid: str, secret: str, code: str) -> str:
                 else "授权码无效或已过期，请重新进入页面"
             )
             raise OAuthCodeError(
-                message, code="code_used" if exc.errcode == 40163 else "invalid_code"
+                message, code=ErrorCode.code_used if exc.errcode == 40163 else ErrorCode.invalid_code
             ) from None
         if exc.errcode is None:  # an HTTP error status
             raise ServiceError(
-                "微信暂时无法访问，请稍后再试", code="upstream_unavailable", status=503
+                "微信暂时无法访问，请稍后再试", code=ErrorCode.upstream_unavailable, status=503
             ) from None
         log.warning("oauth code exchange for %s refused: %s", appid, exc.errcode)
-        raise ServiceError(f"微信拒绝了授权（{exc.errcode}）", code="upstream_error", status=502) from None
+        raise ServiceError(
+            f"微信拒绝了授权（{exc.errcode}）", code=ErrorCode.upstream_error, status=502
+        ) from None
     except (requests.RequestException, ValueError) as exc:
         log.warning("oauth code exchange for %s failed: %s", appid, describe_failure(exc))
-        raise ServiceError("微信暂时无法访问，请稍后再试", code="upstream_unavailable", status=503) from None
+        raise ServiceError(
+            "微信暂时无法访问，请稍后再试", code=ErrorCode.upstream_unavailable, status=503
+        ) from None
     openid = result.get("openid")
     if not isinstance(openid, str) or not openid:
-        raise ServiceError("微信没有返回用户标识", code="upstream_error", status=502)
+        raise ServiceError("微信没有返回用户标识", code=ErrorCode.upstream_error, status=502)
     return openid
 
 

@@ -309,3 +309,23 @@ def test_idempotency_keys_belong_to_their_client(app: Flask, simulator: str) -> 
     assert theirs.query_request(key)["status"] == "succeeded"
     after = requests.get(f"{simulator}/_sim/boss/lines/{phone}", timeout=5).json()["balance_fen"]
     assert after == before + 1000
+
+
+@pytest.mark.parametrize(
+    ("boss_code", "code", "status"),
+    [
+        ("UNKNOWN_NUMBER", "boss_unknown_number", 400),
+        ("INVALID_CODE", "boss_invalid_code", 400),
+        ("CODE_EXPIRED", "boss_code_expired", 400),
+        ("TOO_MANY_ATTEMPTS", "boss_too_many_attempts", 429),
+        ("RATE_LIMITED", "boss_rate_limited", 429),
+        ("BUSY", "boss_unavailable", 503),
+        ("UNREACHABLE", "boss_unavailable", 503),
+        ("SOMETHING_NEW", "boss_unavailable", 503),
+    ],
+)
+def test_boss_refusals_become_our_codes(boss_code: str, code: str, status: int) -> None:
+    """The refusals a subscriber can act on keep their own code; any other BOSS failure is one code
+    (no longer boss_<whatever the BOSS said>: a code is a member of StoreErrorCode)."""
+    problem = services._boss_problem(BossError(boss_code))
+    assert (problem.code, problem.status) == (code, status)
