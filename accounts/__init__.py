@@ -18,9 +18,10 @@ def init_app(app: Flask) -> None:
     API, mini-program sessions, CLI commands, the token keeper."""
     # Its own modules (handlers register, models add their tables): they import this package, so
     # they load here, once the app is being built.
-    from accounts import api, cli, console, handlers, jobs, models, mp, services, views  # noqa: F401
+    from accounts import api, cli, console, handlers, jobs, models, mp, services, timeline, views  # noqa: F401
 
     directory.register(services.callback_account, services.callback_account_by_id)
+    timeline.contribute(app, "events", timeline.follow_events)  # domains above add theirs
     app.register_blueprint(views.bp)
     app.extensions["openapi"].register_blueprint(api.blp)
     csrf.exempt(mp.bp)  # mini-program sessions: wx.login codes and bearer tokens, no browser session

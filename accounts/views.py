@@ -13,7 +13,7 @@ from flask import abort, flash, redirect, render_template, request, send_file, u
 from flask.typing import ResponseReturnValue
 
 from accounts import access as acl
-from accounts import masking, menus, operations, qrcodes, replies, services, staff, subscribers
+from accounts import masking, menus, operations, qrcodes, replies, services, staff, subscribers, timeline
 from accounts.console import (
     client_ip,
     console_blueprint,
@@ -326,6 +326,7 @@ def subscriber_detail(account_id: int, subscriber_id: int, revealed: bool = Fals
         sub=masking.subscriber_view(sub, unmasked),
         page=page,
         events=events,
+        timeline=timeline.of(account.id, sub.id, limit=50, unmasked=unmasked),
         can_reveal=access.can(acl.REVEAL, account.id) and not unmasked,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from accounts.timeline import contribute
 from payments.signals import pool_page
 from wechat_service.extensions import csrf
 from wechat_service.periodic import declare
@@ -21,6 +22,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(console.bp)
     pool_page.connect(console.pool_products_section)  # the products section of a fund pool's page
     handlers.connect_payment_events()  # orders move with their payment intents, in one transaction
+    contribute(app, "store", handlers.timeline_entries)  # orders, inquiries, the bound phone
     csrf.exempt(mp.bp)  # the mini-program API is authenticated by its session token
     app.extensions["openapi"].register_blueprint(mp.bp)
     app.extensions["openapi"].register_blueprint(api.blp)  # staff: orders and refunds

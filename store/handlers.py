@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 
 from accounts.subscribers import for_callback
+from accounts.timeline import Entry
 from payments.signals import IntentEvent, RefundEvent, intent_closed, intent_succeeded, refund_settled
 from store import orders, redemption, services
 from store.models import InquiryKind, OrderStatus
 from wechat_service.errors import ServiceError
 from wechat_service.extensions import enqueue_after_commit
+from wechat_service.money import yuan
 from wechat_service.router import CallbackContext, Reply, router
 
 CODE_RE = re.compile(r"^\d{6}$")
@@ -163,3 +165,29 @@ def connect_payment_events() -> None:
     intent_succeeded.connect(on_intent_succeeded)
     intent_closed.connect(on_intent_closed)
     refund_settled.connect(on_refund_settled)
+
+
+# -- the subscriber's timeline (accounts.timeline): orders, inquiries, the bound phone -----------
+
+
+def timeline_entries(account_id: int, subscriber_id: int, limit: int, unmasked: bool) -> list[Entry]:
+    out = [
+        Entry(
+            o.created_at,
+            "orders",
+            f"order.{o.status.value}",
+            f"{name} · {yuan(o.amount_fen)} 元",
+            {"out_trade_no": o.out_trade_no, "status": o.status.value, "provider": o.provider},
+        )
+        for o, name in orders.of_subscriber(account_id, subscriber_id, limit)
+    ]
+    out += [
+        Entry(i.at, "inquiries", f"inquiry.{i.kind.value}", f"{i.kind.value} ({i.outcome.value})",
+              {"source": i.source, "outcome": i.outcome.value})
+        for i in services.inquiries_of(account_id, subscriber_id, limit)
+    ]  # fmt: skip
+    binding = services.binding_of(account_id, subscriber_id)
+    if binding is not None:
+        phone = binding.phone if unmasked else services.mask_phone(binding.phone) or ""
+        out.append(Entry(binding.bound_at, "phone", "phone.bound", phone, {"method": binding.method}))
+    return sorted(out, key=lambda e: e.at, reverse=True)[:limit]

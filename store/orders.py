@@ -249,6 +249,18 @@ def of_purpose(purpose: str) -> Order | None:
     return db.session.get(Order, int(ident)) if kind == "order" and ident.isdigit() else None
 
 
+def of_subscriber(account_id: int, subscriber_id: int, limit: int) -> list[tuple[Order, str]]:
+    """The subscriber's newest orders, each with its product's name."""
+    rows = db.session.execute(
+        sa.select(Order, Product.name)
+        .join(Product, Product.id == Order.product_id)
+        .where(Order.account_id == account_id, Order.subscriber_id == subscriber_id)
+        .order_by(Order.created_at.desc(), Order.id.desc())
+        .limit(limit)
+    )
+    return [(o, name) for o, name in rows]
+
+
 def order_for(account_id: int, order_id: int) -> Order:
     order = db.session.scalar(sa.select(Order).where(Order.account_id == account_id, Order.id == order_id))
     if order is None:

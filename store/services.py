@@ -418,3 +418,15 @@ def answer_later(account_id: int, subscriber_id: int, kind: InquiryKind) -> str:
 def phone_bound(subscriber_id: Any) -> sa.Exists:
     """EXISTS: the subscriber (a column or a value) has a bound phone — a selectable for segments."""
     return sa.exists().where(PhoneBinding.subscriber_id == subscriber_id)
+
+
+def inquiries_of(account_id: int, subscriber_id: int, limit: int) -> list[Inquiry]:
+    """The subscriber's newest inquiries (the append-only ledger)."""
+    return list(
+        db.session.scalars(
+            sa.select(Inquiry)
+            .where(Inquiry.account_id == account_id, Inquiry.subscriber_id == subscriber_id)
+            .order_by(Inquiry.at.desc(), Inquiry.id.desc())
+            .limit(limit)
+        )
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from accounts.timeline import contribute
 from payments.signals import fund_pool_low
 from store.signals import order_moved
 from wechat_service.periodic import declare
@@ -20,6 +21,7 @@ def init_app(app: Flask) -> None:
     order_moved.connect(transactional.on_order_moved)
     fund_pool_low.connect(transactional.on_fund_pool_low)
 
+    contribute(app, "messages", handlers.timeline_entries)  # the subscriber's timeline
     app.register_blueprint(console.bp)
     app.register_blueprint(tracking.bp)  # /t/<token>: a GET redirect, no form
     app.extensions["openapi"].register_blueprint(api.blp)
