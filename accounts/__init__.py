@@ -1,6 +1,7 @@
-"""The tenant root: the account matrix, org units, subscribers and their ledger, replies, menus,
-QR codes, staff, roles and audit; and the console's front door (sign-in, access, the console
-blueprint factory) that every domain's pages build on."""
+"""The tenant root: the account matrix, org units, subscribers and their ledger and timeline,
+replies, menus, QR codes, staff, roles and audit; and the front doors every domain's pages build
+on (``front_doors/console.py``: staff sign-in and the console blueprint factory;
+``front_doors/h5.py``: subscribers' sign-in on H5 pages)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ def init_app(app: Flask) -> None:
     API, mini-program sessions, CLI commands, the token keeper."""
     # Its own modules (handlers register, models add their tables): they import this package, so
     # they load here, once the app is being built.
-    from accounts import api, cli, console, handlers, jobs, models, mp, services, timeline, views  # noqa: F401
+    from accounts import api, cli, console, handlers, jobs, models, mp, services, timeline  # noqa: F401
 
     directory.register(services.callback_account, services.callback_account_by_id)
     timeline.contribute(app, "events", timeline.follow_events)  # domains above add theirs
-    app.register_blueprint(views.bp)
+    app.register_blueprint(console.bp)
     app.extensions["openapi"].register_blueprint(api.blp)
     csrf.exempt(mp.bp)  # mini-program sessions: wx.login codes and bearer tokens, no browser session
     app.extensions["openapi"].register_blueprint(mp.bp)

@@ -17,7 +17,8 @@ from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
 from accounts import masking, menus, operations, qrcodes, replies, services, staff, subscribers
-from accounts.console import (
+from accounts.errors import AccountErrorCode
+from accounts.front_doors.console import (
     check_url_ids,
     client_ip,
     current_access,
@@ -26,7 +27,6 @@ from accounts.console import (
     page_body,
     paginate,
 )
-from accounts.errors import AccountErrorCode
 from accounts.models import Menu, ReplyRule, StaffUser, Subscriber
 from accounts.overview import matrix_overview
 from accounts.schemas import (

@@ -15,7 +15,7 @@ APPID = validate.Regexp(r"^wx[0-9a-f]{16}$", error="wx followed by 16 hex digits
 ORIGINAL_ID = validate.Regexp(r"^gh_[0-9a-zA-Z]{6,28}$", error="gh_ followed by letters and digits")
 CALLBACK_TOKEN = validate.Regexp(r"^[A-Za-z0-9]{3,32}$", error="3-32 letters or digits (WeChat's rule)")
 AES_KEY = validate.Regexp(r"^[A-Za-z0-9]{43}$", error="43 letters or digits (as in the WeChat admin)")
-ID = validate.Range(min=1, max=2**31 - 1)  # the id columns' range (as accounts.console.MAX_ID)
+ID = validate.Range(min=1, max=2**31 - 1)  # the id columns' range (as accounts.front_doors.console.MAX_ID)
 TIMEZONES = sorted(tz for tz in available_timezones() if "/" in tz or tz == "UTC")
 ORG_CODE = validate.Regexp(r"^[a-z0-9][a-z0-9_.-]{0,63}$", error="an org unit code")
 NAME = [validate.Length(min=1, max=128), NOT_BLANK]

@@ -14,7 +14,7 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, vali
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
-from accounts.console import check_url_ids, client_ip, current_access, load_user
+from accounts.front_doors.console import check_url_ids, client_ip, current_access, load_user
 from accounts.schemas import StrictSchema
 from metrics import contracts, datacube, queries, reports
 from metrics.registry import REGISTRY, as_dicts

@@ -16,7 +16,7 @@ from flask import Response, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from accounts import access as acl
-from accounts.console import client_ip, console_blueprint, current_access, login_required
+from accounts.front_doors.console import client_ip, console_blueprint, current_access, login_required
 from metrics import charts, contracts, datacube, exports, fees, queries, reports
 from metrics.registry import REGISTRY
 from metrics.rollups import today_in

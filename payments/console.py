@@ -12,7 +12,13 @@ from flask import Response, abort, flash, redirect, render_template, request, ur
 from flask.typing import ResponseReturnValue
 
 from accounts import access as acl
-from accounts.console import client_ip, console_blueprint, current_access, form_failed, login_required
+from accounts.front_doors.console import (
+    client_ip,
+    console_blueprint,
+    current_access,
+    form_failed,
+    login_required,
+)
 from payments import funds, operations, reconciliation
 from payments.reconciliation import CHINA
 from payments.signals import pool_page

@@ -10,7 +10,14 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
-from accounts.console import check_url_ids, client_ip, current_access, load_user, page_body, paginate
+from accounts.front_doors.console import (
+    check_url_ids,
+    client_ip,
+    current_access,
+    load_user,
+    page_body,
+    paginate,
+)
 from payments import refunds
 from store import operations, orders
 from store.schemas import OrderPageSchema, OrderQuerySchema, OrderSchema, RefundSchema

@@ -17,7 +17,13 @@ from markupsafe import Markup
 from marshmallow import ValidationError
 
 from accounts import access as acl
-from accounts.console import client_ip, console_blueprint, current_access, login_required, paginate
+from accounts.front_doors.console import (
+    client_ip,
+    console_blueprint,
+    current_access,
+    login_required,
+    paginate,
+)
 from accounts.services import list_org_units
 from accounts.staff import user_by_id
 from payments import intents, refunds

@@ -30,9 +30,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from marshmallow import RAISE, Schema, validate
 from marshmallow import ValidationError as SchemaValidationError
 
-from accounts import h5 as front_door
 from accounts import subscribers
-from accounts.h5 import H5User
+from accounts.front_doors import h5 as front_door
+from accounts.front_doors.h5 import H5User
 from accounts.models import Account
 from payments import merchants
 from payments import services as payments

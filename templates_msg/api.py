@@ -9,7 +9,14 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Unauthorized
 
 from accounts import access as acl
-from accounts.console import check_url_ids, client_ip, current_access, load_user, page_body, paginate
+from accounts.front_doors.console import (
+    check_url_ids,
+    client_ip,
+    current_access,
+    load_user,
+    page_body,
+    paginate,
+)
 from accounts.schemas import PageQuerySchema
 from templates_msg import operations, reports, services
 from templates_msg.models import Campaign

@@ -14,7 +14,14 @@ from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 
 from accounts import access as acl
-from accounts.console import client_ip, console_blueprint, current_access, load_user, login_required, paginate
+from accounts.front_doors.console import (
+    client_ip,
+    console_blueprint,
+    current_access,
+    load_user,
+    login_required,
+    paginate,
+)
 from accounts.models import Account
 from templates_msg import operations, reports, services
 from templates_msg.api import deliveries_csv

@@ -69,7 +69,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     @app.before_request
     def _openapi_needs_sign_in() -> None:
         # The API's map is for staff: public only where configured (development by default).
-        from accounts.console import load_user
+        from accounts.front_doors.console import load_user
 
         if request.blueprint == "api-docs" and not app.config["OPENAPI_PUBLIC"] and load_user() is None:
             raise Unauthorized("sign in to the console first")

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from flask import Flask, request
 
 from accounts import services, staff
-from accounts.console import client_ip
+from accounts.front_doors.console import client_ip
 from accounts.models import AuditLog, StaffUser
 from tests import helpers
 from tests.console_helpers import PASSWORD, Staff, page_token

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from flask import Flask
 
-from accounts.h5 import safe_next
+from accounts.front_doors.h5 import safe_next
 from accounts.models import Subscriber
 from store import catalogue, coupons, redemption
 from store.models import Order, OrderStatus, PhoneBinding
