@@ -14,10 +14,12 @@ from typing import Any
 
 from flask import Response, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from markupsafe import Markup
 
 from accounts import access as acl
 from accounts.front_doors.console import client_ip, console_blueprint, current_access, login_required
 from metrics import charts, contracts, datacube, exports, fees, queries, reports
+from metrics.models import Contract, ContractPeriod, ManualValue, Target
 from metrics.registry import REGISTRY
 from metrics.rollups import today_in
 from wechat_service.errors import ForbiddenError, InvalidInputError, NotFoundError, ServiceError
@@ -172,6 +174,26 @@ def dashboard() -> ResponseReturnValue:
     )
 
 
+def _account_trends(daily: list[dict[str, Any]]) -> list[Markup]:
+    """The account page's four line charts (follows, followers, money, activity) over ``daily``."""
+
+    def points(key: str) -> list[tuple[str, Any]]:
+        return [(r["day"], r[key]) for r in daily]
+
+    return [
+        charts.line_chart(
+            [("follows", points("follows")), ("unfollows", points("unfollows"))], title="Follows"
+        ),
+        charts.line_chart([("followers", points("cumulative_followers"))], title="Followers (ledger)"),
+        charts.line_chart(
+            [("GMV (fen)", points("gmv_fen")), ("refunds (fen)", points("refunds_fen"))], title="Money"
+        ),
+        charts.line_chart(
+            [("inquiries", points("inquiries")), ("active", points("active_subscribers"))], title="Activity"
+        ),
+    ]
+
+
 @bp.get("/accounts/<int:account_id>")
 @login_required
 def account_page(account_id: int) -> ResponseReturnValue:
@@ -212,22 +234,7 @@ def account_page(account_id: int) -> ResponseReturnValue:
     exported = _export(tables, f"metrics-{account.appid}")
     if exported is not None:
         return exported
-
-    def points(key: str) -> list[tuple[str, Any]]:
-        return [(r["day"], r[key]) for r in daily]
-
-    trends = [
-        charts.line_chart(
-            [("follows", points("follows")), ("unfollows", points("unfollows"))], title="Follows"
-        ),
-        charts.line_chart([("followers", points("cumulative_followers"))], title="Followers (ledger)"),
-        charts.line_chart(
-            [("GMV (fen)", points("gmv_fen")), ("refunds (fen)", points("refunds_fen"))], title="Money"
-        ),
-        charts.line_chart(
-            [("inquiries", points("inquiries")), ("active", points("active_subscribers"))], title="Activity"
-        ),
-    ]
+    trends = _account_trends(daily)
     gauges = [charts.gauge(t["attainment"], t["metric"]) for t in targets]
     return render_template(
         "metrics/account.html",
@@ -428,34 +435,60 @@ def contract_detail(contract_id: int) -> ResponseReturnValue:
     contract = _contract(contract_id)
     if request.method == "POST":
         _admin()
-        scope = request.form.get("scope", "")
-        try:
-            kind, _, raw = scope.partition(":")
-            scope_id = int(raw) if raw.isdigit() else None
-            target = contracts.add_target(
-                access.user_id,
-                contract,
-                {
-                    "metric": request.form.get("metric", ""),
-                    "account_id": scope_id if kind == "account" else None,
-                    "org_unit_id": scope_id if kind == "unit" else None,
-                    "starts_on": _form_date("starts_on"),
-                    "ends_on": _form_date("ends_on"),
-                    "target_value": request.form.get("target_value", ""),
-                    "weight": request.form.get("weight") or "1",
-                },
-                client_ip(),
-            )
-            db.session.commit()
-        except ServiceError as exc:
-            _fail(exc)
-        else:
-            flash(f"Target {target.metric} added.", "success")
-        return redirect(url_for("metrics_console.contract_detail", contract_id=contract.id))
+        return _add_target(access, contract)
     tree = queries.org_tree()
     periods = contracts.periods_of(contract.id)
     targets = contracts.targets_of(contract.id)
-    tables: dict[str, Table] = {
+    tables = _contract_tables(targets, periods, tree)
+    exported = _export(tables, f"contract-{contract.id}")
+    if exported is not None:
+        return exported
+    return render_template(
+        "metrics/contract.html",
+        contract=contract,
+        periods=periods,
+        targets=targets,
+        tree=tree,
+        scope_name=contracts.scope_name,
+        metrics=REGISTRY,
+        fmt=reports.fmt,
+        description=contracts.describe_contract(contract),
+    )
+
+
+def _add_target(access: acl.Access, contract: Contract) -> ResponseReturnValue:
+    """The contract page's form: add a target for an account or an org unit, back to the page."""
+    scope = request.form.get("scope", "")
+    try:
+        kind, _, raw = scope.partition(":")
+        scope_id = int(raw) if raw.isdigit() else None
+        target = contracts.add_target(
+            access.user_id,
+            contract,
+            {
+                "metric": request.form.get("metric", ""),
+                "account_id": scope_id if kind == "account" else None,
+                "org_unit_id": scope_id if kind == "unit" else None,
+                "starts_on": _form_date("starts_on"),
+                "ends_on": _form_date("ends_on"),
+                "target_value": request.form.get("target_value", ""),
+                "weight": request.form.get("weight") or "1",
+            },
+            client_ip(),
+        )
+        db.session.commit()
+    except ServiceError as exc:
+        _fail(exc)
+    else:
+        flash(f"Target {target.metric} added.", "success")
+    return redirect(url_for("metrics_console.contract_detail", contract_id=contract.id))
+
+
+def _contract_tables(
+    targets: list[Target], periods: list[ContractPeriod], tree: queries.Tree
+) -> dict[str, Table]:
+    """The contract page's tables: its targets and its periods."""
+    return {
         "targets": (
             ["metric", "scope", "from", "to", "target", "weight"],
             [
@@ -478,20 +511,6 @@ def contract_detail(contract_id: int) -> ResponseReturnValue:
             ],
         ),
     }
-    exported = _export(tables, f"contract-{contract.id}")
-    if exported is not None:
-        return exported
-    return render_template(
-        "metrics/contract.html",
-        contract=contract,
-        periods=periods,
-        targets=targets,
-        tree=tree,
-        scope_name=contracts.scope_name,
-        metrics=REGISTRY,
-        fmt=reports.fmt,
-        description=contracts.describe_contract(contract),
-    )
 
 
 @bp.route("/contracts/<int:contract_id>/periods/<int:period_id>", methods=["GET", "POST"])
@@ -502,30 +521,53 @@ def period_detail(contract_id: int, period_id: int) -> ResponseReturnValue:
     period = contracts.period_for(contract.id, period_id)
     if request.method == "POST":
         _admin()
-        try:
-            if request.form.get("action") == "close":
-                contracts.close_period(access.user_id, contract, period, client_ip())
-                message = "Period closed: its figures and fee are frozen."
-            else:
-                contracts.add_adjustment(
-                    access.user_id,
-                    contract,
-                    period,
-                    _yuan("amount"),
-                    request.form.get("reason", ""),
-                    client_ip(),
-                )
-                message = "Adjustment recorded."
-            db.session.commit()
-        except ServiceError as exc:
-            _fail(exc)
-        else:
-            flash(message, "success")
-        return redirect(
-            url_for("metrics_console.period_detail", contract_id=contract.id, period_id=period.id)
-        )
+        return _close_or_adjust(access, contract, period)
     report = contracts.period_report(contract, period)
-    tables: dict[str, Table] = {
+    tables = _period_tables(report)
+    exported = _export(tables, f"contract-{contract.id}-period-{period.seq}")
+    if exported is not None:
+        return exported
+    gauges = [charts.gauge(t["attainment"], f"{t['metric']} · {t['scope']}") for t in report["targets"]]
+    return render_template(
+        "metrics/period.html",
+        contract=contract,
+        period=period,
+        report=report,
+        gauges=gauges,
+        fmt=reports.fmt,
+        can_close=access.is_admin
+        and period.status.value == "open"
+        and period.ends_on < today_in("Asia/Shanghai"),
+    )
+
+
+def _close_or_adjust(access: acl.Access, contract: Contract, period: ContractPeriod) -> ResponseReturnValue:
+    """The period page's forms: close the period, or record an adjustment; back to the page."""
+    try:
+        if request.form.get("action") == "close":
+            contracts.close_period(access.user_id, contract, period, client_ip())
+            message = "Period closed: its figures and fee are frozen."
+        else:
+            contracts.add_adjustment(
+                access.user_id,
+                contract,
+                period,
+                _yuan("amount"),
+                request.form.get("reason", ""),
+                client_ip(),
+            )
+            message = "Adjustment recorded."
+        db.session.commit()
+    except ServiceError as exc:
+        _fail(exc)
+    else:
+        flash(message, "success")
+    return redirect(url_for("metrics_console.period_detail", contract_id=contract.id, period_id=period.id))
+
+
+def _period_tables(report: dict[str, Any]) -> dict[str, Table]:
+    """The period page's tables: the fee's derivation, the targets' attainment, the adjustments."""
+    return {
         "derivation": (
             ["item", "formula", "fen", "ratio"],
             [
@@ -567,21 +609,6 @@ def period_detail(contract_id: int, period_id: int) -> ResponseReturnValue:
             [[a["amount_fen"], a["reason"], a["created_at"]] for a in report["adjustments"]],
         ),
     }
-    exported = _export(tables, f"contract-{contract.id}-period-{period.seq}")
-    if exported is not None:
-        return exported
-    gauges = [charts.gauge(t["attainment"], f"{t['metric']} · {t['scope']}") for t in report["targets"]]
-    return render_template(
-        "metrics/period.html",
-        contract=contract,
-        period=period,
-        report=report,
-        gauges=gauges,
-        fmt=reports.fmt,
-        can_close=access.is_admin
-        and period.status.value == "open"
-        and period.ends_on < today_in("Asia/Shanghai"),
-    )
 
 
 @bp.route("/manual", methods=["GET", "POST"])
@@ -592,33 +619,55 @@ def manual_values() -> ResponseReturnValue:
     tree = queries.org_tree()
     if request.method == "POST":
         _admin()
-        scope = request.form.get("scope", "")
-        kind, _, raw = scope.partition(":")
-        scope_id = int(raw) if raw.isdigit() else None
-        try:
-            contracts.enter_manual(
-                access.user_id,
-                {
-                    "metric": request.form.get("metric", ""),
-                    "account_id": scope_id if kind == "account" else None,
-                    "org_unit_id": scope_id if kind == "unit" else None,
-                    "starts_on": _form_date("starts_on"),
-                    "ends_on": _form_date("ends_on"),
-                    "value": request.form.get("value", ""),
-                    "note": request.form.get("note", ""),
-                },
-                client_ip(),
-            )
-            db.session.commit()
-        except ServiceError as exc:
-            _fail(exc)
-        else:
-            flash("Figure recorded.", "success")
-        return redirect(url_for("metrics_console.manual_values"))
+        return _enter_manual(access)
     visible = set(queries.visible_account_ids(access))
     units = set(queries.visible_units(access, tree))
     history = [m for m in contracts.manual_history() if (m.account_id in visible) or (m.org_unit_id in units)]
-    tables: dict[str, Table] = {
+    tables = _manual_tables(history, tree)
+    exported = _export(tables, "manual-figures")
+    if exported is not None:
+        return exported
+    manual_keys = [k for k, m in REGISTRY.items() if m.manual]
+    return render_template(
+        "metrics/manual.html",
+        history=history,
+        tree=tree,
+        manual_keys=manual_keys,
+        scope_name=contracts.scope_name,
+        is_admin=access.is_admin,
+    )
+
+
+def _enter_manual(access: acl.Access) -> ResponseReturnValue:
+    """The manual figures form: record a figure for an account or an org unit, back to the page."""
+    scope = request.form.get("scope", "")
+    kind, _, raw = scope.partition(":")
+    scope_id = int(raw) if raw.isdigit() else None
+    try:
+        contracts.enter_manual(
+            access.user_id,
+            {
+                "metric": request.form.get("metric", ""),
+                "account_id": scope_id if kind == "account" else None,
+                "org_unit_id": scope_id if kind == "unit" else None,
+                "starts_on": _form_date("starts_on"),
+                "ends_on": _form_date("ends_on"),
+                "value": request.form.get("value", ""),
+                "note": request.form.get("note", ""),
+            },
+            client_ip(),
+        )
+        db.session.commit()
+    except ServiceError as exc:
+        _fail(exc)
+    else:
+        flash("Figure recorded.", "success")
+    return redirect(url_for("metrics_console.manual_values"))
+
+
+def _manual_tables(history: list[ManualValue], tree: queries.Tree) -> dict[str, Table]:
+    """The manual figures page's table: each figure with its scope and who entered it."""
+    return {
         "manual": (
             ["metric", "scope", "from", "to", "value", "note", "entered by", "entered at"],
             [
@@ -636,15 +685,3 @@ def manual_values() -> ResponseReturnValue:
             ],
         )
     }
-    exported = _export(tables, "manual-figures")
-    if exported is not None:
-        return exported
-    manual_keys = [k for k, m in REGISTRY.items() if m.manual]
-    return render_template(
-        "metrics/manual.html",
-        history=history,
-        tree=tree,
-        manual_keys=manual_keys,
-        scope_name=contracts.scope_name,
-        is_admin=access.is_admin,
-    )

@@ -101,35 +101,10 @@ def period_fee(
     attainment: Decimal,
 ) -> dict[str, Any]:
     """The fee of payment period ``seq`` (1-based) of ``periods``, line by line."""
-    fixed_total = fen(Decimal(price_fen) * fixed_share)
-    variable_total = price_fen - fixed_total
-    fixed = split_fen(fixed_total, periods)[seq - 1]
-    variable_max = split_fen(variable_total, periods)[seq - 1]
+    fixed, variable_max, lines = _instalment(price_fen, fixed_share, periods, seq)
     share, why = payout(formula, params, attainment)
     variable = fen(Decimal(variable_max) * share)
-    # Every amount in the derivation is in 元 (the page's column), from integer fen.
-    lines = [
-        {"item": "contract price", "formula": "", "fen": price_fen},
-        {
-            "item": "fixed part of the contract",
-            "formula": f"{yuan(price_fen)} × {plain(fixed_share)}",
-            "fen": fixed_total,
-        },
-        {
-            "item": "variable part of the contract",
-            "formula": f"{yuan(price_fen)} − {yuan(fixed_total)}",
-            "fen": variable_total,
-        },
-        {
-            "item": f"fixed instalment {seq}/{periods}",
-            "formula": f"{yuan(fixed_total)} / {periods}",
-            "fen": fixed,
-        },
-        {
-            "item": f"variable at stake {seq}/{periods}",
-            "formula": f"{yuan(variable_total)} / {periods}",
-            "fen": variable_max,
-        },
+    lines += [
         {
             "item": "weighted attainment",
             "formula": "Σ weight × attainment / Σ weight",
@@ -151,3 +126,39 @@ def period_fee(
         "fee_fen": fixed + variable,
         "lines": lines,
     }
+
+
+def _instalment(
+    price_fen: int, fixed_share: Decimal, periods: int, seq: int
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """Period ``seq``'s fixed instalment and the variable amount at stake, with the derivation's
+    lines from the contract price."""
+    fixed_total = fen(Decimal(price_fen) * fixed_share)
+    variable_total = price_fen - fixed_total
+    fixed = split_fen(fixed_total, periods)[seq - 1]
+    variable_max = split_fen(variable_total, periods)[seq - 1]
+    # Every amount in the derivation is in 元 (the page's column), from integer fen.
+    lines: list[dict[str, Any]] = [
+        {"item": "contract price", "formula": "", "fen": price_fen},
+        {
+            "item": "fixed part of the contract",
+            "formula": f"{yuan(price_fen)} × {plain(fixed_share)}",
+            "fen": fixed_total,
+        },
+        {
+            "item": "variable part of the contract",
+            "formula": f"{yuan(price_fen)} − {yuan(fixed_total)}",
+            "fen": variable_total,
+        },
+        {
+            "item": f"fixed instalment {seq}/{periods}",
+            "formula": f"{yuan(fixed_total)} / {periods}",
+            "fen": fixed,
+        },
+        {
+            "item": f"variable at stake {seq}/{periods}",
+            "formula": f"{yuan(variable_total)} / {periods}",
+            "fen": variable_max,
+        },
+    ]
+    return fixed, variable_max, lines

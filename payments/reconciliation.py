@@ -181,19 +181,7 @@ def reconcile(merchant_id: int, bill_date: date) -> ReconciliationRun:
     merchant = db.session.get(Merchant, merchant_id)
     if merchant is None:
         raise InvalidInputError("no such merchant")
-    db.session.execute(
-        sa.delete(ReconciliationRun).where(
-            ReconciliationRun.merchant_id == merchant.id, ReconciliationRun.bill_date == bill_date
-        )
-    )
-    run = ReconciliationRun(
-        account_id=merchant.account_id,
-        merchant_id=merchant.id,
-        provider=merchant.provider,
-        bill_date=bill_date,
-        status=ReconStatus.failed,  # until matched
-    )
-    db.session.add(run)
+    run = _replace_run(merchant, bill_date)
     try:
         lines = statement(merchant, bill_date)
     except (PaymentProviderError, ValueError) as exc:
@@ -211,6 +199,48 @@ def reconcile(merchant_id: int, bill_date: date) -> ReconciliationRun:
         lines = []
     theirs = {(ln.kind, ln.txn_id): ln for ln in lines}
     elsewhere = _recorded_anytime(merchant, [k for k in theirs if k not in ours])
+    items = _differences(theirs, ours, elsewhere)
+    db.session.flush()
+    for item in items:
+        item.run_id = run.id
+    db.session.add_all(items)
+    run.statement_rows, run.ledger_rows = len(theirs), len(ours)
+    run.matched = len(theirs) - sum(1 for i in items if i.kind is not ReconItemKind.missing_in_statement)
+    run.statement_net_fen = _net(theirs.values())
+    run.ledger_net_fen = sum(
+        r.amount_fen if k == TxnKind.payment else -r.amount_fen for (k, _), r in ours.items()
+    )
+    run.status = ReconStatus.discrepancies if items else ReconStatus.matched
+    db.session.commit()
+    return run
+
+
+def _replace_run(merchant: Merchant, bill_date: date) -> ReconciliationRun:
+    """Delete the merchant's report for the day (a re-run replaces it) and add a new run,
+    ``failed`` until matched."""
+    db.session.execute(
+        sa.delete(ReconciliationRun).where(
+            ReconciliationRun.merchant_id == merchant.id, ReconciliationRun.bill_date == bill_date
+        )
+    )
+    run = ReconciliationRun(
+        account_id=merchant.account_id,
+        merchant_id=merchant.id,
+        provider=merchant.provider,
+        bill_date=bill_date,
+        status=ReconStatus.failed,  # until matched
+    )
+    db.session.add(run)
+    return run
+
+
+def _differences(
+    theirs: dict[tuple[TxnKind, str], Line],
+    ours: dict[tuple[TxnKind, str], PaymentTransaction],
+    elsewhere: dict[tuple[TxnKind, str], PaymentTransaction],
+) -> list[ReconciliationItem]:
+    """The statement's lines against our rows of the day (or recorded on another day): lines we
+    never recorded, other amounts, then our rows the statement does not list."""
     items: list[ReconciliationItem] = []
     for key, line in theirs.items():
         mine = ours.get(key) or elsewhere.get(key)
@@ -248,19 +278,7 @@ def reconcile(merchant_id: int, bill_date: date) -> ReconciliationRun:
                     None,
                 )
             )
-    db.session.flush()
-    for item in items:
-        item.run_id = run.id
-    db.session.add_all(items)
-    run.statement_rows, run.ledger_rows = len(theirs), len(ours)
-    run.matched = len(theirs) - sum(1 for i in items if i.kind is not ReconItemKind.missing_in_statement)
-    run.statement_net_fen = _net(theirs.values())
-    run.ledger_net_fen = sum(
-        r.amount_fen if k == TxnKind.payment else -r.amount_fen for (k, _), r in ours.items()
-    )
-    run.status = ReconStatus.discrepancies if items else ReconStatus.matched
-    db.session.commit()
-    return run
+    return items
 
 
 def _item(

@@ -129,20 +129,9 @@ def run(fulfilment_id: int) -> FulfilmentStatus:
     db.session.commit()  # no transaction (on SQLite: no write lock) held across the BOSS call
     if fulfilment.status is FulfilmentStatus.unknown:
         # A previous attempt may have been carried out: ask before doing anything.
-        try:
-            answer = boss().query_request(fulfilment.idempotency_key)
-        except BossError as exc:
-            db.session.commit()
-            raise RetryLaterError(f"query failed: {exc.code}") from None
-        if answer.get("status") == "succeeded":
-            _finish(fulfilment_id, FulfilmentStatus.succeeded, answer.get("result") or {}, None)
-            db.session.commit()
-            return FulfilmentStatus.succeeded
-        if answer.get("status") == "pending":
-            db.session.commit()
-            raise RetryLaterError("the BOSS is still working on it")
-        if answer.get("status") == "failed":
-            return _failed(fulfilment, product, str(answer.get("error") or "failed"))
+        settled = _ask_about_earlier_attempt(fulfilment, product)
+        if settled is not None:
+            return settled
         # "unknown": the BOSS never saw the key, so sending it (with the same key) is safe.
     try:
         result = _carry_out(fulfilment, product)
@@ -169,6 +158,28 @@ def run(fulfilment_id: int) -> FulfilmentStatus:
     _finish(fulfilment_id, FulfilmentStatus.succeeded, result, None)
     db.session.commit()
     return FulfilmentStatus.succeeded
+
+
+@step_boundary("the BOSS's answer about an earlier attempt is recorded as soon as it comes")
+def _ask_about_earlier_attempt(fulfilment: Fulfilment, product: Product) -> FulfilmentStatus | None:
+    """Ask the BOSS about the key of an attempt whose outcome was lost: succeeded or failed
+    finishes the fulfilment (its status returned), pending or no answer raises RetryLaterError,
+    and None means the BOSS never saw the key."""
+    try:
+        answer = boss().query_request(fulfilment.idempotency_key)
+    except BossError as exc:
+        db.session.commit()
+        raise RetryLaterError(f"query failed: {exc.code}") from None
+    if answer.get("status") == "succeeded":
+        _finish(fulfilment.id, FulfilmentStatus.succeeded, answer.get("result") or {}, None)
+        db.session.commit()
+        return FulfilmentStatus.succeeded
+    if answer.get("status") == "pending":
+        db.session.commit()
+        raise RetryLaterError("the BOSS is still working on it")
+    if answer.get("status") == "failed":
+        return _failed(fulfilment, product, str(answer.get("error") or "failed"))
+    return None
 
 
 def stale(limit: int = 500) -> list[int]:

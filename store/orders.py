@@ -17,6 +17,7 @@ from store import catalogue, coupons, signals
 from store import fulfilment as fulfilments
 from store.errors import StoreErrorCode
 from store.models import (
+    Coupon,
     Fulfilment,
     FulfilmentStatus,
     HoldStatus,
@@ -177,16 +178,8 @@ def create_order(
         raise InvalidInputError("client_key: 1 to 64 characters", fields={"client_key": ["invalid"]})
     # One subscriber's concurrent purchases queue here; the checks below then see each other.
     lock_subscriber(subscriber_id)
-    existing = db.session.scalar(
-        sa.select(Order).where(
-            Order.account_id == account_id,
-            Order.subscriber_id == subscriber_id,
-            Order.client_key == client_key,
-        )
-    )
+    existing = _order_by_client_key(account_id, subscriber_id, product_id, client_key)
     if existing is not None:
-        if existing.product_id != product_id:
-            raise ConflictError("this client_key was used for another product")
         return existing
     product = catalogue.product_for(account_id, product_id)
     binding = claim(account_id, subscriber_id, product)
@@ -221,6 +214,29 @@ def create_order(
     )
     if coupon is not None:
         coupons.record(coupon, order.id, subscriber_id, discount_fen)
+    _add_created_event(order, product, coupon, discount_fen)
+    return order
+
+
+def _order_by_client_key(
+    account_id: int, subscriber_id: int, product_id: int, client_key: str
+) -> Order | None:
+    """The subscriber's order already created with this client key (a retry), if any; the key
+    used for another product is a conflict."""
+    existing = db.session.scalar(
+        sa.select(Order).where(
+            Order.account_id == account_id,
+            Order.subscriber_id == subscriber_id,
+            Order.client_key == client_key,
+        )
+    )
+    if existing is not None and existing.product_id != product_id:
+        raise ConflictError("this client_key was used for another product")
+    return existing
+
+
+def _add_created_event(order: Order, product: Product, coupon: Coupon | None, discount_fen: int) -> None:
+    """The order's first event: created, pending payment, with its amount, product and coupon."""
     db.session.add(
         OrderEvent(
             order_id=order.id,
@@ -235,7 +251,6 @@ def create_order(
             at=utcnow(),
         )
     )
-    return order
 
 
 def purpose_of(order_id: int) -> str:

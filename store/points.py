@@ -36,16 +36,8 @@ def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: s
         raise InvalidInputError("client_key: 8 to 64 characters", fields={"client_key": ["invalid"]})
     # One subscriber's concurrent exchanges (and orders) queue here, so the limit check sees them.
     lock_subscriber(subscriber_id)
-    existing = db.session.scalar(
-        sa.select(PointsHold).where(
-            PointsHold.account_id == account_id,
-            PointsHold.subscriber_id == subscriber_id,
-            PointsHold.client_key == client_key,
-        )
-    )
+    existing = _hold_by_client_key(account_id, subscriber_id, product_id, client_key)
     if existing is not None:
-        if existing.product_id != product_id:
-            raise ConflictError("this client_key was used for another product")
         return existing
     product = catalogue.product_for(account_id, product_id)
     if not product.points_price:
@@ -91,16 +83,38 @@ def exchange(account_id: int, subscriber_id: int, product_id: int, client_key: s
             ) from None
     if not _begin_fulfilment(hold, product):
         # The sweep resolved this hold first (only possible long after its grace period).
-        db.session.refresh(hold)
-        if hold.status is HoldStatus.released:  # it found no debit, which has landed since
-            try:
-                boss().points_credit(
-                    hold.phone, hold.points, f"release {product.code}", _release_key(hold.id)
-                )
-            except BossError:
-                log.error("points hold %s: released, its late debit not credited back", hold.id)
-            raise ServiceError("积分兑换失败，请稍后再试", code=StoreErrorCode.boss_refused, status=409)
+        _credit_back_if_released(hold, product)
     return hold
+
+
+def _hold_by_client_key(
+    account_id: int, subscriber_id: int, product_id: int, client_key: str
+) -> PointsHold | None:
+    """The subscriber's hold already made with this client key (a retry), if any; the key used
+    for another product is a conflict."""
+    existing = db.session.scalar(
+        sa.select(PointsHold).where(
+            PointsHold.account_id == account_id,
+            PointsHold.subscriber_id == subscriber_id,
+            PointsHold.client_key == client_key,
+        )
+    )
+    if existing is not None and existing.product_id != product_id:
+        raise ConflictError("this client_key was used for another product")
+    return existing
+
+
+def _credit_back_if_released(hold: PointsHold, product: Product) -> None:
+    """When the sweep released the hold, having found no debit, the debit has landed since:
+    credit the points back and refuse the exchange. Otherwise the sweep found the debit and
+    carried the hold on itself: nothing to do."""
+    db.session.refresh(hold)
+    if hold.status is HoldStatus.released:  # it found no debit, which has landed since
+        try:
+            boss().points_credit(hold.phone, hold.points, f"release {product.code}", _release_key(hold.id))
+        except BossError:
+            log.error("points hold %s: released, its late debit not credited back", hold.id)
+        raise ServiceError("积分兑换失败，请稍后再试", code=StoreErrorCode.boss_refused, status=409)
 
 
 def _debit_key(hold_id: int) -> str:

@@ -135,21 +135,7 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
         raise ServiceError(
             "兑换前请先绑定手机号：回复「绑定 手机号」", code=StoreErrorCode.phone_required, status=409
         )
-    now = utcnow()
-    valid_batches = sa.select(RedeemBatch.id).where(
-        RedeemBatch.account_id == account_id, RedeemBatch.valid_from <= now, RedeemBatch.valid_until > now
-    )
-    claimed = db.session.execute(
-        sa.update(RedeemCode)
-        .where(
-            RedeemCode.code_hash.in_(code_hashes(code)),
-            RedeemCode.account_id == account_id,
-            RedeemCode.status == CodeStatus.unused,
-            RedeemCode.batch_id.in_(valid_batches),
-        )
-        .values(status=CodeStatus.redeemed, redeemed_by=subscriber_id, redeemed_at=now)
-        .returning(RedeemCode.id, RedeemCode.batch_id)
-    ).first()
+    claimed = _claim_code(account_id, subscriber_id, code)
     if claimed is None:
         pipe = conn.pipeline()
         pipe.incr(failures_key)
@@ -157,18 +143,7 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
         pipe.execute()
         raise InvalidInputError("兑换码无效、已使用或已过期", fields={"code": ["invalid"]})
     batch = db.session.get_one(RedeemBatch, claimed.batch_id)
-    # A code given back after a failed fulfilment is redeemed again under a new key: the BOSS
-    # would only replay the failed first attempt for the old one.
-    from store.models import Fulfilment
-
-    attempt = (
-        1
-        + db.session.scalars(
-            sa.select(sa.func.count())
-            .select_from(Fulfilment)
-            .where(Fulfilment.source == "redemption", Fulfilment.source_id == claimed.id)
-        ).one()
-    )
+    attempt = _attempt_number(claimed.id)
     product = catalogue.product_for(account_id, batch.product_id)
     job = fulfilment.create(
         account_id=account_id,
@@ -186,6 +161,39 @@ def redeem(account_id: int, subscriber_id: int, code: str, source: str) -> dict[
         "phone": mask_phone(binding.phone),
         "fulfilment_id": job.id,
     }
+
+
+def _claim_code(account_id: int, subscriber_id: int, code: str) -> sa.Row[int, int] | None:
+    """The one conditional UPDATE that redeems an unused code of a batch valid now for the
+    subscriber: the code's id and batch id, or None (no such code, used or out of its validity)."""
+    now = utcnow()
+    valid_batches = sa.select(RedeemBatch.id).where(
+        RedeemBatch.account_id == account_id, RedeemBatch.valid_from <= now, RedeemBatch.valid_until > now
+    )
+    return db.session.execute(
+        sa.update(RedeemCode)
+        .where(
+            RedeemCode.code_hash.in_(code_hashes(code)),
+            RedeemCode.account_id == account_id,
+            RedeemCode.status == CodeStatus.unused,
+            RedeemCode.batch_id.in_(valid_batches),
+        )
+        .values(status=CodeStatus.redeemed, redeemed_by=subscriber_id, redeemed_at=now)
+        .returning(RedeemCode.id, RedeemCode.batch_id)
+    ).first()
+
+
+def _attempt_number(code_id: int) -> int:
+    """1 + the code's earlier fulfilments. A code given back after a failed fulfilment is redeemed
+    again under a new key: the BOSS would only replay the failed first attempt for the old one."""
+    return (
+        1
+        + db.session.scalars(
+            sa.select(sa.func.count())
+            .select_from(Fulfilment)
+            .where(Fulfilment.source == "redemption", Fulfilment.source_id == code_id)
+        ).one()
+    )
 
 
 def settle(fulfilment_id: int) -> str | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -196,28 +196,7 @@ def stats(campaign_id: int) -> dict[str, Any]:
             .group_by(d.report)
         ).all()
     )
-    failed_by = [
-        {"reason": reason or f"errcode {code}", "count": n}
-        for code, reason, n in db.session.execute(
-            sa.select(d.errcode, d.reason, sa.func.count())
-            .where(
-                d.campaign_id == campaign_id,
-                d.status.in_([DeliveryStatus.failed, DeliveryStatus.skipped]),
-                d.control.is_(False),
-            )
-            .group_by(d.errcode, d.reason)
-            .order_by(sa.func.count().desc())
-            .limit(20)
-        )
-    ]
-    failed_by += [
-        {"reason": f"report: {raw}", "count": n}
-        for raw, n in db.session.execute(
-            sa.select(d.report_raw, sa.func.count())
-            .where(d.campaign_id == campaign_id, d.report.is_not(None), d.report != "delivered")
-            .group_by(d.report_raw)
-        )
-    ]
+    failed_by = _failed_by_reason(campaign_id)
     clicks = (
         db.session.scalar(
             sa.select(sa.func.count()).where(d.campaign_id == campaign_id, d.first_clicked_at.is_not(None))
@@ -247,6 +226,35 @@ def stats(campaign_id: int) -> dict[str, Any]:
     out.update(attribution(campaign_id))
     out.update(progress(campaign_id, counts))
     return out
+
+
+def _failed_by_reason(campaign_id: int) -> list[dict[str, Any]]:
+    """Failed and skipped sends by errcode and reason (the 20 commonest), then WeChat's reports
+    other than delivered by their raw status."""
+    d = Delivery
+    failed_by = [
+        {"reason": reason or f"errcode {code}", "count": n}
+        for code, reason, n in db.session.execute(
+            sa.select(d.errcode, d.reason, sa.func.count())
+            .where(
+                d.campaign_id == campaign_id,
+                d.status.in_([DeliveryStatus.failed, DeliveryStatus.skipped]),
+                d.control.is_(False),
+            )
+            .group_by(d.errcode, d.reason)
+            .order_by(sa.func.count().desc())
+            .limit(20)
+        )
+    ]
+    failed_by += [
+        {"reason": f"report: {raw}", "count": n}
+        for raw, n in db.session.execute(
+            sa.select(d.report_raw, sa.func.count())
+            .where(d.campaign_id == campaign_id, d.report.is_not(None), d.report != "delivered")
+            .group_by(d.report_raw)
+        )
+    ]
+    return failed_by
 
 
 def progress(campaign_id: int, counts: dict[str, int] | None = None) -> dict[str, Any]:
@@ -370,19 +378,7 @@ def attribution(campaign_id: int) -> dict[str, Any]:
         ).where(attributed(order, dialect, campaign_id))
     ).one()
     window_end = campaign.started_at + timedelta(days=campaign.attribution_days)
-    control_converted = (
-        db.session.scalar(
-            sa.select(sa.func.count(sa.distinct(d.id)))
-            .join(paid, sa.and_(order.subscriber_id == d.subscriber_id, order.account_id == d.account_id))
-            .where(
-                d.campaign_id == campaign_id,
-                d.control.is_(True),
-                order.created_at >= campaign.started_at,
-                order.created_at < window_end,
-            )
-        )
-        or 0
-    )
+    control_converted = _control_converted(campaign_id, paid, campaign.started_at, window_end)
     sent = (
         db.session.scalar(
             sa.select(sa.func.count()).where(
@@ -406,6 +402,25 @@ def attribution(campaign_id: int) -> dict[str, Any]:
         "control_conversion_rate": round(control_rate, 4) if control_rate is not None else None,
         "uplift": round(rate - control_rate, 4) if control_rate is not None else None,
     }
+
+
+def _control_converted(campaign_id: int, paid: sa.Subquery, start: datetime, end: datetime) -> int:
+    """The campaign's control-group members with a paid order placed within [start, end)."""
+    d = Delivery
+    order = paid.c
+    return (
+        db.session.scalar(
+            sa.select(sa.func.count(sa.distinct(d.id)))
+            .join(paid, sa.and_(order.subscriber_id == d.subscriber_id, order.account_id == d.account_id))
+            .where(
+                d.campaign_id == campaign_id,
+                d.control.is_(True),
+                order.created_at >= start,
+                order.created_at < end,
+            )
+        )
+        or 0
+    )
 
 
 CSV_COLUMNS = (
@@ -436,33 +451,13 @@ def export_csv(campaign_id: int, chunk: int = 5000, openids: dict[int, str] | No
         how = shows.get(account_id, "masked")
         return value if how == "full" else (mask_id(value) or "") if how == "masked" else ""
 
-    d = Delivery
     buf = io.StringIO()
     writer = csv_writer(buf)  # formula-safe: openids, reasons and WeChat's raw reports are text
     writer.writerow(CSV_COLUMNS)
     yield buf.getvalue()
     last = 0
     while True:
-        rows = db.session.execute(
-            sa.select(
-                d.id,
-                d.account_id,
-                d.openid,
-                d.control,
-                d.status,
-                d.msgid,
-                d.errcode,
-                d.reason,
-                d.report,
-                d.report_raw,
-                d.sent_at,
-                d.reported_at,
-                d.clicks,
-            )
-            .where(d.campaign_id == campaign_id, d.id > last)
-            .order_by(d.id)
-            .limit(chunk)
-        ).all()
+        rows = _deliveries_after(campaign_id, last, chunk)
         if not rows:
             return
         buf.seek(0)
@@ -487,3 +482,28 @@ def export_csv(campaign_id: int, chunk: int = 5000, openids: dict[int, str] | No
             )
         yield buf.getvalue()
         last = rows[-1].id
+
+
+def _deliveries_after(campaign_id: int, last: int, chunk: int) -> Sequence[sa.Row[*tuple[Any, ...]]]:
+    """The next keyset page of the campaign's deliveries (ids above ``last``), the CSV's columns."""
+    d = Delivery
+    return db.session.execute(
+        sa.select(
+            d.id,
+            d.account_id,
+            d.openid,
+            d.control,
+            d.status,
+            d.msgid,
+            d.errcode,
+            d.reason,
+            d.report,
+            d.report_raw,
+            d.sent_at,
+            d.reported_at,
+            d.clicks,
+        )
+        .where(d.campaign_id == campaign_id, d.id > last)
+        .order_by(d.id)
+        .limit(chunk)
+    ).all()

