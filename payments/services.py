@@ -1,4 +1,5 @@
-"""Payments: merchants, the provider for an account, notifications applied exactly once.
+"""Payments: prepaying an intent, provider notifications applied exactly once, active queries,
+closing at the provider, the sweep of pending intents.
 
 A notification is verified before it is parsed, checked against its payment intent (merchant,
 appid, the exact amount in fen), recorded raw, and applied idempotently: the provider's

@@ -1,4 +1,5 @@
-"""Store services (so far): store settings, phone binding by SMS code, inquiries.
+"""Store services: store settings, phone binding by SMS code, inquiries, and the selectables the
+domains above read (phone_bound, inquiries_of).
 
 Inquiries answer inside WeChat's 5 s: the BOSS gets a short timeout; if it is slower, the
 callback answers `success` and a job sends the answer as a customer-service message. Answers are
