@@ -17,7 +17,7 @@ import tempfile
 import time
 from base64 import b64decode
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -35,9 +35,9 @@ from payments.providers.base import (
     NotificationError,
     PaymentProviderError,
     PaymentState,
-    RefundState,
 )
 from payments.providers.keys import check_fields, optional, private_key_pem
+from payments.providers.wechatpay import WeChatPayRefunds
 from wechat_service.callbacks import BadMessageError, parse_xml
 
 SIGN_TYPES = ("MD5", "HMAC-SHA256")
@@ -85,7 +85,7 @@ class _Client(WeChatPay):
         return data
 
 
-class WeChatPayV2:
+class WeChatPayV2(WeChatPayRefunds):
     provider = "wechatpay_v2"
 
     def __init__(
@@ -309,37 +309,6 @@ class WeChatPayV2:
         state = str(result.get("trade_state", "UNKNOWN"))
         paid = state == "SUCCESS" and str(result.get("total_fee")) == str(amount_fen)
         return PaymentState(state, str(result.get("transaction_id")), amount_fen, paid, dict(result))
-
-    def close_trade(self, out_trade_no: str) -> Literal["closed", "paid"]:
-        try:
-            self.close(out_trade_no)
-        except PaymentProviderError as exc:
-            if exc.code == "ORDERPAID":
-                return "paid"
-            if exc.code not in ("ORDER_NOT_EXIST", "ORDERCLOSED"):
-                raise
-        return "closed"
-
-    def refund_money(
-        self, *, out_trade_no: str, out_refund_no: str, amount_fen: int, total_fen: int, reason: str
-    ) -> RefundState:
-        raw = self.refund(
-            out_trade_no=out_trade_no,
-            out_refund_no=out_refund_no,
-            refund_fen=amount_fen,
-            total_fen=total_fen,
-            reason=reason,
-        )
-        return RefundState(str(raw.get("status")), str(raw.get("refund_id") or ""), amount_fen, dict(raw))
-
-    def refund_state(self, *, out_trade_no: str, out_refund_no: str) -> RefundState | None:
-        try:
-            answer = self.refund_status(out_refund_no)
-        except PaymentProviderError as exc:
-            if exc.code in NOT_FOUND:
-                return None
-            raise
-        return RefundState(answer["status"], str(answer.get("refund_id") or ""), answer.get("amount"), answer)
 
     def day_statement(self, bill_date: date) -> str:
         return self.statement(bill_date.strftime("%Y%m%d"))

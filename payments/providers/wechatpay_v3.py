@@ -13,7 +13,7 @@ import json
 import secrets
 import time
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any
 
 import requests
 from wechatpayv3 import WeChatPay, WeChatPayType
@@ -27,15 +27,15 @@ from payments.providers.base import (
     NotificationError,
     PaymentProviderError,
     PaymentState,
-    RefundState,
 )
 from payments.providers.keys import check_fields, private_key_pem, public_key_pem
+from payments.providers.wechatpay import WeChatPayRefunds
 
 NOTIFY_WINDOW = 300
 CHINA = timezone(timedelta(hours=8))
 
 
-class WeChatPayV3:
+class WeChatPayV3(WeChatPayRefunds):
     provider = "wechatpay_v3"
 
     def __init__(
@@ -266,37 +266,6 @@ class WeChatPayV3:
         state = str(result.get("trade_state", "UNKNOWN"))
         paid = state == "SUCCESS" and (result.get("amount") or {}).get("total") == amount_fen
         return PaymentState(state, str(result.get("transaction_id")), amount_fen, paid, dict(result))
-
-    def close_trade(self, out_trade_no: str) -> Literal["closed", "paid"]:
-        try:
-            self.close(out_trade_no)
-        except PaymentProviderError as exc:
-            if exc.code == "ORDERPAID":
-                return "paid"
-            if exc.code not in ("ORDER_NOT_EXIST", "ORDERCLOSED"):
-                raise
-        return "closed"
-
-    def refund_money(
-        self, *, out_trade_no: str, out_refund_no: str, amount_fen: int, total_fen: int, reason: str
-    ) -> RefundState:
-        raw = self.refund(
-            out_trade_no=out_trade_no,
-            out_refund_no=out_refund_no,
-            refund_fen=amount_fen,
-            total_fen=total_fen,
-            reason=reason,
-        )
-        return RefundState(str(raw.get("status")), str(raw.get("refund_id") or ""), amount_fen, dict(raw))
-
-    def refund_state(self, *, out_trade_no: str, out_refund_no: str) -> RefundState | None:
-        try:
-            answer = self.refund_status(out_refund_no)
-        except PaymentProviderError as exc:
-            if exc.code in NOT_FOUND:
-                return None  # the request never reached the provider: ask again
-            raise
-        return RefundState(answer["status"], str(answer.get("refund_id") or ""), answer.get("amount"), answer)
 
     def day_statement(self, bill_date: date) -> str:
         return self.statement(bill_date.isoformat())
