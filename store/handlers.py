@@ -14,9 +14,9 @@ from accounts.subscribers import for_callback
 from accounts.timeline import Entry
 from payments.signals import IntentEvent, RefundEvent, intent_closed, intent_succeeded, refund_settled
 from store import orders, redemption, services
-from store.models import InquiryKind, OrderStatus
+from store.models import InquiryKind, Order, OrderStatus
 from wechat_service.errors import ServiceError
-from wechat_service.extensions import enqueue_after_commit
+from wechat_service.extensions import db, enqueue_after_commit
 from wechat_service.money import yuan
 from wechat_service.router import CallbackContext, Reply, router
 
@@ -133,32 +133,33 @@ def on_click(ctx: CallbackContext) -> Reply | None:
 def on_intent_succeeded(sender: str, *, event: IntentEvent) -> None:
     """Paid: the order moves to paid and on to fulfilment; paid after it closed, it moves to
     refunding (payments is sending the money back)."""
-    order = orders.of_purpose(event.purpose)
-    if order is None:
+    order_id = orders.order_id_of(event.purpose)
+    if order_id is None:
         return
     if not event.late:
-        orders.paid(order, event.provider_txn_id or "")
-    elif order.status is OrderStatus.closed:
+        orders.paid(order_id, event.provider_txn_id or "")  # conditional: once
+    else:
         orders.transition(
-            order.id, OrderStatus.closed, OrderStatus.refunding, {"reason": "paid after the order closed"}
+            order_id, OrderStatus.closed, OrderStatus.refunding, {"reason": "paid after the order closed"}
         )
 
 
 def on_intent_closed(sender: str, *, event: IntentEvent) -> None:
     """Closed unpaid (at the provider too): the order closes, its stock and coupon go back."""
-    order = orders.of_purpose(event.purpose)
+    order_id = orders.order_id_of(event.purpose)
+    order = db.session.get(Order, order_id) if order_id is not None else None
     if order is not None:
         orders.close(order)
 
 
 def on_refund_settled(sender: str, *, event: RefundEvent) -> None:
-    order = orders.of_purpose(event.purpose)
-    if order is None:
+    order_id = orders.order_id_of(event.purpose)
+    if order_id is None:
         return
     if event.succeeded:
-        orders.refund_settled(order.id, event.amount_fen, full=event.full)
+        orders.refund_settled(order_id, event.amount_fen, full=event.full)
     else:
-        orders.refund_failed(order.id, event.amount_fen, event.why)
+        orders.refund_failed(order_id, event.amount_fen, event.why)
 
 
 def connect_payment_events() -> None:

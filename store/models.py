@@ -248,8 +248,9 @@ class Order(Model):
 
 
 # What is refunded (or reserved for a refund) lives on the payment intent; the order reads it
-# through payments' selectable, one correlated look-up by the unique trade number.
-Order.refunded_fen = column_property(refunded_fen_of(Order.out_trade_no))  # type: ignore[assignment]
+# through payments' selectable, one correlated look-up by the unique trade number — deferred: loaded
+# when read (the console, exports), not on every order the payment path moves.
+Order.refunded_fen = column_property(refunded_fen_of(Order.out_trade_no), deferred=True)  # type: ignore[assignment]
 
 
 class OrderEvent(Model):

@@ -53,6 +53,12 @@ class InvalidTransitionError(ServiceError):
     status = 409
 
 
+_NOTICE_COLUMNS = (
+    Order.id, Order.account_id, Order.subscriber_id, Order.product_id, Order.out_trade_no,
+    Order.amount_fen, Order.phone,
+)  # fmt: skip
+
+
 def transition(
     order_id: int,
     source: OrderStatus,
@@ -62,18 +68,24 @@ def transition(
 ) -> bool:
     """Move the order from ``source`` to ``target``; False if it was not in ``source`` (someone
     else moved it first). A transition the state machine does not allow raises."""
+    return _move(order_id, source, target, detail, **values) is not None
+
+
+def _move(
+    order_id: int, source: OrderStatus, target: OrderStatus, detail: dict[str, Any] | None, **values: Any
+) -> Any:
+    """``transition``, answering the moved order's row (what its notice and fulfilment need, from
+    the UPDATE's RETURNING: no read of its own) or None."""
     if target not in ALLOWED.get(source, set()):
         raise InvalidTransitionError(f"{source.value} → {target.value} is not a transition")
-    moved = (
-        execute_dml(
-            sa.update(Order)
-            .where(Order.id == order_id, Order.status == source)
-            .values(status=target, **values)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        == 1
-    )
-    if moved:
+    row = db.session.execute(
+        sa.update(Order)
+        .where(Order.id == order_id, Order.status == source)
+        .values(status=target, **values)
+        .returning(*_NOTICE_COLUMNS)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is not None:
         db.session.add(
             OrderEvent(
                 order_id=order_id,
@@ -83,14 +95,11 @@ def transition(
                 at=utcnow(),
             )
         )
-        _announce(order_id, target)  # the subscriber's notice, sent by whoever listens, after commit
-    return moved
+        _announce(row, target)  # the subscriber's notice, sent by whoever listens, after commit
+    return row
 
 
-def _announce(order_id: int, status: OrderStatus) -> None:
-    order = db.session.get(Order, order_id)
-    if order is None:
-        return
+def _announce(order: Any, status: OrderStatus) -> None:
     product = db.session.get(Product, order.product_id)
     signals.announce_order_moved(
         signals.OrderNotice(
@@ -258,10 +267,10 @@ def purpose_of(order_id: int) -> str:
     return f"order:{order_id}"
 
 
-def of_purpose(purpose: str) -> Order | None:
+def order_id_of(purpose: str) -> int | None:
     """The order a payment event is about (None: the payment was not for an order)."""
     kind, _, ident = purpose.partition(":")
-    return db.session.get(Order, int(ident)) if kind == "order" and ident.isdigit() else None
+    return int(ident) if kind == "order" and ident.isdigit() else None
 
 
 def of_subscriber(account_id: int, subscriber_id: int, limit: int) -> list[tuple[Order, str]]:
@@ -283,15 +292,16 @@ def order_for(account_id: int, order_id: int) -> Order:
     return order
 
 
-def paid(order: Order, provider_txn_id: str) -> bool:
+def paid(order_id: int, provider_txn_id: str) -> bool:
     """The provider confirmed the payment: mark paid and hand it to fulfilment (once)."""
-    if not transition(
-        order.id,
+    order = _move(
+        order_id,
         OrderStatus.pending_payment,
         OrderStatus.paid,
         {"transaction_id": provider_txn_id},
         paid_at=utcnow(),
-    ):
+    )
+    if order is None:
         return False
     product = db.session.get_one(Product, order.product_id)
     job = fulfilments.create(
