@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask, request
 
+from wechat_service import i18n
 from wechat_service.extensions import csrf
 from wechat_service.periodic import declare
 from wechat_service.router import directory
@@ -31,6 +32,18 @@ def init_app(app: Flask) -> None:
     for command in (cli.account_cli, cli.orgunit_cli, cli.user_cli):
         app.cli.add_command(command)
 
+    def staff_choice(kind: str) -> str | None:
+        """The signed-in staff member's language or timezone, on console and staff API requests."""
+        if not request.path.startswith(("/console", "/api/v1")):
+            return None
+        user = console.load_user()
+        return getattr(user, kind, None) if user is not None else None
+
+    # The console speaks the signed-in staff member's language, in their timezone.
+    i18n.prefer(app, "locale", lambda: staff_choice("locale"))
+    i18n.prefer(app, "timezone", lambda: staff_choice("timezone"))
+
     @app.context_processor
     def _console_user() -> dict[str, Any]:
         return {"console_user": console.load_user() if request.path.startswith("/console") else None}
+

@@ -29,9 +29,11 @@ from accounts.front_doors.console import (
 )
 from accounts.models import ChannelQRCode, StaffUser, Subscriber
 from accounts.overview import account_names, matrix_overview
+from wechat_service import i18n
 from wechat_service.errors import ErrorCode, ServiceError
 from wechat_service.extensions import db
 from wechat_service.gateway import WeChatAPIError, token_health
+from wechat_service.i18n import _
 
 bp = console_blueprint("console", __name__)
 _fail = form_failed
@@ -104,6 +106,30 @@ def password() -> ResponseReturnValue:
             flash("Password changed.", "success")
             return redirect(url_for("console.overview"))
     return render_template("accounts/password.html", errors=errors)
+
+
+@bp.route("/language", methods=["GET", "POST"])
+@login_required
+def language() -> ResponseReturnValue:
+    """The staff member's language and timezone (the console speaks Chinese unless they choose)."""
+    errors: dict[str, list[str]] = {}
+    user = current_user()
+    if request.method == "POST":
+        try:
+            before = {"locale": user.locale, "timezone": user.timezone}
+            staff.set_language(user, request.form.get("locale", ""), request.form.get("timezone", ""))
+            staff.audit(user.id, "staff.language", target=user.username, ip=client_ip(), before=before,
+                        after={"locale": user.locale, "timezone": user.timezone})  # fmt: skip
+            db.session.commit()
+        except ServiceError as exc:
+            errors = _fail(exc)
+        else:
+            i18n.use(user.locale or i18n.DEFAULT_LOCALE)
+            flash(_("Language and timezone saved."), "success")
+            return redirect(url_for("console.language"))
+    return render_template(
+        "accounts/language.html", errors=errors, user=user, locales=i18n.LOCALES, zones=staff.TIMEZONES
+    )
 
 
 @bp.route("/totp", methods=["GET", "POST"])

@@ -275,6 +275,10 @@ class StaffUser(Model):
     session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
     # The last TOTP time step accepted (unix time // 30): a code is good once, never replayed.
     totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # How pages speak to them: a language (zh_CN, en; None: as the browser asks, else Chinese) and
+    # the timezone times are shown in (None: Asia/Shanghai).
+    locale: Mapped[str | None] = mapped_column(sa.String(8))
+    timezone: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class Grant(Model):

@@ -6,6 +6,7 @@ import hmac
 import re
 import time
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyotp
 import sqlalchemy as sa
@@ -13,6 +14,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from accounts.errors import AccountErrorCode
 from accounts.models import Account, AuditLog, Grant, OrgUnit, Role, StaffUser
+from wechat_service import i18n
 from wechat_service.dbtypes import utcnow
 from wechat_service.errors import ConflictError, ErrorCode, InvalidInputError, NotFoundError, ServiceError
 from wechat_service.extensions import db, get_redis
@@ -363,3 +365,23 @@ def audit_query(
     if target:
         query = query.where(AuditLog.target == target)
     return query
+
+
+# Where operators' staff work; any IANA zone is accepted, these are offered first.
+TIMEZONES = ("Asia/Shanghai", "Asia/Urumqi", "Asia/Hong_Kong", "Asia/Macau", "Asia/Taipei", "UTC")
+
+
+def set_language(user: StaffUser, locale: str, timezone: str) -> None:
+    """The staff member's language (zh_CN or en; empty: as their browser asks) and timezone
+    (an IANA name; empty: Asia/Shanghai)."""
+    problems: dict[str, list[str]] = {}
+    if locale and locale not in i18n.LOCALES:
+        problems["locale"] = ["unknown language"]
+    if timezone:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems["timezone"] = ["unknown timezone"]
+    if problems:
+        raise InvalidInputError("unknown language or timezone", fields=problems)
+    user.locale, user.timezone = locale or None, timezone or None

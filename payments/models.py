@@ -13,15 +13,22 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from wechat_service.dbtypes import EncryptedJSON, UTCDateTime, utcnow
 from wechat_service.extensions import Model
+from wechat_service.i18n import TitledEnum, _
 from wechat_service.models import BigId, str_enum
 
 CHINA = ZoneInfo("Asia/Shanghai")  # providers' times without a zone are Beijing time
 
 
-class Provider(enum.StrEnum):
+class Provider(TitledEnum):
     wechatpay_v3 = "wechatpay_v3"
     wechatpay_v2 = "wechatpay_v2"
     alipay = "alipay"
+
+    __titles__ = {
+        "wechatpay_v3": _("WeChat Pay (API v3)"),
+        "wechatpay_v2": _("WeChat Pay (API v2)"),
+        "alipay": _("Alipay"),
+    }
 
 
 class Merchant(Model):

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Mapped, column_property, mapped_column
 from payments.intents import refunded_fen_of
 from wechat_service.dbtypes import EncryptedText, UTCDateTime, utcnow
 from wechat_service.extensions import Model
+from wechat_service.i18n import TitledEnum, _
 from wechat_service.models import BigId, str_enum
 
 DEFAULT_INQUIRY_KEYWORDS = {
@@ -204,7 +205,7 @@ class Fulfilment(Model):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class OrderStatus(enum.StrEnum):
+class OrderStatus(TitledEnum):
     pending_payment = "pending_payment"
     paid = "paid"
     fulfilling = "fulfilling"
@@ -213,6 +214,17 @@ class OrderStatus(enum.StrEnum):
     refunding = "refunding"
     refunded = "refunded"
     closed = "closed"  # unpaid, timed out or cancelled
+
+    __titles__ = {
+        "pending_payment": _("Awaiting payment"),
+        "paid": _("Paid"),
+        "fulfilling": _("Being carried out"),
+        "fulfilled": _("Completed"),
+        "fulfilment_failed": _("Carrying out failed"),
+        "refunding": _("Refunding"),
+        "refunded": _("Refunded"),
+        "closed": _("Closed"),
+    }
 
 
 class Order(Model):

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from wechat_service.dbtypes import UTCDateTime, utcnow
 from wechat_service.extensions import Model
+from wechat_service.i18n import TitledEnum, _
 from wechat_service.models import BigId, str_enum
 
 
@@ -37,7 +38,7 @@ class MessageTemplate(Model):
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class CampaignState(enum.StrEnum):
+class CampaignState(TitledEnum):
     draft = "draft"
     pending_approval = "pending_approval"
     scheduled = "scheduled"
@@ -46,6 +47,17 @@ class CampaignState(enum.StrEnum):
     completed = "completed"
     cancelled = "cancelled"
     failed = "failed"
+
+    __titles__ = {
+        "draft": _("Draft"),
+        "pending_approval": _("Awaiting approval"),
+        "scheduled": _("Scheduled"),
+        "sending": _("Sending"),
+        "paused": _("Paused"),
+        "completed": _("Completed"),
+        "cancelled": _("Cancelled"),
+        "failed": _("Failed"),
+    }
 
 
 class Campaign(Model):

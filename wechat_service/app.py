@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import Unauthorized
 
+from wechat_service import i18n
 from wechat_service.config import load_config
 from wechat_service.errors import register_error_handlers
 from wechat_service.extensions import JsonApi, csrf, db, init_redis, migrate
@@ -43,6 +44,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     init_redis(app)
     csrf.init_app(app)
+    i18n.init_app(app)
     register_error_handlers(app)
     # The console API and its OpenAPI document (flask-smorest); its HTTP error handler, which
     # answers in our error shape, replaces the generic one registered just above.
