@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, redirect, request, url_for
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Unauthorized
 
 from wechat_service import i18n
@@ -54,6 +55,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     _init_base(app)
     for name in DOMAINS:
         importlib.import_module(name).init_app(app)
+
+    @app.get("/")
+    def _front() -> ResponseReturnValue:
+        """The service's own address leads people to the console (WeChat never asks for it)."""
+        return redirect(url_for("console.overview"), 302)
 
     @app.before_request
     def _openapi_needs_sign_in() -> None:

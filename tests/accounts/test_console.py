@@ -447,3 +447,10 @@ def test_reveal_needs_a_reason(create_staff: Any, create_account: Any) -> None:
     support = create_staff("support", account_id=account.id)
     resp = support.form(f"/console/accounts/{account.id}/subscribers/{sub.id}/reveal", {"reason": " "})
     assert resp.status_code == 400 and "oREASON0000000000001" not in resp.get_data(as_text=True)
+
+
+def test_the_services_front_page_leads_to_the_console(app: Any) -> None:
+    resp = app.test_client().get("/")
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/console/")
+    follow = app.test_client().get("/", follow_redirects=True)
+    assert follow.status_code == 200 and "/console/login" in follow.request.path
