@@ -1,5 +1,5 @@
 """The payment providers behind one interface (``base.PaymentProvider``), chosen through one
-registry: what is known about a provider — its title, how its credentials are checked, which of
+registry: what is known about a provider — how its credentials are checked, which of
 them are secret, how a client is built for a merchant, how its notifications are answered — is
 here, so nothing else in the code asks which provider it is talking to."""
 
@@ -35,8 +35,7 @@ Build = Callable[[str, str, dict[str, Any], Urls, Settings], PaymentProvider]
 
 @dataclass(frozen=True)
 class ProviderKind:
-    provider: Provider
-    title: str
+    provider: Provider  # its title is the enum's (Provider.title, translated)
     notify_path: str  # under /payments, with {id} for the merchant
     refund_notify_path: str
     validate: Callable[[dict[str, Any]], dict[str, Any]]
@@ -85,7 +84,6 @@ REGISTRY: dict[Provider, ProviderKind] = {
     for kind in (
         ProviderKind(
             Provider.wechatpay_v3,
-            title="WeChat Pay (API v3)",
             notify_path="/wechatpay/v3/{id}/notify",
             refund_notify_path="/wechatpay/v3/{id}/notify",  # one URL for payments and refunds
             validate=wechatpay_v3.validate_config,
@@ -97,7 +95,6 @@ REGISTRY: dict[Provider, ProviderKind] = {
         ),
         ProviderKind(
             Provider.wechatpay_v2,
-            title="WeChat Pay (API v2)",
             notify_path="/wechatpay/v2/{id}/notify",
             refund_notify_path="/wechatpay/v2/{id}/refund-notify",
             validate=wechatpay_v2.validate_config,
@@ -109,7 +106,6 @@ REGISTRY: dict[Provider, ProviderKind] = {
         ),
         ProviderKind(
             Provider.alipay,
-            title="Alipay",
             notify_path="/alipay/{id}/notify",
             refund_notify_path="/alipay/{id}/notify",  # Alipay refunds synchronously
             validate=alipay.validate_config,
