@@ -110,7 +110,6 @@ def session_info() -> ResponseReturnValue:
 @blp.response(200, OverviewRowSchema(many=True))
 @signed_in
 def overview() -> ResponseReturnValue:
-
     return matrix_overview(current_access(), token_health)
 
 
@@ -285,7 +284,6 @@ def menu_put(data: dict[str, Any], account_id: int) -> ResponseReturnValue:
 @blp.response(200, MenuSchema)
 @signed_in
 def menu_publish(account_id: int) -> ResponseReturnValue:
-
     try:
         menu = operations.publish_menu(current_access(), account_id, client_ip())
     except WeChatAPIError as exc:
@@ -322,7 +320,6 @@ def qrcode_list(account_id: int) -> ResponseReturnValue:
 @blp.response(201, QRCodeSchema)
 @signed_in
 def qrcode_create(data: dict[str, Any], account_id: int) -> ResponseReturnValue:
-
     try:
         code = operations.create_qrcode(current_access(), account_id, data, client_ip())
     except WeChatAPIError as exc:

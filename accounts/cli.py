@@ -261,7 +261,6 @@ def _password(password: str | None) -> str:
 
 
 def _create(username: str, password: str | None, display_name: str, admin: bool, as_json: bool) -> None:
-
     try:
         user = staff.create_user(username, _password(password), display_name=display_name, is_admin=admin)
         staff.audit(None, "staff.create", target=user.username, after={"is_admin": admin, "via": "cli"})
@@ -335,7 +334,6 @@ def grant(
 @user_cli.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_users(as_json: bool) -> None:
-
     users = staff.list_users()
     data: list[dict[str, Any]] = [
         {

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import abort, flash, redirect, render_template, request, send_file, url_for
 from flask.typing import ResponseReturnValue
+from flask_babel import gettext
 
 from accounts import access as acl
 from accounts import masking, menus, operations, qrcodes, replies, services, staff, subscribers, timeline
@@ -33,7 +34,6 @@ from wechat_service import i18n
 from wechat_service.errors import ErrorCode, ServiceError
 from wechat_service.extensions import db
 from wechat_service.gateway import WeChatAPIError, token_health
-from wechat_service.i18n import _
 
 bp = console_blueprint("console", __name__)
 _fail = form_failed
@@ -125,7 +125,7 @@ def language() -> ResponseReturnValue:
             errors = _fail(exc)
         else:
             i18n.use(user.locale or i18n.DEFAULT_LOCALE)
-            flash(_("Language and timezone saved."), "success")
+            flash(gettext("Language and timezone saved."), "success")
             return redirect(url_for("console.language"))
     return render_template(
         "accounts/language.html", errors=errors, user=user, locales=i18n.LOCALES, zones=staff.TIMEZONES
@@ -195,7 +195,6 @@ def totp_disable() -> ResponseReturnValue:
 @bp.get("/")
 @login_required
 def overview() -> ResponseReturnValue:
-
     rows = matrix_overview(current_access(), token_health)
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -484,7 +483,6 @@ def menu_editor(account_id: int) -> ResponseReturnValue:
 @bp.post("/accounts/<int:account_id>/menu/publish")
 @login_required
 def menu_publish(account_id: int) -> ResponseReturnValue:
-
     access = current_access()
     acl.account_for(access, account_id, acl.MENUS)
     try:
@@ -506,7 +504,6 @@ def menu_publish(account_id: int) -> ResponseReturnValue:
 @bp.route("/accounts/<int:account_id>/qrcodes", methods=["GET", "POST"])
 @login_required
 def qrcode_list(account_id: int) -> ResponseReturnValue:
-
     access = current_access()
     account = acl.account_for(access, account_id, acl.VIEW)
     errors: dict[str, list[str]] = {}

@@ -97,7 +97,6 @@ def get_or_create_subscriber(account_id: int, openid: str) -> Subscriber:
 
 
 def subscriber_by_id(account_id: int, subscriber_id: int) -> Subscriber:
-
     return get_scoped(Subscriber, account_id, subscriber_id)
 
 
@@ -267,7 +266,6 @@ def events_of(account_id: int, subscriber_id: int) -> sa.Select[Any]:
 
 
 def tags_of(subscriber_ids: list[int]) -> dict[int, list[str]]:
-
     out: dict[int, list[str]] = {}
     rows = db.session.execute(
         sa.select(SubscriberTag.subscriber_id, Tag.name)

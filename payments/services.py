@@ -20,7 +20,7 @@ from payments import intents, ledger, merchants, refunds
 from payments.merchants import MerchantConfigError
 from payments.models import IntentState, Merchant, PaymentIntent, PaymentTransaction, Provider, TxnKind
 from payments.providers import kind_of
-from payments.providers.base import Answer, Incoming, NotificationError
+from payments.providers.base import Answer, Charge, Incoming, NotificationError
 from wechat_service.dbtypes import utcnow
 from wechat_service.dbutil import step_boundary
 from wechat_service.extensions import db
@@ -48,15 +48,11 @@ def prepay(
     intent = intents.of(ref)
     client = merchants.client_for(merchants.merchant_for(intent.account_id, intent.provider))
     checkout = client.prepare(
-        out_trade_no=intent.out_trade_no,
-        amount_fen=intent.amount_fen,
-        description=description,
-        openid=openid,
-        client_ip=client_ip,
-        starts_at=intent.created_at,
-        expires_at=intent.expires_at,
-        return_url=return_url,
-    )
+        Charge(
+            intent.out_trade_no, intent.amount_fen, description, openid, client_ip,
+            starts_at=intent.created_at, expires_at=intent.expires_at, return_url=return_url,
+        )
+    )  # fmt: skip
     if checkout.prepay_id:
         intent.prepay_id = checkout.prepay_id
     return checkout.params

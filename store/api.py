@@ -72,7 +72,6 @@ def _order(order: Any, unmasked: bool) -> dict[str, Any]:
 @blp.arguments(OrderQuerySchema, location="query")
 @blp.response(200, OrderPageSchema)
 def order_list(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
-
     access = current_access()
     account = acl.account_for(access, account_id, acl.ORDERS)
     page = paginate(
@@ -97,7 +96,6 @@ def order_csv(query: dict[str, Any], account_id: int) -> ResponseReturnValue:
 @blp.get("/accounts/<int:account_id>/orders/<int:order_id>")
 @blp.response(200, OrderSchema)
 def order_get(account_id: int, order_id: int) -> ResponseReturnValue:
-
     access = current_access()
     account = acl.account_for(access, account_id, acl.ORDERS)
     return _order(orders.order_for(account.id, order_id), access.unmasked(account.id))

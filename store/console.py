@@ -83,7 +83,6 @@ def _render(template: str, account: Any, **context: Any) -> str:
 @bp.get("/accounts/<int:account_id>/products")
 @login_required
 def product_list(account_id: int) -> ResponseReturnValue:
-
     access = current_access()
     account = acl.account_for(access, account_id, acl.VIEW)
     page = paginate(catalogue.visible_products(account.id), per_page=50)
@@ -257,7 +256,6 @@ def batch_detail(account_id: int, batch_id: int) -> ResponseReturnValue:
 
 
 def _username(user_id: int | None) -> str:
-
     return user_by_id(user_id).username if user_id else "?"
 
 
@@ -397,7 +395,6 @@ def _order_row(order: Any, unmasked: bool) -> dict[str, Any]:
 @bp.get("/accounts/<int:account_id>/orders")
 @login_required
 def order_list(account_id: int) -> ResponseReturnValue:
-
     access = current_access()
     account = acl.account_for(access, account_id, acl.ORDERS)
     page = paginate(
@@ -416,7 +413,6 @@ def order_list(account_id: int) -> ResponseReturnValue:
 @bp.route("/accounts/<int:account_id>/orders/<int:order_id>", methods=["GET", "POST"])
 @login_required
 def order_detail(account_id: int, order_id: int) -> ResponseReturnValue:
-
     access = current_access()
     account = acl.account_for(access, account_id, acl.ORDERS)
     order = orders.order_for(account.id, order_id)

@@ -194,7 +194,6 @@ class RedeemSchema(Schema):
 @bp.response(202, RedeemedSchema)
 @bp.doc(security=MP_AUTH)
 def redeem(data: dict[str, Any], appid: str) -> ResponseReturnValue:
-
     session = _session(appid)
     result = redemption.redeem(session.account_id, session.subscriber_id, data["code"], "mp")
     db.session.commit()
@@ -214,7 +213,6 @@ class OrderCreateSchema(Schema):
 
 
 def _order_view(order: Order) -> dict[str, object]:
-
     return {
         "id": order.id,
         "out_trade_no": order.out_trade_no,
@@ -234,7 +232,6 @@ def _order_view(order: Order) -> dict[str, object]:
 @bp.response(200, MpProductSchema(many=True))
 @bp.doc(security=MP_AUTH)
 def products(appid: str) -> ResponseReturnValue:
-
     session = _session(appid)
     items = [
         p for p in db.session.scalars(catalogue.visible_products(session.account_id)) if catalogue.on_sale(p)
@@ -287,7 +284,6 @@ def create_order(data: dict[str, Any], appid: str) -> ResponseReturnValue:
 @bp.response(200, OrderViewSchema)
 @bp.doc(security=MP_AUTH)
 def get_order(appid: str, order_id: int) -> ResponseReturnValue:
-
     session = _session(appid)
     order = orders.order_for(session.account_id, order_id)
     if order.subscriber_id != session.subscriber_id:
@@ -308,7 +304,6 @@ class PointsExchangeSchema(Schema):
 @bp.response(202, PointsHoldSchema)
 @bp.doc(security=MP_AUTH)
 def points_exchange(data: dict[str, Any], appid: str) -> ResponseReturnValue:
-
     session = _session(appid)
     hold = points.exchange(session.account_id, session.subscriber_id, data["product_id"], data["client_key"])
     db.session.commit()

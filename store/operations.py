@@ -163,7 +163,6 @@ def _coupon(coupon: Coupon) -> dict[str, Any]:
 
 
 def create_coupon(access: Access, account_id: int, fields: dict[str, Any], ip: str) -> Coupon:
-
     account = acl.account_for(access, account_id, acl.STORE)
     fields = dict(fields)
     valid_from = fields.pop("valid_from", None) or utcnow()

@@ -206,7 +206,6 @@ def resolve(hold_id: int) -> str | None:
 
 
 def settle(fulfilment_id: int) -> str | None:
-
     job = db.session.get(Fulfilment, fulfilment_id)
     if job is None or job.source != "points":
         return None

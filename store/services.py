@@ -104,7 +104,6 @@ def chat_config(account_id: int, config_version: int) -> ChatConfig | None:
 def enable_store(
     account_id: int, inquiry_keywords: dict[str, list[str]] | None = None, bind_keyword: str = "绑定"
 ) -> StoreSettings:
-
     keywords = inquiry_keywords or DEFAULT_INQUIRY_KEYWORDS
     unknown = set(keywords) - set(InquiryKind.__members__)
     if unknown:

@@ -287,7 +287,6 @@ def progress(campaign_id: int, counts: dict[str, int] | None = None) -> dict[str
 
 
 def per_account(campaign_id: int) -> list[dict[str, Any]]:
-
     d = Delivery
     rows = db.session.execute(
         sa.select(d.account_id, Account.name, d.status, sa.func.count())

@@ -145,7 +145,6 @@ class CampaignSchema(Schema):
     account_ids = fields.Method("_account_ids", metadata={"type": "array", "items": {"type": "integer"}})
 
     def _account_ids(self, campaign: Any) -> list[int]:
-
         return services.account_ids_of(campaign.id)
 
 

@@ -603,7 +603,6 @@ def _signal_jobs(campaign_id: int, state: str) -> None:
 
 
 def _schedule_start(campaign_id: int, at: datetime) -> None:
-
     try:
         get_queue("default").enqueue_at(at, "templates_msg.jobs.start_campaign", campaign_id)
     except redis.RedisError:

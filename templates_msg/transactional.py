@@ -56,7 +56,6 @@ def queue_message(
 
 
 def enqueue(delivery_id: int) -> None:
-
     enqueue_after_commit("high", "templates_msg.jobs.send_transactional", delivery_id, retry=TX_RETRY)
 
 

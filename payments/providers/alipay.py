@@ -12,7 +12,7 @@ import base64
 import io
 import json
 import zipfile
-from datetime import date, datetime
+from datetime import date
 from typing import Any, Literal, cast
 
 import requests
@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from payments.providers.base import (
     NOT_FOUND,
     Answer,
+    Charge,
     Checkout,
     Incoming,
     Notice,
@@ -223,21 +224,13 @@ class AlipayProvider:
 
     # -- the provider interface (payments.providers.base.PaymentProvider) --------------------------
 
-    def prepare(
-        self,
-        *,
-        out_trade_no: str,
-        amount_fen: int,
-        description: str,
-        openid: str,
-        client_ip: str,
-        starts_at: datetime,
-        expires_at: datetime,
-        return_url: str | None,
-    ) -> Checkout:
+    def prepare(self, charge: Charge) -> Checkout:
         """The wap pay URL: the browser goes there, then back to ``return_url``."""
         url = self.wap_pay_url(
-            out_trade_no=out_trade_no, amount_fen=amount_fen, subject=description, return_url=return_url
+            out_trade_no=charge.out_trade_no,
+            amount_fen=charge.amount_fen,
+            subject=charge.description,
+            return_url=charge.return_url,
         )
         return Checkout({"provider": "alipay", "url": url})
 

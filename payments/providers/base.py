@@ -39,6 +39,21 @@ class NotificationError(ValueError):
 
 
 @dataclass(frozen=True)
+class Charge:
+    """What to ask the payer for: the intent's trade number and amount, what it is, who pays (the
+    openid, for WeChat Pay's JSAPI), from where, its validity, where a cashier page returns to."""
+
+    out_trade_no: str
+    amount_fen: int
+    description: str
+    openid: str
+    client_ip: str
+    starts_at: datetime
+    expires_at: datetime
+    return_url: str | None = None
+
+
+@dataclass(frozen=True)
 class Checkout:
     """What the payer's client needs: JSAPI parameters (``prepay_id`` among them) or a URL."""
 
@@ -106,18 +121,7 @@ class Answer:
 class PaymentProvider(Protocol):
     """One merchant's client at one provider."""
 
-    def prepare(
-        self,
-        *,
-        out_trade_no: str,
-        amount_fen: int,
-        description: str,
-        openid: str,
-        client_ip: str,
-        starts_at: datetime,
-        expires_at: datetime,
-        return_url: str | None,
-    ) -> Checkout: ...
+    def prepare(self, charge: Charge) -> Checkout: ...
 
     def read_notification(self, incoming: Incoming) -> Notice:
         """Verify before parsing (raises NotificationError), then say what it means."""

@@ -21,6 +21,7 @@ from wechatpayv3 import WeChatPay, WeChatPayType
 from payments.providers.base import (
     NOT_FOUND,
     Answer,
+    Charge,
     Checkout,
     Incoming,
     Notice,
@@ -196,24 +197,13 @@ class WeChatPayV3(WeChatPayRefunds):
 
     # -- the provider interface (payments.providers.base.PaymentProvider) --------------------------
 
-    def prepare(
-        self,
-        *,
-        out_trade_no: str,
-        amount_fen: int,
-        description: str,
-        openid: str,
-        client_ip: str,
-        starts_at: datetime,
-        expires_at: datetime,
-        return_url: str | None,
-    ) -> Checkout:
+    def prepare(self, charge: Charge) -> Checkout:
         params = self.jsapi(
-            out_trade_no=out_trade_no,
-            amount_fen=amount_fen,
-            openid=openid,
-            description=description,
-            expires_at=expires_at,
+            out_trade_no=charge.out_trade_no,
+            amount_fen=charge.amount_fen,
+            openid=charge.openid,
+            description=charge.description,
+            expires_at=charge.expires_at,
         )
         return Checkout(params, params["prepay_id"])
 

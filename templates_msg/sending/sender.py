@@ -141,7 +141,6 @@ def send_one(api: GatewayClient, kind: TemplateKind, body: dict[str, Any]) -> Ou
 
 
 def click_url(delivery_id: int) -> str:
-
     return f"{current_app.config['PUBLIC_BASE_URL']}/t/{token_for(delivery_id)}"
 
 
@@ -455,7 +454,6 @@ def _error_rate_exceeded(conn: redis.Redis, campaign: Campaign) -> bool:
 
 @step_boundary("a send's outcome (sent, failed, paused) is durable before the next row")
 def _act(campaign_id: int, account_id: int, batch_no: int, action: str, rows: list[Any]) -> None:
-
     now = utcnow()
     if action == "pause_day":
         _, midnight = local_day(account_id)
